@@ -1,0 +1,159 @@
+//! The raw shape of a pipeline file, as serde reads it.
+//!
+//! Every struct denies unknown fields, so a typo is an error rather than a silent default.
+//! Fields whose values need checks beyond their type are [`Spanned`], so errors can name the
+//! line they come from. See `docs/pipeline-reference.md` for what each field means.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// The pipeline-file format version; `1` when absent.
+    pub version: Option<Spanned<u32>>,
+    /// Pause the pipeline without deleting its file or queues.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Where messages come from.
+    pub source: SourceTable,
+    /// Steps between source and sinks, in order.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<StageTable>,
+    /// Where messages go; at least one.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkTable>,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTable {
+    /// The plugin: a shipped name or a path to a `.wasm`.
+    pub plugin: Spanned<String>,
+    /// Expected sha256 of the plugin's `.wasm` (hex).
+    pub sha256: Option<Spanned<String>>,
+    /// Cron expression: poll the source on this schedule. Absent: fed by `POST /ingest/{name}`.
+    pub schedule: Option<Spanned<String>>,
+    /// IANA time zone of the schedule; UTC when absent.
+    pub timezone: Option<Spanned<String>>,
+    /// Poll once at start, besides the schedule.
+    #[serde(default)]
+    pub run_on_start: bool,
+    /// The plugin's own configuration, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// What the plugin may reach.
+    #[serde(default)]
+    pub grants: GrantsTable,
+    /// Resource bounds.
+    #[serde(default)]
+    pub limits: LimitsTable,
+}
+
+/// One `[[filter]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageTable {
+    /// The plugin: a shipped name or a path to a `.wasm`.
+    pub plugin: Spanned<String>,
+    /// Expected sha256 of the plugin's `.wasm` (hex).
+    pub sha256: Option<Spanned<String>>,
+    /// The plugin's own configuration.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// What the plugin may reach.
+    #[serde(default)]
+    pub grants: GrantsTable,
+    /// Resource bounds.
+    #[serde(default)]
+    pub limits: LimitsTable,
+}
+
+/// One `[[sink]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTable {
+    /// Unique within the pipeline; names the sink's queue and dead letters.
+    pub name: Spanned<String>,
+    /// The plugin: a shipped name or a path to a `.wasm`.
+    pub plugin: Spanned<String>,
+    /// Expected sha256 of the plugin's `.wasm` (hex).
+    pub sha256: Option<Spanned<String>>,
+    /// The plugin's own configuration.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// What the plugin may reach.
+    #[serde(default)]
+    pub grants: GrantsTable,
+    /// Resource bounds.
+    #[serde(default)]
+    pub limits: LimitsTable,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryTable,
+    /// Only messages matching this reach the sink.
+    #[serde(default, rename = "match")]
+    pub route: Option<MatchTable>,
+}
+
+/// `grants = { … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsTable {
+    /// Directories mounted read-only at the same path inside the guest.
+    #[serde(default)]
+    pub read_dirs: Vec<Spanned<String>>,
+    /// Directories mounted read-write at the same path (for the `file` sink).
+    #[serde(default)]
+    pub write_dirs: Vec<Spanned<String>>,
+    /// Outbound HTTP hosts: `host` or `host:port`.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Secrets by the name the plugin asks for: `env:NAME` or `file:/path`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<String>>,
+    /// Let the guest write to the host's standard output (the `stdout` sink).
+    #[serde(default)]
+    pub stdout: bool,
+}
+
+/// `limits = { … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsTable {
+    /// Linear memory cap, e.g. `"64MiB"`.
+    pub memory: Option<Spanned<String>>,
+    /// CPU bound: fuel (about one unit per WebAssembly instruction) per call.
+    pub fuel: Option<Spanned<u64>>,
+    /// Wall-clock bound per call, outbound HTTP included, e.g. `"1s"`.
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `retry = { … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTable {
+    /// Attempts before the message goes to dead letters (the first delivery counts).
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Delay before the first retry, e.g. `"1s"`.
+    pub initial: Option<Spanned<String>>,
+    /// Longest delay between attempts, e.g. `"10m"`.
+    pub max: Option<Spanned<String>>,
+    /// Growth factor of the delay per attempt.
+    pub multiplier: Option<Spanned<f64>>,
+}
+
+/// `match = { severity = ">= warning", labels = { team = "ops" } }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchTable {
+    /// A comparison such as `">= warning"` or `"error"` (equal).
+    pub severity: Option<Spanned<String>>,
+    /// Labels that must be present with these exact values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}

@@ -1,0 +1,23 @@
+//! Pipeline files: TOML → a validated [`PipelineSpec`], or every error of the file at once.
+//!
+//! A pipeline is one `*.toml` file in the pipelines directory; its file stem is its name. This
+//! crate reads and checks such files and knows nothing of wasmtime, sled or tokio, so
+//! `tocsin validate` can run every check without starting anything.
+//!
+//! # Layout
+//! - [`file`]: the raw serde shape of a pipeline file (`deny_unknown_fields` everywhere).
+//! - [`spec`]: the validated model the engine runs.
+//! - [`validate`]: raw → spec, collecting [`Diagnostic`]s with file, line and field.
+//! - [`schedule`]: cron expressions (with seconds; 5-field crontab lines accepted).
+//! - [`units`]: durations (`"1s"`, `"10m"`) and sizes (`"64MiB"`).
+
+pub mod file;
+pub mod schedule;
+pub mod spec;
+pub mod units;
+pub mod validate;
+
+pub use spec::*;
+pub use validate::{
+    load_dir, load_file, parse_pipeline, Diagnostic, DirReport, MachineCheck, PluginResolver,
+};

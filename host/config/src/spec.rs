@@ -1,0 +1,242 @@
+//! The validated model of a pipeline: what the engine runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tocsin_message::{Message, Severity};
+
+/// The pipeline-file format version this build reads.
+pub const PIPELINE_FORMAT_VERSION: u32 = 1;
+
+/// Default linear-memory cap of a plugin instance.
+pub const DEFAULT_MEMORY: u64 = 64 << 20;
+/// Default fuel per call of a source or filter: a few hundred ms of guest CPU at most.
+pub const DEFAULT_FUEL: u64 = 2_000_000_000;
+/// Default fuel per call of a sink (sinks format and parse more).
+pub const DEFAULT_SINK_FUEL: u64 = 5_000_000_000;
+/// Default wall-clock bound of a filter call.
+pub const DEFAULT_FILTER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default wall-clock bound of a source call (sources read files and directories).
+pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wall-clock bound of a sink call, outbound HTTP included.
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A checked pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSpec {
+    /// The file stem.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Paused: loaded and checked, but not run.
+    pub disabled: bool,
+    /// Where messages come from.
+    pub source: SourceSpec,
+    /// Steps between source and sinks.
+    pub filters: Vec<StageSpec>,
+    /// Where messages go.
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// The source stage and what fires it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSpec {
+    /// The plugin stage.
+    pub stage: StageSpec,
+    /// Schedule or ingest.
+    pub trigger: Trigger,
+}
+
+/// What makes a source produce messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// Polled on a cron schedule.
+    Schedule(ScheduleSpec),
+    /// Fed by `POST /ingest/{pipeline}`.
+    Ingest,
+}
+
+/// A cron schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    /// The expression as written.
+    pub expression: String,
+    /// The parsed schedule.
+    pub cron: cron::Schedule,
+    /// Its time zone.
+    pub timezone: chrono_tz::Tz,
+    /// Poll once at start besides the schedule.
+    pub run_on_start: bool,
+}
+
+/// One plugin stage: which plugin, its config, grants and limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpec {
+    /// Which plugin.
+    pub plugin: PluginRef,
+    /// The `config` table as JSON (`{}` when absent).
+    pub config_json: String,
+    /// What it may reach.
+    pub grants: Grants,
+    /// Resource bounds.
+    pub limits: Limits,
+}
+
+/// How a pipeline names its plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    /// As written in the file.
+    pub name: String,
+    /// The `.wasm` it resolved to.
+    pub path: PathBuf,
+    /// The pinned sha256 (hex, lower case), if any.
+    pub sha256: Option<String>,
+}
+
+/// What a plugin may reach; nothing by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Mounted read-only at the same path.
+    pub read_dirs: Vec<PathBuf>,
+    /// Mounted read-write at the same path.
+    pub write_dirs: Vec<PathBuf>,
+    /// Allowed outbound HTTP authorities, lower case: `host` or `host:port`.
+    pub hosts: Vec<String>,
+    /// Secrets by the name the plugin asks for.
+    pub secrets: Vec<(String, SecretRef)>,
+    /// May write to the host's stdout.
+    pub stdout: bool,
+}
+
+/// Where a secret's value comes from. Never printed with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable of the tocsin process.
+    Env(String),
+    /// A file (trailing newline trimmed).
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Reads the secret's value now.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Resource bounds of one plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory cap in bytes.
+    pub memory: u64,
+    /// Fuel per call (CPU bound on guest code only: host calls burn none).
+    pub fuel: u64,
+    /// Wall-clock bound per call, host calls included.
+    pub timeout: Duration,
+}
+
+/// A sink stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSpec {
+    /// Unique in the pipeline.
+    pub name: String,
+    /// The plugin stage.
+    pub stage: StageSpec,
+    /// How to retry.
+    pub retry: RetryPolicy,
+    /// Which messages reach it.
+    pub route: Route,
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all before dead letters.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// Growth per attempt.
+    pub multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 12,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before the next attempt after `attempts` failed ones (1-based), before
+    /// jitter: `initial * multiplier^(attempts-1)`, capped at `max`.
+    pub fn base_delay(&self, attempts: u32) -> Duration {
+        let exp = self.multiplier.powi(attempts.saturating_sub(1).min(64) as i32);
+        let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+
+    /// The delay with "equal jitter": uniformly in `[base/2, base]`, given `unit` in `[0, 1)`.
+    /// Keeps a floor so retries never hammer, while spreading sinks that failed together.
+    pub fn jittered_delay(&self, attempts: u32, unit: f64) -> Duration {
+        let base = self.base_delay(attempts);
+        base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A host-evaluated routing rule on a sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Severity comparison, if any.
+    pub severity: Option<(Comparison, Severity)>,
+    /// Labels that must match exactly.
+    pub labels: Vec<(String, String)>,
+}
+
+/// A comparison operator in a `match`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// `==`
+    Eq,
+    /// `>=`
+    Ge,
+    /// `>`
+    Gt,
+    /// `<=`
+    Le,
+    /// `<`
+    Lt,
+}
+
+impl Route {
+    /// Whether a message goes to this sink.
+    pub fn matches(&self, msg: &Message) -> bool {
+        let severity_ok = match self.severity {
+            None => true,
+            Some((op, level)) => match op {
+                Comparison::Eq => msg.severity == level,
+                Comparison::Ge => msg.severity >= level,
+                Comparison::Gt => msg.severity > level,
+                Comparison::Le => msg.severity <= level,
+                Comparison::Lt => msg.severity < level,
+            },
+        };
+        severity_ok
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| msg.label(k) == Some(v.as_str()))
+    }
+}

@@ -1,0 +1,947 @@
+//! Checking pipeline files: raw TOML → [`PipelineSpec`], or every problem with file, line and
+//! field.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::file::{GrantsTable, LimitsTable, MatchTable, PipelineFile, RetryTable, SinkTable};
+use crate::schedule::parse_cron;
+use crate::spec::*;
+use crate::units::{parse_duration, parse_size};
+use tocsin_message::Severity;
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// 1-based column.
+    pub column: Option<usize>,
+    /// The dotted field path, such as `sink[0].retry.initial`; empty for syntax errors.
+    pub field: String,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(line), Some(col)) = (self.line, self.column) {
+            write!(f, ":{line}:{col}")?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Whether to check what depends on this machine: granted directories exist, secrets resolve.
+/// `tocsin run` checks; `tocsin validate` checks only with `--env`, so example pipelines written
+/// for other machines still validate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineCheck {
+    /// Check directories and secrets.
+    Check,
+    /// Only check what the file itself says.
+    Skip,
+}
+
+/// Finds the `.wasm` of a plugin by name.
+///
+/// A name with a `/` or ending in `.wasm` is a path, relative to the pipeline file's directory.
+/// Any other name is looked up as `<name>.wasm` in each plugin directory in turn, then as
+/// `<name_with_underscores>.wasm` (Cargo writes hyphens in crate names as underscores).
+#[derive(Debug, Clone, Default)]
+pub struct PluginResolver {
+    /// Directories searched in order.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl PluginResolver {
+    /// A resolver over these directories.
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        PluginResolver { dirs }
+    }
+
+    /// Resolves `name` as written in a pipeline file in `pipeline_dir`.
+    pub fn resolve(&self, name: &str, pipeline_dir: &Path) -> Result<PathBuf, String> {
+        if name.contains('/') || name.ends_with(".wasm") {
+            let path = pipeline_dir.join(name);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("plugin file {} does not exist", path.display()))
+            };
+        }
+        if !is_valid_name(name) {
+            return Err(format!(
+                "`{name}` is not a plugin name (letters, digits, `-`, `_`) nor a path to a .wasm"
+            ));
+        }
+        let candidates = [format!("{name}.wasm"), format!("{}.wasm", name.replace('-', "_"))];
+        for dir in &self.dirs {
+            for file in &candidates {
+                let path = dir.join(file);
+                if path.is_file() {
+                    return Ok(path);
+                }
+            }
+        }
+        let searched: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        Err(format!(
+            "unknown plugin `{name}`: no {name}.wasm in {}",
+            if searched.is_empty() {
+                "any plugin directory (none configured)".to_string()
+            } else {
+                searched.join(", ")
+            }
+        ))
+    }
+}
+
+/// Pipeline and sink names: used in URLs, queue keys and idempotency keys.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The result of loading a pipelines directory: what loaded, and what did not.
+#[derive(Debug, Default)]
+pub struct DirReport {
+    /// Valid pipelines, by file name order.
+    pub pipelines: Vec<PipelineSpec>,
+    /// Invalid files and all their problems.
+    pub failures: Vec<(PathBuf, Vec<Diagnostic>)>,
+}
+
+/// Loads every `*.toml` file of `dir`. One bad file never stops the others.
+pub fn load_dir(
+    dir: &Path,
+    resolver: &PluginResolver,
+    machine: MachineCheck,
+) -> std::io::Result<DirReport> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_pipeline_file(p))
+        .collect();
+    files.sort();
+    let mut report = DirReport::default();
+    for path in files {
+        match load_file(&path, resolver, machine) {
+            Ok(spec) => report.pipelines.push(spec),
+            Err(diags) => report.failures.push((path, diags)),
+        }
+    }
+    Ok(report)
+}
+
+/// Whether a path looks like a pipeline file (`*.toml`, not hidden, not an editor backup).
+pub fn is_pipeline_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    path.extension().is_some_and(|e| e == "toml") && !name.starts_with('.') && path.is_file()
+}
+
+/// Reads and checks one pipeline file.
+pub fn load_file(
+    path: &Path,
+    resolver: &PluginResolver,
+    machine: MachineCheck,
+) -> Result<PipelineSpec, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    parse_pipeline(path, &text, resolver, machine)
+}
+
+/// Checks the text of a pipeline file named `path`.
+pub fn parse_pipeline(
+    path: &Path,
+    text: &str,
+    resolver: &PluginResolver,
+    machine: MachineCheck,
+) -> Result<PipelineSpec, Vec<Diagnostic>> {
+    let mut cx = Checker {
+        file: path.to_path_buf(),
+        text,
+        diags: Vec::new(),
+        resolver,
+        machine,
+        base_dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    if !is_valid_name(&name) {
+        cx.error(
+            None,
+            "",
+            format!(
+                "the file name `{name}` is the pipeline's name and must be lower-case letters, \
+                 digits, `-` or `_` (at most 64)"
+            ),
+        );
+    }
+    let raw: PipelineFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            cx.error(e.span(), "", e.message().trim().to_string());
+            return Err(cx.diags);
+        }
+    };
+    if let Some(v) = &raw.version {
+        if *v.get_ref() != PIPELINE_FORMAT_VERSION {
+            cx.error(
+                Some(v.span()),
+                "version",
+                format!(
+                    "pipeline format version {} is not supported; this build reads version {}",
+                    v.get_ref(),
+                    PIPELINE_FORMAT_VERSION
+                ),
+            );
+        }
+    }
+
+    let src = &raw.source;
+    let source_stage = cx.stage(
+        "source",
+        &src.plugin,
+        src.sha256.as_ref(),
+        src.config.as_ref(),
+        &src.grants,
+        &src.limits,
+        (DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT),
+    );
+    let trigger = match &src.schedule {
+        None => {
+            if let Some(tz) = &src.timezone {
+                cx.error(
+                    Some(tz.span()),
+                    "source.timezone",
+                    "a time zone needs a `schedule`".into(),
+                );
+            }
+            if src.run_on_start {
+                cx.error(
+                    None,
+                    "source.run_on_start",
+                    "`run_on_start` needs a `schedule`".into(),
+                );
+            }
+            Some(Trigger::Ingest)
+        }
+        Some(expr) => {
+            let cron = parse_cron(expr.get_ref())
+                .map_err(|m| cx.error(Some(expr.span()), "source.schedule", m))
+                .ok();
+            let timezone = match &src.timezone {
+                None => Some(chrono_tz::UTC),
+                Some(tz) => tz
+                    .get_ref()
+                    .parse::<chrono_tz::Tz>()
+                    .map_err(|_| {
+                        cx.error(
+                            Some(tz.span()),
+                            "source.timezone",
+                            format!(
+                                "`{}` is not an IANA time zone such as \"Europe/Berlin\"",
+                                tz.get_ref()
+                            ),
+                        )
+                    })
+                    .ok(),
+            };
+            match (cron, timezone) {
+                (Some(cron), Some(timezone)) => Some(Trigger::Schedule(ScheduleSpec {
+                    expression: expr.get_ref().clone(),
+                    cron,
+                    timezone,
+                    run_on_start: src.run_on_start,
+                })),
+                _ => None,
+            }
+        }
+    };
+
+    let filters: Vec<Option<StageSpec>> = raw
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            cx.stage(
+                &format!("filter[{i}]"),
+                &f.plugin,
+                f.sha256.as_ref(),
+                f.config.as_ref(),
+                &f.grants,
+                &f.limits,
+                (DEFAULT_FUEL, DEFAULT_FILTER_TIMEOUT),
+            )
+        })
+        .collect();
+
+    if raw.sinks.is_empty() {
+        cx.error(
+            None,
+            "sink",
+            "a pipeline needs at least one [[sink]]".into(),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let sinks: Vec<Option<SinkSpec>> = raw
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| cx.sink(i, s, &mut seen))
+        .collect();
+
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    // No diagnostics means every Option above is Some.
+    Ok(PipelineSpec {
+        name,
+        file: path.to_path_buf(),
+        disabled: raw.disabled,
+        source: SourceSpec {
+            stage: source_stage.expect("checked"),
+            trigger: trigger.expect("checked"),
+        },
+        filters: filters.into_iter().map(|f| f.expect("checked")).collect(),
+        sinks: sinks.into_iter().map(|s| s.expect("checked")).collect(),
+    })
+}
+
+/// Accumulates diagnostics while converting one file.
+struct Checker<'a> {
+    file: PathBuf,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+    resolver: &'a PluginResolver,
+    machine: MachineCheck,
+    base_dir: PathBuf,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, field: &str, message: String) {
+        let (line, column) = match span {
+            Some(span) => {
+                let (l, c) = line_col(self.text, span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &mut self,
+        field: &str,
+        plugin: &Spanned<String>,
+        sha256: Option<&Spanned<String>>,
+        config: Option<&toml::Table>,
+        grants: &GrantsTable,
+        limits: &LimitsTable,
+        (default_fuel, default_timeout): (u64, std::time::Duration),
+    ) -> Option<StageSpec> {
+        let errors_before = self.diags.len();
+        let path = self
+            .resolver
+            .resolve(plugin.get_ref(), &self.base_dir)
+            .map_err(|m| self.error(Some(plugin.span()), &format!("{field}.plugin"), m))
+            .ok();
+        let pin = sha256.and_then(|pin| {
+            let hex_pin = pin.get_ref().trim().to_ascii_lowercase();
+            if hex_pin.len() != 64 || !hex_pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.error(
+                    Some(pin.span()),
+                    &format!("{field}.sha256"),
+                    "expected 64 hex digits".into(),
+                );
+                return None;
+            }
+            if let Some(path) = &path {
+                match std::fs::read(path) {
+                    Ok(bytes) => {
+                        let actual = hex::encode(Sha256::digest(&bytes));
+                        if actual != hex_pin {
+                            self.error(
+                                Some(pin.span()),
+                                &format!("{field}.sha256"),
+                                format!(
+                                    "{} has sha256 {actual}, not the pinned {hex_pin}; refusing to run other code than the pipeline names",
+                                    path.display()
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => self.error(
+                        Some(plugin.span()),
+                        &format!("{field}.plugin"),
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                }
+            }
+            Some(hex_pin)
+        });
+        let config_json = match config {
+            None => "{}".to_string(),
+            Some(table) => serde_json::to_string(table).unwrap_or_else(|e| {
+                self.error(
+                    None,
+                    &format!("{field}.config"),
+                    format!("cannot be expressed as JSON: {e}"),
+                );
+                String::new()
+            }),
+        };
+        let grants = self.grants(field, grants);
+        let limits = self.limits(field, limits, default_fuel, default_timeout);
+        if self.diags.len() > errors_before {
+            return None;
+        }
+        Some(StageSpec {
+            plugin: PluginRef {
+                name: plugin.get_ref().clone(),
+                path: path?,
+                sha256: pin,
+            },
+            config_json,
+            grants,
+            limits: limits?,
+        })
+    }
+
+    fn grants(&mut self, field: &str, g: &GrantsTable) -> Grants {
+        let mut out = Grants {
+            stdout: g.stdout,
+            ..Grants::default()
+        };
+        for (kind, list, target) in [
+            ("read_dirs", &g.read_dirs, &mut out.read_dirs),
+            ("write_dirs", &g.write_dirs, &mut out.write_dirs),
+        ] {
+            for dir in list {
+                let path = PathBuf::from(dir.get_ref());
+                let name = format!("{field}.grants.{kind}");
+                if !path.is_absolute() {
+                    self.error(
+                        Some(dir.span()),
+                        &name,
+                        format!(
+                            "`{}` must be an absolute path (it is mounted at the same path in the guest)",
+                            dir.get_ref()
+                        ),
+                    );
+                } else if self.machine == MachineCheck::Check && !path.is_dir() {
+                    self.error(
+                        Some(dir.span()),
+                        &name,
+                        format!("directory {} does not exist", path.display()),
+                    );
+                }
+                target.push(path);
+            }
+        }
+        for host in &g.hosts {
+            let h = host.get_ref().trim().to_ascii_lowercase();
+            let valid = !h.is_empty()
+                && !h.contains(['/', '@', ' ', '?', '#'])
+                && match h.rsplit_once(':') {
+                    Some((name, port)) => !name.is_empty() && port.parse::<u16>().is_ok(),
+                    None => true,
+                };
+            if valid {
+                out.hosts.push(h);
+            } else {
+                self.error(
+                    Some(host.span()),
+                    &format!("{field}.grants.hosts"),
+                    format!(
+                        "`{}` is not `host` or `host:port` (no scheme, path or user)",
+                        host.get_ref()
+                    ),
+                );
+            }
+        }
+        for (name, source) in &g.secrets {
+            let field_name = format!("{field}.grants.secrets.{name}");
+            let reference = match source.get_ref().split_once(':') {
+                Some(("env", var)) if !var.is_empty() => Some(SecretRef::Env(var.to_string())),
+                Some(("file", path)) if !path.is_empty() => {
+                    Some(SecretRef::File(self.base_dir.join(path)))
+                }
+                _ => {
+                    // Never echo the value: it may be the secret itself, pasted by mistake.
+                    self.error(
+                        Some(source.span()),
+                        &field_name,
+                        "a secret must be `env:NAME` or `file:/path` (the value is not shown)"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            if let Some(reference) = reference {
+                if self.machine == MachineCheck::Check {
+                    if let Err(m) = reference.resolve() {
+                        self.error(Some(source.span()), &field_name, m);
+                    }
+                }
+                out.secrets.push((name.clone(), reference));
+            }
+        }
+        out
+    }
+
+    fn limits(
+        &mut self,
+        field: &str,
+        l: &LimitsTable,
+        default_fuel: u64,
+        default_timeout: std::time::Duration,
+    ) -> Option<Limits> {
+        let memory = match &l.memory {
+            None => Some(DEFAULT_MEMORY),
+            Some(m) => match parse_size(m.get_ref()) {
+                Ok(bytes) if (1 << 20..=4 << 30).contains(&bytes) => Some(bytes),
+                Ok(_) => {
+                    self.error(
+                        Some(m.span()),
+                        &format!("{field}.limits.memory"),
+                        format!("`{}` is outside 1MiB..4GiB", m.get_ref()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.error(Some(m.span()), &format!("{field}.limits.memory"), e);
+                    None
+                }
+            },
+        };
+        let fuel = match &l.fuel {
+            Some(f) if *f.get_ref() == 0 => {
+                self.error(
+                    Some(f.span()),
+                    &format!("{field}.limits.fuel"),
+                    "must be more than 0".into(),
+                );
+                None
+            }
+            Some(f) => Some(*f.get_ref()),
+            None => Some(default_fuel),
+        };
+        let timeout = self.duration(l.timeout.as_ref(), &format!("{field}.limits.timeout"));
+        Some(Limits {
+            memory: memory?,
+            fuel: fuel?,
+            timeout: timeout?.unwrap_or(default_timeout),
+        })
+    }
+
+    /// A positive duration; `Some(None)` when absent, `None` when invalid.
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        field: &str,
+    ) -> Option<Option<std::time::Duration>> {
+        match value {
+            None => Some(None),
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) if !d.is_zero() => Some(Some(d)),
+                Ok(_) => {
+                    self.error(Some(v.span()), field, "must be longer than 0".into());
+                    None
+                }
+                Err(e) => {
+                    self.error(Some(v.span()), field, e);
+                    None
+                }
+            },
+        }
+    }
+
+    fn sink(
+        &mut self,
+        i: usize,
+        s: &SinkTable,
+        seen: &mut BTreeSet<String>,
+    ) -> Option<SinkSpec> {
+        let field = format!("sink[{i}]");
+        let errors_before = self.diags.len();
+        let name = s.name.get_ref().clone();
+        if !is_valid_name(&name) {
+            self.error(
+                Some(s.name.span()),
+                &format!("{field}.name"),
+                format!("`{name}` must be lower-case letters, digits, `-` or `_` (at most 64)"),
+            );
+        } else if !seen.insert(name.clone()) {
+            self.error(
+                Some(s.name.span()),
+                &format!("{field}.name"),
+                format!("another sink is already called `{name}`"),
+            );
+        }
+        let stage = self.stage(
+            &field,
+            &s.plugin,
+            s.sha256.as_ref(),
+            s.config.as_ref(),
+            &s.grants,
+            &s.limits,
+            (DEFAULT_SINK_FUEL, DEFAULT_SINK_TIMEOUT),
+        );
+        let retry = self.retry(&field, &s.retry);
+        let route = self.route(&field, s.route.as_ref());
+        if self.diags.len() > errors_before {
+            return None;
+        }
+        Some(SinkSpec {
+            name,
+            stage: stage?,
+            retry: retry?,
+            route: route?,
+        })
+    }
+
+    fn retry(&mut self, field: &str, r: &RetryTable) -> Option<RetryPolicy> {
+        let default = RetryPolicy::default();
+        let max_attempts = match &r.max_attempts {
+            Some(n) if *n.get_ref() == 0 => {
+                self.error(
+                    Some(n.span()),
+                    &format!("{field}.retry.max_attempts"),
+                    "must be at least 1".into(),
+                );
+                None
+            }
+            Some(n) => Some(*n.get_ref()),
+            None => Some(default.max_attempts),
+        };
+        let initial = self.duration(r.initial.as_ref(), &format!("{field}.retry.initial"));
+        let max = self.duration(r.max.as_ref(), &format!("{field}.retry.max"));
+        let multiplier = match &r.multiplier {
+            Some(m) if !(1.0..=10.0).contains(m.get_ref()) => {
+                self.error(
+                    Some(m.span()),
+                    &format!("{field}.retry.multiplier"),
+                    format!("{} is outside 1.0..10.0", m.get_ref()),
+                );
+                None
+            }
+            Some(m) => Some(*m.get_ref()),
+            None => Some(default.multiplier),
+        };
+        let policy = RetryPolicy {
+            max_attempts: max_attempts?,
+            initial: initial?.unwrap_or(default.initial),
+            max: max?.unwrap_or(default.max),
+            multiplier: multiplier?,
+        };
+        if policy.max < policy.initial {
+            self.error(
+                r.max.as_ref().map(|m| m.span()),
+                &format!("{field}.retry.max"),
+                "must not be shorter than `initial`".into(),
+            );
+            return None;
+        }
+        Some(policy)
+    }
+
+    fn route(&mut self, field: &str, m: Option<&MatchTable>) -> Option<Route> {
+        let Some(m) = m else {
+            return Some(Route::default());
+        };
+        let severity = match &m.severity {
+            None => Some(None),
+            Some(expr) => match parse_severity_match(expr.get_ref()) {
+                Ok(cmp) => Some(Some(cmp)),
+                Err(e) => {
+                    self.error(Some(expr.span()), &format!("{field}.match.severity"), e);
+                    None
+                }
+            },
+        };
+        Some(Route {
+            severity: severity?,
+            labels: m
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+}
+
+/// Parses `">= warning"`, `"<info"`, `"error"` (equal).
+fn parse_severity_match(text: &str) -> Result<(Comparison, Severity), String> {
+    let t = text.trim();
+    let (op, rest) = [
+        (">=", Comparison::Ge),
+        ("<=", Comparison::Le),
+        ("==", Comparison::Eq),
+        (">", Comparison::Gt),
+        ("<", Comparison::Lt),
+        ("=", Comparison::Eq),
+    ]
+    .into_iter()
+    .find_map(|(p, op)| t.strip_prefix(p).map(|rest| (op, rest)))
+    .unwrap_or((Comparison::Eq, t));
+    Severity::parse(rest.trim()).map(|s| (op, s)).ok_or_else(|| {
+        format!("`{text}` is not a severity comparison such as \">= warning\" (levels: none, info, warning, error, alert)")
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        resolver: PluginResolver,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        for p in ["backup_check", "threshold", "stdout", "matrix"] {
+            std::fs::write(plugins.join(format!("{p}.wasm")), b"\0asm").unwrap();
+        }
+        Fixture {
+            resolver: PluginResolver::new(vec![plugins]),
+            dir,
+        }
+    }
+
+    fn check(fx: &Fixture, text: &str) -> Result<PipelineSpec, Vec<Diagnostic>> {
+        parse_pipeline(
+            &fx.dir.path().join("nightly.toml"),
+            text,
+            &fx.resolver,
+            MachineCheck::Check,
+        )
+    }
+
+    const GOOD: &str = r#"
+[source]
+plugin = "backup-check"
+schedule = "0 */15 * * * *"
+config = { dir = "/tmp", pattern = "*.tar" }
+grants = { read_dirs = ["/tmp"] }
+
+[[filter]]
+plugin = "threshold"
+config = { metric = "backup-age-seconds", above = { warn = 10, error = 20 } }
+
+[[sink]]
+name = "out"
+plugin = "stdout"
+grants = { stdout = true }
+retry = { max_attempts = 3, initial = "2s", max = "1m" }
+match = { severity = ">= info" }
+"#;
+
+    #[test]
+    fn a_good_file_becomes_a_spec() {
+        let fx = fixture();
+        let spec = check(&fx, GOOD).unwrap();
+        assert_eq!(spec.name, "nightly");
+        assert!(spec.source.stage.plugin.path.ends_with("backup_check.wasm"));
+        assert!(matches!(spec.source.trigger, Trigger::Schedule(_)));
+        assert_eq!(spec.filters.len(), 1);
+        assert!(spec.filters[0].config_json.contains("backup-age-seconds"));
+        assert_eq!(spec.sinks[0].retry.max_attempts, 3);
+        assert_eq!(spec.sinks[0].retry.initial, std::time::Duration::from_secs(2));
+        assert_eq!(spec.source.stage.limits.memory, DEFAULT_MEMORY);
+        assert_eq!(spec.filters[0].limits.timeout, DEFAULT_FILTER_TIMEOUT);
+    }
+
+    #[test]
+    fn unknown_field_names_the_line_and_field() {
+        let fx = fixture();
+        let text = GOOD.replace("schedule =", "shedule =");
+        let d = check(&fx, &text).unwrap_err();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].line, Some(4), "{}", d[0]);
+        assert!(d[0].message.contains("unknown field `shedule`"), "{}", d[0]);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once_with_line_and_field() {
+        let fx = fixture();
+        let text = GOOD
+            .replace("0 */15 * * * *", "0 61 * * * *")
+            .replace("\"threshold\"", "\"thresold\"")
+            .replace("read_dirs = [\"/tmp\"]", "read_dirs = [\"/no/such/dir\"]");
+        let d = check(&fx, &text).unwrap_err();
+        let rendered: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        let find = |field: &str| {
+            d.iter()
+                .find(|d| d.field == field)
+                .unwrap_or_else(|| panic!("no {field} in {rendered:?}"))
+        };
+        assert_eq!(find("source.schedule").line, Some(4));
+        assert!(find("source.schedule").message.contains("not a cron expression"));
+        assert_eq!(find("filter[0].plugin").line, Some(9));
+        assert!(find("filter[0].plugin").message.contains("unknown plugin `thresold`"));
+        assert_eq!(find("source.grants.read_dirs").line, Some(6));
+        assert!(find("source.grants.read_dirs").message.contains("/no/such/dir"));
+        assert!(rendered[0].starts_with(&fx.dir.path().join("nightly.toml").display().to_string()));
+    }
+
+    #[test]
+    fn machine_checks_are_skipped_when_asked() {
+        let fx = fixture();
+        let text = GOOD.replace("[\"/tmp\"]", "[\"/no/such/dir\"]");
+        assert!(parse_pipeline(
+            &fx.dir.path().join("nightly.toml"),
+            &text,
+            &fx.resolver,
+            MachineCheck::Skip
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn invalid_toml_is_one_clear_error() {
+        let fx = fixture();
+        let d = check(&fx, "[source\nplugin = 1").unwrap_err();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].line, Some(1));
+    }
+
+    #[test]
+    fn secrets_are_references_and_never_echoed() {
+        let fx = fixture();
+        let text = GOOD.replace(
+            "grants = { stdout = true }",
+            "grants = { stdout = true, secrets = { token = \"syt_supersecret\" } }",
+        );
+        let d = check(&fx, &text).unwrap_err();
+        assert_eq!(d.len(), 1);
+        assert!(!d[0].to_string().contains("supersecret"), "{}", d[0]);
+        let text = GOOD.replace(
+            "grants = { stdout = true }",
+            "grants = { secrets = { token = \"env:TOCSIN_TEST_UNSET_VARIABLE\" } }",
+        );
+        let d = check(&fx, &text).unwrap_err();
+        assert!(d[0].message.contains("TOCSIN_TEST_UNSET_VARIABLE is not set"));
+    }
+
+    #[test]
+    fn duplicate_sinks_missing_sinks_and_bad_retry_are_errors() {
+        let fx = fixture();
+        let two = format!("{GOOD}\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n");
+        let d = check(&fx, &two).unwrap_err();
+        assert!(d[0].message.contains("already called `out`"), "{:?}", d);
+        let none = GOOD.split("[[sink]]").next().unwrap();
+        let d = check(&fx, none).unwrap_err();
+        assert!(d[0].message.contains("at least one [[sink]]"));
+        let bad = GOOD.replace("initial = \"2s\", max = \"1m\"", "initial = \"2m\", max = \"1s\"");
+        let d = check(&fx, &bad).unwrap_err();
+        assert_eq!(d[0].field, "sink[0].retry.max");
+    }
+
+    #[test]
+    fn ingest_sources_have_no_schedule() {
+        let fx = fixture();
+        let text = GOOD.replace("schedule = \"0 */15 * * * *\"\n", "");
+        let spec = check(&fx, &text).unwrap();
+        assert_eq!(spec.source.trigger, Trigger::Ingest);
+    }
+
+    #[test]
+    fn a_pinned_digest_must_match() {
+        let fx = fixture();
+        let wrong = "0".repeat(64);
+        let text = GOOD.replace(
+            "plugin = \"threshold\"",
+            &format!("plugin = \"threshold\"\nsha256 = \"{wrong}\""),
+        );
+        let d = check(&fx, &text).unwrap_err();
+        assert!(d[0].message.contains("not the pinned"), "{}", d[0]);
+        let right = hex::encode(Sha256::digest(b"\0asm"));
+        let text = GOOD.replace(
+            "plugin = \"threshold\"",
+            &format!("plugin = \"threshold\"\nsha256 = \"{right}\""),
+        );
+        assert!(check(&fx, &text).is_ok());
+    }
+
+    #[test]
+    fn routes_match_severity_and_labels() {
+        let (op, s) = parse_severity_match(">= warning").unwrap();
+        let route = Route {
+            severity: Some((op, s)),
+            labels: vec![("team".into(), "ops".into())],
+        };
+        let mut m = tocsin_message::Message {
+            id: "1".into(),
+            timestamp_ms: 0,
+            severity: Severity::Error,
+            summary: None,
+            body: String::new(),
+            labels: vec![("team".into(), "ops".into())],
+            metrics: vec![],
+            payload: None,
+        };
+        assert!(route.matches(&m));
+        m.severity = Severity::Info;
+        assert!(!route.matches(&m));
+        assert!(parse_severity_match("bad").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial: std::time::Duration::from_secs(1),
+            max: std::time::Duration::from_secs(10),
+            multiplier: 2.0,
+        };
+        assert_eq!(p.base_delay(1).as_secs(), 1);
+        assert_eq!(p.base_delay(3).as_secs(), 4);
+        assert_eq!(p.base_delay(9).as_secs(), 10);
+        let j = p.jittered_delay(3, 0.0);
+        assert_eq!(j.as_secs(), 2);
+    }
+}

@@ -1,0 +1,234 @@
+//! The message that travels through a tocsin pipeline, and its on-disk encoding.
+//!
+//! This crate is the host's mirror of the WIT `types.message` record (see `wit/tocsin.wit`).
+//! The runtime converts between the two at the sandbox boundary; the queue stores the encoded
+//! form; nothing here knows about wasmtime, sled or tokio.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How bad it is. Ordered: `None < Info < Warning < Error < Alert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Not an alert.
+    None,
+    /// Informational, including "resolved" notices.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Something is broken.
+    Error,
+    /// Wake someone up.
+    Alert,
+}
+
+impl Severity {
+    /// Every severity, lowest first.
+    pub const ALL: [Severity; 5] = [
+        Severity::None,
+        Severity::Info,
+        Severity::Warning,
+        Severity::Error,
+        Severity::Alert,
+    ];
+
+    /// The lower-case name used in pipeline files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::None => "none",
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Alert => "alert",
+        }
+    }
+
+    /// Parses a lower-case severity name.
+    pub fn parse(name: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One alert or event travelling through a pipeline (the WIT `message` record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Stable id derived from the input, so a re-run step produces the same id.
+    pub id: String,
+    /// Event time, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Short title.
+    pub summary: Option<String>,
+    /// The text.
+    pub body: String,
+    /// Text attributes.
+    pub labels: Vec<(String, String)>,
+    /// Numeric measurements.
+    pub metrics: Vec<(String, f64)>,
+    /// The original payload, when a decoder keeps it.
+    pub payload: Option<String>,
+}
+
+impl Message {
+    /// The value of the first label called `name`.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of the first metric called `name`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    /// An approximate in-memory size in bytes, used to enforce output caps.
+    pub fn approx_size(&self) -> usize {
+        self.id.len()
+            + self.summary.as_ref().map_or(0, String::len)
+            + self.body.len()
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.metrics.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
+            + self.payload.as_ref().map_or(0, String::len)
+            + 16
+    }
+}
+
+/// The longest idempotency key handed to a sink; longer keys are replaced by a hash.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// The idempotency key of a message for one sink of one pipeline:
+/// `<pipeline>/<sink>/<message id>`, or `sha256:<hex>` of that when it is longer than
+/// [`MAX_IDEMPOTENCY_KEY_LEN`] or contains characters a URL path segment would need escaped.
+/// The same on every retry, so services that remember keys (Matrix txnId, Mastodon
+/// Idempotency-Key) post once.
+pub fn idempotency_key(pipeline: &str, sink: &str, message_id: &str) -> String {
+    let key = format!("{pipeline}/{sink}/{message_id}");
+    let plain = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':'));
+    if key.len() <= MAX_IDEMPOTENCY_KEY_LEN && plain {
+        key
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+}
+
+/// Errors decoding a stored record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The record is empty.
+    #[error("empty record")]
+    Empty,
+    /// The record was written by a format this build does not know.
+    #[error("record format version {found} is not supported (this build reads version {supported})")]
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+        /// The version this build reads.
+        supported: u8,
+    },
+    /// The record's body is malformed.
+    #[error("malformed record: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// The version byte that starts every record written by this build.
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+
+/// Encodes a value as a stored record: one version byte, then postcard.
+pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_FORMAT_VERSION];
+    // postcard cannot fail to serialise our plain data types into a growable Vec.
+    out.extend(postcard::to_stdvec(value).expect("postcard serialises plain records"));
+    out
+}
+
+/// Decodes a record written by [`encode_record`].
+pub fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&RECORD_FORMAT_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&found, _)) => Err(DecodeError::UnknownVersion {
+            found,
+            supported: RECORD_FORMAT_VERSION,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message {
+            id: "backup/1700000000000".into(),
+            timestamp_ms: 1_700_000_000_000,
+            severity: Severity::Warning,
+            summary: Some("Backup is stale".into()),
+            body: "newest backup is 27 h old".into(),
+            labels: vec![("host".into(), "db1".into())],
+            metrics: vec![("backup-age-seconds".into(), 97200.0)],
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let m = sample();
+        let bytes = encode_record(&m);
+        assert_eq!(bytes[0], RECORD_FORMAT_VERSION);
+        assert_eq!(decode_record::<Message>(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_record_version_is_an_error_not_garbage() {
+        let mut bytes = encode_record(&sample());
+        bytes[0] = 9;
+        let err = decode_record::<Message>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+        assert!(matches!(
+            decode_record::<Message>(&[]),
+            Err(DecodeError::Empty)
+        ));
+    }
+
+    #[test]
+    fn truncated_record_is_malformed() {
+        let bytes = encode_record(&sample());
+        let err = decode_record::<Message>(&bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn idempotency_key_is_readable_when_short_and_hashed_when_long_or_odd() {
+        assert_eq!(idempotency_key("p", "s", "m-1"), "p/s/m-1");
+        let long = "x".repeat(200);
+        let hashed = idempotency_key("p", "s", &long);
+        assert!(hashed.starts_with("sha256:") && hashed.len() == 7 + 64);
+        assert_eq!(hashed, idempotency_key("p", "s", &long), "stable");
+        assert!(idempotency_key("p", "s", "a b?").starts_with("sha256:"));
+    }
+
+    #[test]
+    fn severities_order_and_parse() {
+        assert!(Severity::Info < Severity::Warning && Severity::Error < Severity::Alert);
+        for s in Severity::ALL {
+            assert_eq!(Severity::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Severity::parse("fatal"), None);
+    }
+}

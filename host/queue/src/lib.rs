@@ -1,1 +1,237 @@
-//! stub
+//! Durable queues between pipeline stages, behind a small trait.
+//!
+//! A pipeline has an *ingress* queue (what its source produced, waiting for the filters), one
+//! queue per sink (waiting for delivery), one dead-letter queue per sink (and one for messages
+//! the filters could not handle), and the durable state of its plugins.
+//!
+//! The contract every backend keeps:
+//! - **Persist before acknowledge.** [`QueueStore::append_ingress`], [`QueueStore::hand_over`]
+//!   and [`QueueStore::dead_letter`] return a [`Commit`] that resolves only once the write is
+//!   durable. Callers acknowledge their producer (an HTTP client, a cron tick) after that.
+//! - **Atomic hand-over.** Removing a message from ingress, appending what the filters made of
+//!   it to the sink queues and writing the plugin state they changed happen together or not at
+//!   all, even across `kill -9`.
+//! - **Order.** Each queue iterates in arrival order.
+//!
+//! [`sled_store::SledStore`] is the embedded backend. The trait is shaped so a distributed one
+//! (NATS JetStream: append with a dedup id, a consumer that acks, dead letters as another
+//! stream) fits later.
+
+pub mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use tocsin_message::Message;
+
+pub use sled_store::SledStore;
+
+/// A position in a queue: increasing in arrival order, unique within the store.
+pub type Seq = u64;
+
+/// The pseudo queue name under which messages the filters failed on are dead-lettered.
+/// (Sink names cannot contain `@`.)
+pub const FILTERS_QUEUE: &str = "@filters";
+
+/// Errors of the queue store.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The storage engine failed (disk full, I/O error, corruption).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A record could not be decoded.
+    #[error("corrupt record in {queue}: {source}")]
+    Corrupt {
+        /// Which queue.
+        queue: String,
+        /// Why.
+        source: tocsin_message::DecodeError,
+    },
+    /// The store is shutting down; the write may not be durable.
+    #[error("the queue store is closed")]
+    Closed,
+    /// No such entry.
+    #[error("no entry {seq} in {queue}")]
+    NotFound {
+        /// Which queue.
+        queue: String,
+        /// Which entry.
+        seq: Seq,
+    },
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// A message waiting in a queue, with its delivery history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message.
+    pub message: Message,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Do not try before this time (ms since the epoch); 0 = now.
+    pub not_before_ms: u64,
+    /// When it entered this queue (ms since the epoch).
+    pub enqueued_ms: u64,
+}
+
+impl Envelope {
+    /// A fresh envelope with no attempts.
+    pub fn new(message: Message, now_ms: u64) -> Self {
+        Envelope {
+            message,
+            attempts: 0,
+            last_error: None,
+            not_before_ms: 0,
+            enqueued_ms: now_ms,
+        }
+    }
+}
+
+/// One write to a plugin's durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The stage that owns the state (`source`, `filter.0`, `sink.<name>`).
+    pub stage: String,
+    /// The key.
+    pub key: String,
+    /// The new value; `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What the filters made of one ingress message, to commit atomically.
+#[derive(Debug, Clone, Default)]
+pub struct HandOver {
+    /// The ingress entry to remove.
+    pub ingress: Seq,
+    /// Envelopes to append, per sink.
+    pub outputs: Vec<(String, Vec<Envelope>)>,
+    /// Plugin state the filters changed.
+    pub state: Vec<StateWrite>,
+}
+
+/// Queue lengths of one pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depths {
+    /// Waiting for the filters.
+    pub ingress: usize,
+    /// Waiting for delivery, per sink.
+    pub sinks: Vec<(String, usize)>,
+    /// Dead letters, per queue name (sinks and [`FILTERS_QUEUE`]).
+    pub dead: Vec<(String, usize)>,
+}
+
+/// Resolves once a write is durable (or failed to be).
+#[must_use = "a write is not durable until its Commit resolves"]
+pub struct Commit(CommitInner);
+
+enum CommitInner {
+    Ready(Option<Result<()>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<()>>),
+}
+
+impl Commit {
+    /// An already-resolved commit.
+    pub fn ready(result: Result<()>) -> Self {
+        Commit(CommitInner::Ready(Some(result)))
+    }
+
+    /// A commit resolved by whoever holds the sender.
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Self {
+        Commit(CommitInner::Waiting(rx))
+    }
+
+    /// Blocks the current thread until durable (for synchronous callers such as the CLI).
+    pub fn wait_blocking(self) -> Result<()> {
+        match self.0 {
+            CommitInner::Ready(r) => r.unwrap_or(Ok(())),
+            CommitInner::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(QueueError::Closed)),
+        }
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<()>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut self.0 {
+            CommitInner::Ready(r) => Poll::Ready(r.take().unwrap_or(Ok(()))),
+            CommitInner::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(QueueError::Closed))),
+        }
+    }
+}
+
+/// The durable queues of every pipeline.
+///
+/// Reads (`*_head`, `state_get`, listings) see every write made so far, durable or not.
+/// Writes whose loss would lose a message return a [`Commit`]; the others (`ack`,
+/// `record_failure`) are made durable by the next commit or within a second, since losing them
+/// only causes a redelivery under the same idempotency key.
+pub trait QueueStore: Send + Sync + 'static {
+    /// Appends messages to a pipeline's ingress queue, with plugin state the source changed.
+    fn append_ingress(&self, pipeline: &str, messages: &[Message], state: &[StateWrite])
+        -> Commit;
+
+    /// The oldest ingress entry, left in place.
+    fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>>;
+
+    /// Rewrites an ingress entry after a failed filter run (attempts, last error, not before).
+    fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()>;
+
+    /// Atomically removes an ingress entry, appends its outputs to sink queues and writes the
+    /// plugin state (see the crate docs).
+    fn hand_over(&self, pipeline: &str, hand_over: HandOver) -> Commit;
+
+    /// The oldest entry of a sink queue, left in place.
+    fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>>;
+
+    /// Removes a delivered entry.
+    fn ack(&self, pipeline: &str, sink: &str, seq: Seq) -> Result<()>;
+
+    /// Rewrites a sink entry after a failed attempt.
+    fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope)
+        -> Result<()>;
+
+    /// Moves an entry of `queue` (a sink name, or [`FILTERS_QUEUE`] for ingress) to that
+    /// queue's dead letters, with its final envelope.
+    fn dead_letter(&self, pipeline: &str, queue: &str, seq: Seq, envelope: &Envelope) -> Commit;
+
+    /// The dead letters of `queue`, oldest first.
+    fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>>;
+
+    /// Moves dead letters back to the tail of their queue with a fresh attempt count;
+    /// `None` replays all of them. Returns how many moved.
+    fn replay(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize>;
+
+    /// Deletes dead letters; `None` deletes all of them. Returns how many went.
+    fn purge_dead(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize>;
+
+    /// Reads one value of a stage's plugin state.
+    fn state_get(&self, pipeline: &str, stage: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Queue lengths of a pipeline.
+    fn depths(&self, pipeline: &str) -> Result<Depths>;
+
+    /// Pipelines that have anything stored, deleted ones included.
+    fn pipelines(&self) -> Result<Vec<String>>;
+
+    /// Removes everything stored for a pipeline.
+    fn purge_pipeline(&self, pipeline: &str) -> Result<()>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Commit;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,612 @@
+//! The embedded queue backend on sled 0.34.
+//!
+//! # Layout
+//! One sled tree per pipeline (`p/<name>`), so that everything one hand-over touches sits in
+//! one tree and `Tree::apply_batch` makes it crash-atomic without sled's multi-tree
+//! transactions (which take a process-wide lock and top out near 5 k/s here). Keys start with
+//! a kind byte; sequence numbers are big-endian so iteration order is arrival order:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `i` seq | ingress [`Envelope`] |
+//! | `q` sink `\0` seq | sink queue [`Envelope`] |
+//! | `d` queue `\0` seq | dead letter [`Envelope`] (queue = sink name or `@filters`) |
+//! | `s` stage `\0` key | plugin state bytes |
+//!
+//! Sequence numbers come from `Db::generate_id`, monotonic across restarts.
+//!
+//! # Durability
+//! Writes are applied at once (so readers see them) and made durable by one *group commit*
+//! thread: it takes every waiting [`Commit`], calls sled's `flush` (which writes and
+//! `sync_file_range`s the data file) and then `fdatasync`s the data file through a handle of its
+//! own, because `sync_file_range` alone does not survive a power cut. One flush acknowledges
+//! every write made before it, so concurrent producers share the cost of the sync.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tocsin_message::{decode_record, encode_record, Message};
+use tokio::sync::oneshot;
+
+use crate::{
+    now_ms, Commit, Depths, Envelope, HandOver, QueueError, QueueStore, Result, Seq, StateWrite,
+    FILTERS_QUEUE,
+};
+
+const INGRESS: u8 = b'i';
+const SINK: u8 = b'q';
+const DEAD: u8 = b'd';
+const STATE: u8 = b's';
+const TREE_PREFIX: &str = "p/";
+
+/// How often the group-commit thread flushes when nobody waits (acks, failure records).
+const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The sled-backed [`QueueStore`].
+pub struct SledStore {
+    db: sled::Db,
+    trees: Mutex<HashMap<String, sled::Tree>>,
+    /// `None` only while dropping, so the group-commit thread sees its channel close.
+    committer: Option<mpsc::Sender<oneshot::Sender<Result<()>>>>,
+    group_commit_thread: Option<std::thread::JoinHandle<()>>,
+    data_file: Arc<File>,
+    path: PathBuf,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled's own `flush_every_ms` is turned off: durability comes only from the group commit,
+    /// so acknowledged means synced.
+    pub fn open(dir: &Path) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                QueueError::Storage(format!(
+                    "cannot open the queue database in {}: {e}. If it is corrupt, move the \
+                     directory aside and start again (see docs/operations.md)",
+                    dir.display()
+                ))
+            })?;
+        let data_file = File::options()
+            .read(true)
+            .write(true)
+            .open(dir.join("db"))
+            .map_err(|e| {
+                QueueError::Storage(format!("cannot open {}/db for syncing: {e}", dir.display()))
+            })?;
+        let data_file = Arc::new(data_file);
+        let (tx, rx) = mpsc::channel();
+        let (flusher_db, flusher_file) = (db.clone(), data_file.clone());
+        let thread = std::thread::Builder::new()
+            .name("tocsin-group-commit".into())
+            .spawn(move || group_commit_loop(flusher_db, flusher_file, rx))
+            .map_err(storage)?;
+        Ok(Arc::new(SledStore {
+            db,
+            trees: Mutex::new(HashMap::new()),
+            committer: Some(tx),
+            group_commit_thread: Some(thread),
+            data_file,
+            path: dir.to_path_buf(),
+        }))
+    }
+
+    /// The directory holding the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tree(&self, pipeline: &str) -> Result<sled::Tree> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = trees.get(pipeline) {
+            return Ok(t.clone());
+        }
+        let tree = self
+            .db
+            .open_tree(format!("{TREE_PREFIX}{pipeline}"))
+            .map_err(storage)?;
+        trees.insert(pipeline.to_string(), tree.clone());
+        Ok(tree)
+    }
+
+    fn commit(&self) -> Commit {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.committer.as_ref().map(|c| c.send(tx));
+        if !matches!(sent, Some(Ok(()))) {
+            return Commit::ready(Err(QueueError::Closed));
+        }
+        Commit::waiting(rx)
+    }
+
+    /// Makes every write so far durable, on this thread (for operator commands, which are
+    /// rare and must not wait behind the group commit from inside an async task).
+    fn sync_now(&self) -> Result<()> {
+        self.db.flush().map_err(storage)?;
+        self.data_file.sync_data().map_err(storage)
+    }
+
+    fn next_seq(&self) -> Result<Seq> {
+        self.db.generate_id().map_err(storage)
+    }
+
+    fn first_with_prefix(&self, tree: &sled::Tree, prefix: &[u8]) -> Result<Option<(Seq, Envelope)>> {
+        match tree.scan_prefix(prefix).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry.map_err(storage)?;
+                Ok(Some((seq_of(&k), decode(&v, prefix)?)))
+            }
+        }
+    }
+
+    fn batch_result(&self, result: std::result::Result<(), sled::Error>) -> Commit {
+        match result {
+            Ok(()) => self.commit(),
+            Err(e) => Commit::ready(Err(storage(e))),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Close the channel so the group-commit thread does a last flush and ends, and wait for
+        // it: it holds a handle on the database, whose lock must be free for a reopen.
+        self.committer = None;
+        if let Some(thread) = self.group_commit_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn group_commit_loop(
+    db: sled::Db,
+    data_file: Arc<File>,
+    rx: mpsc::Receiver<oneshot::Sender<Result<()>>>,
+) {
+    let mut waiting = Vec::new();
+    loop {
+        match rx.recv_timeout(IDLE_FLUSH_INTERVAL) {
+            Ok(first) => {
+                waiting.push(first);
+                waiting.extend(rx.try_iter());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = db.flush().and_then(|_| Ok(data_file.sync_data()?));
+                return;
+            }
+        }
+        let result = db
+            .flush()
+            .map_err(storage)
+            .and_then(|_| data_file.sync_data().map_err(storage));
+        for reply in waiting.drain(..) {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(QueueError::Storage(e.to_string())),
+            });
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+fn decode(bytes: &[u8], prefix: &[u8]) -> Result<Envelope> {
+    decode_record(bytes).map_err(|source| QueueError::Corrupt {
+        queue: String::from_utf8_lossy(prefix).into_owned(),
+        source,
+    })
+}
+
+fn ingress_key(seq: Seq) -> Vec<u8> {
+    let mut k = vec![INGRESS];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn named_prefix(kind: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 10);
+    k.push(kind);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+fn named_key(kind: u8, name: &str, seq: Seq) -> Vec<u8> {
+    let mut k = named_prefix(kind, name);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key of an entry of `queue`: ingress for [`FILTERS_QUEUE`], else that sink's queue.
+fn queue_key(queue: &str, seq: Seq) -> Vec<u8> {
+    if queue == FILTERS_QUEUE {
+        ingress_key(seq)
+    } else {
+        named_key(SINK, queue, seq)
+    }
+}
+
+fn state_key(stage: &str, key: &str) -> Vec<u8> {
+    let mut k = named_prefix(STATE, stage);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Seq {
+    let mut b = [0u8; 8];
+    let tail = &key[key.len().saturating_sub(8)..];
+    b[8 - tail.len()..].copy_from_slice(tail);
+    Seq::from_be_bytes(b)
+}
+
+fn add_state(batch: &mut sled::Batch, state: &[StateWrite]) {
+    for w in state {
+        let key = state_key(&w.stage, &w.key);
+        match &w.value {
+            Some(v) => batch.insert(key, v.as_slice()),
+            None => batch.remove(key),
+        }
+    }
+}
+
+impl QueueStore for SledStore {
+    fn append_ingress(&self, pipeline: &str, messages: &[Message], state: &[StateWrite]) -> Commit {
+        let run = || -> Result<()> {
+            let tree = self.tree(pipeline)?;
+            let now = now_ms();
+            let mut batch = sled::Batch::default();
+            for m in messages {
+                let env = Envelope::new(m.clone(), now);
+                batch.insert(ingress_key(self.next_seq()?), encode_record(&env));
+            }
+            add_state(&mut batch, state);
+            tree.apply_batch(batch).map_err(storage)
+        };
+        match run() {
+            Ok(()) => self.commit(),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>> {
+        self.first_with_prefix(&self.tree(pipeline)?, &[INGRESS])
+    }
+
+    fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
+        self.tree(pipeline)?
+            .insert(ingress_key(seq), encode_record(envelope))
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn hand_over(&self, pipeline: &str, hand_over: HandOver) -> Commit {
+        let run = || -> Result<std::result::Result<(), sled::Error>> {
+            let tree = self.tree(pipeline)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(ingress_key(hand_over.ingress));
+            for (sink, envelopes) in &hand_over.outputs {
+                for env in envelopes {
+                    batch.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
+                }
+            }
+            add_state(&mut batch, &hand_over.state);
+            Ok(tree.apply_batch(batch))
+        };
+        match run() {
+            Ok(applied) => self.batch_result(applied),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>> {
+        self.first_with_prefix(&self.tree(pipeline)?, &named_prefix(SINK, sink))
+    }
+
+    fn ack(&self, pipeline: &str, sink: &str, seq: Seq) -> Result<()> {
+        self.tree(pipeline)?
+            .remove(named_key(SINK, sink, seq))
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
+        self.tree(pipeline)?
+            .insert(named_key(SINK, sink, seq), encode_record(envelope))
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn dead_letter(&self, pipeline: &str, queue: &str, seq: Seq, envelope: &Envelope) -> Commit {
+        let tree = match self.tree(pipeline) {
+            Ok(t) => t,
+            Err(e) => return Commit::ready(Err(e)),
+        };
+        let mut batch = sled::Batch::default();
+        batch.remove(queue_key(queue, seq));
+        batch.insert(named_key(DEAD, queue, seq), encode_record(envelope));
+        self.batch_result(tree.apply_batch(batch))
+    }
+
+    fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {
+        let prefix = named_prefix(DEAD, queue);
+        self.tree(pipeline)?
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                Ok((seq_of(&k), decode(&v, &prefix)?))
+            })
+            .collect()
+    }
+
+    fn replay(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
+        let tree = self.tree(pipeline)?;
+        let mut batch = sled::Batch::default();
+        let letters = match seq {
+            None => self.dead_letters(pipeline, queue)?,
+            Some(seq) => match tree.get(named_key(DEAD, queue, seq)).map_err(storage)? {
+                Some(v) => vec![(seq, decode(&v, queue.as_bytes())?)],
+                None => {
+                    return Err(QueueError::NotFound {
+                        queue: format!("dead letters of {pipeline}/{queue}"),
+                        seq,
+                    })
+                }
+            },
+        };
+        for (seq, mut env) in letters.iter().cloned() {
+            env.attempts = 0;
+            env.not_before_ms = 0;
+            batch.remove(named_key(DEAD, queue, seq));
+            batch.insert(queue_key(queue, self.next_seq()?), encode_record(&env));
+        }
+        tree.apply_batch(batch).map_err(storage)?;
+        self.sync_now()?;
+        Ok(letters.len())
+    }
+
+    fn purge_dead(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
+        let tree = self.tree(pipeline)?;
+        let keys: Vec<Vec<u8>> = match seq {
+            Some(seq) => vec![named_key(DEAD, queue, seq)],
+            None => tree
+                .scan_prefix(named_prefix(DEAD, queue))
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()).map_err(storage))
+                .collect::<Result<_>>()?,
+        };
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            if tree.contains_key(&k).map_err(storage)? {
+                removed += 1;
+                batch.remove(k);
+            }
+        }
+        tree.apply_batch(batch).map_err(storage)?;
+        self.sync_now()?;
+        Ok(removed)
+    }
+
+    fn state_get(&self, pipeline: &str, stage: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree(pipeline)?
+            .get(state_key(stage, key))
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn depths(&self, pipeline: &str) -> Result<Depths> {
+        let tree = self.tree(pipeline)?;
+        let count_named = |kind: u8| -> Result<Vec<(String, usize)>> {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for key in tree.scan_prefix([kind]).keys() {
+                let key = key.map_err(storage)?;
+                let name_end = key.len().saturating_sub(9);
+                let name = String::from_utf8_lossy(&key[1..name_end.max(1)]).into_owned();
+                *counts.entry(name).or_default() += 1;
+            }
+            Ok(counts.into_iter().collect())
+        };
+        Ok(Depths {
+            ingress: tree.scan_prefix([INGRESS]).count(),
+            sinks: count_named(SINK)?,
+            dead: count_named(DEAD)?,
+        })
+    }
+
+    fn pipelines(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for name in self.db.tree_names() {
+            if let Some(rest) = name.strip_prefix(TREE_PREFIX.as_bytes()) {
+                let tree = self.tree(&String::from_utf8_lossy(rest))?;
+                if !tree.is_empty() {
+                    names.push(String::from_utf8_lossy(rest).into_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn purge_pipeline(&self, pipeline: &str) -> Result<()> {
+        self.trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pipeline);
+        self.db
+            .drop_tree(format!("{TREE_PREFIX}{pipeline}"))
+            .map_err(storage)?;
+        self.sync_now()
+    }
+
+    fn flush(&self) -> Commit {
+        self.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_message::Severity;
+
+    fn msg(id: &str) -> Message {
+        Message {
+            id: id.into(),
+            timestamp_ms: 1,
+            severity: Severity::Error,
+            summary: None,
+            body: format!("body of {id}"),
+            labels: vec![],
+            metrics: vec![],
+            payload: None,
+        }
+    }
+
+    fn state(stage: &str, key: &str, v: &[u8]) -> StateWrite {
+        StateWrite {
+            stage: stage.into(),
+            key: key.into(),
+            value: Some(v.to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn ingress_is_fifo_and_hand_over_moves_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("p", &[msg("a"), msg("b")], &[]).await.unwrap();
+        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+        assert_eq!(env.message.id, "a");
+        q.hand_over(
+            "p",
+            HandOver {
+                ingress: seq,
+                outputs: vec![
+                    ("s1".into(), vec![Envelope::new(msg("a"), 0)]),
+                    ("s2".into(), vec![Envelope::new(msg("a"), 0)]),
+                ],
+                state: vec![state("filter.0", "k", b"v")],
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "b");
+        assert_eq!(q.sink_head("p", "s1").unwrap().unwrap().1.message.id, "a");
+        assert_eq!(q.sink_head("p", "s2").unwrap().unwrap().1.message.id, "a");
+        assert_eq!(q.state_get("p", "filter.0", "k").unwrap().unwrap(), b"v");
+        let d = q.depths("p").unwrap();
+        assert_eq!(d.ingress, 1);
+        assert_eq!(d.sinks, vec![("s1".into(), 1), ("s2".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn everything_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = SledStore::open(dir.path()).unwrap();
+            q.append_ingress("p", &[msg("a")], &[state("source", "n", b"1")])
+                .await
+                .unwrap();
+        }
+        let q = SledStore::open(dir.path()).unwrap();
+        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "a");
+        assert_eq!(q.state_get("p", "source", "n").unwrap().unwrap(), b"1");
+        assert_eq!(q.pipelines().unwrap(), vec!["p".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn sink_queues_keep_order_across_sinks_and_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        for id in ["a", "b", "c"] {
+            q.append_ingress("p", &[msg(id)], &[]).await.unwrap();
+            let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+            q.hand_over(
+                "p",
+                HandOver {
+                    ingress: seq,
+                    outputs: vec![("s".into(), vec![env])],
+                    state: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let mut seen = vec![];
+        while let Some((seq, env)) = q.sink_head("p", "s").unwrap() {
+            seen.push(env.message.id.clone());
+            q.ack("p", "s", seq).unwrap();
+        }
+        assert_eq!(seen, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_can_be_listed_replayed_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("p", &[msg("a")], &[]).await.unwrap();
+        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+        q.hand_over(
+            "p",
+            HandOver {
+                ingress: seq,
+                outputs: vec![("s".into(), vec![env])],
+                state: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let (seq, mut env) = q.sink_head("p", "s").unwrap().unwrap();
+        env.attempts = 3;
+        env.last_error = Some("HTTP 500".into());
+        q.dead_letter("p", "s", seq, &env).await.unwrap();
+        assert!(q.sink_head("p", "s").unwrap().is_none());
+        let dead = q.dead_letters("p", "s").unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1.last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(q.replay("p", "s", None).unwrap(), 1);
+        let (_, back) = q.sink_head("p", "s").unwrap().unwrap();
+        assert_eq!(back.attempts, 0);
+        assert!(q.dead_letters("p", "s").unwrap().is_empty());
+        let (seq, env) = q.sink_head("p", "s").unwrap().unwrap();
+        q.dead_letter("p", "s", seq, &env).await.unwrap();
+        assert_eq!(q.purge_dead("p", "s", Some(seq)).unwrap(), 1);
+        assert_eq!(q.purge_dead("p", "s", Some(seq)).unwrap(), 0);
+        assert!(matches!(
+            q.replay("p", "s", Some(seq)),
+            Err(QueueError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn filter_failures_dead_letter_from_ingress() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("p", &[msg("a")], &[]).await.unwrap();
+        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+        q.dead_letter("p", FILTERS_QUEUE, seq, &env).await.unwrap();
+        assert!(q.ingress_head("p").unwrap().is_none());
+        assert_eq!(q.replay("p", FILTERS_QUEUE, None).unwrap(), 1);
+        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "a");
+    }
+
+    #[tokio::test]
+    async fn purging_a_pipeline_removes_its_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("gone", &[msg("a")], &[]).await.unwrap();
+        q.purge_pipeline("gone").unwrap();
+        assert!(q.pipelines().unwrap().is_empty());
+        assert!(q.ingress_head("gone").unwrap().is_none());
+    }
+}

@@ -1,1 +1,166 @@
+//! Write tocsin plugins — sources, decoders, filters and sinks — in plain Rust.
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip2`. Implement one trait and call its
+//! export macro; the SDK turns the stage's `config` table into your `Config` type, keeps your
+//! plugin value between calls, and hides the generated WIT bindings.
+//!
+//! ```ignore
+//! use tocsin_sdk::{export_filter, Filter, Message, Severity};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { min: String }
+//!
+//! struct MinSeverity(Severity);
+//!
+//! impl Filter for MinSeverity {
+//!     type Config = Config;
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         tocsin_sdk::severity_from_str(&config.min).map(MinSeverity).ok_or("bad `min`".into())
+//!     }
+//!     fn process(&mut self, msg: Message) -> Result<Vec<Message>, String> {
+//!         Ok(if tocsin_sdk::rank(msg.severity) >= tocsin_sdk::rank(self.0) { vec![msg] } else { vec![] })
+//!     }
+//! }
+//! export_filter!(MinSeverity);
+//! ```
+//!
+//! # Layout
+//! - [`Source`], [`Decoder`], [`Filter`], [`Sink`]: the four plugin kinds and their macros.
+//! - [`host`]: what the host offers every plugin (log, durable state, secrets, disk usage).
+//! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
+//! - [`bindings`]: the generated WIT bindings, if you need them directly.
 
+extern crate self as tocsin_sdk;
+
+pub mod bindings;
+pub mod host;
+pub mod http;
+mod message;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use bindings::source::tocsin::plugin::types::{
+    DeliveryError, HttpRequest, Message, Rejection, Severity,
+};
+pub use message::{rank, severity_from_str, MessageExt};
+pub use serde;
+pub use serde_json;
+
+/// A source polled on its pipeline's schedule.
+pub trait Source: Sized + 'static {
+    /// The stage's `config` table, deserialised from JSON.
+    type Config: serde::de::DeserializeOwned;
+    /// Builds the plugin from its config (called once per instance).
+    fn new(config: Self::Config) -> Result<Self, String>;
+    /// Looks at the world at the scheduled time `tick_ms` and reports what it saw.
+    fn poll(&mut self, tick_ms: u64) -> Result<Vec<Message>, String>;
+}
+
+/// A source fed by `POST /ingest/{pipeline}`.
+pub trait Decoder: Sized + 'static {
+    /// The stage's `config` table, deserialised from JSON.
+    type Config: serde::de::DeserializeOwned;
+    /// Builds the plugin from its config (called once per instance).
+    fn new(config: Self::Config) -> Result<Self, String>;
+    /// Turns one request into messages, or rejects it with a 4xx and a reason.
+    fn decode(&mut self, request: HttpRequest) -> Result<Vec<Message>, Rejection>;
+}
+
+/// A step between source and sinks.
+pub trait Filter: Sized + 'static {
+    /// The stage's `config` table, deserialised from JSON.
+    type Config: serde::de::DeserializeOwned;
+    /// Builds the plugin from its config (called once per instance).
+    fn new(config: Self::Config) -> Result<Self, String>;
+    /// `vec![]` drops, `vec![m]` passes or rewrites, more splits.
+    fn process(&mut self, msg: Message) -> Result<Vec<Message>, String>;
+}
+
+/// The end of a pipeline.
+pub trait Sink: Sized + 'static {
+    /// The stage's `config` table, deserialised from JSON.
+    type Config: serde::de::DeserializeOwned;
+    /// Builds the plugin from its config (called once per instance).
+    fn new(config: Self::Config) -> Result<Self, String>;
+    /// Delivers one message; pass `idempotency_key` on to the service.
+    fn deliver(&mut self, msg: Message, idempotency_key: &str) -> Result<(), DeliveryError>;
+}
+
+/// Exports a [`Source`] implementation as the plugin's `source` interface.
+#[macro_export]
+macro_rules! export_source {
+    ($ty:ty) => {
+        const _: () = {
+            struct __TocsinExport;
+            impl $crate::bindings::source::exports::tocsin::plugin::source::Guest for __TocsinExport {
+                fn init(config: String) -> Result<(), String> {
+                    $crate::__private::init::<$ty, _>(&config, <$ty as $crate::Source>::new)
+                }
+                fn poll(tick_ms: u64) -> Result<Vec<$crate::Message>, String> {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Source::poll(p, tick_ms))?
+                }
+            }
+            $crate::bindings::source::export_source_world!(__TocsinExport with_types_in $crate::bindings::source);
+        };
+    };
+}
+
+/// Exports a [`Decoder`] implementation as the plugin's `decoder` interface.
+#[macro_export]
+macro_rules! export_decoder {
+    ($ty:ty) => {
+        const _: () = {
+            struct __TocsinExport;
+            impl $crate::bindings::decoder::exports::tocsin::plugin::decoder::Guest for __TocsinExport {
+                fn init(config: String) -> Result<(), String> {
+                    $crate::__private::init::<$ty, _>(&config, <$ty as $crate::Decoder>::new)
+                }
+                fn decode(request: $crate::HttpRequest) -> Result<Vec<$crate::Message>, $crate::Rejection> {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Decoder::decode(p, request))
+                        .map_err(|reason| $crate::Rejection { status: 400, reason })?
+                }
+            }
+            $crate::bindings::decoder::export_decoder_world!(__TocsinExport with_types_in $crate::bindings::decoder);
+        };
+    };
+}
+
+/// Exports a [`Filter`] implementation as the plugin's `filter` interface.
+#[macro_export]
+macro_rules! export_filter {
+    ($ty:ty) => {
+        const _: () = {
+            struct __TocsinExport;
+            impl $crate::bindings::filter::exports::tocsin::plugin::filter::Guest for __TocsinExport {
+                fn init(config: String) -> Result<(), String> {
+                    $crate::__private::init::<$ty, _>(&config, <$ty as $crate::Filter>::new)
+                }
+                fn process(msg: $crate::Message) -> Result<Vec<$crate::Message>, String> {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Filter::process(p, msg))?
+                }
+            }
+            $crate::bindings::filter::export_filter_world!(__TocsinExport with_types_in $crate::bindings::filter);
+        };
+    };
+}
+
+/// Exports a [`Sink`] implementation as the plugin's `sink` interface.
+#[macro_export]
+macro_rules! export_sink {
+    ($ty:ty) => {
+        const _: () = {
+            struct __TocsinExport;
+            impl $crate::bindings::sink::exports::tocsin::plugin::sink::Guest for __TocsinExport {
+                fn init(config: String) -> Result<(), String> {
+                    $crate::__private::init::<$ty, _>(&config, <$ty as $crate::Sink>::new)
+                }
+                fn deliver(msg: $crate::Message, idempotency_key: String) -> Result<(), $crate::DeliveryError> {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Sink::deliver(p, msg, &idempotency_key))
+                        .map_err($crate::DeliveryError::Permanent)?
+                }
+            }
+            $crate::bindings::sink::export_sink_world!(__TocsinExport with_types_in $crate::bindings::sink);
+        };
+    };
+}

@@ -1,0 +1,70 @@
+//! `stdout`: prints each message as one line on the host's standard output (needs
+//! `grants = { stdout = true }`). `format = "json"` prints JSON lines instead of text.
+
+use serde::Deserialize;
+use tocsin_sdk::{export_sink, DeliveryError, Message, Severity, Sink};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    format: Format,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+struct Stdout(Format);
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::None => "none",
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Error => "error",
+        Severity::Alert => "alert",
+    }
+}
+
+impl Sink for Stdout {
+    type Config = Config;
+    fn new(c: Config) -> Result<Self, String> {
+        Ok(Stdout(c.format))
+    }
+    fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
+        use std::io::Write;
+        let line = match self.0 {
+            Format::Json => serde_json::json!({
+                "idempotency_key": key,
+                "id": msg.id,
+                "severity": severity_name(msg.severity),
+                "summary": msg.summary,
+                "body": msg.body,
+                "labels": msg.labels,
+                "metrics": msg.metrics,
+            })
+            .to_string(),
+            Format::Text => {
+                let labels: Vec<String> = msg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "[{}] {}{} ({})",
+                    severity_name(msg.severity),
+                    msg.summary.map(|s| format!("{s}: ")).unwrap_or_default(),
+                    msg.body.replace('\n', " | "),
+                    labels.join(" ")
+                )
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|_| out.flush())
+            .map_err(|e| DeliveryError::Permanent(format!("cannot write to stdout (is `grants.stdout` set?): {e}")))
+    }
+}
+
+export_sink!(Stdout);

@@ -1,0 +1,224 @@
+//! `threshold`: compares a named metric with a warn and an error level and speaks only when the
+//! state changes (ok → warning → error, and "resolved" on the way back to ok), with hysteresis
+//! so a value hovering at a line does not flap, and an optional reminder while a problem lasts.
+//!
+//! State is kept per key (the values of `key_labels`) in durable plugin state, so a stale backup
+//! checked every 15 minutes posts once, not every tick, even across restarts.
+//!
+//! ```toml
+//! [[filter]]
+//! plugin = "threshold"
+//! config = { metric = "backup-age-seconds", above = { warn = 93600, error = 180000 },
+//!            key_labels = ["host"], hysteresis = 600, repeat_every = "24h" }
+//! ```
+//! A message without the metric carries its source's own verdict: its severity (warning or
+//! worse) is taken as the level, so "no backup found" is an alert like any other.
+
+use serde::Deserialize;
+use tocsin_sdk::host::{state_get_json, state_set_json};
+use tocsin_sdk::{export_filter, Filter, Message, MessageExt, Severity};
+
+/// Warn and error levels; either may be left out.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct Levels {
+    warn: Option<f64>,
+    error: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The metric to compare.
+    metric: String,
+    /// Alert when the value is at or above these levels.
+    above: Option<Levels>,
+    /// Alert when the value is at or below these levels.
+    below: Option<Levels>,
+    /// How far back past a level the value must go to leave it; default 5 % of the level.
+    hysteresis: Option<f64>,
+    /// Labels whose values make the state key (one state per host, say).
+    #[serde(default)]
+    key_labels: Vec<String>,
+    /// Repeat a warning or error this often while it lasts, e.g. "24h".
+    repeat_every: Option<String>,
+    /// Name of the check in messages; defaults to the metric.
+    name: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, Deserialize, Debug)]
+enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+impl Level {
+    fn severity(self) -> Severity {
+        match self {
+            Level::Ok => Severity::Info,
+            Level::Warning => Severity::Warning,
+            Level::Error => Severity::Error,
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct KeyState {
+    level: Level,
+    last_spoken_ms: u64,
+}
+
+struct Threshold {
+    metric: String,
+    name: String,
+    /// +1 for `above`, -1 for `below`: compare `sign * value` against `sign * level`.
+    sign: f64,
+    levels: Levels,
+    hysteresis_warn: f64,
+    hysteresis_error: f64,
+    key_labels: Vec<String>,
+    repeat_every_ms: Option<u64>,
+}
+
+impl Threshold {
+    fn classify(&self, value: f64, current: Level) -> Level {
+        let v = self.sign * value;
+        let reached = |level: Option<f64>, hysteresis: f64, held: bool| {
+            level.is_some_and(|l| {
+                let l = self.sign * l;
+                if held { v >= l - hysteresis } else { v >= l }
+            })
+        };
+        if reached(self.levels.error, self.hysteresis_error, current == Level::Error) {
+            Level::Error
+        } else if reached(self.levels.warn, self.hysteresis_warn, current >= Level::Warning) {
+            Level::Warning
+        } else {
+            Level::Ok
+        }
+    }
+
+    fn describe(&self, value: f64, level: Level) -> String {
+        let (cmp, limit) = match level {
+            Level::Error => ("reached the error level", self.levels.error),
+            Level::Warning => ("reached the warning level", self.levels.warn),
+            Level::Ok => ("is back within limits", self.levels.warn.or(self.levels.error)),
+        };
+        let dir = if self.sign > 0.0 { "above" } else { "below" };
+        match limit {
+            Some(l) if level != Level::Ok => format!("{} is {value} and {cmp} ({dir} {l})", self.metric),
+            Some(l) => format!("{} is {value} and {cmp} (not {dir} {l})", self.metric),
+            None => format!("{} is {value}", self.metric),
+        }
+    }
+}
+
+impl Filter for Threshold {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        let (sign, levels) = match (c.above, c.below) {
+            (Some(l), None) => (1.0, l),
+            (None, Some(l)) => (-1.0, l),
+            _ => return Err("set exactly one of `above` and `below`".into()),
+        };
+        if levels.warn.is_none() && levels.error.is_none() {
+            return Err("set `warn`, `error` or both".into());
+        }
+        if let (Some(w), Some(e)) = (levels.warn, levels.error) {
+            if sign * w > sign * e {
+                return Err(format!("the warn level {w} is beyond the error level {e}"));
+            }
+        }
+        let pct = |l: Option<f64>| l.map_or(0.0, |l| l.abs() * 0.05);
+        let repeat_every_ms = match &c.repeat_every {
+            None => None,
+            Some(text) => Some(
+                humantime::parse_duration(text)
+                    .map_err(|e| format!("repeat_every `{text}`: {e}"))?
+                    .as_millis() as u64,
+            ),
+        };
+        Ok(Threshold {
+            name: c.name.unwrap_or_else(|| c.metric.clone()),
+            metric: c.metric,
+            sign,
+            levels,
+            hysteresis_warn: c.hysteresis.unwrap_or_else(|| pct(levels.warn)),
+            hysteresis_error: c.hysteresis.unwrap_or_else(|| pct(levels.error)),
+            key_labels: c.key_labels,
+            repeat_every_ms,
+        })
+    }
+
+    fn process(&mut self, msg: Message) -> Result<Vec<Message>, String> {
+        let key: Vec<String> = self
+            .key_labels
+            .iter()
+            .map(|l| msg.label(l).unwrap_or("").to_string())
+            .collect();
+        let state_key = format!("level/{}", key.join("/"));
+        let previous: Option<KeyState> = state_get_json(&state_key);
+        let current = previous.as_ref().map_or(Level::Ok, |s| s.level);
+
+        let value = msg.metric(&self.metric);
+        let level = match value {
+            Some(v) => self.classify(v, current),
+            // No metric: the source judged for itself (e.g. "no backup found").
+            None => match msg.severity {
+                Severity::Error | Severity::Alert => Level::Error,
+                Severity::Warning => Level::Warning,
+                _ => Level::Ok,
+            },
+        };
+
+        let now = msg.timestamp_ms;
+        let changed = level != current;
+        let reminder = !changed
+            && level != Level::Ok
+            && match (self.repeat_every_ms, &previous) {
+                (Some(every), Some(p)) => now.saturating_sub(p.last_spoken_ms) >= every,
+                _ => false,
+            };
+        if !changed && !reminder {
+            return Ok(vec![]);
+        }
+        state_set_json(&state_key, &KeyState { level, last_spoken_ms: now });
+
+        let mut out = msg;
+        let detail = match value {
+            Some(v) => self.describe(v, level),
+            None => out.body.clone(),
+        };
+        let subject = match &key[..] {
+            [] => self.name.clone(),
+            _ => format!("{} on {}", self.name, key.join("/")),
+        };
+        if level == Level::Ok {
+            out.summary = Some(format!("RESOLVED: {subject}"));
+            out.body = match value {
+                Some(_) => detail,
+                None => format!("{subject} is OK again"),
+            };
+            out.set_label("status", "resolved");
+        } else {
+            let prefix = if reminder { "STILL " } else { "" };
+            out.summary = Some(format!("{prefix}{}: {subject}", level.word()));
+            out.body = detail;
+            out.set_label("status", "firing");
+        }
+        out.severity = level.severity();
+        out.set_label("previous-level", current.word().to_ascii_lowercase());
+        Ok(vec![out])
+    }
+}
+
+export_filter!(Threshold);

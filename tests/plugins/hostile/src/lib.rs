@@ -1,0 +1,69 @@
+//! `hostile`: a test-only filter that misbehaves on purpose, to prove the sandbox holds.
+//! Its `mode` config picks the misbehaviour, done on every `process` call:
+//!
+//! | mode | what it does | what the host must do |
+//! | --- | --- | --- |
+//! | `loop` | spins forever | stop it by its fuel (CPU) bound |
+//! | `alloc` | allocates 1 MiB blocks forever | stop it at its memory cap |
+//! | `read` | reads `path` (outside its grants) and passes its content on | the read fails; no content leaks |
+//! | `panic` | panics | a trap: discard the instance, count a failed attempt |
+//! | `sleep` | sleeps `ms` milliseconds (blocked in a host call) | stop it by its wall-clock bound |
+//! | `big` | returns `count` copies of the message | refuse outputs past the host's cap |
+//! | `pass` | passes the message on | nothing |
+
+use serde::Deserialize;
+use tocsin_sdk::{export_filter, Filter, Message, MessageExt};
+
+#[derive(Deserialize)]
+struct Config {
+    mode: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    count: usize,
+}
+
+struct Hostile(Config);
+
+impl Filter for Hostile {
+    type Config = Config;
+    fn new(c: Config) -> Result<Self, String> {
+        Ok(Hostile(c))
+    }
+    fn process(&mut self, mut msg: Message) -> Result<Vec<Message>, String> {
+        match self.0.mode.as_str() {
+            "loop" => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "read" => match std::fs::read_to_string(&self.0.path) {
+                Ok(content) => {
+                    msg.body = content;
+                    msg.set_label("leaked", "yes");
+                    Ok(vec![msg])
+                }
+                Err(e) => Err(format!("read {} failed: {e}", self.0.path)),
+            },
+            "panic" => panic!("hostile plugin panics on purpose"),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(self.0.ms));
+                Ok(vec![msg])
+            }
+            "big" => Ok(vec![msg; self.0.count]),
+            "pass" => Ok(vec![msg]),
+            other => Err(format!("unknown mode {other}")),
+        }
+    }
+}
+
+export_filter!(Hostile);

@@ -51,7 +51,7 @@ pub struct SourceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     /// Polled on a cron schedule.
-    Schedule(ScheduleSpec),
+    Schedule(Box<ScheduleSpec>),
     /// Fed by `POST /ingest/{pipeline}`.
     Ingest,
 }

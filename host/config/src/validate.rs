@@ -132,19 +132,36 @@ pub fn load_dir(
     resolver: &PluginResolver,
     machine: MachineCheck,
 ) -> std::io::Result<DirReport> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_pipeline_file(p))
-        .collect();
-    files.sort();
     let mut report = DirReport::default();
-    for path in files {
+    for path in pipeline_files(dir)? {
         match load_file(&path, resolver, machine) {
             Ok(spec) => report.pipelines.push(spec),
             Err(diags) => report.failures.push((path, diags)),
         }
     }
     Ok(report)
+}
+
+/// The pipeline files of `dir`, sorted by name.
+pub fn pipeline_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_pipeline_file(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every readable pipeline file of `dir` as (pipeline name, path, text), sorted by name.
+pub fn load_dir_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, String)>> {
+    Ok(pipeline_files(dir)?
+        .into_iter()
+        .filter_map(|path| {
+            let name = path.file_stem()?.to_str()?.to_string();
+            let text = std::fs::read_to_string(&path).ok()?;
+            Some((name, path, text))
+        })
+        .collect())
 }
 
 /// Whether a path looks like a pipeline file (`*.toml`, not hidden, not an editor backup).
@@ -272,12 +289,12 @@ pub fn parse_pipeline(
                     .ok(),
             };
             match (cron, timezone) {
-                (Some(cron), Some(timezone)) => Some(Trigger::Schedule(ScheduleSpec {
+                (Some(cron), Some(timezone)) => Some(Trigger::Schedule(Box::new(ScheduleSpec {
                     expression: expr.get_ref().clone(),
                     cron,
                     timezone,
                     run_on_start: src.run_on_start,
-                })),
+                }))),
                 _ => None,
             }
         }

@@ -1,1 +1,29 @@
-//! stub
+//! The tocsin engine: runs alert pipelines of sandboxed WebAssembly plugins with durable
+//! queues between their stages.
+//!
+//! # Layout
+//! - [`settings`]: where things are (pipelines, data, plugins) — from flags or environment.
+//! - [`server`]: [`server::run`], the whole process: opens the queue store and the sandbox
+//!   runtime, starts every pipeline, watches the pipelines directory, stops on a signal.
+//! - [`manager`]: the set of running pipelines; applies added, changed and deleted files one
+//!   pipeline at a time (hot reload) and keeps each pipeline's status.
+//! - [`pipeline`]: one running pipeline — builds its stages, then runs its tasks:
+//!   - [`schedule`]: cron ticks → `source.poll` → ingress queue;
+//!   - [`filtering`]: ingress head → filters → one atomic hand-over to the sink queues;
+//!   - [`delivery`]: each sink queue head → `sink.deliver`, with retry, backoff and dead letters.
+//! - [`status`]: counters and states shown by logs (and later the HTTP status API).
+//!
+//! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
+//! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
+//! names sled), `tocsin-message` (the message model).
+
+pub mod delivery;
+pub mod filtering;
+pub mod manager;
+pub mod pipeline;
+pub mod schedule;
+pub mod server;
+pub mod settings;
+pub mod status;
+
+pub use settings::Settings;

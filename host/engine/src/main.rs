@@ -1,1 +1,279 @@
-fn main() {}
+//! The `tocsin` command: run pipelines, validate pipeline files, inspect queues and dead
+//! letters. See `docs/cli.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tocsin::Settings;
+use tocsin_config::{load_dir, MachineCheck, PluginResolver};
+use tocsin_queue::{QueueStore, SledStore};
+
+#[derive(Parser)]
+#[command(name = "tocsin", version, about = "Alert pipelines of sandboxed WebAssembly plugins, with durable queues")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "TOCSIN_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct Paths {
+    /// Directory of pipeline files (*.toml), watched for changes.
+    #[arg(long, env = "TOCSIN_PIPELINES", default_value = "pipelines")]
+    pipelines: PathBuf,
+    /// Where plugins are looked up by name (repeat, or separate with ':').
+    #[arg(long = "plugin-dir", env = "TOCSIN_PLUGIN_DIRS", value_delimiter = ':', default_value = "plugins/target/wasm32-wasip2/release")]
+    plugin_dirs: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct DataDir {
+    /// Directory of queues, plugin state and the compile cache.
+    #[arg(long = "data", env = "TOCSIN_DATA", default_value = "data")]
+    data: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline of the pipelines directory until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        paths: Paths,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Check pipeline files without running anything; exit 1 if any is invalid.
+    Validate {
+        /// A directory of pipeline files, or one file.
+        path: PathBuf,
+        /// Also check what depends on this machine: granted directories exist, secrets are set.
+        #[arg(long)]
+        env: bool,
+        /// Where plugins are looked up by name.
+        #[arg(long = "plugin-dir", env = "TOCSIN_PLUGIN_DIRS", value_delimiter = ':', default_value = "plugins/target/wasm32-wasip2/release")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Inspect, replay or purge dead letters (run while the server is stopped).
+    Dlq {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Show queue depths of every pipeline, deleted ones included (server stopped).
+    Queue {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, of one pipeline or all.
+    Ls { pipeline: Option<String> },
+    /// Print one dead letter as JSON.
+    Show { pipeline: String, queue: String, seq: u64 },
+    /// Move dead letters back to their queue (one by seq, or all).
+    Replay {
+        pipeline: String,
+        queue: String,
+        seq: Option<u64>,
+        /// Replay every dead letter of the queue.
+        #[arg(long, conflicts_with = "seq")]
+        all: bool,
+    },
+    /// Delete dead letters (one by seq, or all).
+    Purge {
+        pipeline: String,
+        queue: String,
+        seq: Option<u64>,
+        /// Delete every dead letter of the queue.
+        #[arg(long, conflicts_with = "seq")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Queue depths per pipeline.
+    Ls,
+    /// Remove everything stored for a pipeline (queues, dead letters, plugin state).
+    Purge { pipeline: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { paths, data } => {
+            let settings = Settings {
+                pipelines_dir: paths.pipelines,
+                data_dir: data.data,
+                plugin_dirs: paths.plugin_dirs,
+            };
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { path, env, plugin_dirs } => validate(&path, env, plugin_dirs),
+        Command::Dlq { data, action } => dlq(&data.data, action),
+        Command::Queue { data, action } => queue(&data.data, action),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let resolver = PluginResolver::new(plugin_dirs);
+    let machine = if env { MachineCheck::Check } else { MachineCheck::Skip };
+    let report = if path.is_dir() {
+        load_dir(path, &resolver, machine).with_context(|| format!("cannot read {}", path.display()))?
+    } else {
+        let mut r = tocsin_config::DirReport::default();
+        match tocsin_config::load_file(path, &resolver, machine) {
+            Ok(spec) => r.pipelines.push(spec),
+            Err(d) => r.failures.push((path.to_path_buf(), d)),
+        }
+        r
+    };
+    for spec in &report.pipelines {
+        println!("ok      {}", spec.file.display());
+    }
+    for (_, diags) in &report.failures {
+        for d in diags {
+            println!("error   {d}");
+        }
+    }
+    println!(
+        "{} valid, {} invalid",
+        report.pipelines.len(),
+        report.failures.len()
+    );
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
+    SledStore::open(&data.join("queue")).with_context(|| {
+        format!("cannot open the queues in {} (is `tocsin run` still running on it?)", data.display())
+    })
+}
+
+fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
+    let store = open_store(data)?;
+    match action {
+        DlqAction::Ls { pipeline } => {
+            let pipelines = match pipeline {
+                Some(p) => vec![p],
+                None => store.pipelines()?,
+            };
+            println!("{:<24} {:<16} {:>20} {:>8}  {:<24} last error", "pipeline", "queue", "seq", "attempts", "message");
+            for p in pipelines {
+                for (queue, _) in store.depths(&p)?.dead {
+                    for (seq, env) in store.dead_letters(&p, &queue)? {
+                        println!(
+                            "{:<24} {:<16} {:>20} {:>8}  {:<24} {}",
+                            p,
+                            queue,
+                            seq,
+                            env.attempts,
+                            env.message.id,
+                            env.last_error.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        DlqAction::Show { pipeline, queue, seq } => {
+            let found = store.dead_letters(&pipeline, &queue)?.into_iter().find(|(s, _)| *s == seq);
+            match found {
+                Some((_, env)) => println!("{}", serde_json::to_string_pretty(&env)?),
+                None => anyhow::bail!("no dead letter {seq} in {pipeline}/{queue}"),
+            }
+        }
+        DlqAction::Replay { pipeline, queue, seq, all } => {
+            require_target(seq, all)?;
+            let n = store.replay(&pipeline, &queue, seq)?;
+            println!("replayed {n} message(s) to {pipeline}/{queue}");
+        }
+        DlqAction::Purge { pipeline, queue, seq, all } => {
+            require_target(seq, all)?;
+            let n = store.purge_dead(&pipeline, &queue, seq)?;
+            println!("purged {n} dead letter(s) of {pipeline}/{queue}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn require_target(seq: Option<u64>, all: bool) -> anyhow::Result<()> {
+    if seq.is_none() && !all {
+        anyhow::bail!("name a dead letter by its seq, or pass --all");
+    }
+    Ok(())
+}
+
+fn queue(data: &Path, action: QueueAction) -> anyhow::Result<ExitCode> {
+    let store = open_store(data)?;
+    match action {
+        QueueAction::Ls => {
+            println!("{:<24} {:>8} {:<32} dead letters", "pipeline", "ingress", "sinks");
+            for p in store.pipelines()? {
+                let d = store.depths(&p)?;
+                let fmt = |v: &[(String, usize)]| {
+                    v.iter().map(|(n, c)| format!("{n}={c}")).collect::<Vec<_>>().join(" ")
+                };
+                println!("{:<24} {:>8} {:<32} {}", p, d.ingress, fmt(&d.sinks), fmt(&d.dead));
+            }
+        }
+        QueueAction::Purge { pipeline } => {
+            store.purge_pipeline(&pipeline)?;
+            println!("removed every queue, dead letter and plugin state of {pipeline}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -191,8 +191,8 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The oldest entry of a sink queue, left in place.
     fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>>;
 
-    /// Removes a delivered entry.
-    fn ack(&self, pipeline: &str, sink: &str, seq: Seq) -> Result<()>;
+    /// Removes a delivered entry, writing the plugin state the sink changed in the same batch.
+    fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()>;
 
     /// Rewrites a sink entry after a failed attempt.
     fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope)

@@ -313,11 +313,11 @@ impl QueueStore for SledStore {
         self.first_with_prefix(&self.tree(pipeline)?, &named_prefix(SINK, sink))
     }
 
-    fn ack(&self, pipeline: &str, sink: &str, seq: Seq) -> Result<()> {
-        self.tree(pipeline)?
-            .remove(named_key(SINK, sink, seq))
-            .map(|_| ())
-            .map_err(storage)
+    fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(named_key(SINK, sink, seq));
+        add_state(&mut batch, state);
+        self.tree(pipeline)?.apply_batch(batch).map_err(storage)
     }
 
     fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
@@ -545,7 +545,7 @@ mod tests {
         let mut seen = vec![];
         while let Some((seq, env)) = q.sink_head("p", "s").unwrap() {
             seen.push(env.message.id.clone());
-            q.ack("p", "s", seq).unwrap();
+            q.ack("p", "s", seq, &[]).unwrap();
         }
         assert_eq!(seen, ["a", "b", "c"]);
     }

@@ -1,0 +1,131 @@
+//! Sink queue head → `sink.deliver`, in order, with retry, backoff and dead letters.
+//!
+//! One message is in flight per sink: a retrying head blocks the queue, so "resolved" never
+//! overtakes "firing". Outcomes:
+//! - delivered → removed from the queue (with the state the sink wrote);
+//! - retryable, a plugin error or trap → attempt counted, retried after exponential backoff
+//!   with jitter;
+//! - rate-limited(ms) → attempt counted, retried after at least `ms`;
+//! - permanent, or the attempts used up → moved to the sink's dead letters with the last error.
+//!
+//! Every attempt carries the same idempotency key, `<pipeline>/<sink>/<message id>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use tocsin_config::RetryPolicy;
+use tocsin_message::idempotency_key;
+use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
+use tocsin_runtime::{DeliveryOutcome, Stage};
+
+use crate::filtering::IDLE_RECHECK;
+use crate::pipeline::{sleep_or_cancel, state_writes};
+use crate::status::{Counters, PipelineStatus};
+
+/// Delivers one sink's queue.
+pub struct DeliveryWorker {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The sink's name.
+    pub sink: String,
+    /// The sink stage.
+    pub stage: Stage,
+    /// How to retry.
+    pub retry: RetryPolicy,
+    /// The store.
+    pub queue: Arc<dyn QueueStore>,
+    /// Woken when the queue grows.
+    pub ready: Arc<Notify>,
+    /// Counters.
+    pub status: Arc<PipelineStatus>,
+    /// Stops the loop between deliveries.
+    pub cancel: CancellationToken,
+}
+
+impl DeliveryWorker {
+    /// Runs until cancelled.
+    pub async fn run(mut self) {
+        while !self.cancel.is_cancelled() {
+            let head = match self.queue.sink_head(&self.pipeline, &self.sink) {
+                Ok(head) => head,
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot read the sink queue");
+                    sleep_or_cancel(IDLE_RECHECK, &self.cancel).await;
+                    continue;
+                }
+            };
+            let Some((seq, envelope)) = head else {
+                tokio::select! {
+                    _ = self.ready.notified() => {}
+                    _ = self.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                }
+                continue;
+            };
+            let now = now_ms();
+            if envelope.not_before_ms > now {
+                sleep_or_cancel(Duration::from_millis(envelope.not_before_ms - now), &self.cancel).await;
+                continue;
+            }
+            self.attempt(seq, envelope).await;
+        }
+    }
+
+    async fn attempt(&mut self, seq: Seq, envelope: Envelope) {
+        let c = &self.status.counters;
+        let key = idempotency_key(&self.pipeline, &self.sink, &envelope.message.id);
+        let (error, retry_after) = match self.stage.deliver(&envelope.message, &key).await {
+            Ok((DeliveryOutcome::Delivered, changes)) => {
+                let state = state_writes(&format!("sink.{}", self.sink), changes);
+                match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {
+                    Ok(()) => Counters::bump(&c.delivered),
+                    Err(e) => tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key"),
+                }
+                return;
+            }
+            Ok((DeliveryOutcome::Permanent(reason), _)) => {
+                self.dead_letter(seq, envelope, format!("permanent: {reason}")).await;
+                return;
+            }
+            Ok((DeliveryOutcome::Retryable(reason), _)) => (reason, None),
+            Ok((DeliveryOutcome::RateLimited(ms), _)) => {
+                (format!("rate limited for {ms} ms"), Some(Duration::from_millis(ms)))
+            }
+            Err(e) => {
+                Counters::bump(if e.is_trap() { &c.plugin_traps } else { &c.plugin_errors });
+                (e.to_string(), None)
+            }
+        };
+        self.failed(seq, envelope, error, retry_after).await;
+    }
+
+    async fn failed(&mut self, seq: Seq, mut envelope: Envelope, error: String, retry_after: Option<Duration>) {
+        envelope.attempts += 1;
+        if envelope.attempts >= self.retry.max_attempts {
+            let reason = format!("gave up after {} attempts: {error}", envelope.attempts);
+            self.dead_letter(seq, envelope, reason).await;
+            return;
+        }
+        let backoff = self.retry.jittered_delay(envelope.attempts, rand::random::<f64>());
+        let delay = retry_after.unwrap_or(backoff);
+        envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
+        tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
+        envelope.last_error = Some(error);
+        Counters::bump(&self.status.counters.retries);
+        if let Err(e) = self.queue.record_failure(&self.pipeline, &self.sink, seq, &envelope) {
+            tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot record the failed attempt");
+        }
+    }
+
+    async fn dead_letter(&mut self, seq: Seq, mut envelope: Envelope, error: String) {
+        tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, error = %error, "message moved to dead letters");
+        envelope.last_error = Some(error);
+        match self.queue.dead_letter(&self.pipeline, &self.sink, seq, &envelope).await {
+            Ok(()) => Counters::bump(&self.status.counters.dead_lettered),
+            Err(e) => tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry"),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The set of running pipelines, kept in step with the pipelines directory.
+//!
+//! [`Manager::reconcile`] reads the directory and applies what changed, one pipeline at a
+//! time: a new valid file starts its pipeline; a changed valid file replaces it between
+//! messages (its queued messages stay and are processed by the new version); a changed invalid
+//! file is reported and the previous version keeps running; a deleted file stops its pipeline
+//! and keeps its queues (re-adding the file resumes them).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tocsin_config::{load_dir_files, parse_pipeline, MachineCheck, PipelineSpec};
+
+use crate::pipeline::{start, RunningPipeline, Shared};
+use crate::settings::Settings;
+use crate::status::{PipelineState, PipelineStatus};
+
+/// The statuses of every known pipeline, shared with whoever reports them.
+pub type StatusBoard = Arc<Mutex<BTreeMap<String, Arc<PipelineStatus>>>>;
+
+struct Entry {
+    /// Digest of the file text last applied (valid or not), so an unchanged file is skipped.
+    digest: u64,
+    running: Option<RunningPipeline>,
+}
+
+/// Runs the pipelines of one directory.
+pub struct Manager {
+    shared: Shared,
+    settings: Settings,
+    entries: BTreeMap<String, Entry>,
+    board: StatusBoard,
+}
+
+/// What one reconcile did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Pipelines started for the first time.
+    pub started: Vec<String>,
+    /// Pipelines replaced by a new version.
+    pub replaced: Vec<String>,
+    /// Pipelines stopped because their file went away.
+    pub removed: Vec<String>,
+    /// Files with errors (each reported in the log), with the errors.
+    pub invalid: Vec<(String, Vec<String>)>,
+    /// Pipelines whose file was valid but which failed to start, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Manager {
+    /// A manager with nothing running yet.
+    pub fn new(shared: Shared, settings: Settings) -> Self {
+        Manager {
+            shared,
+            settings,
+            entries: BTreeMap::new(),
+            board: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// The shared status board.
+    pub fn board(&self) -> StatusBoard {
+        self.board.clone()
+    }
+
+    /// Reads the pipelines directory and applies every change.
+    pub async fn reconcile(&mut self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let files = match load_dir_files(&self.settings.pipelines_dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(dir = %self.settings.pipelines_dir.display(), error = %e, "cannot read the pipelines directory");
+                return report;
+            }
+        };
+        let mut seen = Vec::new();
+        for (name, path, text) in files {
+            seen.push(name.clone());
+            let digest = text_digest(&text);
+            if self.entries.get(&name).is_some_and(|e| e.digest == digest) {
+                continue;
+            }
+            self.apply(&name, path, &text, digest, &mut report).await;
+        }
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|name| !seen.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(entry) = self.entries.remove(&name) {
+                if let Some(running) = entry.running {
+                    running.stop().await;
+                }
+                if let Some(status) = self.board_get(&name) {
+                    status.set(PipelineState::Stopped);
+                }
+                tracing::info!(pipeline = %name, "pipeline file removed; pipeline stopped, its queues are kept");
+                report.removed.push(name);
+            }
+        }
+        report
+    }
+
+    async fn apply(&mut self, name: &str, path: PathBuf, text: &str, digest: u64, report: &mut ReconcileReport) {
+        let resolver = self.settings.resolver();
+        let spec: PipelineSpec = match parse_pipeline(&path, text, &resolver, MachineCheck::Check) {
+            Ok(spec) => spec,
+            Err(diags) => {
+                let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+                for line in &lines {
+                    tracing::error!(pipeline = %name, "invalid pipeline file: {line}");
+                }
+                let entry = self.entries.entry(name.to_string()).or_insert(Entry { digest, running: None });
+                entry.digest = digest;
+                if entry.running.is_some() {
+                    tracing::warn!(pipeline = %name, "keeping the previous version running");
+                } else {
+                    self.board_status(name).set(PipelineState::Failed(lines.join("; ")));
+                }
+                report.invalid.push((name.to_string(), lines));
+                return;
+            }
+        };
+        let previous = self.entries.remove(name).and_then(|e| e.running);
+        let replacing = previous.is_some();
+        if let Some(old) = previous {
+            old.stop().await;
+        }
+        let status = PipelineStatus::new();
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), status.clone());
+        let running = if spec.disabled {
+            status.set(PipelineState::Disabled);
+            tracing::info!(pipeline = %name, "pipeline is disabled");
+            None
+        } else {
+            match start(&self.shared, spec, status.clone()).await {
+                Ok(running) => {
+                    status.set(PipelineState::Running);
+                    tracing::info!(pipeline = %name, "pipeline {}", if replacing { "reloaded" } else { "started" });
+                    if replacing {
+                        report.replaced.push(name.to_string());
+                    } else {
+                        report.started.push(name.to_string());
+                    }
+                    Some(running)
+                }
+                Err(reason) => {
+                    tracing::error!(pipeline = %name, error = %reason, "pipeline failed to start");
+                    status.set(PipelineState::Failed(reason.clone()));
+                    report.failed.push((name.to_string(), reason));
+                    None
+                }
+            }
+        };
+        self.entries.insert(name.to_string(), Entry { digest, running });
+    }
+
+    fn board_get(&self, name: &str) -> Option<Arc<PipelineStatus>> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn board_status(&self, name: &str) -> Arc<PipelineStatus> {
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(PipelineStatus::new)
+            .clone()
+    }
+
+    /// Stops every pipeline (between messages); queues stay in the store.
+    pub async fn stop_all(&mut self) {
+        for (name, entry) in std::mem::take(&mut self.entries) {
+            if let Some(running) = entry.running {
+                running.stop().await;
+                if let Some(status) = self.board_get(&name) {
+                    status.set(PipelineState::Stopped);
+                }
+            }
+        }
+    }
+}
+
+/// A digest of a file's text, to notice changes within one process.
+fn text_digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}

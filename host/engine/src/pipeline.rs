@@ -1,0 +1,237 @@
+//! One running pipeline: its stages, built from a [`PipelineSpec`], and its tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use tocsin_config::{PipelineSpec, Route, StageSpec, Trigger};
+use tocsin_queue::{QueueStore, StateWrite};
+use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateChanges, StateReader};
+
+use crate::delivery::DeliveryWorker;
+use crate::filtering::FilterWorker;
+use crate::schedule::Scheduler;
+use crate::status::PipelineStatus;
+
+/// How long stopping a pipeline waits for its tasks to finish their current call.
+pub const STOP_GRACE: Duration = Duration::from_secs(35);
+
+/// What every pipeline shares: the queue store and the sandbox runtime.
+#[derive(Clone)]
+pub struct Shared {
+    /// Durable queues and plugin state.
+    pub queue: Arc<dyn QueueStore>,
+    /// The wasm engine and linker.
+    pub runtime: Runtime,
+}
+
+/// A pipeline whose tasks are running.
+pub struct RunningPipeline {
+    /// What it runs.
+    pub spec: PipelineSpec,
+    /// Its status and counters.
+    pub status: Arc<PipelineStatus>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningPipeline {
+    /// Stops its tasks between messages (an in-flight plugin call finishes first, bounded by
+    /// its own timeout). Queued messages stay in the store.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                tracing::warn!(pipeline = %self.spec.name, "a task did not stop in time");
+            }
+        }
+    }
+}
+
+/// Reads a stage's committed state from the queue store.
+struct QueueStateReader {
+    queue: Arc<dyn QueueStore>,
+    pipeline: String,
+    stage: String,
+}
+
+impl StateReader for QueueStateReader {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.queue
+            .state_get(&self.pipeline, &self.stage, key)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Turns a call's state changes into writes owned by `stage`.
+pub fn state_writes(stage: &str, changes: StateChanges) -> Vec<StateWrite> {
+    changes
+        .into_iter()
+        .map(|(key, value)| StateWrite {
+            stage: stage.to_string(),
+            key,
+            value,
+        })
+        .collect()
+}
+
+/// A sink as the filter worker routes to it.
+#[derive(Clone)]
+pub struct SinkRoute {
+    /// The sink's name.
+    pub name: String,
+    /// Which messages it takes.
+    pub route: Route,
+    /// Woken when its queue grows.
+    pub ready: Arc<Notify>,
+}
+
+/// Builds the pipeline's stages (loading, checking and initialising every plugin) and starts
+/// its tasks. An error is a sentence for the pipeline's status; nothing is left running.
+pub async fn start(
+    shared: &Shared,
+    spec: PipelineSpec,
+    status: Arc<PipelineStatus>,
+) -> Result<RunningPipeline, String> {
+    let name = spec.name.clone();
+    let expected_source = match spec.source.trigger {
+        Trigger::Schedule(_) => PluginKind::Source,
+        Trigger::Ingest => PluginKind::Decoder,
+    };
+    let mut source = build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
+    let mut filters = Vec::new();
+    for (i, f) in spec.filters.iter().enumerate() {
+        filters.push(build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?);
+    }
+    let mut sinks = Vec::new();
+    for s in &spec.sinks {
+        sinks.push(build_stage(shared, &name, &format!("sink.{}", s.name), &s.stage, PluginKind::Sink).await?);
+    }
+    // Run every `init` now, so a bad config fails the pipeline at start, not at 3 am.
+    for stage in std::iter::once(&mut source).chain(filters.iter_mut()).chain(sinks.iter_mut()) {
+        let stage_name = stage.context().stage.clone();
+        stage
+            .start()
+            .await
+            .map_err(|e| format!("{stage_name} ({}): {e}", stage.plugin().path.display()))?;
+    }
+
+    let cancel = CancellationToken::new();
+    let ingress_ready = Arc::new(Notify::new());
+    let routes: Vec<SinkRoute> = spec
+        .sinks
+        .iter()
+        .map(|s| SinkRoute {
+            name: s.name.clone(),
+            route: s.route.clone(),
+            ready: Arc::new(Notify::new()),
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    if let Trigger::Schedule(schedule) = &spec.source.trigger {
+        let scheduler = Scheduler {
+            pipeline: name.clone(),
+            schedule: (**schedule).clone(),
+            source,
+            queue: shared.queue.clone(),
+            ingress_ready: ingress_ready.clone(),
+            status: status.clone(),
+            cancel: cancel.clone(),
+        };
+        tasks.push(tokio::spawn(scheduler.run()));
+    }
+    let filter_worker = FilterWorker {
+        pipeline: name.clone(),
+        filters,
+        sinks: routes.clone(),
+        queue: shared.queue.clone(),
+        ingress_ready: ingress_ready.clone(),
+        status: status.clone(),
+        cancel: cancel.clone(),
+    };
+    tasks.push(tokio::spawn(filter_worker.run()));
+    for ((sink_spec, stage), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
+        let worker = DeliveryWorker {
+            pipeline: name.clone(),
+            sink: sink_spec.name.clone(),
+            stage,
+            retry: sink_spec.retry,
+            queue: shared.queue.clone(),
+            ready: route.ready.clone(),
+            status: status.clone(),
+            cancel: cancel.clone(),
+        };
+        tasks.push(tokio::spawn(worker.run()));
+    }
+    // Queued messages from before a restart or reload: wake every worker once.
+    ingress_ready.notify_one();
+    Ok(RunningPipeline {
+        spec,
+        status,
+        cancel,
+        tasks,
+    })
+}
+
+async fn build_stage(
+    shared: &Shared,
+    pipeline: &str,
+    stage: &str,
+    spec: &StageSpec,
+    expected: PluginKind,
+) -> Result<Stage, String> {
+    let plugin: Arc<Plugin> = {
+        let runtime = shared.runtime.clone();
+        let path = spec.plugin.path.clone();
+        let pin = spec.plugin.sha256.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
+            .await
+            .map_err(|e| format!("{stage}: loading the plugin panicked: {e}"))?
+            .map_err(|e| format!("{stage}: {e}"))?
+    };
+    if plugin.kind != expected {
+        let hint = match (stage, expected) {
+            ("source", PluginKind::Source) => " (a pipeline with a `schedule` needs a source-plugin)",
+            ("source", PluginKind::Decoder) => {
+                " (a pipeline without a `schedule` is fed by HTTP ingest and needs a decoder-plugin)"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "{stage}: plugin `{}` is a {} plugin, but this stage needs a {expected} plugin{hint}",
+            spec.plugin.name, plugin.kind
+        ));
+    }
+    let mut secrets = Vec::new();
+    for (secret_name, reference) in &spec.grants.secrets {
+        let value = reference
+            .resolve()
+            .map_err(|e| format!("{stage}: secret `{secret_name}`: {e}"))?;
+        secrets.push((secret_name.clone(), value));
+    }
+    let ctx = StageContext {
+        pipeline: pipeline.to_string(),
+        stage: stage.to_string(),
+        config_json: spec.config_json.clone(),
+        grants: spec.grants.clone(),
+        limits: spec.limits,
+        secrets: Arc::new(secrets),
+        state: Arc::new(QueueStateReader {
+            queue: shared.queue.clone(),
+            pipeline: pipeline.to_string(),
+            stage: stage.to_string(),
+        }),
+    };
+    Ok(Stage::new(&shared.runtime, plugin, ctx))
+}
+
+/// Sleeps for `duration` unless cancelled first; returns `false` when cancelled.
+pub async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => true,
+        _ = cancel.cancelled() => false,
+    }
+}

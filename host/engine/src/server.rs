@@ -1,0 +1,143 @@
+//! The whole process: queue store, sandbox runtime, pipelines, directory watching, shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use tocsin_queue::{QueueStore, SledStore};
+use tocsin_runtime::{Runtime, RuntimeConfig};
+
+use crate::manager::{Manager, StatusBoard};
+use crate::pipeline::Shared;
+use crate::settings::Settings;
+
+/// How long file events are collected before the directory is re-read (editors write a file
+/// in several steps).
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// The directory is also re-read this often, in case a file event was missed.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The queue store could not be opened.
+    #[error("{0}")]
+    Queue(#[from] tocsin_queue::QueueError),
+    /// The sandbox runtime could not be built.
+    #[error("{0}")]
+    Runtime(String),
+    /// The pipelines directory is missing or unreadable.
+    #[error("pipelines directory {path}: {error}")]
+    PipelinesDir {
+        /// Which directory.
+        path: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A started server: its status board, and a way to stop it.
+pub struct Server {
+    manager: Manager,
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::UnboundedReceiver<()>,
+    queue: Arc<dyn QueueStore>,
+}
+
+impl Server {
+    /// Opens the store and runtime and starts every valid pipeline of the directory.
+    pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+        if !settings.pipelines_dir.is_dir() {
+            return Err(ServerError::PipelinesDir {
+                path: settings.pipelines_dir.display().to_string(),
+                error: "not a directory".into(),
+            });
+        }
+        let queue: Arc<dyn QueueStore> = SledStore::open(&settings.queue_dir())?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(settings.cache_dir()),
+        })
+        .map_err(ServerError::Runtime)?;
+        let shared = Shared {
+            queue: queue.clone(),
+            runtime,
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = watch(&settings, tx);
+        let mut manager = Manager::new(shared, settings);
+        let report = manager.reconcile().await;
+        tracing::info!(
+            started = report.started.len(),
+            invalid = report.invalid.len(),
+            failed = report.failed.len(),
+            "pipelines loaded"
+        );
+        Ok(Server {
+            manager,
+            _watcher: watcher,
+            events,
+            queue,
+        })
+    }
+
+    /// The status of every pipeline.
+    pub fn board(&self) -> StatusBoard {
+        self.manager.board()
+    }
+
+    /// Applies directory changes until `shutdown` resolves, then stops every pipeline and
+    /// flushes the store.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        rescan.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.events.recv() => {
+                    if event.is_none() { continue; }
+                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                    while self.events.try_recv().is_ok() {}
+                    self.manager.reconcile().await;
+                }
+                _ = rescan.tick() => { self.manager.reconcile().await; }
+            }
+        }
+        tracing::info!("shutting down: stopping pipelines between messages");
+        self.manager.stop_all().await;
+        if let Err(e) = self.queue.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Starts the server and runs it until `shutdown` resolves.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    Server::start(settings).await?.run_until(shutdown).await;
+    Ok(())
+}
+
+fn watch(settings: &Settings, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut watcher) => match watcher.watch(&settings.pipelines_dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the pipelines directory; changes are picked up every {:?}", RESCAN_INTERVAL);
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; changes are picked up every {:?}", RESCAN_INTERVAL);
+            None
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Where the engine finds its pipelines, keeps its data and looks for plugins.
+
+use std::path::PathBuf;
+
+use tocsin_config::PluginResolver;
+
+/// Server-level settings (the pipeline files hold everything per pipeline).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The directory of `*.toml` pipeline files, watched for changes.
+    pub pipelines_dir: PathBuf,
+    /// Queues, plugin state and the compile cache live here.
+    pub data_dir: PathBuf,
+    /// Directories searched for `<plugin>.wasm`, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// The queue database directory.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+
+    /// The compiled-plugin cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("compile-cache")
+    }
+
+    /// The plugin resolver for these settings.
+    pub fn resolver(&self) -> PluginResolver {
+        PluginResolver::new(self.plugin_dirs.clone())
+    }
+}

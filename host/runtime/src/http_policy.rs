@@ -1,0 +1,89 @@
+//! Outbound HTTP for sinks: only to the hosts the pipeline grants.
+//!
+//! The check runs in wasmtime-wasi-http's `send_request` hook, on the request's scheme and
+//! authority as the host will really connect — not on a `Host` header, which guests cannot
+//! set (it is a forbidden header), so a guest cannot smuggle a request to another host.
+
+use std::future::Future;
+
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+
+/// The granted authorities of one stage.
+#[derive(Debug, Clone, Default)]
+pub struct HostAllowList {
+    /// Lower-case `host` (default ports of http and https) or `host:port` (that port only).
+    pub hosts: Vec<String>,
+    /// Pipeline and stage, for the log line when a request is refused.
+    pub who: String,
+}
+
+impl HostAllowList {
+    /// Whether a request to `scheme://host[:port]` may go out.
+    pub fn allows(&self, scheme: Option<&str>, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let default_port = match scheme {
+            Some("http") => 80,
+            Some("https") | None => 443,
+            Some(_) => return false,
+        };
+        let port = port.unwrap_or(default_port);
+        self.hosts.iter().any(|granted| match granted.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => {
+                h == host && p.parse::<u16>().ok() == Some(port)
+            }
+            _ => *granted == host && (port == 80 || port == 443),
+        })
+    }
+}
+
+impl WasiHttpHooks for HostAllowList {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: IoFuture,
+    ) -> SendFuture {
+        let uri = request.uri();
+        let allowed = uri.host().is_some_and(|host| {
+            self.allows(uri.scheme_str(), host, uri.port_u16())
+        });
+        if !allowed {
+            tracing::warn!(
+                stage = %self.who,
+                uri = %format!("{}://{}", uri.scheme_str().unwrap_or("?"), uri.authority().map_or("", |a| a.as_str())),
+                "outbound HTTP request refused: host not granted"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        drop(fut);
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_grants_cover_default_ports_and_host_port_grants_one_port() {
+        let list = HostAllowList {
+            hosts: vec!["matrix.example.org".into(), "127.0.0.1:8008".into()],
+            who: String::new(),
+        };
+        assert!(list.allows(Some("https"), "matrix.example.org", None));
+        assert!(list.allows(Some("http"), "MATRIX.example.org", Some(80)));
+        assert!(!list.allows(Some("https"), "matrix.example.org", Some(8448)));
+        assert!(list.allows(Some("http"), "127.0.0.1", Some(8008)));
+        assert!(!list.allows(Some("http"), "127.0.0.1", Some(8009)));
+        assert!(!list.allows(Some("https"), "evil.example.org", None));
+        assert!(!list.allows(Some("ftp"), "matrix.example.org", None));
+    }
+}

@@ -1,0 +1,233 @@
+//! The engine, the linker, and loading plugin components.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::{decoder, filter, sink, source, wit_host, wit_types};
+use crate::cache::{CacheOutcome, CompileCache};
+use crate::store::PluginState;
+use crate::LoadError;
+
+/// The WIT package plugins must export, and the major version this host speaks.
+pub const CONTRACT_PACKAGE: &str = "tocsin:plugin";
+/// The contract version this host was built with.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Which world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    /// `source-plugin`: polled on a schedule.
+    Source,
+    /// `decoder-plugin`: fed by HTTP ingest.
+    Decoder,
+    /// `filter-plugin`.
+    Filter,
+    /// `sink-plugin`.
+    Sink,
+}
+
+impl PluginKind {
+    /// The exported interface that identifies the kind.
+    pub fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Source => "source",
+            PluginKind::Decoder => "decoder",
+            PluginKind::Filter => "filter",
+            PluginKind::Sink => "sink",
+        }
+    }
+
+    /// The WIT world a plugin of this kind targets.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Source => "source-plugin",
+            PluginKind::Decoder => "decoder-plugin",
+            PluginKind::Filter => "filter-plugin",
+            PluginKind::Sink => "sink-plugin",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+/// Settings of the [`Runtime`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The engine and linker every plugin runs on. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<PluginState>>,
+    cache: Option<CompileCache>,
+}
+
+/// A compiled, linked plugin, ready to instantiate many times.
+pub struct Plugin {
+    /// Which world it implements.
+    pub kind: PluginKind,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// sha256 of its bytes (hex).
+    pub sha256: String,
+    /// Whether it came from the compile cache.
+    pub cache: CacheOutcome,
+    pub(crate) pre: Pre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+pub(crate) enum Pre {
+    Source(source::SourcePluginPre<PluginState>),
+    Decoder(decoder::DecoderPluginPre<PluginState>),
+    Filter(filter::FilterPluginPre<PluginState>),
+    Sink(sink::SinkPluginPre<PluginState>),
+}
+
+impl Runtime {
+    /// Builds the engine (fuel metering on, so guest CPU is bounded per call) and the linker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, String> {
+        let mut cfg = Config::new();
+        cfg.consume_fuel(true);
+        let engine = Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e:#}"))?;
+        let linker = Self::linker(&engine).map_err(|e| format!("cannot link host imports: {e:#}"))?;
+        let cache = match &config.cache_dir {
+            None => None,
+            Some(dir) => Some(CompileCache::new(dir, &engine).map_err(|e| {
+                format!("cannot create the compile cache in {}: {e}", dir.display())
+            })?),
+        };
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+        })
+    }
+
+    fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        wit_types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        wit_host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        Ok(linker)
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, checks and compiles (or loads from cache) the plugin at `path`. With `pinned`,
+    /// refuses a file whose sha256 differs.
+    pub fn load(&self, path: &Path, pinned: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = pinned {
+            if !expected.eq_ignore_ascii_case(&sha256) {
+                return Err(LoadError::DigestMismatch {
+                    path: display,
+                    expected: expected.to_ascii_lowercase(),
+                    actual: sha256,
+                });
+            }
+        }
+        let invalid = |reason: String| LoadError::Invalid {
+            path: display.clone(),
+            reason,
+        };
+        check_is_component(&bytes).map_err(invalid)?;
+        let (component, cache) = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &bytes, &sha256),
+            None => Component::new(&self.engine, &bytes).map(|c| (c, CacheOutcome::Compiled)),
+        }
+        .map_err(|e| invalid(format!("cannot compile: {e:#}")))?;
+        let kind = self.kind_of(&component).map_err(invalid)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("imports something the host does not offer: {e:#}")))?;
+        let wrong = |e: wasmtime::Error| invalid(format!("exports do not match the {kind} world: {e:#}"));
+        let pre = match kind {
+            PluginKind::Source => Pre::Source(source::SourcePluginPre::new(instance_pre).map_err(wrong)?),
+            PluginKind::Decoder => Pre::Decoder(decoder::DecoderPluginPre::new(instance_pre).map_err(wrong)?),
+            PluginKind::Filter => Pre::Filter(filter::FilterPluginPre::new(instance_pre).map_err(wrong)?),
+            PluginKind::Sink => Pre::Sink(sink::SinkPluginPre::new(instance_pre).map_err(wrong)?),
+        };
+        Ok(Arc::new(Plugin {
+            kind,
+            path: path.to_path_buf(),
+            sha256,
+            cache,
+            pre,
+        }))
+    }
+
+    /// Which of our worlds a component implements, from its exports.
+    fn kind_of(&self, component: &Component) -> Result<PluginKind, String> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let ours: Vec<&String> = exports
+            .iter()
+            .filter(|e| e.starts_with(&format!("{CONTRACT_PACKAGE}/")))
+            .collect();
+        let Some(first) = ours.first() else {
+            return Err(format!(
+                "exports none of the {CONTRACT_PACKAGE} interfaces (it exports: {}); build it against wit/ with the tocsin SDK",
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            ));
+        };
+        if ours.len() > 1 {
+            return Err(format!("exports several plugin interfaces ({}); a plugin implements one world", exports.join(", ")));
+        }
+        let rest = &first[CONTRACT_PACKAGE.len() + 1..];
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        if major_minor(version) != major_minor(CONTRACT_VERSION) {
+            return Err(format!(
+                "is built for {CONTRACT_PACKAGE}@{version}; this host speaks {CONTRACT_PACKAGE}@{}.x",
+                major_minor(CONTRACT_VERSION)
+            ));
+        }
+        match interface {
+            "source" => Ok(PluginKind::Source),
+            "decoder" => Ok(PluginKind::Decoder),
+            "filter" => Ok(PluginKind::Filter),
+            "sink" => Ok(PluginKind::Sink),
+            other => Err(format!("exports an unknown plugin interface `{other}`")),
+        }
+    }
+}
+
+/// A component starts with the wasm magic and layer 1; a core module has layer 0.
+fn check_is_component(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(
+            "is a core WebAssembly module, not a component; build for wasm32-wasip2 (cargo build --target wasm32-wasip2) or wrap it with `wasm-tools component new`".into(),
+        ),
+        _ => Err("is not a WebAssembly file".into()),
+    }
+}

@@ -1,0 +1,438 @@
+//! One pipeline stage: a live plugin instance, its limits, and the calls into it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tocsin_config::{Grants, Limits};
+use tocsin_message::Message;
+use wasmtime::{Engine, Store, Trap};
+
+use crate::bindings::{decoder, filter, sink, source, wit_types};
+use crate::convert::{from_wit, to_wit};
+use crate::plugin::{Plugin, PluginKind, Pre, Runtime};
+use crate::store::PluginState;
+
+/// The guest yields to the async runtime every this much fuel (about a millisecond of guest
+/// code), so the wall-clock timeout can fire even in a tight loop.
+const FUEL_YIELD_INTERVAL: u64 = 10_000_000;
+/// Messages one call may return.
+pub const MAX_OUTPUT_MESSAGES: usize = 1000;
+/// Total approximate size of the messages one call may return.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+
+/// Reads a stage's committed plugin state (the engine scopes it to pipeline and stage).
+pub trait StateReader: Send + Sync {
+    /// The committed value of `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// State writes of one successful call: key → new value (`None` deletes), to be committed
+/// with the call's hand-over.
+pub type StateChanges = Vec<(String, Option<Vec<u8>>)>;
+
+/// Everything a stage needs besides its plugin.
+#[derive(Clone)]
+pub struct StageContext {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The stage's name: `source`, `filter.0`, `sink.<name>`.
+    pub stage: String,
+    /// The `config` table as JSON, for `init`.
+    pub config_json: String,
+    /// What the plugin may reach.
+    pub grants: Grants,
+    /// Resource bounds.
+    pub limits: Limits,
+    /// Granted secrets, resolved: (name, value).
+    pub secrets: Arc<Vec<(String, String)>>,
+    /// The stage's committed state.
+    pub state: Arc<dyn StateReader>,
+}
+
+/// An HTTP request for a decoder.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    /// Upper-case method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Lower-case header names and values.
+    pub headers: Vec<(String, String)>,
+    /// Raw body.
+    pub body: Vec<u8>,
+}
+
+/// A decoder's refusal: status (clamped to 400–499) and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 400–499.
+    pub status: u16,
+    /// For the client.
+    pub reason: String,
+}
+
+/// What a sink said about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Delivered.
+    Delivered,
+    /// Try again later.
+    Retryable(String),
+    /// Never going to work.
+    Permanent(String),
+    /// Try again after this many milliseconds.
+    RateLimited(u64),
+}
+
+/// Why the host stopped a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// Used up its fuel (CPU bound on guest code).
+    Cpu,
+    /// Took longer than its wall-clock bound.
+    Timeout,
+    /// Tried to grow memory past its cap.
+    Memory,
+    /// Overflowed its stack (deep recursion).
+    StackOverflow,
+    /// Panicked or aborted (a Rust guest's panic is an `unreachable` trap).
+    Panic,
+    /// Broke a host quota (state or log volume).
+    Quota,
+    /// Any other trap.
+    Other,
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrapKind::Cpu => "cpu",
+            TrapKind::Timeout => "timeout",
+            TrapKind::Memory => "memory",
+            TrapKind::StackOverflow => "stack-overflow",
+            TrapKind::Panic => "panic",
+            TrapKind::Quota => "quota",
+            TrapKind::Other => "trap",
+        })
+    }
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin could not be started: instantiation or its `init` failed.
+    #[error("plugin failed to start: {0}")]
+    Init(String),
+    /// The plugin returned an error.
+    #[error("plugin returned an error: {0}")]
+    Guest(String),
+    /// The host stopped the plugin; its instance was discarded.
+    #[error("plugin stopped ({kind}): {detail}")]
+    Trap {
+        /// Which bound or fault.
+        kind: TrapKind,
+        /// Details for the log and dead letters.
+        detail: String,
+    },
+    /// The plugin returned more than the host accepts.
+    #[error("plugin output refused: {0}")]
+    Output(String),
+    /// The plugin does not implement what this call needs.
+    #[error("{0}")]
+    WrongKind(String),
+}
+
+impl CallError {
+    /// Whether the instance was discarded.
+    pub fn is_trap(&self) -> bool {
+        matches!(self, CallError::Trap { .. })
+    }
+}
+
+enum Exports {
+    Source(source::SourcePlugin),
+    Decoder(decoder::DecoderPlugin),
+    Filter(filter::FilterPlugin),
+    Sink(sink::SinkPlugin),
+}
+
+struct Live {
+    store: Store<PluginState>,
+    exports: Exports,
+}
+
+/// A plugin bound to one stage of one pipeline, with at most one live instance.
+pub struct Stage {
+    engine: Engine,
+    plugin: Arc<Plugin>,
+    ctx: StageContext,
+    live: Option<Live>,
+    traps: u64,
+    instantiations: u64,
+}
+
+impl Stage {
+    /// A stage of `plugin`; nothing runs until the first call (or [`Stage::start`]).
+    pub fn new(runtime: &Runtime, plugin: Arc<Plugin>, ctx: StageContext) -> Self {
+        Stage {
+            engine: runtime.engine().clone(),
+            plugin,
+            ctx,
+            live: None,
+            traps: 0,
+            instantiations: 0,
+        }
+    }
+
+    /// The plugin this stage runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The stage's context.
+    pub fn context(&self) -> &StageContext {
+        &self.ctx
+    }
+
+    /// Calls the host stopped (traps, timeouts, caps) over this stage's life.
+    pub fn traps(&self) -> u64 {
+        self.traps
+    }
+
+    /// Instances created over this stage's life (1 + one per recovery).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations
+    }
+
+    /// Instantiates the plugin and runs its `init`, if no instance is live.
+    pub async fn start(&mut self) -> Result<(), CallError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let state = PluginState::new(&self.ctx)
+            .map_err(|e| CallError::Init(format!("cannot build the sandbox: {e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let setup = store
+            .set_fuel(self.ctx.limits.fuel)
+            .and_then(|_| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)));
+        setup.map_err(|e| CallError::Init(format!("{e:#}")))?;
+        let config = self.ctx.config_json.clone();
+        let pre = &self.plugin.pre;
+        let started = tokio::time::timeout(self.ctx.limits.timeout, async {
+            let exports = match pre {
+                Pre::Source(p) => Exports::Source(p.instantiate_async(&mut store).await?),
+                Pre::Decoder(p) => Exports::Decoder(p.instantiate_async(&mut store).await?),
+                Pre::Filter(p) => Exports::Filter(p.instantiate_async(&mut store).await?),
+                Pre::Sink(p) => Exports::Sink(p.instantiate_async(&mut store).await?),
+            };
+            let init = match &exports {
+                Exports::Source(e) => e.tocsin_plugin_source().call_init(&mut store, &config).await?,
+                Exports::Decoder(e) => e.tocsin_plugin_decoder().call_init(&mut store, &config).await?,
+                Exports::Filter(e) => e.tocsin_plugin_filter().call_init(&mut store, &config).await?,
+                Exports::Sink(e) => e.tocsin_plugin_sink().call_init(&mut store, &config).await?,
+            };
+            wasmtime::Result::Ok((exports, init))
+        })
+        .await;
+        self.instantiations += 1;
+        let (exports, init) = match started {
+            Err(_) => {
+                self.traps += 1;
+                return Err(CallError::Init(format!(
+                    "init took longer than {:?}",
+                    self.ctx.limits.timeout
+                )));
+            }
+            Ok(Err(e)) => {
+                self.traps += 1;
+                return Err(CallError::Init(classify(e, &self.ctx.limits).to_string()));
+            }
+            Ok(Ok(r)) => r,
+        };
+        init.map_err(CallError::Init)?;
+        // State written by `init` belongs to no message: it is discarded.
+        store.data_mut().host.pending.clear();
+        self.live = Some(Live { store, exports });
+        Ok(())
+    }
+
+    /// Runs one call under the stage's fuel and time bounds. On a trap the instance is
+    /// discarded; on success the call's state writes are returned.
+    async fn run<R>(
+        &mut self,
+        call: impl AsyncFnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<(R, StateChanges), CallError> {
+        self.start().await?;
+        let limits = self.ctx.limits;
+        let live = self.live.as_mut().expect("started above");
+        {
+            let data = live.store.data_mut();
+            data.host.pending.clear();
+            data.host.log_lines = 0;
+        }
+        if let Err(e) = live.store.set_fuel(limits.fuel) {
+            return Err(CallError::Init(format!("{e:#}")));
+        }
+        let outcome =
+            tokio::time::timeout(limits.timeout, call(&live.exports, &mut live.store)).await;
+        let result = match outcome {
+            Err(_) => Err(CallError::Trap {
+                kind: TrapKind::Timeout,
+                detail: format!("call exceeded its wall-clock limit of {:?}", limits.timeout),
+            }),
+            Ok(Err(e)) => Err(classify(e, &limits)),
+            Ok(Ok(r)) => Ok(r),
+        };
+        match result {
+            Ok(r) => {
+                let pending = std::mem::take(&mut live.store.data_mut().host.pending);
+                Ok((r, pending.into_iter().collect()))
+            }
+            Err(e) => {
+                self.live = None;
+                self.traps += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn expect(&self, kind: PluginKind) -> Result<(), CallError> {
+        if self.plugin.kind == kind {
+            Ok(())
+        } else {
+            Err(CallError::WrongKind(format!(
+                "{} is a {} plugin, not a {kind}",
+                self.plugin.path.display(),
+                self.plugin.kind
+            )))
+        }
+    }
+
+    /// Polls a source for the tick at `tick_ms`.
+    pub async fn poll(&mut self, tick_ms: u64) -> Result<(Vec<Message>, StateChanges), CallError> {
+        self.expect(PluginKind::Source)?;
+        let (out, changes) = self
+            .run(async |exports, store| match exports {
+                Exports::Source(e) => e.tocsin_plugin_source().call_poll(store, tick_ms).await,
+                _ => unreachable!("kind checked"),
+            })
+            .await?;
+        Ok((checked_output(out.map_err(CallError::Guest)?)?, changes))
+    }
+
+    /// Decodes an ingest request.
+    pub async fn decode(
+        &mut self,
+        request: &IngestRequest,
+    ) -> Result<(Result<Vec<Message>, Rejection>, StateChanges), CallError> {
+        self.expect(PluginKind::Decoder)?;
+        let req = wit_types::HttpRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+        };
+        let (out, changes) = self
+            .run(async |exports, store| match exports {
+                Exports::Decoder(e) => e.tocsin_plugin_decoder().call_decode(store, &req).await,
+                _ => unreachable!("kind checked"),
+            })
+            .await?;
+        let out = match out {
+            Ok(messages) => Ok(checked_output(messages)?),
+            Err(r) => Err(Rejection {
+                status: r.status.clamp(400, 499),
+                reason: r.reason,
+            }),
+        };
+        Ok((out, changes))
+    }
+
+    /// Runs a filter on one message.
+    pub async fn process(&mut self, msg: &Message) -> Result<(Vec<Message>, StateChanges), CallError> {
+        self.expect(PluginKind::Filter)?;
+        let input = to_wit(msg);
+        let (out, changes) = self
+            .run(async |exports, store| match exports {
+                Exports::Filter(e) => e.tocsin_plugin_filter().call_process(store, &input).await,
+                _ => unreachable!("kind checked"),
+            })
+            .await?;
+        Ok((checked_output(out.map_err(CallError::Guest)?)?, changes))
+    }
+
+    /// Delivers one message through a sink.
+    pub async fn deliver(
+        &mut self,
+        msg: &Message,
+        idempotency_key: &str,
+    ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
+        self.expect(PluginKind::Sink)?;
+        let input = to_wit(msg);
+        let (out, changes) = self
+            .run(async |exports, store| match exports {
+                Exports::Sink(e) => {
+                    e.tocsin_plugin_sink()
+                        .call_deliver(store, &input, idempotency_key)
+                        .await
+                }
+                _ => unreachable!("kind checked"),
+            })
+            .await?;
+        let outcome = match out {
+            Ok(()) => DeliveryOutcome::Delivered,
+            Err(wit_types::DeliveryError::Retryable(m)) => DeliveryOutcome::Retryable(m),
+            Err(wit_types::DeliveryError::Permanent(m)) => DeliveryOutcome::Permanent(m),
+            Err(wit_types::DeliveryError::RateLimited(ms)) => DeliveryOutcome::RateLimited(ms),
+        };
+        Ok((outcome, changes))
+    }
+}
+
+fn checked_output(out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallError> {
+    if out.len() > MAX_OUTPUT_MESSAGES {
+        return Err(CallError::Output(format!(
+            "{} messages in one call; the cap is {MAX_OUTPUT_MESSAGES}",
+            out.len()
+        )));
+    }
+    let messages: Vec<Message> = out.into_iter().map(from_wit).collect();
+    let bytes: usize = messages.iter().map(Message::approx_size).sum();
+    if bytes > MAX_OUTPUT_BYTES {
+        return Err(CallError::Output(format!(
+            "{bytes} bytes of messages in one call; the cap is {MAX_OUTPUT_BYTES}"
+        )));
+    }
+    Ok(messages)
+}
+
+/// Names the bound or fault behind a wasmtime error.
+fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
+    let text = format!("{e:#}");
+    let (kind, detail) = match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => (
+            TrapKind::Cpu,
+            format!("used up its CPU budget of {} fuel", limits.fuel),
+        ),
+        Some(Trap::StackOverflow) => (TrapKind::StackOverflow, "stack overflow".to_string()),
+        Some(Trap::UnreachableCodeReached) => (
+            TrapKind::Panic,
+            "panicked or aborted (wasm `unreachable`)".to_string(),
+        ),
+        Some(Trap::Interrupt) => (TrapKind::Timeout, "interrupted".to_string()),
+        Some(other) => (TrapKind::Other, other.to_string()),
+        None if text.contains("forcing trap when growing memory") => (
+            TrapKind::Memory,
+            format!("tried to grow memory past its cap of {} bytes", limits.memory),
+        ),
+        None if text.contains("state") || text.contains("log") => (TrapKind::Quota, text.clone()),
+        None => (TrapKind::Other, text.clone()),
+    };
+    CallError::Trap { kind, detail }
+}
+
+/// How long a stage's calls may take, for callers that schedule around it.
+pub fn call_budget(limits: &Limits) -> Duration {
+    limits.timeout
+}

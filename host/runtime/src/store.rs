@@ -1,0 +1,118 @@
+//! The data of one plugin instance's `Store`: its WASI context, grants, limits and the
+//! buffers of the current call.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::http_policy::HostAllowList;
+use crate::log_stream::LogStream;
+use crate::stage::{StageContext, StateReader};
+
+/// Component instances, tables and memories one plugin instance may create. A wasm32-wasip2
+/// Rust guest needs a handful; the caps stop a component from multiplying them.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+/// Table elements per table (function pointers), against table-growth bombs.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Everything a running plugin instance owns on the host side.
+pub struct PluginState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    allow_list: HostAllowList,
+    pub(crate) host: HostState,
+}
+
+/// What our `host` interface needs.
+pub(crate) struct HostState {
+    pub(crate) pipeline: Arc<str>,
+    pub(crate) stage: Arc<str>,
+    pub(crate) secrets: Arc<Vec<(String, String)>>,
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) state: Arc<dyn StateReader>,
+    /// State writes of the current call: key → new value (`None` deletes).
+    pub(crate) pending: BTreeMap<String, Option<Vec<u8>>>,
+    /// Log lines written in the current call.
+    pub(crate) log_lines: u32,
+    /// Log lines dropped over the instance's life (quota).
+    pub(crate) logs_dropped: u64,
+}
+
+impl PluginState {
+    /// Builds the state for a fresh instance of the stage `ctx`: WASI with nothing but the
+    /// granted directories (and stdout when granted), the memory cap, the HTTP allow-list.
+    pub(crate) fn new(ctx: &StageContext) -> wasmtime::Result<Self> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(LogStream::new(&ctx.pipeline, &ctx.stage));
+        if ctx.grants.stdout {
+            wasi.inherit_stdout();
+        }
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        for dir in &ctx.grants.read_dirs {
+            let path = dir.to_string_lossy();
+            wasi.preopened_dir(dir, &*path, FsPerms::ReadOnly)?;
+        }
+        for dir in &ctx.grants.write_dirs {
+            let path = dir.to_string_lossy();
+            wasi.preopened_dir(dir, &*path, FsPerms::ReadWrite)?;
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(ctx.limits.memory as usize)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut dirs = ctx.grants.read_dirs.clone();
+        dirs.extend(ctx.grants.write_dirs.iter().cloned());
+        Ok(PluginState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits,
+            allow_list: HostAllowList {
+                hosts: ctx.grants.hosts.clone(),
+                who: format!("{}/{}", ctx.pipeline, ctx.stage),
+            },
+            host: HostState {
+                pipeline: ctx.pipeline.as_str().into(),
+                stage: ctx.stage.as_str().into(),
+                secrets: ctx.secrets.clone(),
+                dirs,
+                state: ctx.state.clone(),
+                pending: BTreeMap::new(),
+                log_lines: 0,
+                logs_dropped: 0,
+            },
+        })
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.allow_list,
+        }
+    }
+}

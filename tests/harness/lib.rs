@@ -1,1 +1,215 @@
-//! stub
+//! The test harness: build the plugins and the binary once, run the real engine in a temp
+//! directory, start real servers (Synapse) on free loopback ports.
+//!
+//! A test reads like its scenario:
+//! ```ignore
+//! let env = Env::new();
+//! env.write_pipeline("nightly", &text);
+//! let server = env.start().await;
+//! wait_for(|| env.read_lines("out/alerts.jsonl").len() == 1, "one alert").await;
+//! ```
+
+pub mod synapse;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tocsin::server::Server;
+use tocsin::status::{Counters, PipelineState};
+use tocsin::Settings;
+use tocsin_queue::QueueStore;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds every plugin (shipped and test-only) once per test process; returns their directory.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let plugins = repo_root().join("plugins");
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--workspace", "--quiet"])
+            .current_dir(&plugins)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the plugins failed");
+        plugins.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// Builds the `tocsin` binary once per test process; returns its path.
+pub fn tocsin_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new("cargo")
+            .args(["build", "-p", "tocsin", "--bin", "tocsin", "--quiet"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building tocsin failed");
+        let exe = std::env::current_exe().expect("test exe path");
+        // target/<profile>/deps/integration-… → target/<profile>/tocsin
+        exe.parent().and_then(Path::parent).expect("target dir").join("tocsin")
+    })
+}
+
+/// A temporary tocsin installation: a pipelines directory and a data directory.
+pub struct Env {
+    /// Holds the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    /// A fresh, empty environment.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        Env { dir }
+    }
+
+    /// A path inside the environment.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Creates a directory inside the environment and returns its absolute path.
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Writes (or replaces) `pipelines/<name>.toml`.
+    pub fn write_pipeline(&self, name: &str, text: &str) {
+        let path = self.path(&format!("pipelines/{name}.toml"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    /// The engine settings of this environment.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            pipelines_dir: self.path("pipelines"),
+            data_dir: self.path("data"),
+            plugin_dirs: vec![plugins_dir().to_path_buf()],
+        }
+    }
+
+    /// Starts the engine in-process. Set `RUST_LOG` (e.g. `RUST_LOG=tocsin=debug`) to see
+    /// its log in the test output.
+    pub async fn start(&self) -> Running {
+        init_test_logging();
+        let server = Server::start(self.settings()).await.expect("server starts");
+        let queue = server.queue();
+        let board = server.board();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        Running {
+            stop: Some(tx),
+            task: Some(task),
+            queue,
+            board,
+        }
+    }
+
+    /// Lines of a text file in the environment (empty when it does not exist yet).
+    pub fn read_lines(&self, rel: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(rel))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// JSON lines of a file sink's output.
+    pub fn read_json_lines(&self, rel: &str) -> Vec<serde_json::Value> {
+        self.read_lines(rel)
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("file sink writes JSON lines"))
+            .collect()
+    }
+}
+
+/// An engine running in-process.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Its queue store.
+    pub queue: Arc<dyn QueueStore>,
+    /// Its status board.
+    pub board: tocsin::manager::StatusBoard,
+}
+
+impl Running {
+    /// Stops the engine and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// The state of a pipeline, if known.
+    pub fn state(&self, pipeline: &str) -> Option<PipelineState> {
+        self.board.lock().unwrap().get(pipeline).map(|s| s.state())
+    }
+
+    /// Reads a counter of a pipeline (0 when unknown).
+    pub fn counter(&self, pipeline: &str, pick: fn(&tocsin::status::Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        self.board
+            .lock()
+            .unwrap()
+            .get(pipeline)
+            .map_or(0, |s| Counters::get(pick(&s.counters)))
+    }
+}
+
+/// Sends the engine's log to the test output when `RUST_LOG` is set.
+pub fn init_test_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `check` until it holds, or panics after `timeout` naming `what`.
+pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Sets a file's modification time to `age` ago.
+pub fn age_file(path: &Path, age: Duration) {
+    let when = std::time::SystemTime::now() - age;
+    let f = std::fs::File::options().write(true).open(path).expect("file exists");
+    f.set_modified(when).expect("set mtime");
+}

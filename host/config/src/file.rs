@@ -18,6 +18,10 @@ pub struct PipelineFile {
     /// Pause the pipeline without deleting its file or queues.
     #[serde(default)]
     pub disabled: bool,
+    /// How often the filter chain is retried on one message before it goes to the
+    /// `@filters` dead letters (default: 5 attempts, 1 s doubling to 1 m).
+    #[serde(default)]
+    pub filter_retry: RetryTable,
     /// Where messages come from.
     pub source: SourceTable,
     /// Steps between source and sinks, in order.

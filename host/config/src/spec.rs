@@ -34,6 +34,8 @@ pub struct PipelineSpec {
     pub source: SourceSpec,
     /// Steps between source and sinks.
     pub filters: Vec<StageSpec>,
+    /// Retry policy of the filter chain.
+    pub filter_retry: RetryPolicy,
     /// Where messages go.
     pub sinks: Vec<SinkSpec>,
 }
@@ -96,16 +98,29 @@ pub struct PluginRef {
 /// What a plugin may reach; nothing by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
-    /// Mounted read-only at the same path.
-    pub read_dirs: Vec<PathBuf>,
-    /// Mounted read-write at the same path.
-    pub write_dirs: Vec<PathBuf>,
+    /// Mounted read-only.
+    pub read_dirs: Vec<DirGrant>,
+    /// Mounted read-write.
+    pub write_dirs: Vec<DirGrant>,
     /// Allowed outbound HTTP authorities, lower case: `host` or `host:port`.
     pub hosts: Vec<String>,
     /// Secrets by the name the plugin asks for.
     pub secrets: Vec<(String, SecretRef)>,
     /// May write to the host's stdout.
     pub stdout: bool,
+}
+
+/// A directory mounted into a plugin's sandbox.
+///
+/// An absolute path is mounted at the same path. A relative path (no `..`) is taken relative
+/// to the pipeline file's directory on the host and mounted under the same relative path in
+/// the guest, so a pipeline and its data can move together (the repo's demo does this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// The path the plugin uses for it.
+    pub guest: String,
 }
 
 /// Where a secret's value comes from. Never printed with its value.
@@ -180,6 +195,15 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The default policy of the filter chain: filters fail for bugs, not outages, so give up
+    /// sooner than sinks do.
+    pub const FILTER_DEFAULT: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        multiplier: 2.0,
+    };
+
     /// The delay before the next attempt after `attempts` failed ones (1-based), before
     /// jitter: `initial * multiplier^(attempts-1)`, capped at `max`.
     pub fn base_delay(&self, attempts: u32) -> Duration {

@@ -332,6 +332,8 @@ pub fn parse_pipeline(
         .map(|(i, s)| cx.sink(i, s, &mut seen))
         .collect();
 
+    let filter_retry = cx.retry("filter_retry", &raw.filter_retry, RetryPolicy::FILTER_DEFAULT);
+
     if !cx.diags.is_empty() {
         return Err(cx.diags);
     }
@@ -345,6 +347,7 @@ pub fn parse_pipeline(
             trigger: trigger.expect("checked"),
         },
         filters: filters.into_iter().map(|f| f.expect("checked")).collect(),
+        filter_retry: filter_retry.expect("checked"),
         sinks: sinks.into_iter().map(|s| s.expect("checked")).collect(),
     })
 }
@@ -466,25 +469,37 @@ impl Checker<'_> {
             ("write_dirs", &g.write_dirs, &mut out.write_dirs),
         ] {
             for dir in list {
-                let path = PathBuf::from(dir.get_ref());
+                let written = dir.get_ref().trim_end_matches('/');
+                let path = PathBuf::from(written);
                 let name = format!("{field}.grants.{kind}");
-                if !path.is_absolute() {
+                let escapes = path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+                if written.is_empty() || escapes {
                     self.error(
                         Some(dir.span()),
                         &name,
                         format!(
-                            "`{}` must be an absolute path (it is mounted at the same path in the guest)",
+                            "`{}` must be an absolute path, or a relative one without `..`",
                             dir.get_ref()
                         ),
                     );
-                } else if self.machine == MachineCheck::Check && !path.is_dir() {
+                    continue;
+                }
+                let grant = if path.is_absolute() {
+                    DirGrant { host: path, guest: written.to_string() }
+                } else {
+                    let guest = written.trim_start_matches("./").to_string();
+                    DirGrant { host: self.base_dir.join(&guest), guest }
+                };
+                if self.machine == MachineCheck::Check && !grant.host.is_dir() {
                     self.error(
                         Some(dir.span()),
                         &name,
-                        format!("directory {} does not exist", path.display()),
+                        format!("directory {} does not exist", grant.host.display()),
                     );
                 }
-                target.push(path);
+                target.push(grant);
             }
         }
         for host in &g.hosts {
@@ -636,7 +651,7 @@ impl Checker<'_> {
             &s.limits,
             (DEFAULT_SINK_FUEL, DEFAULT_SINK_TIMEOUT),
         );
-        let retry = self.retry(&field, &s.retry);
+        let retry = self.retry(&format!("{field}.retry"), &s.retry, RetryPolicy::default());
         let route = self.route(&field, s.route.as_ref());
         if self.diags.len() > errors_before {
             return None;
@@ -649,13 +664,12 @@ impl Checker<'_> {
         })
     }
 
-    fn retry(&mut self, field: &str, r: &RetryTable) -> Option<RetryPolicy> {
-        let default = RetryPolicy::default();
+    fn retry(&mut self, field: &str, r: &RetryTable, default: RetryPolicy) -> Option<RetryPolicy> {
         let max_attempts = match &r.max_attempts {
             Some(n) if *n.get_ref() == 0 => {
                 self.error(
                     Some(n.span()),
-                    &format!("{field}.retry.max_attempts"),
+                    &format!("{field}.max_attempts"),
                     "must be at least 1".into(),
                 );
                 None
@@ -663,13 +677,13 @@ impl Checker<'_> {
             Some(n) => Some(*n.get_ref()),
             None => Some(default.max_attempts),
         };
-        let initial = self.duration(r.initial.as_ref(), &format!("{field}.retry.initial"));
-        let max = self.duration(r.max.as_ref(), &format!("{field}.retry.max"));
+        let initial = self.duration(r.initial.as_ref(), &format!("{field}.initial"));
+        let max = self.duration(r.max.as_ref(), &format!("{field}.max"));
         let multiplier = match &r.multiplier {
             Some(m) if !(1.0..=10.0).contains(m.get_ref()) => {
                 self.error(
                     Some(m.span()),
-                    &format!("{field}.retry.multiplier"),
+                    &format!("{field}.multiplier"),
                     format!("{} is outside 1.0..10.0", m.get_ref()),
                 );
                 None
@@ -686,7 +700,7 @@ impl Checker<'_> {
         if policy.max < policy.initial {
             self.error(
                 r.max.as_ref().map(|m| m.span()),
-                &format!("{field}.retry.max"),
+                &format!("{field}.max"),
                 "must not be shorter than `initial`".into(),
             );
             return None;
@@ -856,6 +870,20 @@ match = { severity = ">= info" }
             MachineCheck::Skip
         )
         .is_ok());
+    }
+
+    #[test]
+    fn relative_grants_follow_the_pipeline_file_and_may_not_climb_out() {
+        let fx = fixture();
+        std::fs::create_dir_all(fx.dir.path().join("demo/backups")).unwrap();
+        let text = GOOD.replace("[\"/tmp\"]", "[\"./demo/backups\"]");
+        let spec = check(&fx, &text).unwrap();
+        let grant = &spec.source.stage.grants.read_dirs[0];
+        assert_eq!(grant.guest, "demo/backups");
+        assert_eq!(grant.host, fx.dir.path().join("demo/backups"));
+        let text = GOOD.replace("[\"/tmp\"]", "[\"../etc\"]");
+        let d = check(&fx, &text).unwrap_err();
+        assert!(d[0].message.contains("without `..`"), "{}", d[0]);
     }
 
     #[test]

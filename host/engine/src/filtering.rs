@@ -4,7 +4,7 @@
 //! Then one batch removes the ingress entry, appends the outputs to every sink whose `match`
 //! takes them, and writes the plugin state the filters changed. If a filter fails, nothing of
 //! that run is kept: the message stays at the head of ingress, is retried with backoff, and
-//! after [`MAX_FILTER_ATTEMPTS`] goes to the pipeline's `@filters` dead letters.
+//! after the pipeline's `filter_retry.max_attempts` goes to the pipeline's `@filters` dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +20,6 @@ use tocsin_runtime::{CallError, Stage};
 use crate::pipeline::{sleep_or_cancel, state_writes, SinkRoute};
 use crate::status::{Counters, PipelineStatus};
 
-/// Attempts at filtering one message before it is dead-lettered.
-pub const MAX_FILTER_ATTEMPTS: u32 = 5;
-/// Backoff between filter attempts.
-pub const FILTER_RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: MAX_FILTER_ATTEMPTS,
-    initial: Duration::from_secs(1),
-    max: Duration::from_secs(60),
-    multiplier: 2.0,
-};
 /// How often an idle worker looks at its queue even without a wake-up.
 pub const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
@@ -38,6 +29,8 @@ pub struct FilterWorker {
     pub pipeline: String,
     /// The filter stages, in order.
     pub filters: Vec<Stage>,
+    /// How to retry the chain.
+    pub retry: RetryPolicy,
     /// The sinks and their routes.
     pub sinks: Vec<SinkRoute>,
     /// The store.
@@ -117,14 +110,14 @@ impl FilterWorker {
                 Counters::bump(if e.is_trap() { &c.plugin_traps } else { &c.plugin_errors });
                 envelope.attempts += 1;
                 envelope.last_error = Some(e.to_string());
-                if envelope.attempts >= MAX_FILTER_ATTEMPTS {
+                if envelope.attempts >= self.retry.max_attempts {
                     tracing::error!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
                     match self.queue.dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope).await {
                         Ok(()) => Counters::bump(&c.dead_lettered),
                         Err(e) => tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter"),
                     }
                 } else {
-                    let delay = FILTER_RETRY.jittered_delay(envelope.attempts, rand::random::<f64>());
+                    let delay = self.retry.jittered_delay(envelope.attempts, rand::random::<f64>());
                     envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
                     tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
                     Counters::bump(&c.retries);

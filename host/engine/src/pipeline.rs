@@ -146,6 +146,7 @@ pub async fn start(
     let filter_worker = FilterWorker {
         pipeline: name.clone(),
         filters,
+        retry: spec.filter_retry,
         sinks: routes.clone(),
         queue: shared.queue.clone(),
         ingress_ready: ingress_ready.clone(),

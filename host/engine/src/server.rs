@@ -83,6 +83,11 @@ impl Server {
         })
     }
 
+    /// The queue store (for in-process inspection, e.g. by tests).
+    pub fn queue(&self) -> Arc<dyn QueueStore> {
+        self.queue.clone()
+    }
+
     /// The status of every pipeline.
     pub fn board(&self) -> StatusBoard {
         self.manager.board()

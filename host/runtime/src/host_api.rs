@@ -83,8 +83,8 @@ impl wit_host::Host for PluginState {
     }
 
     fn disk_usage(&mut self, granted_dir: String) -> wasmtime::Result<Result<(u64, u64), String>> {
-        let wanted = std::path::Path::new(&granted_dir);
-        let Some(dir) = self.host.dirs.iter().find(|d| d.as_path() == wanted) else {
+        let wanted = granted_dir.trim_end_matches('/');
+        let Some((_, dir)) = self.host.dirs.iter().find(|(guest, _)| guest == wanted) else {
             return Ok(Err(format!("{granted_dir} is not a directory granted to this stage")));
         };
         Ok(fs4::total_space(dir)

@@ -37,7 +37,8 @@ pub(crate) struct HostState {
     pub(crate) pipeline: Arc<str>,
     pub(crate) stage: Arc<str>,
     pub(crate) secrets: Arc<Vec<(String, String)>>,
-    pub(crate) dirs: Vec<PathBuf>,
+    /// Granted directories: (path the guest uses, host path).
+    pub(crate) dirs: Vec<(String, PathBuf)>,
     pub(crate) state: Arc<dyn StateReader>,
     /// State writes of the current call: key → new value (`None` deletes).
     pub(crate) pending: BTreeMap<String, Option<Vec<u8>>>,
@@ -58,12 +59,10 @@ impl PluginState {
         }
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for dir in &ctx.grants.read_dirs {
-            let path = dir.to_string_lossy();
-            wasi.preopened_dir(dir, &*path, FsPerms::ReadOnly)?;
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }
         for dir in &ctx.grants.write_dirs {
-            let path = dir.to_string_lossy();
-            wasi.preopened_dir(dir, &*path, FsPerms::ReadWrite)?;
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size(ctx.limits.memory as usize)
@@ -73,8 +72,13 @@ impl PluginState {
             .memories(MAX_MEMORIES)
             .trap_on_grow_failure(true)
             .build();
-        let mut dirs = ctx.grants.read_dirs.clone();
-        dirs.extend(ctx.grants.write_dirs.iter().cloned());
+        let dirs = ctx
+            .grants
+            .read_dirs
+            .iter()
+            .chain(&ctx.grants.write_dirs)
+            .map(|d| (d.guest.clone(), d.host.clone()))
+            .collect();
         Ok(PluginState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

@@ -1,0 +1,158 @@
+//! `matrix`: posts each message to a Matrix room through the client-server API v3.
+//!
+//! `PUT {homeserver}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txnId}` with the
+//! message as plain text and HTML. The transaction id is the idempotency key, so a retry of
+//! the same message with the same access token posts once (Synapse remembers transaction ids
+//! per device for 24 hours).
+//!
+//! ```toml
+//! [[sink]]
+//! name   = "ops-room"
+//! plugin = "matrix"
+//! config = { homeserver = "https://matrix.example.org", room = "!abc:example.org" }
+//! grants = { hosts = ["matrix.example.org"], secrets = { access_token = "env:MATRIX_TOKEN" } }
+//! ```
+//! Outcomes: 2xx delivered; 429 rate-limited by the server's `retry_after_ms`; other 4xx
+//! permanent (a bad token or room will not fix itself); 5xx and network errors retryable.
+
+use serde::Deserialize;
+use tocsin_sdk::http::Request;
+use tocsin_sdk::{export_sink, host, DeliveryError, Message, Severity, Sink};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Base URL of the homeserver, such as `https://matrix.example.org`.
+    homeserver: String,
+    /// The room id (`!…:server`) to post to.
+    room: String,
+    /// `m.notice` (default: bots' messages, no notification loops) or `m.text`.
+    #[serde(default = "notice")]
+    msgtype: String,
+    /// The name of the granted secret holding the access token.
+    #[serde(default = "token_name")]
+    token_secret: String,
+}
+
+fn notice() -> String {
+    "m.notice".into()
+}
+
+fn token_name() -> String {
+    "access_token".into()
+}
+
+struct Matrix {
+    homeserver: String,
+    room: String,
+    msgtype: String,
+    token_secret: String,
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The emoji shown before an alert, by severity.
+pub fn emoji(severity: Severity) -> &'static str {
+    match severity {
+        Severity::None => "",
+        Severity::Info => "ℹ️ ",
+        Severity::Warning => "⚠️ ",
+        Severity::Error => "🔥 ",
+        Severity::Alert => "🚨 ",
+    }
+}
+
+/// The plain and HTML bodies of a message.
+fn render(msg: &Message) -> (String, String) {
+    let mark = emoji(msg.severity);
+    match &msg.summary {
+        Some(summary) => (
+            format!("{mark}{summary}\n{}", msg.body),
+            format!(
+                "<p><strong>{mark}{}</strong></p><p>{}</p>",
+                escape_html(summary),
+                escape_html(&msg.body).replace('\n', "<br>")
+            ),
+        ),
+        None => (
+            format!("{mark}{}", msg.body),
+            format!("<p>{mark}{}</p>", escape_html(&msg.body).replace('\n', "<br>")),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct MatrixError {
+    retry_after_ms: Option<u64>,
+}
+
+impl Sink for Matrix {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        if !(c.homeserver.starts_with("https://") || c.homeserver.starts_with("http://")) {
+            return Err(format!("homeserver `{}` must start with https:// or http://", c.homeserver));
+        }
+        if !c.room.starts_with('!') {
+            return Err(format!("room `{}` must be a room id (`!…:server`), not an alias", c.room));
+        }
+        if !matches!(c.msgtype.as_str(), "m.notice" | "m.text") {
+            return Err(format!("msgtype `{}` must be m.notice or m.text", c.msgtype));
+        }
+        Ok(Matrix {
+            homeserver: c.homeserver.trim_end_matches('/').to_string(),
+            room: c.room,
+            msgtype: c.msgtype,
+            token_secret: c.token_secret,
+        })
+    }
+
+    fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
+        let token = host::secret(&self.token_secret).ok_or_else(|| {
+            DeliveryError::Permanent(format!("no secret `{}` is granted to this sink", self.token_secret))
+        })?;
+        let (plain, html) = render(&msg);
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            self.homeserver,
+            encode_segment(&self.room),
+            encode_segment(key)
+        );
+        let body = serde_json::json!({
+            "msgtype": self.msgtype,
+            "body": plain,
+            "format": "org.matrix.custom.html",
+            "formatted_body": html,
+        });
+        let response = Request::put(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .json(&body)
+            .send()?;
+        let retry_after = if response.status == 429 {
+            response.json::<MatrixError>().ok().and_then(|e| e.retry_after_ms)
+        } else {
+            None
+        };
+        response.delivery_outcome(retry_after)
+    }
+}
+
+export_sink!(Matrix);

@@ -1,0 +1,117 @@
+//! Hostile plugins are stopped and reported, and another pipeline keeps delivering meanwhile.
+
+use std::time::Duration;
+
+use tocsin_queue::FILTERS_QUEUE;
+use tocsin_tests::{wait_until, Env};
+
+/// A pipeline polling every second through the `hostile` filter in `mode`.
+fn hostile_pipeline(env: &Env, name: &str, hostile_config: &str, limits: &str) -> String {
+    format!(
+        r#"
+filter_retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
+
+[source]
+plugin = "backup-check"
+schedule = "* * * * * *"
+config = {{ dir = "{backups}", host = "{name}" }}
+grants = {{ read_dirs = ["{backups}"] }}
+
+[[filter]]
+plugin = "hostile"
+config = {hostile_config}
+limits = {limits}
+
+[[sink]]
+name = "out"
+plugin = "file"
+config = {{ path = "{out}/{name}.jsonl" }}
+grants = {{ write_dirs = ["{out}"] }}
+"#,
+        backups = env.path("backups").display(),
+        out = env.path("out").display(),
+    )
+}
+
+/// The last error of the first `@filters` dead letter of `pipeline`, once there is one.
+fn dead_letter_error(server: &tocsin_tests::Running, pipeline: &str) -> Option<String> {
+    server
+        .queue
+        .dead_letters(pipeline, FILTERS_QUEUE)
+        .ok()?
+        .first()
+        .and_then(|(_, env)| env.last_error.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    env.write_pipeline("healthy", &hostile_pipeline(&env, "healthy", r#"{ mode = "pass" }"#, "{}"));
+    env.write_pipeline("looping", &hostile_pipeline(&env, "looping", r#"{ mode = "loop" }"#, "{}"));
+    env.write_pipeline(
+        "bomb",
+        &hostile_pipeline(&env, "bomb", r#"{ mode = "alloc" }"#, r#"{ memory = "16MiB" }"#),
+    );
+    env.write_pipeline(
+        "slow",
+        &hostile_pipeline(&env, "slow", r#"{ mode = "sleep", ms = 10000 }"#, r#"{ timeout = "300ms" }"#),
+    );
+    env.write_pipeline(
+        "reader",
+        &hostile_pipeline(&env, "reader", r#"{ mode = "read", path = "/etc/passwd" }"#, "{}"),
+    );
+    let escape = format!("{}/../../../../etc/passwd", env.path("backups").display());
+    env.write_pipeline(
+        "escaper",
+        &hostile_pipeline(&env, "escaper", &format!(r#"{{ mode = "read", path = "{escape}" }}"#), "{}"),
+    );
+    env.write_pipeline(
+        "panicky",
+        &hostile_pipeline(&env, "panicky", r#"{ mode = "panic" }"#, "{}"),
+    );
+
+    let server = env.start().await;
+    let expectations = [
+        ("looping", "plugin stopped (cpu)"),
+        ("bomb", "plugin stopped (memory)"),
+        ("slow", "plugin stopped (timeout)"),
+        ("panicky", "plugin stopped (panic)"),
+        ("reader", "read /etc/passwd failed"),
+        ("escaper", "read "),
+    ];
+    for (pipeline, reason) in expectations {
+        wait_until(Duration::from_secs(60), &format!("{pipeline} dead-lettered"), || {
+            dead_letter_error(&server, pipeline).is_some()
+        })
+        .await;
+        let error = dead_letter_error(&server, pipeline).unwrap();
+        assert!(error.contains(reason), "{pipeline}: `{reason}` not in `{error}`");
+        assert!(
+            env.read_lines(&format!("out/{pipeline}.jsonl")).is_empty(),
+            "{pipeline} must deliver nothing"
+        );
+    }
+    for pipeline in ["looping", "bomb", "slow", "panicky"] {
+        assert!(server.counter(pipeline, |c| &c.plugin_traps) >= 2, "{pipeline} traps counted");
+    }
+    // Every tick brings a new message into each hostile pipeline, so they keep trapping;
+    // meanwhile the healthy pipeline delivers one message per tick.
+    let traps = server.counter("looping", |c| &c.plugin_traps);
+    let delivered = env.read_lines("out/healthy.jsonl").len();
+    wait_until(Duration::from_secs(20), "healthy delivers 3 more", || {
+        env.read_lines("out/healthy.jsonl").len() >= delivered + 3
+    })
+    .await;
+    assert!(
+        server.counter("looping", |c| &c.plugin_traps) > traps,
+        "the looping plugin kept being stopped meanwhile"
+    );
+    // Nothing outside the grant leaked into any output.
+    for line in env.read_lines("out/healthy.jsonl") {
+        assert!(!line.contains("root:"), "leak: {line}");
+    }
+    server.stop().await;
+}

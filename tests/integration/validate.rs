@@ -1,0 +1,78 @@
+//! `tocsin validate`: the examples pass; each kind of broken file gives its promised error.
+
+use std::process::Command;
+
+use tocsin_tests::{plugins_dir, repo_root, tocsin_bin};
+
+fn validate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(tocsin_bin())
+        .arg("validate")
+        .args(args)
+        .arg("--plugin-dir")
+        .arg(plugins_dir())
+        .output()
+        .expect("tocsin runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    for dir in ["pipelines", "pipelines/with-servers"] {
+        let path = repo_root().join(dir);
+        let (ok, out) = validate(&[path.to_str().unwrap()]);
+        assert!(ok, "{dir}:\n{out}");
+        assert!(out.contains(" 0 invalid"), "{out}");
+    }
+}
+
+#[test]
+fn the_demo_pipeline_validates_with_machine_checks() {
+    let path = repo_root().join("pipelines");
+    let (ok, out) = validate(&[path.to_str().unwrap(), "--env"]);
+    assert!(ok, "{out}");
+}
+
+/// Each fixture in tests/fixtures/invalid names, in its first line, what the error must say.
+#[test]
+fn broken_files_name_file_line_and_field() {
+    let dir = repo_root().join("tests/fixtures/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // First line: `# expect: <text that must appear>`
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks an `# expect:` line", path.display()));
+        let (ok, out) = validate(&[path.to_str().unwrap(), "--env"]);
+        assert!(!ok, "{} should be invalid:\n{out}", path.display());
+        assert!(
+            out.contains(expected),
+            "{}: expected `{expected}` in:\n{out}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} fixtures");
+}
+
+#[test]
+fn one_bad_file_does_not_hide_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo_root().join("tests/fixtures/invalid/bad-cron.toml"),
+        dir.path().join("bad.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "[source]\nplugin = \"backup-check\"\nschedule = \"0 0 * * * *\"\nconfig = { dir = \"/tmp\" }\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n",
+    )
+    .unwrap();
+    let (ok, out) = validate(&[dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("ok      ") && out.contains("good.toml"), "{out}");
+    assert!(out.contains("1 valid, 1 invalid"), "{out}");
+}

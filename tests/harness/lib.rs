@@ -23,7 +23,10 @@ use tocsin_queue::QueueStore;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Builds every plugin (shipped and test-only) once per test process; returns their directory.
@@ -55,7 +58,10 @@ pub fn tocsin_bin() -> &'static Path {
         assert!(status.success(), "building tocsin failed");
         let exe = std::env::current_exe().expect("test exe path");
         // target/<profile>/deps/integration-… → target/<profile>/tocsin
-        exe.parent().and_then(Path::parent).expect("target dir").join("tocsin")
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("tocsin")
     })
 }
 
@@ -171,7 +177,11 @@ impl Running {
     }
 
     /// Reads a counter of a pipeline (0 when unknown).
-    pub fn counter(&self, pipeline: &str, pick: fn(&tocsin::status::Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+    pub fn counter(
+        &self,
+        pipeline: &str,
+        pick: fn(&tocsin::status::Counters) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
         self.board
             .lock()
             .unwrap()
@@ -194,7 +204,10 @@ pub fn init_test_logging() {
 pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -210,6 +223,9 @@ pub fn free_port() -> u16 {
 /// Sets a file's modification time to `age` ago.
 pub fn age_file(path: &Path, age: Duration) {
     let when = std::time::SystemTime::now() - age;
-    let f = std::fs::File::options().write(true).open(path).expect("file exists");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("file exists");
     f.set_modified(when).expect("set mtime");
 }

@@ -110,6 +110,9 @@ async fn a_missing_backup_directory_is_itself_an_alert() {
     .await;
     let alerts = env.read_json_lines("out/alerts.jsonl");
     assert_eq!(alerts[0]["severity"], "error");
-    assert!(alerts[0]["body"].as_str().unwrap().contains("no backup matching `*.tar`"));
+    assert!(alerts[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains("no backup matching `*.tar`"));
     server.stop().await;
 }

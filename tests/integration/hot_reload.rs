@@ -54,7 +54,10 @@ async fn pipeline_files_are_applied_without_restart() {
     .await;
 
     // An invalid edit: reported, the previous version keeps running.
-    env.write_pipeline("first", "[source]\nplugin = \"backup-check\"\nschedule = \"never\"\n");
+    env.write_pipeline(
+        "first",
+        "[source]\nplugin = \"backup-check\"\nschedule = \"never\"\n",
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = env.read_lines("out/first.jsonl").len();
     wait_until(Duration::from_secs(20), "first still delivers", || {

@@ -4,8 +4,12 @@
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
+//! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
 mod backup_alerts;
 mod hot_reload;
+mod matrix;
+mod restart;
 mod sandbox;
 mod validate;

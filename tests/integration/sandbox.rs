@@ -49,24 +49,50 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
     env.mkdir("backups");
     env.mkdir("out");
     std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
-    env.write_pipeline("healthy", &hostile_pipeline(&env, "healthy", r#"{ mode = "pass" }"#, "{}"));
-    env.write_pipeline("looping", &hostile_pipeline(&env, "looping", r#"{ mode = "loop" }"#, "{}"));
+    env.write_pipeline(
+        "healthy",
+        &hostile_pipeline(&env, "healthy", r#"{ mode = "pass" }"#, "{}"),
+    );
+    env.write_pipeline(
+        "looping",
+        &hostile_pipeline(&env, "looping", r#"{ mode = "loop" }"#, "{}"),
+    );
     env.write_pipeline(
         "bomb",
-        &hostile_pipeline(&env, "bomb", r#"{ mode = "alloc" }"#, r#"{ memory = "16MiB" }"#),
+        &hostile_pipeline(
+            &env,
+            "bomb",
+            r#"{ mode = "alloc" }"#,
+            r#"{ memory = "16MiB" }"#,
+        ),
     );
     env.write_pipeline(
         "slow",
-        &hostile_pipeline(&env, "slow", r#"{ mode = "sleep", ms = 10000 }"#, r#"{ timeout = "300ms" }"#),
+        &hostile_pipeline(
+            &env,
+            "slow",
+            r#"{ mode = "sleep", ms = 10000 }"#,
+            r#"{ timeout = "300ms" }"#,
+        ),
     );
     env.write_pipeline(
         "reader",
-        &hostile_pipeline(&env, "reader", r#"{ mode = "read", path = "/etc/passwd" }"#, "{}"),
+        &hostile_pipeline(
+            &env,
+            "reader",
+            r#"{ mode = "read", path = "/etc/passwd" }"#,
+            "{}",
+        ),
     );
     let escape = format!("{}/../../../../etc/passwd", env.path("backups").display());
     env.write_pipeline(
         "escaper",
-        &hostile_pipeline(&env, "escaper", &format!(r#"{{ mode = "read", path = "{escape}" }}"#), "{}"),
+        &hostile_pipeline(
+            &env,
+            "escaper",
+            &format!(r#"{{ mode = "read", path = "{escape}" }}"#),
+            "{}",
+        ),
     );
     env.write_pipeline(
         "panicky",
@@ -83,19 +109,27 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         ("escaper", "read "),
     ];
     for (pipeline, reason) in expectations {
-        wait_until(Duration::from_secs(60), &format!("{pipeline} dead-lettered"), || {
-            dead_letter_error(&server, pipeline).is_some()
-        })
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{pipeline} dead-lettered"),
+            || dead_letter_error(&server, pipeline).is_some(),
+        )
         .await;
         let error = dead_letter_error(&server, pipeline).unwrap();
-        assert!(error.contains(reason), "{pipeline}: `{reason}` not in `{error}`");
+        assert!(
+            error.contains(reason),
+            "{pipeline}: `{reason}` not in `{error}`"
+        );
         assert!(
             env.read_lines(&format!("out/{pipeline}.jsonl")).is_empty(),
             "{pipeline} must deliver nothing"
         );
     }
     for pipeline in ["looping", "bomb", "slow", "panicky"] {
-        assert!(server.counter(pipeline, |c| &c.plugin_traps) >= 2, "{pipeline} traps counted");
+        assert!(
+            server.counter(pipeline, |c| &c.plugin_traps) >= 2,
+            "{pipeline} traps counted"
+        );
     }
     // Every tick brings a new message into each hostile pipeline, so they keep trapping;
     // meanwhile the healthy pipeline delivers one message per tick.

@@ -12,7 +12,10 @@ fn validate(args: &[&str]) -> (bool, String) {
         .arg(plugins_dir())
         .output()
         .expect("tocsin runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -73,6 +76,9 @@ fn one_bad_file_does_not_hide_the_good_ones() {
     .unwrap();
     let (ok, out) = validate(&[dir.path().to_str().unwrap()]);
     assert!(!ok);
-    assert!(out.contains("ok      ") && out.contains("good.toml"), "{out}");
+    assert!(
+        out.contains("ok      ") && out.contains("good.toml"),
+        "{out}"
+    );
     assert!(out.contains("1 valid, 1 invalid"), "{out}");
 }

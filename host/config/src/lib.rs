@@ -19,5 +19,6 @@ pub mod validate;
 
 pub use spec::*;
 pub use validate::{
-    load_dir, load_dir_files, load_file, parse_pipeline, pipeline_files, Diagnostic, DirReport, MachineCheck, PluginResolver,
+    load_dir, load_dir_files, load_file, parse_pipeline, pipeline_files, Diagnostic, DirReport,
+    MachineCheck, PluginResolver,
 };

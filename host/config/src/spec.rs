@@ -207,7 +207,9 @@ impl RetryPolicy {
     /// The delay before the next attempt after `attempts` failed ones (1-based), before
     /// jitter: `initial * multiplier^(attempts-1)`, capped at `max`.
     pub fn base_delay(&self, attempts: u32) -> Duration {
-        let exp = self.multiplier.powi(attempts.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempts.saturating_sub(1).min(64) as i32);
         let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
         Duration::from_secs_f64(secs.max(0.0))
     }

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 /// Parses a duration such as `"250ms"`, `"1s"`, `"10m"` or `"1h 30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\""))
+    humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\"")
+    })
 }
 
 /// Parses a size such as `"64MiB"`, `"512 KiB"` or `"1GB"` into bytes.

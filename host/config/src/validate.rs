@@ -87,7 +87,10 @@ impl PluginResolver {
                 "`{name}` is not a plugin name (letters, digits, `-`, `_`) nor a path to a .wasm"
             ));
         }
-        let candidates = [format!("{name}.wasm"), format!("{}.wasm", name.replace('-', "_"))];
+        let candidates = [
+            format!("{name}.wasm"),
+            format!("{}.wasm", name.replace('-', "_")),
+        ];
         for dir in &self.dirs {
             for file in &candidates {
                 let path = dir.join(file);
@@ -332,7 +335,11 @@ pub fn parse_pipeline(
         .map(|(i, s)| cx.sink(i, s, &mut seen))
         .collect();
 
-    let filter_retry = cx.retry("filter_retry", &raw.filter_retry, RetryPolicy::FILTER_DEFAULT);
+    let filter_retry = cx.retry(
+        "filter_retry",
+        &raw.filter_retry,
+        RetryPolicy::FILTER_DEFAULT,
+    );
 
     if !cx.diags.is_empty() {
         return Err(cx.diags);
@@ -487,10 +494,16 @@ impl Checker<'_> {
                     continue;
                 }
                 let grant = if path.is_absolute() {
-                    DirGrant { host: path, guest: written.to_string() }
+                    DirGrant {
+                        host: path,
+                        guest: written.to_string(),
+                    }
                 } else {
                     let guest = written.trim_start_matches("./").to_string();
-                    DirGrant { host: self.base_dir.join(&guest), guest }
+                    DirGrant {
+                        host: self.base_dir.join(&guest),
+                        guest,
+                    }
                 };
                 if self.machine == MachineCheck::Check && !grant.host.is_dir() {
                     self.error(
@@ -620,12 +633,7 @@ impl Checker<'_> {
         }
     }
 
-    fn sink(
-        &mut self,
-        i: usize,
-        s: &SinkTable,
-        seen: &mut BTreeSet<String>,
-    ) -> Option<SinkSpec> {
+    fn sink(&mut self, i: usize, s: &SinkTable, seen: &mut BTreeSet<String>) -> Option<SinkSpec> {
         let field = format!("sink[{i}]");
         let errors_before = self.diags.len();
         let name = s.name.get_ref().clone();
@@ -821,7 +829,10 @@ match = { severity = ">= info" }
         assert_eq!(spec.filters.len(), 1);
         assert!(spec.filters[0].config_json.contains("backup-age-seconds"));
         assert_eq!(spec.sinks[0].retry.max_attempts, 3);
-        assert_eq!(spec.sinks[0].retry.initial, std::time::Duration::from_secs(2));
+        assert_eq!(
+            spec.sinks[0].retry.initial,
+            std::time::Duration::from_secs(2)
+        );
         assert_eq!(spec.source.stage.limits.memory, DEFAULT_MEMORY);
         assert_eq!(spec.filters[0].limits.timeout, DEFAULT_FILTER_TIMEOUT);
     }
@@ -851,11 +862,17 @@ match = { severity = ">= info" }
                 .unwrap_or_else(|| panic!("no {field} in {rendered:?}"))
         };
         assert_eq!(find("source.schedule").line, Some(4));
-        assert!(find("source.schedule").message.contains("not a cron expression"));
+        assert!(find("source.schedule")
+            .message
+            .contains("not a cron expression"));
         assert_eq!(find("filter[0].plugin").line, Some(9));
-        assert!(find("filter[0].plugin").message.contains("unknown plugin `thresold`"));
+        assert!(find("filter[0].plugin")
+            .message
+            .contains("unknown plugin `thresold`"));
         assert_eq!(find("source.grants.read_dirs").line, Some(6));
-        assert!(find("source.grants.read_dirs").message.contains("/no/such/dir"));
+        assert!(find("source.grants.read_dirs")
+            .message
+            .contains("/no/such/dir"));
         assert!(rendered[0].starts_with(&fx.dir.path().join("nightly.toml").display().to_string()));
     }
 
@@ -909,7 +926,9 @@ match = { severity = ">= info" }
             "grants = { secrets = { token = \"env:TOCSIN_TEST_UNSET_VARIABLE\" } }",
         );
         let d = check(&fx, &text).unwrap_err();
-        assert!(d[0].message.contains("TOCSIN_TEST_UNSET_VARIABLE is not set"));
+        assert!(d[0]
+            .message
+            .contains("TOCSIN_TEST_UNSET_VARIABLE is not set"));
     }
 
     #[test]
@@ -921,7 +940,10 @@ match = { severity = ">= info" }
         let none = GOOD.split("[[sink]]").next().unwrap();
         let d = check(&fx, none).unwrap_err();
         assert!(d[0].message.contains("at least one [[sink]]"));
-        let bad = GOOD.replace("initial = \"2s\", max = \"1m\"", "initial = \"2m\", max = \"1s\"");
+        let bad = GOOD.replace(
+            "initial = \"2s\", max = \"1m\"",
+            "initial = \"2m\", max = \"1s\"",
+        );
         let d = check(&fx, &bad).unwrap_err();
         assert_eq!(d[0].field, "sink[0].retry.max");
     }

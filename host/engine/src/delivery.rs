@@ -67,7 +67,11 @@ impl DeliveryWorker {
             };
             let now = now_ms();
             if envelope.not_before_ms > now {
-                sleep_or_cancel(Duration::from_millis(envelope.not_before_ms - now), &self.cancel).await;
+                sleep_or_cancel(
+                    Duration::from_millis(envelope.not_before_ms - now),
+                    &self.cancel,
+                )
+                .await;
                 continue;
             }
             self.attempt(seq, envelope).await;
@@ -82,40 +86,59 @@ impl DeliveryWorker {
                 let state = state_writes(&format!("sink.{}", self.sink), changes);
                 match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {
                     Ok(()) => Counters::bump(&c.delivered),
-                    Err(e) => tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key"),
+                    Err(e) => {
+                        tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key")
+                    }
                 }
                 return;
             }
             Ok((DeliveryOutcome::Permanent(reason), _)) => {
-                self.dead_letter(seq, envelope, format!("permanent: {reason}")).await;
+                self.dead_letter(seq, envelope, format!("permanent: {reason}"))
+                    .await;
                 return;
             }
             Ok((DeliveryOutcome::Retryable(reason), _)) => (reason, None),
-            Ok((DeliveryOutcome::RateLimited(ms), _)) => {
-                (format!("rate limited for {ms} ms"), Some(Duration::from_millis(ms)))
-            }
+            Ok((DeliveryOutcome::RateLimited(ms), _)) => (
+                format!("rate limited for {ms} ms"),
+                Some(Duration::from_millis(ms)),
+            ),
             Err(e) => {
-                Counters::bump(if e.is_trap() { &c.plugin_traps } else { &c.plugin_errors });
+                Counters::bump(if e.is_trap() {
+                    &c.plugin_traps
+                } else {
+                    &c.plugin_errors
+                });
                 (e.to_string(), None)
             }
         };
         self.failed(seq, envelope, error, retry_after).await;
     }
 
-    async fn failed(&mut self, seq: Seq, mut envelope: Envelope, error: String, retry_after: Option<Duration>) {
+    async fn failed(
+        &mut self,
+        seq: Seq,
+        mut envelope: Envelope,
+        error: String,
+        retry_after: Option<Duration>,
+    ) {
         envelope.attempts += 1;
         if envelope.attempts >= self.retry.max_attempts {
             let reason = format!("gave up after {} attempts: {error}", envelope.attempts);
             self.dead_letter(seq, envelope, reason).await;
             return;
         }
-        let backoff = self.retry.jittered_delay(envelope.attempts, rand::random::<f64>());
+        let backoff = self
+            .retry
+            .jittered_delay(envelope.attempts, rand::random::<f64>());
         let delay = retry_after.unwrap_or(backoff);
         envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
         tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
         envelope.last_error = Some(error);
         Counters::bump(&self.status.counters.retries);
-        if let Err(e) = self.queue.record_failure(&self.pipeline, &self.sink, seq, &envelope) {
+        if let Err(e) = self
+            .queue
+            .record_failure(&self.pipeline, &self.sink, seq, &envelope)
+        {
             tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot record the failed attempt");
         }
     }
@@ -123,9 +146,15 @@ impl DeliveryWorker {
     async fn dead_letter(&mut self, seq: Seq, mut envelope: Envelope, error: String) {
         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, error = %error, "message moved to dead letters");
         envelope.last_error = Some(error);
-        match self.queue.dead_letter(&self.pipeline, &self.sink, seq, &envelope).await {
+        match self
+            .queue
+            .dead_letter(&self.pipeline, &self.sink, seq, &envelope)
+            .await
+        {
             Ok(()) => Counters::bump(&self.status.counters.dead_lettered),
-            Err(e) => tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry"),
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry")
+            }
         }
     }
 }

@@ -65,7 +65,11 @@ impl FilterWorker {
             };
             let now = now_ms();
             if envelope.not_before_ms > now {
-                sleep_or_cancel(Duration::from_millis(envelope.not_before_ms - now), &self.cancel).await;
+                sleep_or_cancel(
+                    Duration::from_millis(envelope.not_before_ms - now),
+                    &self.cancel,
+                )
+                .await;
                 continue;
             }
             self.handle(seq, envelope).await;
@@ -107,17 +111,29 @@ impl FilterWorker {
                 }
             }
             Err(e) => {
-                Counters::bump(if e.is_trap() { &c.plugin_traps } else { &c.plugin_errors });
+                Counters::bump(if e.is_trap() {
+                    &c.plugin_traps
+                } else {
+                    &c.plugin_errors
+                });
                 envelope.attempts += 1;
                 envelope.last_error = Some(e.to_string());
                 if envelope.attempts >= self.retry.max_attempts {
                     tracing::error!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
-                    match self.queue.dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope).await {
+                    match self
+                        .queue
+                        .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
+                        .await
+                    {
                         Ok(()) => Counters::bump(&c.dead_lettered),
-                        Err(e) => tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter"),
+                        Err(e) => {
+                            tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter")
+                        }
                     }
                 } else {
-                    let delay = self.retry.jittered_delay(envelope.attempts, rand::random::<f64>());
+                    let delay = self
+                        .retry
+                        .jittered_delay(envelope.attempts, rand::random::<f64>());
                     envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
                     tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
                     Counters::bump(&c.retries);
@@ -130,7 +146,10 @@ impl FilterWorker {
     }
 
     /// Runs the chain on one message: the final outputs and every state write made on the way.
-    async fn run_filters(&mut self, msg: &Message) -> Result<(Vec<Message>, Vec<StateWrite>), CallError> {
+    async fn run_filters(
+        &mut self,
+        msg: &Message,
+    ) -> Result<(Vec<Message>, Vec<StateWrite>), CallError> {
         let mut current = vec![msg.clone()];
         let mut state = Vec::new();
         for (i, stage) in self.filters.iter_mut().enumerate() {
@@ -189,9 +208,15 @@ mod tests {
     #[test]
     fn split_outputs_get_numbered_ids_unless_the_filter_named_them() {
         let same = number_outputs("m", vec![msg("m"), msg("m")]);
-        assert_eq!(same.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m/0", "m/1"]);
+        assert_eq!(
+            same.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m/0", "m/1"]
+        );
         let own = number_outputs("m", vec![msg("a"), msg("b")]);
-        assert_eq!(own.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            own.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let single = number_outputs("m", vec![msg("")]);
         assert_eq!(single[0].id, "m");
     }

@@ -12,7 +12,11 @@ use tocsin_config::{load_dir, MachineCheck, PluginResolver};
 use tocsin_queue::{QueueStore, SledStore};
 
 #[derive(Parser)]
-#[command(name = "tocsin", version, about = "Alert pipelines of sandboxed WebAssembly plugins, with durable queues")]
+#[command(
+    name = "tocsin",
+    version,
+    about = "Alert pipelines of sandboxed WebAssembly plugins, with durable queues"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "TOCSIN_LOG_FORMAT", default_value = "text")]
@@ -33,7 +37,12 @@ struct Paths {
     #[arg(long, env = "TOCSIN_PIPELINES", default_value = "pipelines")]
     pipelines: PathBuf,
     /// Where plugins are looked up by name (repeat, or separate with ':').
-    #[arg(long = "plugin-dir", env = "TOCSIN_PLUGIN_DIRS", value_delimiter = ':', default_value = "plugins/target/wasm32-wasip2/release")]
+    #[arg(
+        long = "plugin-dir",
+        env = "TOCSIN_PLUGIN_DIRS",
+        value_delimiter = ':',
+        default_value = "plugins/target/wasm32-wasip2/release"
+    )]
     plugin_dirs: Vec<PathBuf>,
 }
 
@@ -61,7 +70,12 @@ enum Command {
         #[arg(long)]
         env: bool,
         /// Where plugins are looked up by name.
-        #[arg(long = "plugin-dir", env = "TOCSIN_PLUGIN_DIRS", value_delimiter = ':', default_value = "plugins/target/wasm32-wasip2/release")]
+        #[arg(
+            long = "plugin-dir",
+            env = "TOCSIN_PLUGIN_DIRS",
+            value_delimiter = ':',
+            default_value = "plugins/target/wasm32-wasip2/release"
+        )]
         plugin_dirs: Vec<PathBuf>,
     },
     /// Inspect, replay or purge dead letters (run while the server is stopped).
@@ -85,7 +99,11 @@ enum DlqAction {
     /// List dead letters, of one pipeline or all.
     Ls { pipeline: Option<String> },
     /// Print one dead letter as JSON.
-    Show { pipeline: String, queue: String, seq: u64 },
+    Show {
+        pipeline: String,
+        queue: String,
+        seq: u64,
+    },
     /// Move dead letters back to their queue (one by seq, or all).
     Replay {
         pipeline: String,
@@ -129,7 +147,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -148,7 +168,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { path, env, plugin_dirs } => validate(&path, env, plugin_dirs),
+        Command::Validate {
+            path,
+            env,
+            plugin_dirs,
+        } => validate(&path, env, plugin_dirs),
         Command::Dlq { data, action } => dlq(&data.data, action),
         Command::Queue { data, action } => queue(&data.data, action),
     }
@@ -171,9 +195,14 @@ async fn shutdown_signal() {
 
 fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let resolver = PluginResolver::new(plugin_dirs);
-    let machine = if env { MachineCheck::Check } else { MachineCheck::Skip };
+    let machine = if env {
+        MachineCheck::Check
+    } else {
+        MachineCheck::Skip
+    };
     let report = if path.is_dir() {
-        load_dir(path, &resolver, machine).with_context(|| format!("cannot read {}", path.display()))?
+        load_dir(path, &resolver, machine)
+            .with_context(|| format!("cannot read {}", path.display()))?
     } else {
         let mut r = tocsin_config::DirReport::default();
         match tocsin_config::load_file(path, &resolver, machine) {
@@ -195,12 +224,19 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
         report.pipelines.len(),
         report.failures.len()
     );
-    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
     SledStore::open(&data.join("queue")).with_context(|| {
-        format!("cannot open the queues in {} (is `tocsin run` still running on it?)", data.display())
+        format!(
+            "cannot open the queues in {} (is `tocsin run` still running on it?)",
+            data.display()
+        )
     })
 }
 
@@ -212,7 +248,10 @@ fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
                 Some(p) => vec![p],
                 None => store.pipelines()?,
             };
-            println!("{:<24} {:<16} {:>20} {:>8}  {:<24} last error", "pipeline", "queue", "seq", "attempts", "message");
+            println!(
+                "{:<24} {:<16} {:>20} {:>8}  {:<24} last error",
+                "pipeline", "queue", "seq", "attempts", "message"
+            );
             for p in pipelines {
                 for (queue, _) in store.depths(&p)?.dead {
                     for (seq, env) in store.dead_letters(&p, &queue)? {
@@ -229,19 +268,36 @@ fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        DlqAction::Show { pipeline, queue, seq } => {
-            let found = store.dead_letters(&pipeline, &queue)?.into_iter().find(|(s, _)| *s == seq);
+        DlqAction::Show {
+            pipeline,
+            queue,
+            seq,
+        } => {
+            let found = store
+                .dead_letters(&pipeline, &queue)?
+                .into_iter()
+                .find(|(s, _)| *s == seq);
             match found {
                 Some((_, env)) => println!("{}", serde_json::to_string_pretty(&env)?),
                 None => anyhow::bail!("no dead letter {seq} in {pipeline}/{queue}"),
             }
         }
-        DlqAction::Replay { pipeline, queue, seq, all } => {
+        DlqAction::Replay {
+            pipeline,
+            queue,
+            seq,
+            all,
+        } => {
             require_target(seq, all)?;
             let n = store.replay(&pipeline, &queue, seq)?;
             println!("replayed {n} message(s) to {pipeline}/{queue}");
         }
-        DlqAction::Purge { pipeline, queue, seq, all } => {
+        DlqAction::Purge {
+            pipeline,
+            queue,
+            seq,
+            all,
+        } => {
             require_target(seq, all)?;
             let n = store.purge_dead(&pipeline, &queue, seq)?;
             println!("purged {n} dead letter(s) of {pipeline}/{queue}");
@@ -261,13 +317,25 @@ fn queue(data: &Path, action: QueueAction) -> anyhow::Result<ExitCode> {
     let store = open_store(data)?;
     match action {
         QueueAction::Ls => {
-            println!("{:<24} {:>8} {:<32} dead letters", "pipeline", "ingress", "sinks");
+            println!(
+                "{:<24} {:>8} {:<32} dead letters",
+                "pipeline", "ingress", "sinks"
+            );
             for p in store.pipelines()? {
                 let d = store.depths(&p)?;
                 let fmt = |v: &[(String, usize)]| {
-                    v.iter().map(|(n, c)| format!("{n}={c}")).collect::<Vec<_>>().join(" ")
+                    v.iter()
+                        .map(|(n, c)| format!("{n}={c}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 };
-                println!("{:<24} {:>8} {:<32} {}", p, d.ingress, fmt(&d.sinks), fmt(&d.dead));
+                println!(
+                    "{:<24} {:>8} {:<32} {}",
+                    p,
+                    d.ingress,
+                    fmt(&d.sinks),
+                    fmt(&d.dead)
+                );
             }
         }
         QueueAction::Purge { pipeline } => {

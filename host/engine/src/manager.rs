@@ -104,7 +104,14 @@ impl Manager {
         report
     }
 
-    async fn apply(&mut self, name: &str, path: PathBuf, text: &str, digest: u64, report: &mut ReconcileReport) {
+    async fn apply(
+        &mut self,
+        name: &str,
+        path: PathBuf,
+        text: &str,
+        digest: u64,
+        report: &mut ReconcileReport,
+    ) {
         let resolver = self.settings.resolver();
         let spec: PipelineSpec = match parse_pipeline(&path, text, &resolver, MachineCheck::Check) {
             Ok(spec) => spec,
@@ -113,12 +120,16 @@ impl Manager {
                 for line in &lines {
                     tracing::error!(pipeline = %name, "invalid pipeline file: {line}");
                 }
-                let entry = self.entries.entry(name.to_string()).or_insert(Entry { digest, running: None });
+                let entry = self.entries.entry(name.to_string()).or_insert(Entry {
+                    digest,
+                    running: None,
+                });
                 entry.digest = digest;
                 if entry.running.is_some() {
                     tracing::warn!(pipeline = %name, "keeping the previous version running");
                 } else {
-                    self.board_status(name).set(PipelineState::Failed(lines.join("; ")));
+                    self.board_status(name)
+                        .set(PipelineState::Failed(lines.join("; ")));
                 }
                 report.invalid.push((name.to_string(), lines));
                 return;
@@ -130,7 +141,10 @@ impl Manager {
             old.stop().await;
         }
         let status = PipelineStatus::new();
-        self.board.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), status.clone());
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), status.clone());
         let running = if spec.disabled {
             status.set(PipelineState::Disabled);
             tracing::info!(pipeline = %name, "pipeline is disabled");
@@ -155,11 +169,16 @@ impl Manager {
                 }
             }
         };
-        self.entries.insert(name.to_string(), Entry { digest, running });
+        self.entries
+            .insert(name.to_string(), Entry { digest, running });
     }
 
     fn board_get(&self, name: &str) -> Option<Arc<PipelineStatus>> {
-        self.board.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     fn board_status(&self, name: &str) -> Arc<PipelineStatus> {

@@ -101,17 +101,31 @@ pub async fn start(
         Trigger::Schedule(_) => PluginKind::Source,
         Trigger::Ingest => PluginKind::Decoder,
     };
-    let mut source = build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
+    let mut source =
+        build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
     let mut filters = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
-        filters.push(build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?);
+        filters
+            .push(build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?);
     }
     let mut sinks = Vec::new();
     for s in &spec.sinks {
-        sinks.push(build_stage(shared, &name, &format!("sink.{}", s.name), &s.stage, PluginKind::Sink).await?);
+        sinks.push(
+            build_stage(
+                shared,
+                &name,
+                &format!("sink.{}", s.name),
+                &s.stage,
+                PluginKind::Sink,
+            )
+            .await?,
+        );
     }
     // Run every `init` now, so a bad config fails the pipeline at start, not at 3 am.
-    for stage in std::iter::once(&mut source).chain(filters.iter_mut()).chain(sinks.iter_mut()) {
+    for stage in std::iter::once(&mut source)
+        .chain(filters.iter_mut())
+        .chain(sinks.iter_mut())
+    {
         let stage_name = stage.context().stage.clone();
         stage
             .start()

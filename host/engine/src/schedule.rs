@@ -48,7 +48,7 @@ impl Scheduler {
                 tracing::info!(pipeline = %self.pipeline, "the schedule has no more ticks");
                 return;
             };
-            let wait = (next.clone() - now).to_std().unwrap_or_default();
+            let wait = (next - now).to_std().unwrap_or_default();
             if !sleep_or_cancel(wait, &self.cancel).await {
                 return;
             }
@@ -62,7 +62,11 @@ impl Scheduler {
         let (mut messages, changes) = match self.source.poll(tick_ms).await {
             Ok(r) => r,
             Err(e) => {
-                Counters::bump(if e.is_trap() { &c.plugin_traps } else { &c.plugin_errors });
+                Counters::bump(if e.is_trap() {
+                    &c.plugin_traps
+                } else {
+                    &c.plugin_errors
+                });
                 let level_error = matches!(e, CallError::Trap { .. } | CallError::Init(_));
                 if level_error {
                     tracing::error!(pipeline = %self.pipeline, stage = "source", error = %e, "poll failed; the next tick will try again");
@@ -81,12 +85,19 @@ impl Scheduler {
         if messages.is_empty() && state.is_empty() {
             return;
         }
-        match self.queue.append_ingress(&self.pipeline, &messages, &state).await {
+        match self
+            .queue
+            .append_ingress(&self.pipeline, &messages, &state)
+            .await
+        {
             Ok(()) => {
-                c.produced.fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                c.produced
+                    .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.ingress_ready.notify_one();
             }
-            Err(e) => tracing::error!(pipeline = %self.pipeline, error = %e, "cannot persist polled messages; they are lost for this tick"),
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline, error = %e, "cannot persist polled messages; they are lost for this tick")
+            }
         }
     }
 }

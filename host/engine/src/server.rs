@@ -121,7 +121,10 @@ impl Server {
 }
 
 /// Starts the server and runs it until `shutdown` resolves.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     Server::start(settings).await?.run_until(shutdown).await;
     Ok(())
 }
@@ -133,13 +136,15 @@ fn watch(settings: &Settings, tx: mpsc::UnboundedSender<()>) -> Option<notify::R
         }
     };
     match notify::recommended_watcher(handler) {
-        Ok(mut watcher) => match watcher.watch(&settings.pipelines_dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(watcher),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the pipelines directory; changes are picked up every {:?}", RESCAN_INTERVAL);
-                None
+        Ok(mut watcher) => {
+            match watcher.watch(&settings.pipelines_dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the pipelines directory; changes are picked up every {:?}", RESCAN_INTERVAL);
+                    None
+                }
             }
-        },
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no file watcher; changes are picked up every {:?}", RESCAN_INTERVAL);
             None

@@ -88,7 +88,10 @@ impl Message {
 
     /// The value of the first metric called `name`.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+        self.metrics
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
     }
 
     /// An approximate in-memory size in bytes, used to enforce output caps.
@@ -134,7 +137,9 @@ pub enum DecodeError {
     #[error("empty record")]
     Empty,
     /// The record was written by a format this build does not know.
-    #[error("record format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "record format version {found} is not supported (this build reads version {supported})"
+    )]
     UnknownVersion {
         /// The version byte found.
         found: u8,

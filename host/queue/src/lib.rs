@@ -175,8 +175,7 @@ impl Future for Commit {
 /// only causes a redelivery under the same idempotency key.
 pub trait QueueStore: Send + Sync + 'static {
     /// Appends messages to a pipeline's ingress queue, with plugin state the source changed.
-    fn append_ingress(&self, pipeline: &str, messages: &[Message], state: &[StateWrite])
-        -> Commit;
+    fn append_ingress(&self, pipeline: &str, messages: &[Message], state: &[StateWrite]) -> Commit;
 
     /// The oldest ingress entry, left in place.
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>>;
@@ -195,8 +194,13 @@ pub trait QueueStore: Send + Sync + 'static {
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()>;
 
     /// Rewrites a sink entry after a failed attempt.
-    fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope)
-        -> Result<()>;
+    fn record_failure(
+        &self,
+        pipeline: &str,
+        sink: &str,
+        seq: Seq,
+        envelope: &Envelope,
+    ) -> Result<()>;
 
     /// Moves an entry of `queue` (a sink name, or [`FILTERS_QUEUE`] for ingress) to that
     /// queue's dead letters, with its final envelope.

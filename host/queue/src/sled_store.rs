@@ -137,7 +137,11 @@ impl SledStore {
         self.db.generate_id().map_err(storage)
     }
 
-    fn first_with_prefix(&self, tree: &sled::Tree, prefix: &[u8]) -> Result<Option<(Seq, Envelope)>> {
+    fn first_with_prefix(
+        &self,
+        tree: &sled::Tree,
+        prefix: &[u8],
+    ) -> Result<Option<(Seq, Envelope)>> {
         match tree.scan_prefix(prefix).next() {
             None => Ok(None),
             Some(entry) => {
@@ -320,7 +324,13 @@ impl QueueStore for SledStore {
         self.tree(pipeline)?.apply_batch(batch).map_err(storage)
     }
 
-    fn record_failure(&self, pipeline: &str, sink: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
+    fn record_failure(
+        &self,
+        pipeline: &str,
+        sink: &str,
+        seq: Seq,
+        envelope: &Envelope,
+    ) -> Result<()> {
         self.tree(pipeline)?
             .insert(named_key(SINK, sink, seq), encode_record(envelope))
             .map(|_| ())
@@ -484,7 +494,9 @@ mod tests {
     async fn ingress_is_fifo_and_hand_over_moves_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a"), msg("b")], &[]).await.unwrap();
+        q.append_ingress("p", &[msg("a"), msg("b")], &[])
+            .await
+            .unwrap();
         let (seq, env) = q.ingress_head("p").unwrap().unwrap();
         assert_eq!(env.message.id, "a");
         q.hand_over(

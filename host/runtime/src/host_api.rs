@@ -85,7 +85,9 @@ impl wit_host::Host for PluginState {
     fn disk_usage(&mut self, granted_dir: String) -> wasmtime::Result<Result<(u64, u64), String>> {
         let wanted = granted_dir.trim_end_matches('/');
         let Some((_, dir)) = self.host.dirs.iter().find(|(guest, _)| guest == wanted) else {
-            return Ok(Err(format!("{granted_dir} is not a directory granted to this stage")));
+            return Ok(Err(format!(
+                "{granted_dir} is not a directory granted to this stage"
+            )));
         };
         Ok(fs4::total_space(dir)
             .and_then(|total| Ok((total, fs4::available_space(dir)?)))

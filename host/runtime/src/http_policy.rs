@@ -24,19 +24,24 @@ pub struct HostAllowList {
 impl HostAllowList {
     /// Whether a request to `scheme://host[:port]` may go out.
     pub fn allows(&self, scheme: Option<&str>, host: &str, port: Option<u16>) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let default_port = match scheme {
             Some("http") => 80,
             Some("https") | None => 443,
             Some(_) => return false,
         };
         let port = port.unwrap_or(default_port);
-        self.hosts.iter().any(|granted| match granted.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => {
-                h == host && p.parse::<u16>().ok() == Some(port)
-            }
-            _ => *granted == host && (port == 80 || port == 443),
-        })
+        self.hosts
+            .iter()
+            .any(|granted| match granted.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => {
+                    h == host && p.parse::<u16>().ok() == Some(port)
+                }
+                _ => *granted == host && (port == 80 || port == 443),
+            })
     }
 }
 
@@ -48,9 +53,9 @@ impl WasiHttpHooks for HostAllowList {
         fut: IoFuture,
     ) -> SendFuture {
         let uri = request.uri();
-        let allowed = uri.host().is_some_and(|host| {
-            self.allows(uri.scheme_str(), host, uri.port_u16())
-        });
+        let allowed = uri
+            .host()
+            .is_some_and(|host| self.allows(uri.scheme_str(), host, uri.port_u16()));
         if !allowed {
             tracing::warn!(
                 stage = %self.who,
@@ -63,7 +68,10 @@ impl WasiHttpHooks for HostAllowList {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as IoFuture,
+            ))
         })
     }
 }

@@ -108,8 +108,10 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, String> {
         let mut cfg = Config::new();
         cfg.consume_fuel(true);
-        let engine = Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e:#}"))?;
-        let linker = Self::linker(&engine).map_err(|e| format!("cannot link host imports: {e:#}"))?;
+        let engine =
+            Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e:#}"))?;
+        let linker =
+            Self::linker(&engine).map_err(|e| format!("cannot link host imports: {e:#}"))?;
         let cache = match &config.cache_dir {
             None => None,
             Some(dir) => Some(CompileCache::new(dir, &engine).map_err(|e| {
@@ -169,11 +171,18 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("imports something the host does not offer: {e:#}")))?;
-        let wrong = |e: wasmtime::Error| invalid(format!("exports do not match the {kind} world: {e:#}"));
+        let wrong =
+            |e: wasmtime::Error| invalid(format!("exports do not match the {kind} world: {e:#}"));
         let pre = match kind {
-            PluginKind::Source => Pre::Source(source::SourcePluginPre::new(instance_pre).map_err(wrong)?),
-            PluginKind::Decoder => Pre::Decoder(decoder::DecoderPluginPre::new(instance_pre).map_err(wrong)?),
-            PluginKind::Filter => Pre::Filter(filter::FilterPluginPre::new(instance_pre).map_err(wrong)?),
+            PluginKind::Source => {
+                Pre::Source(source::SourcePluginPre::new(instance_pre).map_err(wrong)?)
+            }
+            PluginKind::Decoder => {
+                Pre::Decoder(decoder::DecoderPluginPre::new(instance_pre).map_err(wrong)?)
+            }
+            PluginKind::Filter => {
+                Pre::Filter(filter::FilterPluginPre::new(instance_pre).map_err(wrong)?)
+            }
             PluginKind::Sink => Pre::Sink(sink::SinkPluginPre::new(instance_pre).map_err(wrong)?),
         };
         Ok(Arc::new(Plugin {
@@ -188,7 +197,10 @@ impl Runtime {
     /// Which of our worlds a component implements, from its exports.
     fn kind_of(&self, component: &Component) -> Result<PluginKind, String> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let ours: Vec<&String> = exports
             .iter()
             .filter(|e| e.starts_with(&format!("{CONTRACT_PACKAGE}/")))
@@ -200,7 +212,10 @@ impl Runtime {
             ));
         };
         if ours.len() > 1 {
-            return Err(format!("exports several plugin interfaces ({}); a plugin implements one world", exports.join(", ")));
+            return Err(format!(
+                "exports several plugin interfaces ({}); a plugin implements one world",
+                exports.join(", ")
+            ));
         }
         let rest = &first[CONTRACT_PACKAGE.len() + 1..];
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));

@@ -227,10 +227,26 @@ impl Stage {
                 Pre::Sink(p) => Exports::Sink(p.instantiate_async(&mut store).await?),
             };
             let init = match &exports {
-                Exports::Source(e) => e.tocsin_plugin_source().call_init(&mut store, &config).await?,
-                Exports::Decoder(e) => e.tocsin_plugin_decoder().call_init(&mut store, &config).await?,
-                Exports::Filter(e) => e.tocsin_plugin_filter().call_init(&mut store, &config).await?,
-                Exports::Sink(e) => e.tocsin_plugin_sink().call_init(&mut store, &config).await?,
+                Exports::Source(e) => {
+                    e.tocsin_plugin_source()
+                        .call_init(&mut store, &config)
+                        .await?
+                }
+                Exports::Decoder(e) => {
+                    e.tocsin_plugin_decoder()
+                        .call_init(&mut store, &config)
+                        .await?
+                }
+                Exports::Filter(e) => {
+                    e.tocsin_plugin_filter()
+                        .call_init(&mut store, &config)
+                        .await?
+                }
+                Exports::Sink(e) => {
+                    e.tocsin_plugin_sink()
+                        .call_init(&mut store, &config)
+                        .await?
+                }
             };
             wasmtime::Result::Ok((exports, init))
         })
@@ -350,7 +366,10 @@ impl Stage {
     }
 
     /// Runs a filter on one message.
-    pub async fn process(&mut self, msg: &Message) -> Result<(Vec<Message>, StateChanges), CallError> {
+    pub async fn process(
+        &mut self,
+        msg: &Message,
+    ) -> Result<(Vec<Message>, StateChanges), CallError> {
         self.expect(PluginKind::Filter)?;
         let input = to_wit(msg);
         let (out, changes) = self
@@ -424,7 +443,10 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
         Some(other) => (TrapKind::Other, other.to_string()),
         None if text.contains("forcing trap when growing memory") => (
             TrapKind::Memory,
-            format!("tried to grow memory past its cap of {} bytes", limits.memory),
+            format!(
+                "tried to grow memory past its cap of {} bytes",
+                limits.memory
+            ),
         ),
         None if text.contains("state") || text.contains("log") => (TrapKind::Quota, text.clone()),
         None => (TrapKind::Other, text.clone()),

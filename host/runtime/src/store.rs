@@ -57,7 +57,9 @@ impl PluginState {
         if ctx.grants.stdout {
             wasi.inherit_stdout();
         }
-        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for dir in &ctx.grants.read_dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }

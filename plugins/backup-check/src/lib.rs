@@ -51,8 +51,8 @@ impl Source for BackupCheck {
     type Config = Config;
 
     fn new(c: Config) -> Result<Self, String> {
-        let pattern = glob::Pattern::new(&c.pattern)
-            .map_err(|e| format!("pattern `{}`: {e}", c.pattern))?;
+        let pattern =
+            glob::Pattern::new(&c.pattern).map_err(|e| format!("pattern `{}`: {e}", c.pattern))?;
         Ok(BackupCheck {
             dir: c.dir,
             pattern,

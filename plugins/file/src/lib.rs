@@ -46,10 +46,16 @@ impl Sink for FileSink {
             .read(true)
             .append(true)
             .open(&self.path)
-            .map_err(|e| DeliveryError::Permanent(format!("cannot open {} (is its directory in grants.write_dirs?): {e}", self.path)))?;
+            .map_err(|e| {
+                DeliveryError::Permanent(format!(
+                    "cannot open {} (is its directory in grants.write_dirs?): {e}",
+                    self.path
+                ))
+            })?;
         let len = file.metadata().map_err(io)?.len();
         let mut tail = String::new();
-        file.seek(SeekFrom::Start(len.saturating_sub(DEDUP_TAIL_BYTES))).map_err(io)?;
+        file.seek(SeekFrom::Start(len.saturating_sub(DEDUP_TAIL_BYTES)))
+            .map_err(io)?;
         file.read_to_string(&mut tail).map_err(io)?;
         let key_field = serde_json::to_string(key).unwrap_or_default();
         if tail.contains(&format!("\"idempotency_key\":{key_field}")) {
@@ -65,7 +71,9 @@ impl Sink for FileSink {
             "labels": msg.labels,
             "metrics": msg.metrics,
         });
-        writeln!(file, "{line}").and_then(|_| file.flush()).map_err(io)
+        writeln!(file, "{line}")
+            .and_then(|_| file.flush())
+            .map_err(io)
     }
 }
 

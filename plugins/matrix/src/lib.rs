@@ -94,7 +94,10 @@ fn render(msg: &Message) -> (String, String) {
         ),
         None => (
             format!("{mark}{}", msg.body),
-            format!("<p>{mark}{}</p>", escape_html(&msg.body).replace('\n', "<br>")),
+            format!(
+                "<p>{mark}{}</p>",
+                escape_html(&msg.body).replace('\n', "<br>")
+            ),
         ),
     }
 }
@@ -109,13 +112,22 @@ impl Sink for Matrix {
 
     fn new(c: Config) -> Result<Self, String> {
         if !(c.homeserver.starts_with("https://") || c.homeserver.starts_with("http://")) {
-            return Err(format!("homeserver `{}` must start with https:// or http://", c.homeserver));
+            return Err(format!(
+                "homeserver `{}` must start with https:// or http://",
+                c.homeserver
+            ));
         }
         if !c.room.starts_with('!') {
-            return Err(format!("room `{}` must be a room id (`!…:server`), not an alias", c.room));
+            return Err(format!(
+                "room `{}` must be a room id (`!…:server`), not an alias",
+                c.room
+            ));
         }
         if !matches!(c.msgtype.as_str(), "m.notice" | "m.text") {
-            return Err(format!("msgtype `{}` must be m.notice or m.text", c.msgtype));
+            return Err(format!(
+                "msgtype `{}` must be m.notice or m.text",
+                c.msgtype
+            ));
         }
         Ok(Matrix {
             homeserver: c.homeserver.trim_end_matches('/').to_string(),
@@ -127,7 +139,10 @@ impl Sink for Matrix {
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
         let token = host::secret(&self.token_secret).ok_or_else(|| {
-            DeliveryError::Permanent(format!("no secret `{}` is granted to this sink", self.token_secret))
+            DeliveryError::Permanent(format!(
+                "no secret `{}` is granted to this sink",
+                self.token_secret
+            ))
         })?;
         let (plain, html) = render(&msg);
         let url = format!(
@@ -147,7 +162,10 @@ impl Sink for Matrix {
             .json(&body)
             .send()?;
         let retry_after = if response.status == 429 {
-            response.json::<MatrixError>().ok().and_then(|e| e.retry_after_ms)
+            response
+                .json::<MatrixError>()
+                .ok()
+                .and_then(|e| e.retry_after_ms)
         } else {
             None
         };

@@ -13,8 +13,12 @@ pub fn init<T: 'static, C: serde::de::DeserializeOwned>(
     config: &str,
     make: fn(C) -> Result<T, String>,
 ) -> Result<(), String> {
-    let config: C = serde_json::from_str(if config.trim().is_empty() { "{}" } else { config })
-        .map_err(|e| format!("invalid config: {e}"))?;
+    let config: C = serde_json::from_str(if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    })
+    .map_err(|e| format!("invalid config: {e}"))?;
     let plugin = make(config)?;
     INSTANCE.with(|i| *i.borrow_mut() = Some(Box::new(plugin)));
     Ok(())

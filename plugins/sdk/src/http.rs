@@ -75,7 +75,8 @@ impl Response {
 
     /// The body parsed as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_slice(&self.body).map_err(|e| format!("response is not the expected JSON: {e}"))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("response is not the expected JSON: {e}"))
     }
 
     /// The body as text (lossy), cut to `max` bytes for error messages.
@@ -90,11 +91,13 @@ impl Response {
     pub fn delivery_outcome(&self, retry_after_ms: Option<u64>) -> Result<(), DeliveryError> {
         match self.status {
             200..=299 => Ok(()),
-            429 => Err(DeliveryError::RateLimited(retry_after_ms.unwrap_or_else(|| {
-                self.header("retry-after")
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map_or(1000, |s| s * 1000)
-            }))),
+            429 => Err(DeliveryError::RateLimited(retry_after_ms.unwrap_or_else(
+                || {
+                    self.header("retry-after")
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map_or(1000, |s| s * 1000)
+                },
+            ))),
             400..=499 => Err(DeliveryError::Permanent(format!(
                 "HTTP {}: {}",
                 self.status,
@@ -146,7 +149,8 @@ impl Request {
 
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
 
@@ -167,7 +171,12 @@ impl Request {
         let (scheme, rest) = match self.url.split_once("://") {
             Some(("https", rest)) => (Scheme::Https, rest),
             Some(("http", rest)) => (Scheme::Http, rest),
-            _ => return Err(HttpError::BadUrl(format!("`{}` is not an http(s) URL", self.url))),
+            _ => {
+                return Err(HttpError::BadUrl(format!(
+                    "`{}` is not an http(s) URL",
+                    self.url
+                )))
+            }
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -195,14 +204,21 @@ impl Request {
         };
         let bad = |what: &str| HttpError::BadUrl(format!("invalid {what} in `{}`", self.url));
         request.set_method(&method).map_err(|_| bad("method"))?;
-        request.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-        request.set_authority(Some(authority)).map_err(|_| bad("authority"))?;
-        request.set_path_with_query(Some(path)).map_err(|_| bad("path"))?;
+        request
+            .set_scheme(Some(&scheme))
+            .map_err(|_| bad("scheme"))?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|_| bad("authority"))?;
+        request
+            .set_path_with_query(Some(path))
+            .map_err(|_| bad("path"))?;
 
         let body = request
             .body()
             .map_err(|_| HttpError::Transport("request body unavailable".into()))?;
-        let future = outgoing_handler::handle(request, None::<RequestOptions>).map_err(transport)?;
+        let future =
+            outgoing_handler::handle(request, None::<RequestOptions>).map_err(transport)?;
         {
             let stream = body
                 .write()
@@ -228,7 +244,12 @@ impl Request {
             .headers()
             .entries()
             .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect();
         let incoming = response
             .consume()

@@ -28,7 +28,7 @@ pub fn severity_from_str(name: &str) -> Option<Severity> {
 /// Reading and writing labels and metrics by name.
 pub trait MessageExt {
     /// A message with this id and body, severity none, timestamp `now_ms`.
-    fn new(id: impl Into<String>, timestamp_ms: u64, body: impl Into<String>) -> Message;
+    fn new(id: impl Into<String>, timestamp_ms: u64, body: impl Into<String>) -> Self;
     /// The first label called `name`.
     fn label(&self, name: &str) -> Option<&str>;
     /// The first metric called `name`.
@@ -40,7 +40,7 @@ pub trait MessageExt {
 }
 
 impl MessageExt for Message {
-    fn new(id: impl Into<String>, timestamp_ms: u64, body: impl Into<String>) -> Message {
+    fn new(id: impl Into<String>, timestamp_ms: u64, body: impl Into<String>) -> Self {
         Message {
             id: id.into(),
             timestamp_ms,
@@ -54,11 +54,17 @@ impl MessageExt for Message {
     }
 
     fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+        self.metrics
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
     }
 
     fn set_label(&mut self, name: &str, value: impl Into<String>) {

@@ -50,7 +50,8 @@ impl Sink for Stdout {
             })
             .to_string(),
             Format::Text => {
-                let labels: Vec<String> = msg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels: Vec<String> =
+                    msg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!(
                     "[{}] {}{} ({})",
                     severity_name(msg.severity),
@@ -63,7 +64,11 @@ impl Sink for Stdout {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")
             .and_then(|_| out.flush())
-            .map_err(|e| DeliveryError::Permanent(format!("cannot write to stdout (is `grants.stdout` set?): {e}")))
+            .map_err(|e| {
+                DeliveryError::Permanent(format!(
+                    "cannot write to stdout (is `grants.stdout` set?): {e}"
+                ))
+            })
     }
 }
 

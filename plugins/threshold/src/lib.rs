@@ -94,12 +94,24 @@ impl Threshold {
         let reached = |level: Option<f64>, hysteresis: f64, held: bool| {
             level.is_some_and(|l| {
                 let l = self.sign * l;
-                if held { v >= l - hysteresis } else { v >= l }
+                if held {
+                    v >= l - hysteresis
+                } else {
+                    v >= l
+                }
             })
         };
-        if reached(self.levels.error, self.hysteresis_error, current == Level::Error) {
+        if reached(
+            self.levels.error,
+            self.hysteresis_error,
+            current == Level::Error,
+        ) {
             Level::Error
-        } else if reached(self.levels.warn, self.hysteresis_warn, current >= Level::Warning) {
+        } else if reached(
+            self.levels.warn,
+            self.hysteresis_warn,
+            current >= Level::Warning,
+        ) {
             Level::Warning
         } else {
             Level::Ok
@@ -110,11 +122,16 @@ impl Threshold {
         let (cmp, limit) = match level {
             Level::Error => ("reached the error level", self.levels.error),
             Level::Warning => ("reached the warning level", self.levels.warn),
-            Level::Ok => ("is back within limits", self.levels.warn.or(self.levels.error)),
+            Level::Ok => (
+                "is back within limits",
+                self.levels.warn.or(self.levels.error),
+            ),
         };
         let dir = if self.sign > 0.0 { "above" } else { "below" };
         match limit {
-            Some(l) if level != Level::Ok => format!("{} is {value} and {cmp} ({dir} {l})", self.metric),
+            Some(l) if level != Level::Ok => {
+                format!("{} is {value} and {cmp} ({dir} {l})", self.metric)
+            }
             Some(l) => format!("{} is {value} and {cmp} (not {dir} {l})", self.metric),
             None => format!("{} is {value}", self.metric),
         }
@@ -191,7 +208,13 @@ impl Filter for Threshold {
         if !changed && !reminder {
             return Ok(vec![]);
         }
-        state_set_json(&state_key, &KeyState { level, last_spoken_ms: now });
+        state_set_json(
+            &state_key,
+            &KeyState {
+                level,
+                last_spoken_ms: now,
+            },
+        );
 
         let mut out = msg;
         let detail = match value {

@@ -10,6 +10,7 @@
 //! | `sleep` | sleeps `ms` milliseconds (blocked in a host call) | stop it by its wall-clock bound |
 //! | `big` | returns `count` copies of the message | refuse outputs past the host's cap |
 //! | `pass` | passes the message on | nothing |
+//! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
 
 use serde::Deserialize;
 use tocsin_sdk::{export_filter, Filter, Message, MessageExt};
@@ -61,6 +62,10 @@ impl Filter for Hostile {
             }
             "big" => Ok(vec![msg; self.0.count]),
             "pass" => Ok(vec![msg]),
+            "tag-tick" => {
+                msg.body = format!("tick={} {}", msg.timestamp_ms / 1000, msg.body);
+                Ok(vec![msg])
+            }
             other => Err(format!("unknown mode {other}")),
         }
     }

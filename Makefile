@@ -1,0 +1,45 @@
+# tocsin's developer commands. `make run` and `make test` are the two the README promises.
+
+CARGO ?= cargo
+
+.PHONY: setup plugins build run test lint fmt bench clean-demo
+
+## Install the one thing a fresh Rust toolchain lacks: the wasm32-wasip2 target.
+setup:
+	rustup target add wasm32-wasip2
+
+## Build the shipped plugins (wasm32-wasip2 components) into plugins/target/wasm32-wasip2/release.
+plugins: setup
+	cd plugins && $(CARGO) build --release
+
+## Build the host: the engine and the `tocsin` binary.
+build: plugins
+	$(CARGO) build --workspace
+
+## Build everything and run the example pipelines of pipelines/ (demo data inside the repo,
+## output to stdout and pipelines/demo/out/alerts.jsonl). The demo backup is made three days
+## old first, so the demo has something to say.
+run: build
+	touch -d '3 days ago' pipelines/demo/backups/*.tar.zst
+	$(CARGO) run -p tocsin -- run
+
+## The whole test suite: unit tests, integration tests (real plugins, real Synapse).
+test: setup
+	cd plugins && $(CARGO) build --release --workspace
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all --check
+	cd plugins && $(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --release --workspace -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	cd plugins && $(CARGO) fmt --all
+
+## Benchmarks (release build); writes a report to stdout.
+bench: plugins
+	$(CARGO) run --release -p tocsin-bench

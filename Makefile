@@ -1,6 +1,8 @@
 # tocsin's developer commands. `make run` and `make test` are the two the README promises.
 
 CARGO ?= cargo
+# Plugins' unit tests run natively (their logic is plain Rust; host imports are never called).
+HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 
 .PHONY: setup plugins build run test lint fmt bench clean-demo
 
@@ -26,6 +28,7 @@ run: build
 ## The whole test suite: unit tests, integration tests (real plugins, real Synapse).
 test: setup
 	cd plugins && $(CARGO) build --release --workspace
+	cd plugins && $(CARGO) test --target $(HOST_TARGET) --workspace
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 
@@ -41,5 +44,6 @@ fmt:
 	cd plugins && $(CARGO) fmt --all
 
 ## Benchmarks (release build); writes a report to stdout.
-bench: plugins
-	$(CARGO) run --release -p tocsin-bench
+bench: setup
+	cd plugins && $(CARGO) build --release --workspace
+	$(CARGO) run --release -p tocsin-bench -- --plugin-dir plugins/target/wasm32-wasip2/release

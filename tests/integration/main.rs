@@ -5,11 +5,13 @@
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
 mod backup_alerts;
 mod hot_reload;
 mod matrix;
 mod restart;
+mod runtime;
 mod sandbox;
 mod validate;

@@ -110,7 +110,7 @@ async fn stale_backup_posts_one_message_to_the_room_and_one_resolved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_token_is_a_permanent_failure_in_dead_letters() {
+async fn a_rejected_token_and_an_ungranted_host_are_permanent_failures() {
     let mut synapse = Synapse::start().await;
     synapse.token = "syt_not_a_valid_token".into();
     let env = Env::new();
@@ -136,5 +136,13 @@ async fn a_rejected_token_is_a_permanent_failure_in_dead_letters() {
     );
     // Permanent: no retries were spent on it.
     assert_eq!(dead[0].1.attempts, 0);
+
+    wait_until(Duration::from_secs(60), "the ungranted sink's dead letter", || {
+        server.queue.dead_letters("ungranted", "ops-room").is_ok_and(|d| !d.is_empty())
+    })
+    .await;
+    let dead = server.queue.dead_letters("ungranted", "ops-room").unwrap();
+    let error = dead[0].1.last_error.clone().unwrap();
+    assert!(error.contains("request denied by the host"), "{error}");
     server.stop().await;
 }

@@ -245,3 +245,50 @@ impl Filter for Threshold {
 }
 
 export_filter!(Threshold);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threshold(config: serde_json::Value) -> Threshold {
+        Threshold::new(serde_json::from_value(config).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_value_hovering_at_a_line_does_not_flap() {
+        // Hysteresis defaults to 5 % of each level: 5 for warn, 10 for error.
+        let t = threshold(serde_json::json!({"metric": "m", "above": {"warn": 100.0, "error": 200.0}}));
+        assert_eq!(t.classify(99.0, Level::Ok), Level::Ok);
+        assert_eq!(t.classify(100.0, Level::Ok), Level::Warning);
+        // Dipping just under the line keeps the warning…
+        assert_eq!(t.classify(97.0, Level::Warning), Level::Warning);
+        assert_eq!(t.classify(100.5, Level::Warning), Level::Warning);
+        // …only going back past the band clears it.
+        assert_eq!(t.classify(94.0, Level::Warning), Level::Ok);
+        assert_eq!(t.classify(200.0, Level::Warning), Level::Error);
+        assert_eq!(t.classify(195.0, Level::Error), Level::Error);
+        assert_eq!(t.classify(189.0, Level::Error), Level::Warning);
+        assert_eq!(t.classify(50.0, Level::Error), Level::Ok);
+    }
+
+    #[test]
+    fn below_levels_mirror_above_levels() {
+        let t = threshold(serde_json::json!({"metric": "free", "below": {"warn": 10.0, "error": 5.0}, "hysteresis": 1.0}));
+        assert_eq!(t.classify(11.0, Level::Ok), Level::Ok);
+        assert_eq!(t.classify(10.0, Level::Ok), Level::Warning);
+        assert_eq!(t.classify(10.5, Level::Warning), Level::Warning);
+        assert_eq!(t.classify(11.5, Level::Warning), Level::Ok);
+        assert_eq!(t.classify(4.0, Level::Warning), Level::Error);
+        assert_eq!(t.classify(5.8, Level::Error), Level::Error);
+        assert_eq!(t.classify(6.5, Level::Error), Level::Warning);
+    }
+
+    #[test]
+    fn contradictory_configs_are_refused() {
+        let bad = |v: serde_json::Value| Threshold::new(serde_json::from_value(v).unwrap()).err().unwrap();
+        assert!(bad(serde_json::json!({"metric": "m", "above": {"warn": 300.0, "error": 200.0}})).contains("beyond"));
+        assert!(bad(serde_json::json!({"metric": "m"})).contains("exactly one"));
+        assert!(bad(serde_json::json!({"metric": "m", "above": {}})).contains("`warn`, `error`"));
+        assert!(bad(serde_json::json!({"metric": "m", "above": {"warn": 1.0}, "repeat_every": "often"})).contains("repeat_every"));
+    }
+}

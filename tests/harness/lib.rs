@@ -200,6 +200,28 @@ pub fn init_test_logging() {
     }
 }
 
+/// A `[source]` table: backup-check on the environment's `backups/` directory every second,
+/// with `config_extra` (such as `pattern = "*.tar", host = "db1"`) added to its config.
+pub fn every_second_backup_source(env: &Env, config_extra: &str) -> String {
+    let backups = env.path("backups").display().to_string();
+    let sep = if config_extra.is_empty() { "" } else { ", " };
+    format!(
+        "[source]\nplugin = \"backup-check\"\nschedule = \"* * * * * *\"\n\
+         config = {{ dir = \"{backups}\"{sep}{config_extra} }}\n\
+         grants = {{ read_dirs = [\"{backups}\"] }}\n"
+    )
+}
+
+/// A `[[sink]]` table: the `file` sink writing `out/<file>` of the environment.
+pub fn file_sink(env: &Env, name: &str, file: &str) -> String {
+    let out = env.path("out").display().to_string();
+    format!(
+        "[[sink]]\nname = \"{name}\"\nplugin = \"file\"\n\
+         config = {{ path = \"{out}/{file}\" }}\n\
+         grants = {{ write_dirs = [\"{out}\"] }}\n"
+    )
+}
+
 /// Polls `check` until it holds, or panics after `timeout` naming `what`.
 pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

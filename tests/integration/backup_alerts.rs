@@ -3,31 +3,21 @@
 
 use std::time::Duration;
 
-use tocsin_tests::{age_file, wait_until, Env};
+use tocsin_tests::{age_file, every_second_backup_source, file_sink, wait_until, Env};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn pipeline(env: &Env) -> String {
     format!(
-        r#"
-[source]
-plugin = "backup-check"
-schedule = "* * * * * *"
-config = {{ dir = "{backups}", pattern = "*.tar", host = "db1" }}
-grants = {{ read_dirs = ["{backups}"] }}
-
-[[filter]]
+        "{}
+{}
+{}",
+        every_second_backup_source(env, r#"pattern = "*.tar", host = "db1""#),
+        r#"[[filter]]
 plugin = "threshold"
-config = {{ metric = "backup-age-seconds", above = {{ warn = 93600, error = 180000 }}, key_labels = ["host"] }}
-
-[[sink]]
-name = "alerts"
-plugin = "file"
-config = {{ path = "{out}/alerts.jsonl" }}
-grants = {{ write_dirs = ["{out}"] }}
+config = { metric = "backup-age-seconds", above = { warn = 93600, error = 180000 }, key_labels = ["host"] }
 "#,
-        backups = env.path("backups").display(),
-        out = env.path("out").display(),
+        file_sink(env, "alerts", "alerts.jsonl"),
     )
 }
 

@@ -4,25 +4,14 @@
 use std::time::Duration;
 
 use tocsin::status::PipelineState;
-use tocsin_tests::{wait_until, Env};
+use tocsin_tests::{every_second_backup_source, file_sink, wait_until, Env};
 
 fn pipeline(env: &Env, output: &str) -> String {
     format!(
-        r#"
-[source]
-plugin = "backup-check"
-schedule = "* * * * * *"
-config = {{ dir = "{backups}" }}
-grants = {{ read_dirs = ["{backups}"] }}
-
-[[sink]]
-name = "out"
-plugin = "file"
-config = {{ path = "{out}/{output}" }}
-grants = {{ write_dirs = ["{out}"] }}
-"#,
-        backups = env.path("backups").display(),
-        out = env.path("out").display(),
+        "{}
+{}",
+        every_second_backup_source(env, ""),
+        file_sink(env, "out", output)
     )
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tocsin_tests::synapse::Synapse;
-use tocsin_tests::{age_file, wait_until, Env};
+use tocsin_tests::{age_file, every_second_backup_source, wait_until, Env};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -13,11 +13,7 @@ fn matrix_pipeline(env: &Env, synapse: &Synapse, filters: &str, retry: &str) -> 
     std::fs::write(&token_file, &synapse.token).unwrap();
     format!(
         r#"
-[source]
-plugin = "backup-check"
-schedule = "* * * * * *"
-config = {{ dir = "{backups}", pattern = "*.tar", host = "db1" }}
-grants = {{ read_dirs = ["{backups}"] }}
+{source}
 {filters}
 [[sink]]
 name = "ops-room"
@@ -26,7 +22,7 @@ config = {{ homeserver = "{base}", room = "{room}" }}
 grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ access_token = "file:{token}" }} }}
 retry = {retry}
 "#,
-        backups = env.path("backups").display(),
+        source = every_second_backup_source(env, r#"pattern = "*.tar", host = "db1""#),
         base = synapse.base,
         room = synapse.room,
         port = synapse.port,
@@ -137,9 +133,16 @@ async fn a_rejected_token_and_an_ungranted_host_are_permanent_failures() {
     // Permanent: no retries were spent on it.
     assert_eq!(dead[0].1.attempts, 0);
 
-    wait_until(Duration::from_secs(60), "the ungranted sink's dead letter", || {
-        server.queue.dead_letters("ungranted", "ops-room").is_ok_and(|d| !d.is_empty())
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the ungranted sink's dead letter",
+        || {
+            server
+                .queue
+                .dead_letters("ungranted", "ops-room")
+                .is_ok_and(|d| !d.is_empty())
+        },
+    )
     .await;
     let dead = server.queue.dead_letters("ungranted", "ops-room").unwrap();
     let error = dead[0].1.last_error.clone().unwrap();

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tocsin_tests::synapse::Synapse;
-use tocsin_tests::{plugins_dir, tocsin_bin, Env};
+use tocsin_tests::{every_second_backup_source, plugins_dir, tocsin_bin, Env};
 
 fn spawn_tocsin(env: &Env) -> Child {
     Command::new(tocsin_bin())
@@ -46,11 +46,7 @@ async fn messages_queued_during_an_outage_survive_sigkill_and_arrive_once() {
         "ticks",
         &format!(
             r#"
-[source]
-plugin = "backup-check"
-schedule = "* * * * * *"
-config = {{ dir = "{backups}", host = "db1" }}
-grants = {{ read_dirs = ["{backups}"] }}
+{source}
 
 [[filter]]
 plugin = "hostile"
@@ -63,7 +59,7 @@ config = {{ homeserver = "{base}", room = "{room}" }}
 grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ access_token = "file:{token}" }} }}
 retry = {{ max_attempts = 1000, initial = "100ms", max = "500ms" }}
 "#,
-            backups = env.path("backups").display(),
+            source = every_second_backup_source(&env, r#"host = "db1""#),
             base = synapse.base,
             room = synapse.room,
             port = synapse.port,

@@ -12,7 +12,10 @@ fn a_plugin_is_compiled_once_then_loaded_from_the_cache() {
         cache_dir: Some(cache.path().to_path_buf()),
     };
     let wasm = plugins_dir().join("threshold.wasm");
-    let first = Runtime::new(config.clone()).unwrap().load(&wasm, None).unwrap();
+    let first = Runtime::new(config.clone())
+        .unwrap()
+        .load(&wasm, None)
+        .unwrap();
     assert_eq!(first.cache, CacheOutcome::Compiled);
     assert_eq!(first.kind, PluginKind::Filter);
     // A new runtime (as after a restart) finds the artifact.
@@ -28,9 +31,21 @@ fn a_damaged_cache_artifact_is_recompiled() {
         cache_dir: Some(cache.path().to_path_buf()),
     };
     let wasm = plugins_dir().join("stdout.wasm");
-    let plugin = Runtime::new(config.clone()).unwrap().load(&wasm, None).unwrap();
-    let engine_dir = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
-    std::fs::write(engine_dir.join(format!("{}.cwasm", plugin.sha256)), b"garbage").unwrap();
+    let plugin = Runtime::new(config.clone())
+        .unwrap()
+        .load(&wasm, None)
+        .unwrap();
+    let engine_dir = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(
+        engine_dir.join(format!("{}.cwasm", plugin.sha256)),
+        b"garbage",
+    )
+    .unwrap();
     let again = Runtime::new(config).unwrap().load(&wasm, None).unwrap();
     assert_eq!(again.cache, CacheOutcome::Compiled);
 }
@@ -44,7 +59,9 @@ fn kinds_are_recognised_from_exports() {
         ("matrix", PluginKind::Sink),
         ("file", PluginKind::Sink),
     ] {
-        let p = rt.load(&plugins_dir().join(format!("{name}.wasm")), None).unwrap();
+        let p = rt
+            .load(&plugins_dir().join(format!("{name}.wasm")), None)
+            .unwrap();
         assert_eq!(p.kind, kind, "{name}");
     }
 }
@@ -53,7 +70,10 @@ fn kinds_are_recognised_from_exports() {
 fn a_wrong_pin_a_core_module_and_garbage_are_refused_clearly() {
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
     let wasm = plugins_dir().join("threshold.wasm");
-    let err = rt.load(&wasm, Some(&"0".repeat(64))).unwrap_err().to_string();
+    let err = rt
+        .load(&wasm, Some(&"0".repeat(64)))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not the pinned"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +81,10 @@ fn a_wrong_pin_a_core_module_and_garbage_are_refused_clearly() {
     // The smallest core module: magic + version 1.
     std::fs::write(&core, [0, b'a', b's', b'm', 1, 0, 0, 0]).unwrap();
     let err = rt.load(&core, None).unwrap_err().to_string();
-    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+    assert!(
+        err.contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"#!/bin/sh\necho hi\n").unwrap();

@@ -3,33 +3,23 @@
 use std::time::Duration;
 
 use tocsin_queue::FILTERS_QUEUE;
-use tocsin_tests::{wait_until, Env};
+use tocsin_tests::{every_second_backup_source, file_sink, wait_until, Env};
 
 /// A pipeline polling every second through the `hostile` filter in `mode`.
 fn hostile_pipeline(env: &Env, name: &str, hostile_config: &str, limits: &str) -> String {
     format!(
-        r#"
-filter_retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
+        "filter_retry = {{ max_attempts = 2, initial = \"100ms\", max = \"200ms\" }}
 
-[source]
-plugin = "backup-check"
-schedule = "* * * * * *"
-config = {{ dir = "{backups}", host = "{name}" }}
-grants = {{ read_dirs = ["{backups}"] }}
-
-[[filter]]
-plugin = "hostile"
+{}
+\
+         [[filter]]
+plugin = \"hostile\"
 config = {hostile_config}
 limits = {limits}
 
-[[sink]]
-name = "out"
-plugin = "file"
-config = {{ path = "{out}/{name}.jsonl" }}
-grants = {{ write_dirs = ["{out}"] }}
-"#,
-        backups = env.path("backups").display(),
-        out = env.path("out").display(),
+{}",
+        every_second_backup_source(env, &format!("host = \"{name}\"")),
+        file_sink(env, "out", &format!("{name}.jsonl")),
     )
 }
 

@@ -44,13 +44,21 @@ fn message(i: usize) -> Message {
         severity: Severity::Warning,
         summary: Some("CPU high on web-1".into()),
         body: "cpu-percent is 93.5 and reached the warning level (above 90)".into(),
-        labels: vec![("host".into(), "web-1".into()), ("check".into(), "cpu".into())],
+        labels: vec![
+            ("host".into(), "web-1".into()),
+            ("check".into(), "cpu".into()),
+        ],
         metrics: vec![("cpu-percent".into(), 93.5)],
         payload: None,
     }
 }
 
-fn stage(runtime: &Runtime, plugin_dir: &std::path::Path, name: &str, config: &str) -> anyhow::Result<Stage> {
+fn stage(
+    runtime: &Runtime,
+    plugin_dir: &std::path::Path,
+    name: &str,
+    config: &str,
+) -> anyhow::Result<Stage> {
     let plugin = runtime.load(&plugin_dir.join(format!("{name}.wasm")), None)?;
     Ok(Stage::new(
         runtime,
@@ -98,7 +106,9 @@ async fn enqueue_rate(producers: usize, batch: usize, seconds: f64) -> anyhow::R
             let msgs: Vec<Message> = (0..batch).map(|i| message(p * 1_000_000 + i)).collect();
             let mut acked = 0usize;
             while Instant::now() < deadline {
-                store.append_ingress(&format!("p{}", p % 4), &msgs, &[]).await?;
+                store
+                    .append_ingress(&format!("p{}", p % 4), &msgs, &[])
+                    .await?;
                 acked += batch;
             }
             anyhow::Ok(acked)
@@ -119,7 +129,11 @@ fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu}, {cores} cores")
@@ -140,14 +154,24 @@ async fn main() -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     println!("# tocsin benchmark report\n");
     println!("- machine: {}", machine());
-    println!("- date: {}", command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
-    println!("- commit: {}", command_output("git", &["rev-parse", "--short", "HEAD"]));
+    println!(
+        "- date: {}",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    println!(
+        "- commit: {}",
+        command_output("git", &["rev-parse", "--short", "HEAD"])
+    );
     println!("- runs per figure: {}\n", args.runs);
     println!("| figure | min | median | max | target |");
     println!("| --- | --- | --- | --- | --- |");
 
     let cases = [
-        ("filter stage, message passes (`hostile` pass mode)", "hostile", r#"{"mode":"pass"}"#),
+        (
+            "filter stage, message passes (`hostile` pass mode)",
+            "hostile",
+            r#"{"mode":"pass"}"#,
+        ),
         (
             "filter stage, `threshold`, no change of state (dropped)",
             "threshold",
@@ -163,7 +187,12 @@ async fn main() -> anyhow::Result<()> {
         let (min, med, max) = stats(xs);
         println!("| {label}: µs per message | {min:.2} | {med:.2} | {max:.2} | ≤ 2 µs |");
     }
-    for (producers, batch, target) in [(1, 1, "—"), (16, 1, "—"), (64, 1, "≥ 20 k/s"), (16, 32, "≥ 100 k/s")] {
+    for (producers, batch, target) in [
+        (1, 1, "—"),
+        (16, 1, "—"),
+        (64, 1, "≥ 20 k/s"),
+        (16, 32, "≥ 100 k/s"),
+    ] {
         let mut xs = Vec::new();
         for _ in 0..args.runs {
             xs.push(enqueue_rate(producers, batch, args.seconds).await?);

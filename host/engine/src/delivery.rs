@@ -21,8 +21,7 @@ use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
 use tocsin_runtime::{DeliveryOutcome, Stage};
 
-use crate::filtering::IDLE_RECHECK;
-use crate::pipeline::{sleep_or_cancel, state_writes};
+use crate::pipeline::{next_due, state_writes};
 use crate::status::{Counters, PipelineStatus};
 
 /// Delivers one sink's queue.
@@ -48,32 +47,12 @@ pub struct DeliveryWorker {
 impl DeliveryWorker {
     /// Runs until cancelled.
     pub async fn run(mut self) {
-        while !self.cancel.is_cancelled() {
-            let head = match self.queue.sink_head(&self.pipeline, &self.sink) {
-                Ok(head) => head,
-                Err(e) => {
-                    tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot read the sink queue");
-                    sleep_or_cancel(IDLE_RECHECK, &self.cancel).await;
-                    continue;
-                }
-            };
-            let Some((seq, envelope)) = head else {
-                tokio::select! {
-                    _ = self.ready.notified() => {}
-                    _ = self.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
-                }
-                continue;
-            };
-            let now = now_ms();
-            if envelope.not_before_ms > now {
-                sleep_or_cancel(
-                    Duration::from_millis(envelope.not_before_ms - now),
-                    &self.cancel,
-                )
-                .await;
-                continue;
-            }
+        let what = format!("the queue of {}/{}", self.pipeline, self.sink);
+        let (queue, ready, cancel) = (self.queue.clone(), self.ready.clone(), self.cancel.clone());
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        while let Some((seq, envelope)) =
+            next_due(|| queue.sink_head(&pipeline, &sink), &ready, &cancel, &what).await
+        {
             self.attempt(seq, envelope).await;
         }
     }

@@ -7,7 +7,6 @@
 //! after the pipeline's `filter_retry.max_attempts` goes to the pipeline's `@filters` dead letters.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -17,11 +16,8 @@ use tocsin_message::Message;
 use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_QUEUE};
 use tocsin_runtime::{CallError, Stage};
 
-use crate::pipeline::{sleep_or_cancel, state_writes, SinkRoute};
+use crate::pipeline::{next_due, sleep_or_cancel, state_writes, SinkRoute, IDLE_RECHECK};
 use crate::status::{Counters, PipelineStatus};
-
-/// How often an idle worker looks at its queue even without a wake-up.
-pub const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Moves one pipeline's ingress through its filters.
 pub struct FilterWorker {
@@ -46,32 +42,16 @@ pub struct FilterWorker {
 impl FilterWorker {
     /// Runs until cancelled.
     pub async fn run(mut self) {
-        while !self.cancel.is_cancelled() {
-            let head = match self.queue.ingress_head(&self.pipeline) {
-                Ok(head) => head,
-                Err(e) => {
-                    tracing::error!(pipeline = %self.pipeline, error = %e, "cannot read the ingress queue");
-                    sleep_or_cancel(IDLE_RECHECK, &self.cancel).await;
-                    continue;
-                }
-            };
-            let Some((seq, envelope)) = head else {
-                tokio::select! {
-                    _ = self.ingress_ready.notified() => {}
-                    _ = self.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
-                }
-                continue;
-            };
-            let now = now_ms();
-            if envelope.not_before_ms > now {
-                sleep_or_cancel(
-                    Duration::from_millis(envelope.not_before_ms - now),
-                    &self.cancel,
-                )
-                .await;
-                continue;
-            }
+        let what = format!("the ingress queue of {}", self.pipeline);
+        let (queue, ready, cancel) = (
+            self.queue.clone(),
+            self.ingress_ready.clone(),
+            self.cancel.clone(),
+        );
+        let pipeline = self.pipeline.clone();
+        while let Some((seq, envelope)) =
+            next_due(|| queue.ingress_head(&pipeline), &ready, &cancel, &what).await
+        {
             self.handle(seq, envelope).await;
         }
     }

@@ -243,6 +243,46 @@ async fn build_stage(
     Ok(Stage::new(&shared.runtime, plugin, ctx))
 }
 
+/// Waits until the head of a queue is due and returns it; `None` once cancelled.
+///
+/// `head` reads the queue's oldest entry. An empty queue waits for `ready` (or an idle
+/// recheck); a head whose `not_before_ms` lies ahead waits until then; a read error is logged
+/// as `what` and retried.
+pub async fn next_due(
+    mut head: impl FnMut() -> tocsin_queue::Result<Option<(tocsin_queue::Seq, tocsin_queue::Envelope)>>,
+    ready: &Notify,
+    cancel: &CancellationToken,
+    what: &str,
+) -> Option<(tocsin_queue::Seq, tocsin_queue::Envelope)> {
+    while !cancel.is_cancelled() {
+        match head() {
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read {what}");
+                sleep_or_cancel(IDLE_RECHECK, cancel).await;
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = ready.notified() => {}
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
+                }
+            }
+            Ok(Some((seq, envelope))) => {
+                let now = tocsin_queue::now_ms();
+                if envelope.not_before_ms <= now {
+                    return Some((seq, envelope));
+                }
+                let wait = Duration::from_millis(envelope.not_before_ms - now);
+                sleep_or_cancel(wait, cancel).await;
+            }
+        }
+    }
+    None
+}
+
+/// How often an idle worker looks at its queue even without a wake-up.
+pub const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// Sleeps for `duration` unless cancelled first; returns `false` when cancelled.
 pub async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {

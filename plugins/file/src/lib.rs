@@ -8,7 +8,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use serde::Deserialize;
-use tocsin_sdk::{export_sink, DeliveryError, Message, Severity, Sink};
+use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,16 +23,6 @@ struct FileSink {
 
 /// How much of the file's end is searched for a repeated key.
 const DEDUP_TAIL_BYTES: u64 = 64 * 1024;
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::None => "none",
-        Severity::Info => "info",
-        Severity::Warning => "warning",
-        Severity::Error => "error",
-        Severity::Alert => "alert",
-    }
-}
 
 impl Sink for FileSink {
     type Config = Config;

@@ -17,7 +17,7 @@
 
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
-use tocsin_sdk::{export_sink, host, DeliveryError, Message, Severity, Sink};
+use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,20 +69,9 @@ fn escape_html(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The emoji shown before an alert, by severity.
-pub fn emoji(severity: Severity) -> &'static str {
-    match severity {
-        Severity::None => "",
-        Severity::Info => "ℹ️ ",
-        Severity::Warning => "⚠️ ",
-        Severity::Error => "🔥 ",
-        Severity::Alert => "🚨 ",
-    }
-}
-
 /// The plain and HTML bodies of a message.
 fn render(msg: &Message) -> (String, String) {
-    let mark = emoji(msg.severity);
+    let mark = severity_emoji(msg.severity);
     match &msg.summary {
         Some(summary) => (
             format!("{mark}{summary}\n{}", msg.body),

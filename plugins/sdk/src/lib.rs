@@ -43,7 +43,7 @@ pub mod __private;
 pub use bindings::source::tocsin::plugin::types::{
     DeliveryError, HttpRequest, Message, Rejection, Severity,
 };
-pub use message::{rank, severity_from_str, MessageExt};
+pub use message::{rank, severity_emoji, severity_from_str, severity_name, MessageExt};
 pub use serde;
 pub use serde_json;
 

@@ -13,6 +13,29 @@ pub fn rank(severity: Severity) -> u8 {
     }
 }
 
+/// The lower-case name of a severity, as in pipeline files and logs.
+pub fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::None => "none",
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Error => "error",
+        Severity::Alert => "alert",
+    }
+}
+
+/// The emoji chat sinks put before an alert (with a trailing space), Janitor's convention:
+/// none, ℹ️, ⚠️, 🔥, 🚨.
+pub fn severity_emoji(severity: Severity) -> &'static str {
+    match severity {
+        Severity::None => "",
+        Severity::Info => "ℹ️ ",
+        Severity::Warning => "⚠️ ",
+        Severity::Error => "🔥 ",
+        Severity::Alert => "🚨 ",
+    }
+}
+
 /// Parses a lower-case severity name.
 pub fn severity_from_str(name: &str) -> Option<Severity> {
     Some(match name {

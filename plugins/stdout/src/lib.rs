@@ -2,7 +2,7 @@
 //! `grants = { stdout = true }`). `format = "json"` prints JSON lines instead of text.
 
 use serde::Deserialize;
-use tocsin_sdk::{export_sink, DeliveryError, Message, Severity, Sink};
+use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,16 +20,6 @@ enum Format {
 }
 
 struct Stdout(Format);
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::None => "none",
-        Severity::Info => "info",
-        Severity::Warning => "warning",
-        Severity::Error => "error",
-        Severity::Alert => "alert",
-    }
-}
 
 impl Sink for Stdout {
     type Config = Config;

@@ -257,7 +257,8 @@ mod tests {
     #[test]
     fn a_value_hovering_at_a_line_does_not_flap() {
         // Hysteresis defaults to 5 % of each level: 5 for warn, 10 for error.
-        let t = threshold(serde_json::json!({"metric": "m", "above": {"warn": 100.0, "error": 200.0}}));
+        let t =
+            threshold(serde_json::json!({"metric": "m", "above": {"warn": 100.0, "error": 200.0}}));
         assert_eq!(t.classify(99.0, Level::Ok), Level::Ok);
         assert_eq!(t.classify(100.0, Level::Ok), Level::Warning);
         // Dipping just under the line keeps the warning…
@@ -273,7 +274,9 @@ mod tests {
 
     #[test]
     fn below_levels_mirror_above_levels() {
-        let t = threshold(serde_json::json!({"metric": "free", "below": {"warn": 10.0, "error": 5.0}, "hysteresis": 1.0}));
+        let t = threshold(
+            serde_json::json!({"metric": "free", "below": {"warn": 10.0, "error": 5.0}, "hysteresis": 1.0}),
+        );
         assert_eq!(t.classify(11.0, Level::Ok), Level::Ok);
         assert_eq!(t.classify(10.0, Level::Ok), Level::Warning);
         assert_eq!(t.classify(10.5, Level::Warning), Level::Warning);
@@ -285,10 +288,20 @@ mod tests {
 
     #[test]
     fn contradictory_configs_are_refused() {
-        let bad = |v: serde_json::Value| Threshold::new(serde_json::from_value(v).unwrap()).err().unwrap();
-        assert!(bad(serde_json::json!({"metric": "m", "above": {"warn": 300.0, "error": 200.0}})).contains("beyond"));
+        let bad = |v: serde_json::Value| {
+            Threshold::new(serde_json::from_value(v).unwrap())
+                .err()
+                .unwrap()
+        };
+        assert!(
+            bad(serde_json::json!({"metric": "m", "above": {"warn": 300.0, "error": 200.0}}))
+                .contains("beyond")
+        );
         assert!(bad(serde_json::json!({"metric": "m"})).contains("exactly one"));
         assert!(bad(serde_json::json!({"metric": "m", "above": {}})).contains("`warn`, `error`"));
-        assert!(bad(serde_json::json!({"metric": "m", "above": {"warn": 1.0}, "repeat_every": "often"})).contains("repeat_every"));
+        assert!(bad(
+            serde_json::json!({"metric": "m", "above": {"warn": 1.0}, "repeat_every": "often"})
+        )
+        .contains("repeat_every"));
     }
 }

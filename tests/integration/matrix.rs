@@ -115,6 +115,13 @@ async fn a_rejected_token_and_an_ungranted_host_are_permanent_failures() {
         "nightly",
         &matrix_pipeline(&env, &synapse, "", "{ max_attempts = 5 }"),
     );
+    // A second pipeline whose sink may not reach the homeserver's port at all.
+    let ungranted = matrix_pipeline(&env, &synapse, "", "{ max_attempts = 5 }").replace(
+        &format!("hosts = [\"127.0.0.1:{}\"]", synapse.port),
+        "hosts = [\"127.0.0.1:1\"]",
+    );
+    assert!(ungranted.contains("127.0.0.1:1\""));
+    env.write_pipeline("ungranted", &ungranted);
     let server = env.start().await;
     wait_until(Duration::from_secs(60), "a dead letter", || {
         server

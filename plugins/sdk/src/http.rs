@@ -219,17 +219,22 @@ impl Request {
             .map_err(|_| HttpError::Transport("request body unavailable".into()))?;
         let future =
             outgoing_handler::handle(request, None::<RequestOptions>).map_err(transport)?;
-        {
-            let stream = body
-                .write()
-                .map_err(|_| HttpError::Transport("request body stream unavailable".into()))?;
-            for chunk in self.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| HttpError::Transport(format!("writing the body: {e:?}")))?;
+        // Write the body. If the host refused the request (or the connection failed), the
+        // stream closes early and the real reason arrives through the response future, so a
+        // write error is only reported when the future has nothing better to say.
+        let mut write_error = None;
+        match body.write() {
+            Ok(stream) => {
+                for chunk in self.body.chunks(4096) {
+                    if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                        write_error = Some(format!("writing the body: {e:?}"));
+                        break;
+                    }
+                }
             }
+            Err(()) => write_error = Some("request body stream unavailable".into()),
         }
-        OutgoingBody::finish(body, None).map_err(transport)?;
+        let finished = OutgoingBody::finish(body, None);
 
         future.subscribe().block();
         let response = match future.get() {
@@ -239,6 +244,10 @@ impl Request {
                 return Err(HttpError::Transport("response future lost".into()))
             }
         };
+        if let Some(e) = write_error {
+            return Err(HttpError::Transport(e));
+        }
+        finished.map_err(transport)?;
         let status = response.status();
         let headers = response
             .headers()

@@ -134,11 +134,19 @@ impl Env {
         }
     }
 
-    /// Lines of a text file in the environment (empty when it does not exist yet).
+    /// The complete lines of a text file in the environment (empty when it does not exist
+    /// yet). A last line still being written, without its newline, is left out.
     pub fn read_lines(&self, rel: &str) -> Vec<String> {
-        std::fs::read_to_string(self.path(rel))
-            .map(|t| t.lines().map(str::to_string).collect())
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.path(rel)).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        complete
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// JSON lines of a file sink's output.

@@ -89,6 +89,22 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         &hostile_pipeline(&env, "panicky", r#"{ mode = "panic" }"#, "{}"),
     );
 
+    // Merely slow in a host call (sleeping 400 ms) on a tiny CPU budget: fuel counts guest
+    // instructions only, so this is not a runaway guest and it delivers.
+    env.write_pipeline(
+        "leisurely",
+        &hostile_pipeline(
+            &env,
+            "leisurely",
+            r#"{ mode = "sleep", ms = 400 }"#,
+            r#"{ fuel = 20000000, timeout = "5s" }"#,
+        ),
+    );
+    env.write_pipeline(
+        "snoop",
+        &hostile_pipeline(&env, "snoop", r#"{ mode = "env" }"#, "{}"),
+    );
+
     let server = env.start().await;
     let expectations = [
         ("looping", "plugin stopped (cpu)"),
@@ -133,6 +149,19 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         server.counter("looping", |c| &c.plugin_traps) > traps,
         "the looping plugin kept being stopped meanwhile"
     );
+    // A plugin blocked in a host call is not mistaken for a runaway guest.
+    wait_until(Duration::from_secs(20), "the slow plugin delivers", || {
+        env.read_lines("out/leisurely.jsonl").len() >= 2
+    })
+    .await;
+    assert_eq!(server.counter("leisurely", |c| &c.plugin_traps), 0);
+    // WASI grants nothing by default: no environment variables, no arguments.
+    wait_until(Duration::from_secs(20), "the snoop delivers", || {
+        !env.read_lines("out/snoop.jsonl").is_empty()
+    })
+    .await;
+    let snooped = &env.read_json_lines("out/snoop.jsonl")[0]["body"];
+    assert_eq!(snooped, "vars=[] args=[]");
     // Nothing outside the grant leaked into any output.
     for line in env.read_lines("out/healthy.jsonl") {
         assert!(!line.contains("root:"), "leak: {line}");

@@ -61,7 +61,8 @@ impl Sink for FileSink {
             "labels": msg.labels,
             "metrics": msg.metrics,
         });
-        writeln!(file, "{line}")
+        // One write of the whole line, so readers never see half a line mid-write.
+        file.write_all(format!("{line}\n").as_bytes())
             .and_then(|_| file.flush())
             .map_err(io)
     }

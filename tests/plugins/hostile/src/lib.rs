@@ -9,6 +9,7 @@
 //! | `panic` | panics | a trap: discard the instance, count a failed attempt |
 //! | `sleep` | sleeps `ms` milliseconds (blocked in a host call) | stop it by its wall-clock bound |
 //! | `big` | returns `count` copies of the message | refuse outputs past the host's cap |
+//! | `env` | passes it on with the environment it sees as the body | nothing: it must see none |
 //! | `pass` | passes the message on | nothing |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
 
@@ -61,6 +62,12 @@ impl Filter for Hostile {
                 Ok(vec![msg])
             }
             "big" => Ok(vec![msg; self.0.count]),
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                let args: Vec<String> = std::env::args().collect();
+                msg.body = format!("vars={vars:?} args={args:?}");
+                Ok(vec![msg])
+            }
             "pass" => Ok(vec![msg]),
             "tag-tick" => {
                 msg.body = format!("tick={} {}", msg.timestamp_ms / 1000, msg.body);

@@ -22,7 +22,21 @@ async fn pipeline_files_are_applied_without_restart() {
     env.mkdir("out");
     std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
     env.write_pipeline("first", &pipeline(&env, "first.jsonl"));
+    // A broken file at start is reported and does not stop the others.
+    env.write_pipeline(
+        "broken",
+        "[source]\nplugin = \"backup-check\"\nschedule = \"0 61 * * * *\"\n",
+    );
     let server = env.start().await;
+    match server.state("broken") {
+        Some(PipelineState::Failed(reason)) => {
+            assert!(
+                reason.contains("broken.toml:3:12: source.schedule"),
+                "{reason}"
+            )
+        }
+        other => panic!("broken pipeline state: {other:?}"),
+    }
     wait_until(Duration::from_secs(20), "first delivers", || {
         !env.read_lines("out/first.jsonl").is_empty()
     })

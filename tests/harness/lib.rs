@@ -112,6 +112,7 @@ impl Env {
             pipelines_dir: self.path("pipelines"),
             data_dir: self.path("data"),
             plugin_dirs: vec![plugins_dir().to_path_buf()],
+            listen: Some(([127, 0, 0, 1], 0).into()),
         }
     }
 
@@ -122,6 +123,7 @@ impl Env {
         let server = Server::start(self.settings()).await.expect("server starts");
         let queue = server.queue();
         let board = server.board();
+        let http_addr = server.http_addr().expect("the test server listens");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async {
             let _ = rx.await;
@@ -131,6 +133,7 @@ impl Env {
             task: Some(task),
             queue,
             board,
+            base_url: format!("http://{http_addr}"),
         }
     }
 
@@ -166,6 +169,8 @@ pub struct Running {
     pub queue: Arc<dyn QueueStore>,
     /// Its status board.
     pub board: tocsin::manager::StatusBoard,
+    /// `http://127.0.0.1:<port>` of its HTTP surface.
+    pub base_url: String,
 }
 
 impl Running {

@@ -4,12 +4,14 @@
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
+//! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
 mod backup_alerts;
 mod hot_reload;
+mod ingest;
 mod matrix;
 mod restart;
 mod runtime;

@@ -17,6 +17,7 @@ fn spawn_tocsin(env: &Env) -> Child {
         .arg(env.path("data"))
         .arg("--plugin-dir")
         .arg(plugins_dir())
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(env.path("tocsin.log")).unwrap())
         .spawn()

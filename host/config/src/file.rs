@@ -47,6 +47,10 @@ pub struct SourceTable {
     /// Poll once at start, besides the schedule.
     #[serde(default)]
     pub run_on_start: bool,
+    /// Ingest sources only: who may post (required, so an open endpoint is a decision).
+    pub auth: Option<Spanned<AuthTable>>,
+    /// Ingest sources only: the largest request body accepted, e.g. `"1MiB"`.
+    pub body_limit: Option<Spanned<String>>,
     /// The plugin's own configuration, handed to its `init` as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
@@ -123,6 +127,19 @@ pub struct GrantsTable {
     /// Let the guest write to the host's standard output (the `stdout` sink).
     #[serde(default)]
     pub stdout: bool,
+}
+
+/// `auth = { … }` of an ingest source: exactly one of the fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthTable {
+    /// `true`: anyone who can reach the listener may post.
+    #[serde(default)]
+    pub none: bool,
+    /// `Authorization: Bearer <token>`, the token from `env:NAME` or `file:/path`.
+    pub bearer: Option<Spanned<String>>,
+    /// GitHub's `X-Hub-Signature-256` HMAC, keyed with this secret (`env:`/`file:`).
+    pub github_secret: Option<Spanned<String>>,
 }
 
 /// `limits = { … }`.

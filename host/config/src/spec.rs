@@ -55,7 +55,30 @@ pub enum Trigger {
     /// Polled on a cron schedule.
     Schedule(Box<ScheduleSpec>),
     /// Fed by `POST /ingest/{pipeline}`.
-    Ingest,
+    Ingest(IngestSpec),
+}
+
+/// Default largest request body of an ingest source.
+pub const DEFAULT_BODY_LIMIT: u64 = 1 << 20;
+
+/// How an ingest source accepts requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestSpec {
+    /// Who may post.
+    pub auth: IngestAuth,
+    /// The largest body accepted (413 beyond).
+    pub body_limit: u64,
+}
+
+/// The authentication the host checks before a decoder sees a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestAuth {
+    /// Anyone who can reach the listener.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(SecretRef),
+    /// GitHub's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
+    GithubHmac(SecretRef),
 }
 
 /// A cron schedule.

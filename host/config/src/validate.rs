@@ -268,9 +268,22 @@ pub fn parse_pipeline(
                     "`run_on_start` needs a `schedule`".into(),
                 );
             }
-            Some(Trigger::Ingest)
+            cx.ingest(src.auth.as_ref(), src.body_limit.as_ref())
+                .map(Trigger::Ingest)
         }
         Some(expr) => {
+            for (present, field) in [
+                (src.auth.is_some(), "source.auth"),
+                (src.body_limit.is_some(), "source.body_limit"),
+            ] {
+                if present {
+                    cx.error(
+                        Some(expr.span()),
+                        field,
+                        "only an ingest source (one without `schedule`) takes requests".into(),
+                    );
+                }
+            }
             let cron = parse_cron(expr.get_ref())
                 .map_err(|m| cx.error(Some(expr.span()), "source.schedule", m))
                 .ok();
@@ -538,32 +551,95 @@ impl Checker<'_> {
         }
         for (name, source) in &g.secrets {
             let field_name = format!("{field}.grants.secrets.{name}");
-            let reference = match source.get_ref().split_once(':') {
-                Some(("env", var)) if !var.is_empty() => Some(SecretRef::Env(var.to_string())),
-                Some(("file", path)) if !path.is_empty() => {
-                    Some(SecretRef::File(self.base_dir.join(path)))
-                }
-                _ => {
-                    // Never echo the value: it may be the secret itself, pasted by mistake.
-                    self.error(
-                        Some(source.span()),
-                        &field_name,
-                        "a secret must be `env:NAME` or `file:/path` (the value is not shown)"
-                            .into(),
-                    );
-                    None
-                }
-            };
-            if let Some(reference) = reference {
-                if self.machine == MachineCheck::Check {
-                    if let Err(m) = reference.resolve() {
-                        self.error(Some(source.span()), &field_name, m);
-                    }
-                }
+            if let Some(reference) = self.secret_ref(source, &field_name) {
                 out.secrets.push((name.clone(), reference));
             }
         }
         out
+    }
+
+    fn ingest(
+        &mut self,
+        auth: Option<&Spanned<crate::file::AuthTable>>,
+        body_limit: Option<&Spanned<String>>,
+    ) -> Option<IngestSpec> {
+        let Some(auth) = auth else {
+            self.error(
+                None,
+                "source.auth",
+                "an ingest source needs `auth`: `{ bearer = \"env:NAME\" }`, \
+                 `{ github_secret = \"env:NAME\" }`, or `{ none = true }` to accept anyone"
+                    .into(),
+            );
+            return None;
+        };
+        let table = auth.get_ref();
+        let chosen = [
+            table.none,
+            table.bearer.is_some(),
+            table.github_secret.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if chosen != 1 {
+            self.error(
+                Some(auth.span()),
+                "source.auth",
+                "set exactly one of `none = true`, `bearer`, `github_secret`".into(),
+            );
+            return None;
+        }
+        let auth = if table.none {
+            IngestAuth::None
+        } else if let Some(token) = &table.bearer {
+            IngestAuth::Bearer(self.secret_ref(token, "source.auth.bearer")?)
+        } else {
+            let secret = table.github_secret.as_ref()?;
+            IngestAuth::GithubHmac(self.secret_ref(secret, "source.auth.github_secret")?)
+        };
+        let body_limit = match body_limit {
+            None => DEFAULT_BODY_LIMIT,
+            Some(text) => match parse_size(text.get_ref()) {
+                Ok(n) if (1..=64 << 20).contains(&n) => n,
+                Ok(_) => {
+                    self.error(
+                        Some(text.span()),
+                        "source.body_limit",
+                        format!("`{}` is outside 1B..64MiB", text.get_ref()),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.error(Some(text.span()), "source.body_limit", e);
+                    return None;
+                }
+            },
+        };
+        Some(IngestSpec { auth, body_limit })
+    }
+
+    /// Parses `env:NAME` / `file:/path`, checking it resolves when machine checks are on.
+    /// The value is never echoed in an error: it may be the secret itself, pasted by mistake.
+    fn secret_ref(&mut self, source: &Spanned<String>, field: &str) -> Option<SecretRef> {
+        let reference = match source.get_ref().split_once(':') {
+            Some(("env", var)) if !var.is_empty() => SecretRef::Env(var.to_string()),
+            Some(("file", path)) if !path.is_empty() => SecretRef::File(self.base_dir.join(path)),
+            _ => {
+                self.error(
+                    Some(source.span()),
+                    field,
+                    "a secret must be `env:NAME` or `file:/path` (the value is not shown)".into(),
+                );
+                return None;
+            }
+        };
+        if self.machine == MachineCheck::Check {
+            if let Err(m) = reference.resolve() {
+                self.error(Some(source.span()), field, m);
+            }
+        }
+        Some(reference)
     }
 
     fn limits(
@@ -952,8 +1028,36 @@ match = { severity = ">= info" }
     fn ingest_sources_have_no_schedule() {
         let fx = fixture();
         let text = GOOD.replace("schedule = \"0 */15 * * * *\"\n", "");
+        let d = check(&fx, &text).unwrap_err();
+        assert!(
+            d[0].message.contains("an ingest source needs `auth`"),
+            "{}",
+            d[0]
+        );
+        let text = GOOD.replace(
+            "schedule = \"0 */15 * * * *\"\n",
+            "auth = { bearer = \"env:PATH\" }\nbody_limit = \"64KiB\"\n",
+        );
         let spec = check(&fx, &text).unwrap();
-        assert_eq!(spec.source.trigger, Trigger::Ingest);
+        assert_eq!(
+            spec.source.trigger,
+            Trigger::Ingest(IngestSpec {
+                auth: IngestAuth::Bearer(SecretRef::Env("PATH".into())),
+                body_limit: 64 << 10,
+            })
+        );
+        let text = GOOD.replace(
+            "schedule = \"0 */15 * * * *\"\n",
+            "auth = { none = true, bearer = \"env:PATH\" }\n",
+        );
+        let d = check(&fx, &text).unwrap_err();
+        assert!(d[0].message.contains("exactly one"), "{}", d[0]);
+        let text = GOOD.replace(
+            "schedule = \"0 */15 * * * *\"",
+            "schedule = \"* * * * * *\"\nauth = { none = true }",
+        );
+        let d = check(&fx, &text).unwrap_err();
+        assert_eq!(d[0].field, "source.auth");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //!   runtime, starts every pipeline, watches the pipelines directory, stops on a signal.
 //! - [`manager`]: the set of running pipelines; applies added, changed and deleted files one
 //!   pipeline at a time (hot reload) and keeps each pipeline's status.
-//! - [`pipeline`]: one running pipeline — builds its stages, then runs its tasks:
+//! - [`pipeline`]: one running pipeline — builds its stages, then runs its tasks (an ingest
+//!   pipeline registers its decoder with [`ingest`] instead of running a scheduler):
 //!   - [`schedule`]: cron ticks → `source.poll` → ingress queue;
 //!   - [`filtering`]: ingress head → filters → one atomic hand-over to the sink queues;
 //!   - [`delivery`]: each sink queue head → `sink.deliver`, with retry, backoff and dead letters.
+//! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
+//!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`status`]: counters and states shown by logs (and later the HTTP status API).
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
@@ -19,6 +22,7 @@
 
 pub mod delivery;
 pub mod filtering;
+pub mod ingest;
 pub mod manager;
 pub mod pipeline;
 pub mod schedule;

@@ -61,6 +61,9 @@ enum Command {
         paths: Paths,
         #[command(flatten)]
         data: DataDir,
+        /// Address of the HTTP surface (ingest, health), or `none`.
+        #[arg(long, env = "TOCSIN_LISTEN", default_value = "127.0.0.1:8470")]
+        listen: String,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -158,11 +161,22 @@ fn init_logging(format: LogFormat) {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { paths, data } => {
+        Command::Run {
+            paths,
+            data,
+            listen,
+        } => {
+            let listen = match listen.as_str() {
+                "none" | "" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--listen `{addr}` is not an address such as 127.0.0.1:8470")
+                })?),
+            };
             let settings = Settings {
                 pipelines_dir: paths.pipelines,
                 data_dir: data.data,
                 plugin_dirs: paths.plugin_dirs,
+                listen,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;

@@ -13,6 +13,8 @@ use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateChan
 
 use crate::delivery::DeliveryWorker;
 use crate::filtering::FilterWorker;
+use crate::ingest::auth::Authenticator;
+use crate::ingest::{IngestEndpoint, IngestTable};
 use crate::schedule::Scheduler;
 use crate::status::PipelineStatus;
 
@@ -26,6 +28,8 @@ pub struct Shared {
     pub queue: Arc<dyn QueueStore>,
     /// The wasm engine and linker.
     pub runtime: Runtime,
+    /// Where ingest pipelines make themselves reachable over HTTP.
+    pub ingest: IngestTable,
 }
 
 /// A pipeline whose tasks are running.
@@ -36,12 +40,17 @@ pub struct RunningPipeline {
     pub status: Arc<PipelineStatus>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    ingest: Option<(IngestTable, Arc<IngestEndpoint>)>,
 }
 
 impl RunningPipeline {
     /// Stops its tasks between messages (an in-flight plugin call finishes first, bounded by
-    /// its own timeout). Queued messages stay in the store.
+    /// its own timeout). Queued messages stay in the store. An ingest pipeline stops taking
+    /// requests first (404).
     pub async fn stop(self) {
+        if let Some((table, endpoint)) = &self.ingest {
+            table.unregister(endpoint);
+        }
         self.cancel.cancel();
         for task in self.tasks {
             if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
@@ -99,7 +108,7 @@ pub async fn start(
     let name = spec.name.clone();
     let expected_source = match spec.source.trigger {
         Trigger::Schedule(_) => PluginKind::Source,
-        Trigger::Ingest => PluginKind::Decoder,
+        Trigger::Ingest(_) => PluginKind::Decoder,
     };
     let mut source =
         build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
@@ -145,17 +154,33 @@ pub async fn start(
         })
         .collect();
     let mut tasks = Vec::new();
-    if let Trigger::Schedule(schedule) = &spec.source.trigger {
-        let scheduler = Scheduler {
-            pipeline: name.clone(),
-            schedule: (**schedule).clone(),
-            source,
-            queue: shared.queue.clone(),
-            ingress_ready: ingress_ready.clone(),
-            status: status.clone(),
-            cancel: cancel.clone(),
-        };
-        tasks.push(tokio::spawn(scheduler.run()));
+    let mut ingest = None;
+    match &spec.source.trigger {
+        Trigger::Schedule(schedule) => {
+            let scheduler = Scheduler {
+                pipeline: name.clone(),
+                schedule: (**schedule).clone(),
+                source,
+                queue: shared.queue.clone(),
+                ingress_ready: ingress_ready.clone(),
+                status: status.clone(),
+                cancel: cancel.clone(),
+            };
+            tasks.push(tokio::spawn(scheduler.run()));
+        }
+        Trigger::Ingest(spec) => {
+            let endpoint = Arc::new(IngestEndpoint {
+                pipeline: name.clone(),
+                decoder: tokio::sync::Mutex::new(source),
+                auth: Authenticator::from_spec(&spec.auth)
+                    .map_err(|e| format!("source.auth: {e}"))?,
+                body_limit: usize::try_from(spec.body_limit).unwrap_or(usize::MAX),
+                queue: shared.queue.clone(),
+                ingress_ready: ingress_ready.clone(),
+                status: status.clone(),
+            });
+            ingest = Some((shared.ingest.clone(), endpoint));
+        }
     }
     let filter_worker = FilterWorker {
         pipeline: name.clone(),
@@ -181,13 +206,15 @@ pub async fn start(
         };
         tasks.push(tokio::spawn(worker.run()));
     }
-    // Queued messages from before a restart or reload: wake every worker once.
-    ingress_ready.notify_one();
+    if let Some((table, endpoint)) = &ingest {
+        table.register(endpoint.clone());
+    }
     Ok(RunningPipeline {
         spec,
         status,
         cancel,
         tasks,
+        ingest,
     })
 }
 

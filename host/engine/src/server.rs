@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tocsin_queue::{QueueStore, SledStore};
 use tocsin_runtime::{Runtime, RuntimeConfig};
 
+use crate::ingest::IngestTable;
 use crate::manager::{Manager, StatusBoard};
 use crate::pipeline::Shared;
 use crate::settings::Settings;
@@ -29,6 +30,14 @@ pub enum ServerError {
     /// The sandbox runtime could not be built.
     #[error("{0}")]
     Runtime(String),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        error: String,
+    },
     /// The pipelines directory is missing or unreadable.
     #[error("pipelines directory {path}: {error}")]
     PipelinesDir {
@@ -45,6 +54,8 @@ pub struct Server {
     _watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
     queue: Arc<dyn QueueStore>,
+    http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
+    ingest: IngestTable,
 }
 
 impl Server {
@@ -61,9 +72,29 @@ impl Server {
             cache_dir: Some(settings.cache_dir()),
         })
         .map_err(ServerError::Runtime)?;
+        let http = match settings.listen {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| ServerError::Listen {
+                            addr: addr.to_string(),
+                            error: e.to_string(),
+                        })?;
+                let bound = listener.local_addr().map_err(|e| ServerError::Listen {
+                    addr: addr.to_string(),
+                    error: e.to_string(),
+                })?;
+                tracing::info!(addr = %bound, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz)");
+                Some((bound, listener))
+            }
+        };
+        let ingest = IngestTable::default();
         let shared = Shared {
             queue: queue.clone(),
             runtime,
+            ingest: ingest.clone(),
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);
@@ -80,7 +111,14 @@ impl Server {
             _watcher: watcher,
             events,
             queue,
+            http,
+            ingest,
         })
+    }
+
+    /// The address the HTTP surface is bound to, if any (the real port when 0 was asked).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The queue store (for in-process inspection, e.g. by tests).
@@ -97,6 +135,19 @@ impl Server {
     /// flushes the store.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let http_stop = tokio_util::sync::CancellationToken::new();
+        let http_task = self.http.take().map(|(_, listener)| {
+            let app = crate::ingest::router(self.ingest.clone());
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the HTTP listener failed");
+                }
+            })
+        });
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
         loop {
@@ -111,7 +162,11 @@ impl Server {
                 _ = rescan.tick() => { self.manager.reconcile().await; }
             }
         }
-        tracing::info!("shutting down: stopping pipelines between messages");
+        tracing::info!("shutting down: no new requests; stopping pipelines between messages");
+        http_stop.cancel();
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         self.manager.stop_all().await;
         if let Err(e) = self.queue.flush().await {
             tracing::error!(error = %e, "final flush failed");

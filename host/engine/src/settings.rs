@@ -13,6 +13,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Directories searched for `<plugin>.wasm`, in order.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Where the HTTP surface (ingest, health) listens; `None` for no listener.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {

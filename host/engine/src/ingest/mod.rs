@@ -1,0 +1,220 @@
+//! The HTTP surface: `POST /ingest/{pipeline}` and `GET /healthz`.
+//!
+//! A request to an ingest pipeline goes through, in order: the pipeline exists (404), the
+//! body fits its `body_limit` (413), the host checks `auth` (401) — only then does the
+//! pipeline's decoder plugin see it; a rejection by the decoder is answered with its 4xx and
+//! reason; the decoded messages are appended to the ingress queue and the answer, 202, comes
+//! only once that append is synced (group commit shares one sync among concurrent requests).
+//! If they cannot be persisted: 503 with `Retry-After`. Never 2xx without persistence.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, Notify};
+
+use tocsin_queue::QueueStore;
+use tocsin_runtime::{IngestRequest, Stage};
+
+use crate::pipeline::state_writes;
+use crate::status::{Counters, PipelineStatus};
+use auth::Authenticator;
+
+/// Seconds a client is asked to wait when its request cannot be persisted.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// One ingest pipeline as the HTTP surface sees it.
+pub struct IngestEndpoint {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Its decoder stage (calls are serialised; a decode takes microseconds).
+    pub decoder: Mutex<Stage>,
+    /// Who may post.
+    pub auth: Authenticator,
+    /// The largest body accepted.
+    pub body_limit: usize,
+    /// The store.
+    pub queue: Arc<dyn QueueStore>,
+    /// Woken after each append.
+    pub ingress_ready: Arc<Notify>,
+    /// Counters.
+    pub status: Arc<PipelineStatus>,
+}
+
+/// The ingest pipelines currently running, by name.
+#[derive(Clone, Default)]
+pub struct IngestTable(Arc<RwLock<HashMap<String, Arc<IngestEndpoint>>>>);
+
+impl IngestTable {
+    /// Makes a pipeline reachable at `/ingest/{name}` (replacing an older version).
+    pub fn register(&self, endpoint: Arc<IngestEndpoint>) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(endpoint.pipeline.clone(), endpoint);
+    }
+
+    /// Makes a pipeline unreachable (404) — if `endpoint` is still the registered one.
+    pub fn unregister(&self, endpoint: &Arc<IngestEndpoint>) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&endpoint.pipeline)
+            .is_some_and(|e| Arc::ptr_eq(e, endpoint))
+        {
+            map.remove(&endpoint.pipeline);
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<IngestEndpoint>> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// The HTTP routes.
+pub fn router(table: IngestTable) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/ingest/{pipeline}", post(ingest))
+        .with_state(table)
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": reason.into() }))).into_response()
+}
+
+async fn ingest(
+    State(table): State<IngestTable>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(endpoint) = table.get(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no ingest pipeline named `{name}`"),
+        );
+    };
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is larger than this pipeline's limit of {} bytes",
+                endpoint.body_limit
+            ),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > endpoint.body_limit) {
+        return too_large();
+    }
+    let body = match Limited::new(body, endpoint.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    };
+    if let Err(reason) = endpoint.auth.check(&headers, &body) {
+        let mut response = error(StatusCode::UNAUTHORIZED, reason);
+        if matches!(endpoint.auth, Authenticator::Bearer(_)) {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        return response;
+    }
+    let request = IngestRequest {
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let c = &endpoint.status.counters;
+    let decoded = endpoint.decoder.lock().await.decode(&request).await;
+    let (mut messages, changes) = match decoded {
+        Ok((Ok(messages), changes)) => (messages, changes),
+        Ok((Err(rejection), _)) => {
+            let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, rejection.reason);
+        }
+        Err(e) => {
+            Counters::bump(if e.is_trap() {
+                &c.plugin_traps
+            } else {
+                &c.plugin_errors
+            });
+            tracing::error!(pipeline = %name, error = %e, "decoder failed; request not accepted");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the pipeline's decoder failed; nothing was accepted",
+            );
+        }
+    };
+    // Messages without an id get one derived from the request, so a client's retry of the
+    // same request produces the same ids (and the sinks' idempotency keys catch it).
+    let digest = hex::encode(&Sha256::digest(&body)[..8]);
+    for (n, m) in messages.iter_mut().enumerate() {
+        if m.id.is_empty() {
+            m.id = format!("req-{digest}-{n}");
+        }
+    }
+    let state = state_writes("source", changes);
+    match endpoint
+        .queue
+        .append_ingress(&name, &messages, &state)
+        .await
+    {
+        Ok(()) => {
+            c.produced
+                .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            endpoint.ingress_ready.notify_one();
+            let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "accepted": messages.len(), "ids": ids })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(pipeline = %name, error = %e, "cannot persist ingested messages");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the messages could not be stored; nothing was accepted, try again",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+            response
+        }
+    }
+}

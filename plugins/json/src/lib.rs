@@ -1,0 +1,186 @@
+//! `json`: an ingest decoder for tocsin's own message schema.
+//!
+//! The body is one message object or an array of them:
+//! ```json
+//! {"severity": "warning", "summary": "Disk almost full", "body": "/ is 93 % full",
+//!  "labels": {"host": "db1"}, "metrics": {"disk-used-percent": 93.0}}
+//! ```
+//! `body` is required; `id` (default: derived by the host from the request), `timestamp_ms`
+//! (default: now), `severity` (`none`…`alert`, default `info`), `summary`, `labels`, `metrics`
+//! and `payload` are optional. Unknown fields are refused, so a typo does not silently drop
+//! information. Answers: malformed JSON 400, valid JSON of the wrong shape 422, a declared
+//! content type other than JSON 415.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tocsin_sdk::{
+    export_decoder, severity_from_str, Decoder, HttpRequest, Message, Rejection, Severity,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Incoming {
+    id: Option<String>,
+    timestamp_ms: Option<u64>,
+    severity: Option<String>,
+    summary: Option<String>,
+    body: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    metrics: BTreeMap<String, f64>,
+    payload: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(Box<Incoming>),
+    Many(Vec<Incoming>),
+}
+
+struct Json;
+
+fn reject(status: u16, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn parse(body: &[u8]) -> Result<Vec<Incoming>, Rejection> {
+    // Parse as a generic value first, to tell malformed JSON (400) from a wrong shape (422).
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| reject(400, format!("malformed JSON: {e}")))?;
+    let shape = match value {
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => value,
+        _ => return Err(reject(422, "expected a message object or an array of them")),
+    };
+    match serde_json::from_value::<OneOrMany>(shape.clone()) {
+        Ok(OneOrMany::One(m)) => Ok(vec![*m]),
+        Ok(OneOrMany::Many(ms)) => Ok(ms),
+        // `untagged` hides the reason; parse again as what it looks like to report it.
+        Err(_) => {
+            let reason = if shape.is_array() {
+                serde_json::from_value::<Vec<Incoming>>(shape).err()
+            } else {
+                serde_json::from_value::<Incoming>(shape).err()
+            };
+            Err(reject(
+                422,
+                format!(
+                    "not a message: {}",
+                    reason.map_or_else(String::new, |e| e.to_string())
+                ),
+            ))
+        }
+    }
+}
+
+impl Decoder for Json {
+    type Config = Config;
+
+    fn new(_: Config) -> Result<Self, String> {
+        Ok(Json)
+    }
+
+    fn decode(&mut self, request: HttpRequest) -> Result<Vec<Message>, Rejection> {
+        let content_type = request
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        if let Some(ct) = content_type {
+            if !ct.starts_with("application/json") {
+                return Err(reject(415, format!("expected application/json, got {ct}")));
+            }
+        }
+        let now = now_ms();
+        parse(&request.body)?
+            .into_iter()
+            .map(|m| {
+                let severity = match m.severity.as_deref() {
+                    None => Severity::Info,
+                    Some(name) => severity_from_str(name).ok_or_else(|| {
+                        reject(
+                            422,
+                            format!(
+                                "unknown severity `{name}` (none, info, warning, error, alert)"
+                            ),
+                        )
+                    })?,
+                };
+                Ok(Message {
+                    id: m.id.unwrap_or_default(),
+                    timestamp_ms: m.timestamp_ms.unwrap_or(now),
+                    severity,
+                    summary: m.summary,
+                    body: m.body,
+                    labels: m.labels.into_iter().collect(),
+                    metrics: m.metrics.into_iter().collect(),
+                    payload: m.payload,
+                })
+            })
+            .collect()
+    }
+}
+
+export_decoder!(Json);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str, content_type: Option<&str>) -> Result<Vec<Message>, Rejection> {
+        let headers = content_type
+            .map(|ct| vec![("content-type".to_string(), ct.to_string())])
+            .unwrap_or_default();
+        Json.decode(HttpRequest {
+            method: "POST".into(),
+            path: "/ingest/x".into(),
+            headers,
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn one_message_or_many() {
+        let one = decode(r#"{"body": "hi", "severity": "error", "labels": {"host": "db1"}, "metrics": {"cpu": 93.5}}"#, Some("application/json")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].severity, Severity::Error);
+        assert_eq!(one[0].labels, vec![("host".to_string(), "db1".to_string())]);
+        assert_eq!(one[0].metrics, vec![("cpu".to_string(), 93.5)]);
+        let many = decode(r#"[{"body": "a", "id": "x1"}, {"body": "b"}]"#, None).unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(many[0].id, "x1");
+        assert_eq!(many[1].id, "", "the host derives missing ids");
+    }
+
+    #[test]
+    fn bad_input_gets_the_right_status_and_a_reason() {
+        assert_eq!(decode("{\"body\": ", None).unwrap_err().status, 400);
+        assert_eq!(decode("42", None).unwrap_err().status, 422);
+        let e = decode(r#"{"bdy": "typo"}"#, None).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(e.reason.contains("bdy"), "{}", e.reason);
+        let e = decode(r#"{"body": "x", "severity": "fatal"}"#, None).unwrap_err();
+        assert!(e.reason.contains("unknown severity `fatal`"));
+        assert_eq!(
+            decode(r#"{"body": "x"}"#, Some("text/plain"))
+                .unwrap_err()
+                .status,
+            415
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! `POST /ingest/{pipeline}`: 202 only once durable; every bad request gets its status and a
+//! reason, and nothing of it is queued.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tocsin_tests::{file_sink, wait_until, Env, Running};
+
+fn ingest_pipeline(env: &Env, auth: &str, out: &str) -> String {
+    format!(
+        "[source]\nplugin = \"json\"\nauth = {auth}\nbody_limit = \"4KiB\"\n\n{}",
+        file_sink(env, "out", out)
+    )
+}
+
+async fn post(
+    server: &Running,
+    pipeline: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/ingest/{pipeline}", server.base_url))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("tocsin answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.mkdir("out");
+    std::fs::write(env.path("token"), "tok-123\n").unwrap();
+    std::fs::write(env.path("gh-secret"), "It's a Secret to Everybody").unwrap();
+    let token = env.path("token");
+    env.write_pipeline(
+        "alerts",
+        &ingest_pipeline(
+            &env,
+            &format!("{{ bearer = \"file:{}\" }}", token.display()),
+            "alerts.jsonl",
+        ),
+    );
+    let secret = env.path("gh-secret");
+    env.write_pipeline(
+        "github",
+        &ingest_pipeline(
+            &env,
+            &format!("{{ github_secret = \"file:{}\" }}", secret.display()),
+            "github.jsonl",
+        ),
+    );
+    env
+}
+
+const BEARER: (&str, &str) = ("authorization", "Bearer tok-123");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_message_is_accepted_once_durable_and_delivered() {
+    let env = setup();
+    let server = env.start().await;
+    let body = json!({"severity": "warning", "summary": "Disk", "body": "/ is 93 % full", "labels": {"host": "db1"}});
+    let (status, answer) = post(
+        &server,
+        "alerts",
+        &[BEARER, ("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    let id = answer["ids"][0].as_str().unwrap().to_string();
+    assert!(id.starts_with("req-"), "{id}");
+    wait_until(Duration::from_secs(20), "delivery", || {
+        env.read_lines("out/alerts.jsonl").len() == 1
+    })
+    .await;
+    let line = &env.read_json_lines("out/alerts.jsonl")[0];
+    assert_eq!(line["id"], id.as_str());
+    assert_eq!(line["severity"], "warning");
+    // The same request again yields the same id, so sinks see the same idempotency key.
+    let (_, again) = post(&server, "alerts", &[BEARER], body.to_string()).await;
+    assert_eq!(again["ids"][0], id.as_str());
+    let health = reqwest::get(format!("{}/healthz", server.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status_and_a_reason_and_nothing_is_queued() {
+    let env = setup();
+    let server = env.start().await;
+    let ok = json!({"body": "fine"}).to_string();
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        (
+            "nosuch",
+            vec![BEARER],
+            ok.clone(),
+            404,
+            "no ingest pipeline named `nosuch`",
+        ),
+        (
+            "alerts",
+            vec![],
+            ok.clone(),
+            401,
+            "missing `Authorization: Bearer <token>`",
+        ),
+        (
+            "alerts",
+            vec![("authorization", "Bearer wrong")],
+            ok.clone(),
+            401,
+            "wrong bearer token",
+        ),
+        (
+            "alerts",
+            vec![BEARER],
+            format!("{{\"body\": \"{}\"}}", "x".repeat(5000)),
+            413,
+            "limit of 4096 bytes",
+        ),
+        (
+            "alerts",
+            vec![BEARER],
+            "{\"body\": ".into(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "alerts",
+            vec![BEARER],
+            "{\"bdy\": \"x\"}".into(),
+            422,
+            "unknown field `bdy`",
+        ),
+        (
+            "alerts",
+            vec![BEARER, ("content-type", "text/plain")],
+            ok.clone(),
+            415,
+            "expected application/json",
+        ),
+    ];
+    for (pipeline, headers, body, want, reason) in cases {
+        let (status, answer) = post(&server, pipeline, &headers, body).await;
+        assert_eq!(status, want, "{pipeline} {headers:?}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{want}: `{reason}` not in `{error}`"
+        );
+    }
+    // Nothing of those was queued: one good request later, exactly one line is delivered.
+    let (status, _) = post(&server, "alerts", &[BEARER], ok).await;
+    assert_eq!(status, 202);
+    wait_until(Duration::from_secs(20), "delivery", || {
+        !env.read_lines("out/alerts.jsonl").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.read_lines("out/alerts.jsonl").len(), 1);
+    let depths = server.queue.depths("alerts").unwrap();
+    assert_eq!(depths.ingress, 0);
+    assert!(depths.dead.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_signatures_are_checked_before_the_decoder() {
+    let env = setup();
+    let server = env.start().await;
+    let body = json!({"body": "push to main", "id": "delivery-1"}).to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
+    mac.update(body.as_bytes());
+    let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let tampered = format!("{}0", &good[..good.len() - 1]);
+
+    let (status, answer) = post(
+        &server,
+        "github",
+        &[("x-hub-signature-256", &tampered)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = post(&server, "github", &[], body.clone()).await;
+    assert_eq!(status, 401);
+    let (status, answer) = post(
+        &server,
+        "github",
+        &[("x-hub-signature-256", &good)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["ids"][0], "delivery-1");
+    wait_until(Duration::from_secs(20), "delivery", || {
+        !env.read_lines("out/github.jsonl").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.read_lines("out/github.jsonl").len(),
+        1,
+        "the refused requests queued nothing"
+    );
+    server.stop().await;
+}

@@ -102,52 +102,57 @@ async fn bad_requests_get_their_status_and_a_reason_and_nothing_is_queued() {
     let env = setup();
     let server = env.start().await;
     let ok = json!({"body": "fine"}).to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
-        (
+    let case =
+        |pipeline, headers: &[(&'static str, &'static str)], body: String, status, reason| {
+            (pipeline, headers.to_vec(), body, status, reason)
+        };
+    let auth_ct: &[(&str, &str)] = &[BEARER, ("content-type", "text/plain")];
+    let cases = [
+        case(
             "nosuch",
-            vec![BEARER],
+            &[BEARER],
             ok.clone(),
             404,
             "no ingest pipeline named `nosuch`",
         ),
-        (
+        case(
             "alerts",
-            vec![],
+            &[],
             ok.clone(),
             401,
             "missing `Authorization: Bearer <token>`",
         ),
-        (
+        case(
             "alerts",
-            vec![("authorization", "Bearer wrong")],
+            &[("authorization", "Bearer wrong")],
             ok.clone(),
             401,
             "wrong bearer token",
         ),
-        (
+        case(
             "alerts",
-            vec![BEARER],
+            &[BEARER],
             format!("{{\"body\": \"{}\"}}", "x".repeat(5000)),
             413,
             "limit of 4096 bytes",
         ),
-        (
+        case(
             "alerts",
-            vec![BEARER],
+            &[BEARER],
             "{\"body\": ".into(),
             400,
             "malformed JSON",
         ),
-        (
+        case(
             "alerts",
-            vec![BEARER],
+            &[BEARER],
             "{\"bdy\": \"x\"}".into(),
             422,
             "unknown field `bdy`",
         ),
-        (
+        case(
             "alerts",
-            vec![BEARER, ("content-type", "text/plain")],
+            auth_ct,
             ok.clone(),
             415,
             "expected application/json",

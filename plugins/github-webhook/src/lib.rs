@@ -1,0 +1,289 @@
+//! `github-webhook`: an ingest decoder for GitHub webhook deliveries.
+//!
+//! Pair it with `auth = { github_secret = "env:NAME" }`: the host checks
+//! `X-Hub-Signature-256` before this plugin sees the request. The delivery GUID
+//! (`X-GitHub-Delivery`) becomes the message id, so GitHub's redeliveries are the same message;
+//! the event (`X-GitHub-Event`), repository, action and sender become labels. Both content
+//! types GitHub offers are read: `application/json` and the form-encoded `payload=`.
+//!
+//! Severity: `error` for a failed workflow run, check run or check suite; `info` otherwise.
+
+use serde::Deserialize;
+use serde_json::Value;
+use tocsin_sdk::{export_decoder, Decoder, HttpRequest, Message, MessageExt, Rejection, Severity};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Keep the delivery's JSON as the message payload (default false: payloads are large).
+    #[serde(default)]
+    keep_payload: bool,
+    /// Only these events make messages (others are answered 202 and dropped); all when empty.
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+struct GithubWebhook {
+    keep_payload: bool,
+    events: Vec<String>,
+}
+
+fn reject(status: u16, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// The JSON document of a delivery, from either content type.
+fn document(req: &HttpRequest) -> Result<(Value, String), Rejection> {
+    let form = header(req, "content-type")
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let raw = if form {
+        form_urlencoded::parse(&req.body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| reject(400, "form-encoded delivery without a `payload` field"))?
+    } else {
+        String::from_utf8(req.body.clone()).map_err(|_| reject(400, "the body is not UTF-8"))?
+    };
+    let value =
+        serde_json::from_str(&raw).map_err(|e| reject(400, format!("malformed JSON: {e}")))?;
+    Ok((value, raw))
+}
+
+/// One line saying what happened, and how bad it is.
+fn describe(event: &str, p: &Value) -> (String, Severity) {
+    let action = s(p, &["action"]).unwrap_or("");
+    let failed = |conclusion: Option<&str>| {
+        if matches!(
+            conclusion,
+            Some("failure" | "timed_out" | "startup_failure")
+        ) {
+            Severity::Error
+        } else {
+            Severity::Info
+        }
+    };
+    match event {
+        "push" => {
+            let n = p
+                .get("commits")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let who = s(p, &["pusher", "name"]).unwrap_or("someone");
+            let r#ref = s(p, &["ref"]).unwrap_or("?");
+            (
+                format!("{who} pushed {n} commit(s) to {ref}"),
+                Severity::Info,
+            )
+        }
+        "pull_request" => {
+            let n = p
+                .pointer("/pull_request/number")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let title = s(p, &["pull_request", "title"]).unwrap_or("");
+            (
+                format!("pull request #{n} {action}: {title}"),
+                Severity::Info,
+            )
+        }
+        "issues" => {
+            let n = p
+                .pointer("/issue/number")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let title = s(p, &["issue", "title"]).unwrap_or("");
+            (format!("issue #{n} {action}: {title}"), Severity::Info)
+        }
+        "workflow_run" => {
+            let name = s(p, &["workflow_run", "name"]).unwrap_or("workflow");
+            let conclusion = s(p, &["workflow_run", "conclusion"]);
+            (
+                format!("{name} {action}: {}", conclusion.unwrap_or("in progress")),
+                failed(conclusion),
+            )
+        }
+        "check_run" | "check_suite" => {
+            let conclusion = s(p, &[event, "conclusion"]);
+            let name = s(p, &[event, "name"])
+                .or(s(p, &[event, "app", "name"]))
+                .unwrap_or(event);
+            (
+                format!("{name} {action}: {}", conclusion.unwrap_or("in progress")),
+                failed(conclusion),
+            )
+        }
+        "ping" => (
+            format!("ping: {}", s(p, &["zen"]).unwrap_or("hello")),
+            Severity::Info,
+        ),
+        other if action.is_empty() => (format!("{other} event"), Severity::Info),
+        other => (format!("{other} {action}"), Severity::Info),
+    }
+}
+
+impl Decoder for GithubWebhook {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        Ok(GithubWebhook {
+            keep_payload: c.keep_payload,
+            events: c.events,
+        })
+    }
+
+    fn decode(&mut self, req: HttpRequest) -> Result<Vec<Message>, Rejection> {
+        let event = header(&req, "x-github-event")
+            .ok_or_else(|| reject(400, "missing X-GitHub-Event"))?
+            .to_string();
+        let delivery = header(&req, "x-github-delivery")
+            .ok_or_else(|| reject(400, "missing X-GitHub-Delivery"))?
+            .to_string();
+        if delivery.is_empty() || delivery.len() > 100 {
+            return Err(reject(400, "X-GitHub-Delivery must be 1 to 100 characters"));
+        }
+        let (payload, raw) = document(&req)?;
+        if !self.events.is_empty() && !self.events.contains(&event) {
+            return Ok(vec![]);
+        }
+        let (text, severity) = describe(&event, &payload);
+        let repo = s(&payload, &["repository", "full_name"]).unwrap_or("");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut m = Message::new(delivery.clone(), now, text);
+        m.severity = severity;
+        m.summary = Some(if repo.is_empty() {
+            format!("GitHub {event}")
+        } else {
+            format!("GitHub {event} on {repo}")
+        });
+        m.set_label("github-event", event);
+        m.set_label("github-delivery", delivery);
+        for (label, path) in [
+            ("repository", &["repository", "full_name"][..]),
+            ("action", &["action"]),
+            ("sender", &["sender", "login"]),
+        ] {
+            if let Some(v) = s(&payload, path) {
+                m.set_label(label, v);
+            }
+        }
+        if self.keep_payload {
+            m.payload = Some(raw);
+        }
+        Ok(vec![m])
+    }
+}
+
+export_decoder!(GithubWebhook);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(event: &str, body: &str, form: bool) -> HttpRequest {
+        let mut headers = vec![
+            ("x-github-event".to_string(), event.to_string()),
+            (
+                "x-github-delivery".to_string(),
+                "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_string(),
+            ),
+        ];
+        let body = if form {
+            headers.push((
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ));
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("payload", body)
+                .finish()
+        } else {
+            headers.push(("content-type".into(), "application/json".into()));
+            body.to_string()
+        };
+        HttpRequest {
+            method: "POST".into(),
+            path: "/ingest/gh".into(),
+            headers,
+            body: body.into_bytes(),
+        }
+    }
+
+    fn plugin() -> GithubWebhook {
+        GithubWebhook::new(Config {
+            keep_payload: false,
+            events: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_push_becomes_a_message_named_by_its_delivery() {
+        let body = r#"{"ref":"refs/heads/main","commits":[{},{}],"pusher":{"name":"ada"},"repository":{"full_name":"acme/api"},"sender":{"login":"ada"}}"#;
+        for form in [false, true] {
+            let m = &plugin().decode(request("push", body, form)).unwrap()[0];
+            assert_eq!(m.id, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+            assert_eq!(m.body, "ada pushed 2 commit(s) to refs/heads/main");
+            assert_eq!(m.summary.as_deref(), Some("GitHub push on acme/api"));
+            assert_eq!(m.label("github-event"), Some("push"));
+            assert_eq!(m.label("repository"), Some("acme/api"));
+        }
+    }
+
+    #[test]
+    fn a_failed_workflow_is_an_error() {
+        let body = r#"{"action":"completed","workflow_run":{"name":"CI","conclusion":"failure"}}"#;
+        let m = &plugin()
+            .decode(request("workflow_run", body, false))
+            .unwrap()[0];
+        assert_eq!(m.severity, Severity::Error);
+        assert_eq!(m.body, "CI completed: failure");
+    }
+
+    #[test]
+    fn hostile_or_broken_deliveries_are_rejected_with_a_reason() {
+        let mut req = request("push", "{}", false);
+        req.headers.retain(|(k, _)| k != "x-github-event");
+        assert_eq!(
+            plugin().decode(req).unwrap_err().reason,
+            "missing X-GitHub-Event"
+        );
+        assert_eq!(
+            plugin()
+                .decode(request("push", "{not json", false))
+                .unwrap_err()
+                .status,
+            400
+        );
+        let mut req = request("push", "{}", true);
+        req.body = b"other=1".to_vec();
+        assert!(plugin().decode(req).unwrap_err().reason.contains("payload"));
+        let mut req = request("push", "{}", false);
+        req.body = vec![0xff, 0xfe];
+        assert_eq!(plugin().decode(req).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn unwanted_events_are_dropped() {
+        let mut p = GithubWebhook::new(Config {
+            keep_payload: false,
+            events: vec!["push".into()],
+        })
+        .unwrap();
+        assert!(p.decode(request("star", "{}", false)).unwrap().is_empty());
+    }
+}

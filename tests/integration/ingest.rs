@@ -94,6 +94,29 @@ async fn a_posted_message_is_accepted_once_durable_and_delivered() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+
+    // Prometheus metrics of the two requests (the second one, the same message again, is
+    // delivered under the same idempotency key, which the file sink skips).
+    wait_until(Duration::from_secs(20), "both delivered", || {
+        server.counter("alerts", |c| &c.delivered) == 2
+    })
+    .await;
+    assert_eq!(env.read_lines("out/alerts.jsonl").len(), 1);
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tocsin_messages_in_total{pipeline=\"alerts\"} 2",
+        "tocsin_delivered_total{pipeline=\"alerts\"} 2",
+        "tocsin_pipeline_up{pipeline=\"alerts\"} 1",
+        "tocsin_delivery_latency_seconds_count{pipeline=\"alerts\",sink=\"out\"} 2",
+        "tocsin_plugin_traps_total{pipeline=\"github\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
     server.stop().await;
 }
 

@@ -40,6 +40,8 @@ pub struct DeliveryWorker {
     pub ready: Arc<Notify>,
     /// Counters.
     pub status: Arc<PipelineStatus>,
+    /// Where delivery latency is recorded.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Stops the loop between deliveries.
     pub cancel: CancellationToken,
 }
@@ -64,7 +66,11 @@ impl DeliveryWorker {
             Ok((DeliveryOutcome::Delivered, changes)) => {
                 let state = state_writes(&format!("sink.{}", self.sink), changes);
                 match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {
-                    Ok(()) => Counters::bump(&c.delivered),
+                    Ok(()) => {
+                        Counters::bump(&c.delivered);
+                        let latency_ms = now_ms().saturating_sub(envelope.enqueued_ms);
+                        self.metrics.observe_delivery(&self.pipeline, &self.sink, latency_ms as f64 / 1000.0);
+                    }
                     Err(e) => {
                         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key")
                     }

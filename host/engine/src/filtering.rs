@@ -61,7 +61,9 @@ impl FilterWorker {
         let c = &status.counters;
         match self.run_filters(&envelope.message).await {
             Ok((outputs, state)) => {
-                let now = now_ms();
+                // Sink envelopes keep the time the message entered the pipeline, so delivery
+                // latency covers the whole way.
+                let entered = envelope.enqueued_ms;
                 let mut hand_over = HandOver {
                     ingress: seq,
                     outputs: Vec::new(),
@@ -72,7 +74,7 @@ impl FilterWorker {
                     let envelopes: Vec<Envelope> = outputs
                         .iter()
                         .filter(|m| sink.route.matches(m))
-                        .map(|m| Envelope::new(m.clone(), now))
+                        .map(|m| Envelope::new(m.clone(), entered))
                         .collect();
                     if !envelopes.is_empty() {
                         hand_over.outputs.push((sink.name.clone(), envelopes));

@@ -14,6 +14,7 @@
 //!   - [`delivery`]: each sink queue head → `sink.deliver`, with retry, backoff and dead letters.
 //! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
+//! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
 //! - [`status`]: counters and states shown by logs (and later the HTTP status API).
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
@@ -24,6 +25,7 @@ pub mod delivery;
 pub mod filtering;
 pub mod ingest;
 pub mod manager;
+pub mod metrics;
 pub mod pipeline;
 pub mod schedule;
 pub mod server;

@@ -19,6 +19,11 @@ use crate::status::{PipelineState, PipelineStatus};
 /// The statuses of every known pipeline, shared with whoever reports them.
 pub type StatusBoard = Arc<Mutex<BTreeMap<String, Arc<PipelineStatus>>>>;
 
+/// An empty status board.
+pub fn new_board() -> StatusBoard {
+    Arc::new(Mutex::new(BTreeMap::new()))
+}
+
 struct Entry {
     /// Digest of the file text last applied (valid or not), so an unchanged file is skipped.
     digest: u64,
@@ -49,13 +54,13 @@ pub struct ReconcileReport {
 }
 
 impl Manager {
-    /// A manager with nothing running yet.
-    pub fn new(shared: Shared, settings: Settings) -> Self {
+    /// A manager with nothing running yet, reporting to `board`.
+    pub fn new(shared: Shared, settings: Settings, board: StatusBoard) -> Self {
         Manager {
             shared,
             settings,
             entries: BTreeMap::new(),
-            board: Arc::new(Mutex::new(BTreeMap::new())),
+            board,
         }
     }
 

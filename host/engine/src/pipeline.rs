@@ -30,6 +30,8 @@ pub struct Shared {
     pub runtime: Runtime,
     /// Where ingest pipelines make themselves reachable over HTTP.
     pub ingest: IngestTable,
+    /// Process metrics (delivery latency).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A pipeline whose tasks are running.
@@ -202,6 +204,7 @@ pub async fn start(
             queue: shared.queue.clone(),
             ready: route.ready.clone(),
             status: status.clone(),
+            metrics: shared.metrics.clone(),
             cancel: cancel.clone(),
         };
         tasks.push(tokio::spawn(worker.run()));

@@ -56,6 +56,7 @@ pub struct Server {
     queue: Arc<dyn QueueStore>,
     http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
     ingest: IngestTable,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -86,19 +87,22 @@ impl Server {
                     addr: addr.to_string(),
                     error: e.to_string(),
                 })?;
-                tracing::info!(addr = %bound, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz)");
+                tracing::info!(addr = %bound, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz, GET /metrics)");
                 Some((bound, listener))
             }
         };
         let ingest = IngestTable::default();
+        let board = crate::manager::new_board();
+        let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
         let shared = Shared {
             queue: queue.clone(),
             runtime,
             ingest: ingest.clone(),
+            metrics: metrics.clone(),
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);
-        let mut manager = Manager::new(shared, settings);
+        let mut manager = Manager::new(shared, settings, board);
         let report = manager.reconcile().await;
         tracing::info!(
             started = report.started.len(),
@@ -113,6 +117,7 @@ impl Server {
             queue,
             http,
             ingest,
+            metrics,
         })
     }
 
@@ -137,7 +142,7 @@ impl Server {
         tokio::pin!(shutdown);
         let http_stop = tokio_util::sync::CancellationToken::new();
         let http_task = self.http.take().map(|(_, listener)| {
-            let app = crate::ingest::router(self.ingest.clone());
+            let app = crate::ingest::router(self.ingest.clone(), self.metrics.clone());
             let stop = http_stop.clone();
             tokio::spawn(async move {
                 let served = axum::serve(listener, app)

@@ -76,7 +76,8 @@ pub struct Envelope {
     pub last_error: Option<String>,
     /// Do not try before this time (ms since the epoch); 0 = now.
     pub not_before_ms: u64,
-    /// When it entered this queue (ms since the epoch).
+    /// When the message entered its pipeline (ms since the epoch): the ingress append, kept
+    /// through the hand-over so latency covers the whole way.
     pub enqueued_ms: u64,
 }
 

@@ -24,6 +24,22 @@ struct FileSink {
 /// How much of the file's end is searched for a repeated key.
 const DEDUP_TAIL_BYTES: u64 = 64 * 1024;
 
+/// The last [`DEDUP_TAIL_BYTES`] of the file as text; empty when it does not exist yet.
+fn read_tail(path: &str) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut tail = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(DEDUP_TAIL_BYTES)))
+        .is_ok()
+    {
+        let _ = file.read_to_end(&mut tail);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
 impl Sink for FileSink {
     type Config = Config;
     fn new(c: Config) -> Result<Self, String> {
@@ -31,9 +47,12 @@ impl Sink for FileSink {
     }
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
         let io = |e: std::io::Error| DeliveryError::Retryable(format!("{}: {e}", self.path));
+        let key_field = serde_json::to_string(key).unwrap_or_default();
+        if read_tail(&self.path).contains(&format!("\"idempotency_key\":{key_field}")) {
+            return Ok(());
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
-            .read(true)
             .append(true)
             .open(&self.path)
             .map_err(|e| {
@@ -42,15 +61,6 @@ impl Sink for FileSink {
                     self.path
                 ))
             })?;
-        let len = file.metadata().map_err(io)?.len();
-        let mut tail = String::new();
-        file.seek(SeekFrom::Start(len.saturating_sub(DEDUP_TAIL_BYTES)))
-            .map_err(io)?;
-        file.read_to_string(&mut tail).map_err(io)?;
-        let key_field = serde_json::to_string(key).unwrap_or_default();
-        if tail.contains(&format!("\"idempotency_key\":{key_field}")) {
-            return Ok(());
-        }
         let line = serde_json::json!({
             "idempotency_key": key,
             "id": msg.id,
@@ -69,3 +79,25 @@ impl Sink for FileSink {
 }
 
 export_sink!(FileSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_sdk::MessageExt;
+
+    #[test]
+    fn a_repeated_idempotency_key_is_written_once() {
+        let dir = std::env::temp_dir().join(format!("tocsin-file-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl").to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&path);
+        let mut sink = FileSink::new(Config { path: path.clone() }).unwrap();
+        let msg = Message::new("m1", 0, "hello");
+        sink.deliver(msg.clone(), "p/s/m1").unwrap();
+        sink.deliver(msg.clone(), "p/s/m1").unwrap();
+        sink.deliver(msg, "p/s/m2").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,4 +1,4 @@
-//! The HTTP surface: `POST /ingest/{pipeline}` and `GET /healthz`.
+//! The HTTP surface: `POST /ingest/{pipeline}`, `GET /healthz` and `GET /metrics`.
 //!
 //! A request to an ingest pipeline goes through, in order: the pipeline exists (404), the
 //! body fits its `body_limit` (413), the host checks `auth` (401) — only then does the
@@ -82,10 +82,23 @@ impl IngestTable {
     }
 }
 
-/// The HTTP routes.
-pub fn router(table: IngestTable) -> Router {
+/// The HTTP routes: ingest, health and metrics.
+pub fn router(table: IngestTable, metrics: Arc<crate::metrics::Metrics>) -> Router {
+    let metrics_route = get(move || {
+        let metrics = metrics.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", metrics_route)
         .route("/ingest/{pipeline}", post(ingest))
         .with_state(table)
 }

@@ -1,0 +1,165 @@
+//! `GET /metrics`: Prometheus text exposition of every pipeline's counters, queue depths and
+//! delivery latency.
+//!
+//! Counters live in each pipeline's [`crate::status::Counters`] (also read by tests and,
+//! later, the status API); a collector turns them into metric families at scrape time, with
+//! queue depths read from the store. The delivery-latency histogram (from a message entering
+//! its pipeline to its delivery by a sink) is recorded by the delivery workers.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use tocsin_queue::QueueStore;
+
+use crate::manager::StatusBoard;
+use crate::status::{Counters, PipelineState};
+
+/// Labels of a per-sink series.
+pub type SinkLabels = Vec<(&'static str, String)>;
+
+type LatencyFamily = Family<SinkLabels, Histogram, fn() -> Histogram>;
+
+/// The metrics of the process.
+pub struct Metrics {
+    registry: Registry,
+    delivery_latency: LatencyFamily,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    /// Metrics over these pipelines' statuses and this store.
+    pub fn new(board: StatusBoard, queue: Arc<dyn QueueStore>) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let delivery_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "tocsin_delivery_latency_seconds",
+            "Time from a message entering its pipeline to its delivery by a sink",
+            delivery_latency.clone(),
+        );
+        registry.register_collector(Box::new(PipelineCollector { board, queue }));
+        Arc::new(Metrics {
+            registry,
+            delivery_latency,
+        })
+    }
+
+    /// Records one delivery's latency.
+    pub fn observe_delivery(&self, pipeline: &str, sink: &str, seconds: f64) {
+        self.delivery_latency
+            .get_or_create(&vec![("pipeline", pipeline.to_string()), ("sink", sink.to_string())])
+            .observe(seconds);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+struct PipelineCollector {
+    board: StatusBoard,
+    queue: Arc<dyn QueueStore>,
+}
+
+impl std::fmt::Debug for PipelineCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PipelineCollector")
+    }
+}
+
+/// (metric name without `_total`, help, counter).
+type CounterField = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
+
+const COUNTERS: [CounterField; 8] = [
+    ("tocsin_polls", "Source polls run", |c| &c.polls),
+    ("tocsin_messages_in", "Messages produced by sources (polled or ingested)", |c| &c.produced),
+    ("tocsin_handed_over", "Messages moved from ingress through the filters to sink queues", |c| &c.handed_over),
+    ("tocsin_delivered", "Messages delivered by sinks", |c| &c.delivered),
+    ("tocsin_retries", "Failed attempts that will be retried (filters and sinks)", |c| &c.retries),
+    ("tocsin_dead_lettered", "Messages moved to dead letters", |c| &c.dead_lettered),
+    ("tocsin_plugin_traps", "Plugin calls stopped by the host (CPU, memory, timeout, trap)", |c| &c.plugin_traps),
+    ("tocsin_plugin_errors", "Plugin calls that returned an error", |c| &c.plugin_errors),
+];
+
+impl Collector for PipelineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let statuses: Vec<_> = self
+            .board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, status)| (name.clone(), status.clone()))
+            .collect();
+        for (name, help, pick) in COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (pipeline, status) in &statuses {
+                let labels = vec![("pipeline", pipeline.clone())];
+                ConstCounter::new(Counters::get(pick(&status.counters))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut up = encoder.encode_descriptor(
+            "tocsin_pipeline_up",
+            "1 when the pipeline runs, 0 when it failed, is disabled or stopped",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pipeline, status) in &statuses {
+            let running = i64::from(status.state() == PipelineState::Running);
+            ConstGauge::new(running).encode(up.encode_family(&vec![("pipeline", pipeline.clone())])?)?;
+        }
+        // Depths of every stored pipeline, deleted ones included.
+        let pipelines = self.queue.pipelines().unwrap_or_default();
+        let depths: Vec<_> = pipelines
+            .iter()
+            .filter_map(|p| self.queue.depths(p).ok().map(|d| (p.clone(), d)))
+            .collect();
+        let mut depth = encoder.encode_descriptor(
+            "tocsin_queue_depth",
+            "Messages waiting, per queue (`ingress`, or a sink's name)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pipeline, d) in &depths {
+            let ingress = vec![("pipeline", pipeline.clone()), ("queue", "ingress".to_string())];
+            ConstGauge::new(d.ingress as i64).encode(depth.encode_family(&ingress)?)?;
+            for (sink, n) in &d.sinks {
+                let labels = vec![("pipeline", pipeline.clone()), ("queue", sink.clone())];
+                ConstGauge::new(*n as i64).encode(depth.encode_family(&labels)?)?;
+            }
+        }
+        let mut dead = encoder.encode_descriptor(
+            "tocsin_dead_letters",
+            "Messages in dead letters, per queue (a sink's name, or `@filters`)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (pipeline, d) in &depths {
+            for (queue, n) in &d.dead {
+                let labels = vec![("pipeline", pipeline.clone()), ("queue", queue.clone())];
+                ConstGauge::new(*n as i64).encode(dead.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -115,7 +115,10 @@ async fn a_posted_message_is_accepted_once_durable_and_delivered() {
         "tocsin_delivery_latency_seconds_count{pipeline=\"alerts\",sink=\"out\"} 2",
         "tocsin_plugin_traps_total{pipeline=\"github\"} 0",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
     }
     server.stop().await;
 }

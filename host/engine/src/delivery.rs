@@ -69,7 +69,11 @@ impl DeliveryWorker {
                     Ok(()) => {
                         Counters::bump(&c.delivered);
                         let latency_ms = now_ms().saturating_sub(envelope.enqueued_ms);
-                        self.metrics.observe_delivery(&self.pipeline, &self.sink, latency_ms as f64 / 1000.0);
+                        self.metrics.observe_delivery(
+                            &self.pipeline,
+                            &self.sink,
+                            latency_ms as f64 / 1000.0,
+                        );
                     }
                     Err(e) => {
                         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key")

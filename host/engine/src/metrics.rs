@@ -64,7 +64,10 @@ impl Metrics {
     /// Records one delivery's latency.
     pub fn observe_delivery(&self, pipeline: &str, sink: &str, seconds: f64) {
         self.delivery_latency
-            .get_or_create(&vec![("pipeline", pipeline.to_string()), ("sink", sink.to_string())])
+            .get_or_create(&vec![
+                ("pipeline", pipeline.to_string()),
+                ("sink", sink.to_string()),
+            ])
             .observe(seconds);
     }
 
@@ -93,13 +96,39 @@ type CounterField = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
 const COUNTERS: [CounterField; 8] = [
     ("tocsin_polls", "Source polls run", |c| &c.polls),
-    ("tocsin_messages_in", "Messages produced by sources (polled or ingested)", |c| &c.produced),
-    ("tocsin_handed_over", "Messages moved from ingress through the filters to sink queues", |c| &c.handed_over),
-    ("tocsin_delivered", "Messages delivered by sinks", |c| &c.delivered),
-    ("tocsin_retries", "Failed attempts that will be retried (filters and sinks)", |c| &c.retries),
-    ("tocsin_dead_lettered", "Messages moved to dead letters", |c| &c.dead_lettered),
-    ("tocsin_plugin_traps", "Plugin calls stopped by the host (CPU, memory, timeout, trap)", |c| &c.plugin_traps),
-    ("tocsin_plugin_errors", "Plugin calls that returned an error", |c| &c.plugin_errors),
+    (
+        "tocsin_messages_in",
+        "Messages produced by sources (polled or ingested)",
+        |c| &c.produced,
+    ),
+    (
+        "tocsin_handed_over",
+        "Messages moved from ingress through the filters to sink queues",
+        |c| &c.handed_over,
+    ),
+    ("tocsin_delivered", "Messages delivered by sinks", |c| {
+        &c.delivered
+    }),
+    (
+        "tocsin_retries",
+        "Failed attempts that will be retried (filters and sinks)",
+        |c| &c.retries,
+    ),
+    (
+        "tocsin_dead_lettered",
+        "Messages moved to dead letters",
+        |c| &c.dead_lettered,
+    ),
+    (
+        "tocsin_plugin_traps",
+        "Plugin calls stopped by the host (CPU, memory, timeout, trap)",
+        |c| &c.plugin_traps,
+    ),
+    (
+        "tocsin_plugin_errors",
+        "Plugin calls that returned an error",
+        |c| &c.plugin_errors,
+    ),
 ];
 
 impl Collector for PipelineCollector {
@@ -112,10 +141,16 @@ impl Collector for PipelineCollector {
             .map(|(name, status)| (name.clone(), status.clone()))
             .collect();
         for (name, help, pick) in COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
             for (pipeline, status) in &statuses {
                 let labels = vec![("pipeline", pipeline.clone())];
-                ConstCounter::new(Counters::get(pick(&status.counters))).encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(Counters::get(pick(&status.counters)))
+                    .encode(family.encode_family(&labels)?)?;
             }
         }
         let mut up = encoder.encode_descriptor(
@@ -126,7 +161,8 @@ impl Collector for PipelineCollector {
         )?;
         for (pipeline, status) in &statuses {
             let running = i64::from(status.state() == PipelineState::Running);
-            ConstGauge::new(running).encode(up.encode_family(&vec![("pipeline", pipeline.clone())])?)?;
+            ConstGauge::new(running)
+                .encode(up.encode_family(&vec![("pipeline", pipeline.clone())])?)?;
         }
         // Depths of every stored pipeline, deleted ones included.
         let pipelines = self.queue.pipelines().unwrap_or_default();
@@ -141,7 +177,10 @@ impl Collector for PipelineCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (pipeline, d) in &depths {
-            let ingress = vec![("pipeline", pipeline.clone()), ("queue", "ingress".to_string())];
+            let ingress = vec![
+                ("pipeline", pipeline.clone()),
+                ("queue", "ingress".to_string()),
+            ];
             ConstGauge::new(d.ingress as i64).encode(depth.encode_family(&ingress)?)?;
             for (sink, n) in &d.sinks {
                 let labels = vec![("pipeline", pipeline.clone()), ("queue", sink.clone())];

@@ -9,6 +9,7 @@
 //! wait_for(|| env.read_lines("out/alerts.jsonl").len() == 1, "one alert").await;
 //! ```
 
+pub mod alertmanager;
 pub mod synapse;
 
 use std::path::{Path, PathBuf};

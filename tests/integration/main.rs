@@ -1,5 +1,6 @@
 //! tocsin's integration tests: the real engine, real plugins, real servers.
 //!
+//! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
@@ -9,6 +10,7 @@
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
+mod alertmanager;
 mod backup_alerts;
 mod hot_reload;
 mod ingest;

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod alertmanager;
+pub mod mastodon;
 pub mod synapse;
 
 use std::path::{Path, PathBuf};
@@ -114,14 +115,24 @@ impl Env {
             data_dir: self.path("data"),
             plugin_dirs: vec![plugins_dir().to_path_buf()],
             listen: Some(([127, 0, 0, 1], 0).into()),
+            janitor_pipeline: None,
+            janitor_listen: None,
         }
     }
 
     /// Starts the engine in-process. Set `RUST_LOG` (e.g. `RUST_LOG=tocsin=debug`) to see
     /// its log in the test output.
     pub async fn start(&self) -> Running {
+        self.start_with(|_| {}).await
+    }
+
+    /// Starts the engine in-process with adjusted settings.
+    pub async fn start_with(&self, adjust: impl FnOnce(&mut Settings)) -> Running {
         init_test_logging();
-        let server = Server::start(self.settings()).await.expect("server starts");
+        let mut settings = self.settings();
+        adjust(&mut settings);
+        let server = Server::start(settings).await.expect("server starts");
+        let janitor_url = server.janitor_addr().map(|a| format!("http://{a}"));
         let queue = server.queue();
         let board = server.board();
         let http_addr = server.http_addr().expect("the test server listens");
@@ -135,6 +146,7 @@ impl Env {
             queue,
             board,
             base_url: format!("http://{http_addr}"),
+            janitor_url,
         }
     }
 
@@ -172,6 +184,8 @@ pub struct Running {
     pub board: tocsin::manager::StatusBoard,
     /// `http://127.0.0.1:<port>` of its HTTP surface.
     pub base_url: String,
+    /// `http://127.0.0.1:<port>` of its Janitor listener, when started with one.
+    pub janitor_url: Option<String>,
 }
 
 impl Running {

@@ -6,6 +6,7 @@
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
+//! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
@@ -14,6 +15,7 @@ mod alertmanager;
 mod backup_alerts;
 mod hot_reload;
 mod ingest;
+mod janitor;
 mod matrix;
 mod restart;
 mod runtime;

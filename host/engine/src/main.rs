@@ -61,9 +61,15 @@ enum Command {
         paths: Paths,
         #[command(flatten)]
         data: DataDir,
-        /// Address of the HTTP surface (ingest, health), or `none`.
+        /// Address of the HTTP surface (ingest, health, metrics), or `none`.
         #[arg(long, env = "TOCSIN_LISTEN", default_value = "127.0.0.1:8470")]
         listen: String,
+        /// The ingest pipeline Janitor clients' `POST /message` goes to.
+        #[arg(long, env = "TOCSIN_JANITOR_PIPELINE")]
+        janitor_pipeline: Option<String>,
+        /// A second listener for Janitor clients only (they expect port 5000), e.g. 0.0.0.0:5000.
+        #[arg(long, env = "TOCSIN_JANITOR_LISTEN")]
+        janitor_listen: Option<String>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -165,18 +171,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             paths,
             data,
             listen,
+            janitor_pipeline,
+            janitor_listen,
         } => {
             let listen = match listen.as_str() {
                 "none" | "" => None,
-                addr => Some(addr.parse().with_context(|| {
-                    format!("--listen `{addr}` is not an address such as 127.0.0.1:8470")
-                })?),
+                addr => Some(parse_addr("--listen", addr)?),
             };
+            let janitor_listen = janitor_listen
+                .as_deref()
+                .map(|addr| parse_addr("--janitor-listen", addr))
+                .transpose()?;
             let settings = Settings {
                 pipelines_dir: paths.pipelines,
                 data_dir: data.data,
                 plugin_dirs: paths.plugin_dirs,
                 listen,
+                janitor_pipeline,
+                janitor_listen,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;
@@ -190,6 +202,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { data, action } => dlq(&data.data, action),
         Command::Queue { data, action } => queue(&data.data, action),
     }
+}
+
+fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    addr.parse()
+        .with_context(|| format!("{flag} `{addr}` is not an address such as 127.0.0.1:8470"))
 }
 
 async fn shutdown_signal() {

@@ -55,6 +55,8 @@ pub struct Server {
     events: mpsc::UnboundedReceiver<()>,
     queue: Arc<dyn QueueStore>,
     http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
+    janitor_http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
+    janitor_pipeline: Option<String>,
     ingest: IngestTable,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -91,6 +93,25 @@ impl Server {
                 Some((bound, listener))
             }
         };
+        let janitor_http = match settings.janitor_listen {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| ServerError::Listen {
+                            addr: addr.to_string(),
+                            error: e.to_string(),
+                        })?;
+                let bound = listener.local_addr().map_err(|e| ServerError::Listen {
+                    addr: addr.to_string(),
+                    error: e.to_string(),
+                })?;
+                tracing::info!(addr = %bound, pipeline = ?settings.janitor_pipeline, "listening for Janitor clients (POST /message)");
+                Some((bound, listener))
+            }
+        };
+        let janitor_pipeline = settings.janitor_pipeline.clone();
         let ingest = IngestTable::default();
         let board = crate::manager::new_board();
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
@@ -116,6 +137,8 @@ impl Server {
             events,
             queue,
             http,
+            janitor_http,
+            janitor_pipeline,
             ingest,
             metrics,
         })
@@ -124,6 +147,11 @@ impl Server {
     /// The address the HTTP surface is bound to, if any (the real port when 0 was asked).
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The address of the Janitor listener, if any.
+    pub fn janitor_addr(&self) -> Option<std::net::SocketAddr> {
+        self.janitor_http.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The queue store (for in-process inspection, e.g. by tests).
@@ -141,18 +169,31 @@ impl Server {
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let http_stop = tokio_util::sync::CancellationToken::new();
-        let http_task = self.http.take().map(|(_, listener)| {
-            let app = crate::ingest::router(self.ingest.clone(), self.metrics.clone());
+        let mut http_tasks = Vec::new();
+        let main_app = self.http.take().map(|(_, listener)| {
+            let app = crate::ingest::router(
+                self.ingest.clone(),
+                self.metrics.clone(),
+                self.janitor_pipeline.clone(),
+            );
+            (listener, app)
+        });
+        let janitor_app = self.janitor_http.take().map(|(_, listener)| {
+            let app =
+                crate::ingest::janitor_router(self.ingest.clone(), self.janitor_pipeline.clone());
+            (listener, app)
+        });
+        for (listener, app) in main_app.into_iter().chain(janitor_app) {
             let stop = http_stop.clone();
-            tokio::spawn(async move {
+            http_tasks.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;
                 if let Err(e) = served {
-                    tracing::error!(error = %e, "the HTTP listener failed");
+                    tracing::error!(error = %e, "an HTTP listener failed");
                 }
-            })
-        });
+            }));
+        }
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
         loop {
@@ -169,7 +210,7 @@ impl Server {
         }
         tracing::info!("shutting down: no new requests; stopping pipelines between messages");
         http_stop.cancel();
-        if let Some(task) = http_task {
+        for task in http_tasks {
             let _ = task.await;
         }
         self.manager.stop_all().await;

@@ -13,8 +13,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Directories searched for `<plugin>.wasm`, in order.
     pub plugin_dirs: Vec<PathBuf>,
-    /// Where the HTTP surface (ingest, health) listens; `None` for no listener.
+    /// Where the HTTP surface (ingest, health, metrics) listens; `None` for no listener.
     pub listen: Option<std::net::SocketAddr>,
+    /// The ingest pipeline that Janitor's `POST /message` goes to.
+    pub janitor_pipeline: Option<String>,
+    /// A second listener serving only `POST /message` (Janitor clients expect port 5000).
+    pub janitor_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {

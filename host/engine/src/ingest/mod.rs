@@ -1,4 +1,5 @@
-//! The HTTP surface: `POST /ingest/{pipeline}`, `GET /healthz` and `GET /metrics`.
+//! The HTTP surface: `POST /ingest/{pipeline}`, `POST /message` (Janitor), `GET /healthz`
+//! and `GET /metrics`.
 //!
 //! A request to an ingest pipeline goes through, in order: the pipeline exists (404), the
 //! body fits its `body_limit` (413), the host checks `auth` (401) — only then does the
@@ -82,8 +83,20 @@ impl IngestTable {
     }
 }
 
-/// The HTTP routes: ingest, health and metrics.
-pub fn router(table: IngestTable, metrics: Arc<crate::metrics::Metrics>) -> Router {
+/// What the HTTP handlers share.
+#[derive(Clone)]
+struct HttpState {
+    table: IngestTable,
+    /// The pipeline `POST /message` goes to (Janitor compatibility), if configured.
+    janitor_pipeline: Option<String>,
+}
+
+/// The HTTP routes: ingest, Janitor's `/message`, health and metrics.
+pub fn router(
+    table: IngestTable,
+    metrics: Arc<crate::metrics::Metrics>,
+    janitor_pipeline: Option<String>,
+) -> Router {
     let metrics_route = get(move || {
         let metrics = metrics.clone();
         async move {
@@ -100,7 +113,23 @@ pub fn router(table: IngestTable, metrics: Arc<crate::metrics::Metrics>) -> Rout
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", metrics_route)
         .route("/ingest/{pipeline}", post(ingest))
-        .with_state(table)
+        .route("/message", post(message))
+        .with_state(HttpState {
+            table,
+            janitor_pipeline,
+        })
+}
+
+/// The routes of the optional second listener for Janitor clients (which expect port 5000):
+/// only `POST /message` and `GET /healthz`.
+pub fn janitor_router(table: IngestTable, janitor_pipeline: Option<String>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/message", post(message))
+        .with_state(HttpState {
+            table,
+            janitor_pipeline,
+        })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -108,13 +137,48 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
 }
 
 async fn ingest(
-    State(table): State<IngestTable>,
+    State(state): State<HttpState>,
     Path(name): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    accept(&state.table, &name, method, uri, headers, body).await
+}
+
+/// `POST /message`, Janitor's endpoint: the same as `POST /ingest/{janitor pipeline}`, but
+/// answered `200 OK` as Janitor's own server did.
+async fn message(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(name) = &state.janitor_pipeline else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "POST /message is not routed anywhere: start tocsin with --janitor-pipeline NAME",
+        );
+    };
+    let mut response = accept(&state.table, name, method, uri, headers, body).await;
+    if response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
+}
+
+/// Checks, decodes and durably appends one request to pipeline `name`.
+async fn accept(
+    table: &IngestTable,
+    name: &str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = name.to_string();
     let Some(endpoint) = table.get(&name) else {
         return error(
             StatusCode::NOT_FOUND,

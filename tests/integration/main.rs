@@ -8,6 +8,7 @@
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
@@ -17,6 +18,7 @@ mod hot_reload;
 mod ingest;
 mod janitor;
 mod matrix;
+mod pubsub;
 mod restart;
 mod runtime;
 mod sandbox;

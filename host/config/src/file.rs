@@ -140,6 +140,23 @@ pub struct AuthTable {
     pub bearer: Option<Spanned<String>>,
     /// GitHub's `X-Hub-Signature-256` HMAC, keyed with this secret (`env:`/`file:`).
     pub github_secret: Option<Spanned<String>>,
+    /// An OIDC JWT in `Authorization: Bearer` (Google Pub/Sub push).
+    pub oidc: Option<OidcTable>,
+}
+
+/// `auth = { oidc = { … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcTable {
+    /// Where the signing keys are: `file:/path/jwks.json` or an `https://` URL.
+    pub jwks: Spanned<String>,
+    /// The audience the token must name (`aud`).
+    pub audience: String,
+    /// Accepted issuers (`iss`); Google's two spellings when absent.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// The service account the token must be for (`email`, verified).
+    pub email: Option<String>,
 }
 
 /// `limits = { … }`.

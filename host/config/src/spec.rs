@@ -79,6 +79,33 @@ pub enum IngestAuth {
     Bearer(SecretRef),
     /// GitHub's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
     GithubHmac(SecretRef),
+    /// An OIDC JWT (RS256) in `Authorization: Bearer`, as Google Pub/Sub push sends.
+    Oidc(OidcSpec),
+}
+
+/// The issuers Google signs Pub/Sub push tokens as.
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// What an OIDC token must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcSpec {
+    /// Where the signing keys come from.
+    pub jwks: JwksSource,
+    /// Required `aud`.
+    pub audience: String,
+    /// Accepted `iss`.
+    pub issuers: Vec<String>,
+    /// Required `email` (with `email_verified`), if any.
+    pub email: Option<String>,
+}
+
+/// A JSON Web Key Set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file.
+    File(PathBuf),
+    /// Fetched over HTTP(S), refreshed when a token names an unknown key.
+    Url(String),
 }
 
 /// A cron schedule.

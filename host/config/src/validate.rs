@@ -568,7 +568,8 @@ impl Checker<'_> {
                 None,
                 "source.auth",
                 "an ingest source needs `auth`: `{ bearer = \"env:NAME\" }`, \
-                 `{ github_secret = \"env:NAME\" }`, or `{ none = true }` to accept anyone"
+                 `{ github_secret = \"env:NAME\" }`, `{ oidc = { jwks = …, audience = … } }` \
+                 or `{ none = true }` to accept anyone"
                     .into(),
             );
             return None;
@@ -578,6 +579,7 @@ impl Checker<'_> {
             table.none,
             table.bearer.is_some(),
             table.github_secret.is_some(),
+            table.oidc.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -586,12 +588,14 @@ impl Checker<'_> {
             self.error(
                 Some(auth.span()),
                 "source.auth",
-                "set exactly one of `none = true`, `bearer`, `github_secret`".into(),
+                "set exactly one of `none = true`, `bearer`, `github_secret`, `oidc`".into(),
             );
             return None;
         }
         let auth = if table.none {
             IngestAuth::None
+        } else if let Some(oidc) = &table.oidc {
+            IngestAuth::Oidc(self.oidc(oidc)?)
         } else if let Some(token) = &table.bearer {
             IngestAuth::Bearer(self.secret_ref(token, "source.auth.bearer")?)
         } else {
@@ -617,6 +621,49 @@ impl Checker<'_> {
             },
         };
         Some(IngestSpec { auth, body_limit })
+    }
+
+    fn oidc(&mut self, oidc: &crate::file::OidcTable) -> Option<OidcSpec> {
+        let text = oidc.jwks.get_ref();
+        let jwks = if let Some(path) = text.strip_prefix("file:") {
+            let path = self.base_dir.join(path);
+            if self.machine == MachineCheck::Check && !path.is_file() {
+                self.error(
+                    Some(oidc.jwks.span()),
+                    "source.auth.oidc.jwks",
+                    format!("{} does not exist", path.display()),
+                );
+            }
+            JwksSource::File(path)
+        } else if text.starts_with("https://") || text.starts_with("http://") {
+            JwksSource::Url(text.clone())
+        } else {
+            self.error(
+                Some(oidc.jwks.span()),
+                "source.auth.oidc.jwks",
+                format!("`{text}` must be `file:/path` or an https:// URL"),
+            );
+            return None;
+        };
+        if oidc.audience.is_empty() {
+            self.error(
+                Some(oidc.jwks.span()),
+                "source.auth.oidc.audience",
+                "must not be empty".into(),
+            );
+            return None;
+        }
+        let issuers = if oidc.issuers.is_empty() {
+            GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect()
+        } else {
+            oidc.issuers.clone()
+        };
+        Some(OidcSpec {
+            jwks,
+            audience: oidc.audience.clone(),
+            issuers,
+            email: oidc.email.clone(),
+        })
     }
 
     /// Parses `env:NAME` / `file:/path`, checking it resolves when machine checks are on.

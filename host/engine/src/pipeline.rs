@@ -175,6 +175,7 @@ pub async fn start(
                 pipeline: name.clone(),
                 decoder: tokio::sync::Mutex::new(source),
                 auth: Authenticator::from_spec(&spec.auth)
+                    .await
                     .map_err(|e| format!("source.auth: {e}"))?,
                 body_limit: usize::try_from(spec.body_limit).unwrap_or(usize::MAX),
                 queue: shared.queue.clone(),

@@ -10,6 +10,8 @@ use subtle::ConstantTimeEq;
 
 use tocsin_config::IngestAuth;
 
+use super::oidc::OidcVerifier;
+
 /// An ingest pipeline's authentication, with its secret resolved.
 pub enum Authenticator {
     /// Anyone.
@@ -18,6 +20,8 @@ pub enum Authenticator {
     Bearer(String),
     /// GitHub `X-Hub-Signature-256`, keyed with this secret.
     GithubHmac(Vec<u8>),
+    /// An OIDC JWT in `Authorization: Bearer`.
+    Oidc(Box<OidcVerifier>),
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -27,56 +31,69 @@ impl std::fmt::Debug for Authenticator {
             Authenticator::None => "Authenticator::None",
             Authenticator::Bearer(_) => "Authenticator::Bearer(REDACTED)",
             Authenticator::GithubHmac(_) => "Authenticator::GithubHmac(REDACTED)",
+            Authenticator::Oidc(_) => "Authenticator::Oidc",
         })
     }
 }
 
 impl Authenticator {
-    /// Resolves the secret of a pipeline's `auth`.
-    pub fn from_spec(spec: &IngestAuth) -> Result<Self, String> {
+    /// Resolves the secret of a pipeline's `auth` (and loads an OIDC key set).
+    pub async fn from_spec(spec: &IngestAuth) -> Result<Self, String> {
         Ok(match spec {
             IngestAuth::None => Authenticator::None,
             IngestAuth::Bearer(secret) => Authenticator::Bearer(secret.resolve()?),
             IngestAuth::GithubHmac(secret) => {
                 Authenticator::GithubHmac(secret.resolve()?.into_bytes())
             }
+            IngestAuth::Oidc(oidc) => {
+                Authenticator::Oidc(Box::new(OidcVerifier::new(oidc.clone()).await?))
+            }
         })
     }
 
     /// `Ok` when the request may go on; otherwise why not, for the 401 answer.
-    pub fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    pub async fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
         match self {
             Authenticator::None => Ok(()),
+            Authenticator::Oidc(verifier) => verifier.verify(bearer(headers)?).await,
             Authenticator::Bearer(token) => {
-                let given = headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or("missing `Authorization: Bearer <token>`")?;
+                let given = bearer(headers)?;
                 if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
                     Ok(())
                 } else {
-                    Err("wrong bearer token")
+                    Err("wrong bearer token".into())
                 }
             }
             Authenticator::GithubHmac(secret) => {
-                let header = headers
-                    .get("x-hub-signature-256")
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or("missing X-Hub-Signature-256")?;
-                let hex_sig = header
-                    .strip_prefix("sha256=")
-                    .ok_or("X-Hub-Signature-256 must start with `sha256=`")?;
-                let signature =
-                    hex::decode(hex_sig).map_err(|_| "X-Hub-Signature-256 is not hex")?;
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable secret")?;
-                mac.update(body);
-                mac.verify_slice(&signature)
-                    .map_err(|_| "X-Hub-Signature-256 does not match the body")
+                github(secret, headers, body).map_err(str::to_string)
             }
         }
     }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| "missing `Authorization: Bearer <token>`".to_string())
+}
+
+/// GitHub's signature: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`,
+/// compared in constant time.
+fn github(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    let header = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("missing X-Hub-Signature-256")?;
+    let hex_sig = header
+        .strip_prefix("sha256=")
+        .ok_or("X-Hub-Signature-256 must start with `sha256=`")?;
+    let signature = hex::decode(hex_sig).map_err(|_| "X-Hub-Signature-256 is not hex")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable secret")?;
+    mac.update(body);
+    mac.verify_slice(&signature)
+        .map_err(|_| "X-Hub-Signature-256 does not match the body")
 }
 
 #[cfg(test)]
@@ -94,51 +111,30 @@ mod tests {
     /// GitHub's documented test vector (docs: "Validating webhook deliveries").
     #[test]
     fn github_test_vector_is_accepted_and_anything_else_refused() {
-        let auth = Authenticator::GithubHmac(b"It's a Secret to Everybody".to_vec());
+        let secret = b"It's a Secret to Everybody";
         let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert_eq!(
-            auth.check(&headers(&[("x-hub-signature-256", good)]), b"Hello, World!"),
-            Ok(())
-        );
-        assert!(auth
-            .check(&headers(&[("x-hub-signature-256", good)]), b"Hello, World?")
-            .is_err());
+        let sig = |v: &str| headers(&[("x-hub-signature-256", v)]);
+        assert_eq!(github(secret, &sig(good), b"Hello, World!"), Ok(()));
+        assert!(github(secret, &sig(good), b"Hello, World?").is_err());
         let flipped = good.replace("757107", "757108");
-        assert!(auth
-            .check(
-                &headers(&[("x-hub-signature-256", &flipped)]),
-                b"Hello, World!"
-            )
-            .is_err());
+        assert!(github(secret, &sig(&flipped), b"Hello, World!").is_err());
         assert_eq!(
-            auth.check(&HeaderMap::new(), b"Hello, World!"),
+            github(secret, &HeaderMap::new(), b"Hello, World!"),
             Err("missing X-Hub-Signature-256")
         );
-        assert!(auth
-            .check(&headers(&[("x-hub-signature-256", "sha1=abc")]), b"x")
-            .is_err());
-        assert!(auth
-            .check(&headers(&[("x-hub-signature-256", "sha256=zz")]), b"x")
-            .is_err());
+        assert!(github(secret, &sig("sha1=abc"), b"x").is_err());
+        assert!(github(secret, &sig("sha256=zz"), b"x").is_err());
     }
 
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
+    #[tokio::test]
+    async fn bearer_tokens_must_match_exactly() {
         let auth = Authenticator::Bearer("s3cret".into());
-        assert_eq!(
-            auth.check(&headers(&[("authorization", "Bearer s3cret")]), b""),
-            Ok(())
-        );
-        assert!(auth
-            .check(&headers(&[("authorization", "Bearer s3cre")]), b"")
-            .is_err());
-        assert!(auth
-            .check(&headers(&[("authorization", "Bearer s3cret2")]), b"")
-            .is_err());
-        assert!(auth
-            .check(&headers(&[("authorization", "Basic s3cret")]), b"")
-            .is_err());
-        assert!(auth.check(&HeaderMap::new(), b"").is_err());
+        let with = |v: &str| headers(&[("authorization", v)]);
+        assert_eq!(auth.check(&with("Bearer s3cret"), b"").await, Ok(()));
+        assert!(auth.check(&with("Bearer s3cre"), b"").await.is_err());
+        assert!(auth.check(&with("Bearer s3cret2"), b"").await.is_err());
+        assert!(auth.check(&with("Basic s3cret"), b"").await.is_err());
+        assert!(auth.check(&HeaderMap::new(), b"").await.is_err());
         assert!(!format!("{auth:?}").contains("s3cret"));
     }
 }

@@ -9,6 +9,7 @@
 //! If they cannot be persisted: 503 with `Retry-After`. Never 2xx without persistence.
 
 pub mod auth;
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -211,9 +212,12 @@ async fn accept(
             )
         }
     };
-    if let Err(reason) = endpoint.auth.check(&headers, &body) {
+    if let Err(reason) = endpoint.auth.check(&headers, &body).await {
         let mut response = error(StatusCode::UNAUTHORIZED, reason);
-        if matches!(endpoint.auth, Authenticator::Bearer(_)) {
+        if matches!(
+            endpoint.auth,
+            Authenticator::Bearer(_) | Authenticator::Oidc(_)
+        ) {
             response
                 .headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));

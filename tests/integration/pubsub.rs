@@ -1,0 +1,179 @@
+//! Pub/Sub push with OIDC tokens signed by a key pair this test generates: a valid token is
+//! accepted and a Cloud Storage notification decoded into labels; expired, wrong-audience,
+//! wrongly signed, wrong-account and non-RS256 tokens are refused before the decoder, and
+//! queue nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::json;
+use tocsin_tests::{file_sink, wait_until, Env};
+
+const AUDIENCE: &str = "https://tocsin.test/ingest/storage";
+const ACCOUNT: &str = "push@acme.iam.gserviceaccount.com";
+
+struct Signer {
+    key: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+fn signer(kid: &str) -> Signer {
+    let private = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    Signer {
+        key: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        jwk: json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+                    "n": b64(private.n().to_bytes_be()), "e": b64(private.e().to_bytes_be())}),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(signer: &Signer, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    encode(&header, &claims, &signer.key).unwrap()
+}
+
+fn claims(aud: &str, exp: u64, email: &str) -> serde_json::Value {
+    json!({"iss": "https://accounts.google.com", "aud": aud, "exp": exp, "iat": now() - 10,
+           "email": email, "email_verified": true, "sub": "1234"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_tokens_are_checked_and_storage_notifications_decoded() {
+    let env = Env::new();
+    env.mkdir("out");
+    let google = signer("key-1");
+    let impostor = signer("key-1");
+    std::fs::write(
+        env.path("jwks.json"),
+        json!({"keys": [google.jwk]}).to_string(),
+    )
+    .unwrap();
+    env.write_pipeline(
+        "storage",
+        &format!(
+            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"file:{}\", audience = \"{AUDIENCE}\", email = \"{ACCOUNT}\" }} }}\n\n{}",
+            env.path("jwks.json").display(),
+            file_sink(&env, "out", "storage.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    let object = json!({"name": "backups/db1.tar.zst", "bucket": "acme-backups"}).to_string();
+    let body = json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(object),
+            "attributes": {"bucketId": "acme-backups", "objectId": "backups/db1.tar.zst",
+                           "eventType": "OBJECT_FINALIZE", "payloadFormat": "JSON_API_V1"},
+            "messageId": "2070443601311540",
+            "publishTime": "2026-11-24T10:00:00.5Z"
+        },
+        "subscription": "projects/acme/subscriptions/tocsin"
+    })
+    .to_string();
+    let post = |token: String| {
+        let body = body.clone();
+        let url = format!("{}/ingest/storage", server.base_url);
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+
+    let refused = [
+        (
+            token(&google, "key-1", claims(AUDIENCE, now() - 3600, ACCOUNT)),
+            "token expired",
+        ),
+        (
+            token(
+                &google,
+                "key-1",
+                claims("https://elsewhere/", now() + 600, ACCOUNT),
+            ),
+            "wrong audience",
+        ),
+        (
+            token(&impostor, "key-1", claims(AUDIENCE, now() + 600, ACCOUNT)),
+            "bad signature",
+        ),
+        (
+            token(
+                &google,
+                "key-1",
+                claims(AUDIENCE, now() + 600, "other@acme.iam.gserviceaccount.com"),
+            ),
+            "not for the configured service account",
+        ),
+        (
+            token(&google, "key-2", claims(AUDIENCE, now() + 600, ACCOUNT)),
+            "unknown signing key `key-2`",
+        ),
+        (
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims(AUDIENCE, now() + 600, ACCOUNT),
+                &EncodingKey::from_secret(b"guess"),
+            )
+            .unwrap(),
+            "is not RS256",
+        ),
+        ("not.a.jwt".to_string(), "not a JWT"),
+    ];
+    for (token, reason) in refused {
+        let (status, text) = post(token).await;
+        assert_eq!(status, 401, "{reason}: {text}");
+        assert!(text.contains(reason), "`{reason}` not in {text}");
+    }
+
+    let (status, text) = post(token(
+        &google,
+        "key-1",
+        claims(AUDIENCE, now() + 600, ACCOUNT),
+    ))
+    .await;
+    assert_eq!(status, 202, "{text}");
+    wait_until(Duration::from_secs(20), "delivery", || {
+        !env.read_lines("out/storage.jsonl").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = env.read_json_lines("out/storage.jsonl");
+    assert_eq!(
+        lines.len(),
+        1,
+        "refused requests queued nothing: {lines:#?}"
+    );
+    let labels = lines[0]["labels"].as_array().unwrap();
+    for expected in [
+        ["bucket", "acme-backups"],
+        ["object", "backups/db1.tar.zst"],
+        ["event-type", "OBJECT_FINALIZE"],
+    ] {
+        assert!(
+            labels.contains(&json!(expected)),
+            "{expected:?} not in {labels:?}"
+        );
+    }
+    assert_eq!(lines[0]["id"], "2070443601311540");
+    server.stop().await;
+}

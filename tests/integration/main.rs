@@ -1,6 +1,7 @@
 //! tocsin's integration tests: the real engine, real plugins, real servers.
 //!
 //! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
+//! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
@@ -24,4 +25,5 @@ mod pubsub;
 mod restart;
 mod runtime;
 mod sandbox;
+mod sysmetrics;
 mod validate;

@@ -5,6 +5,7 @@
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
+//! - `filters`: template, dedup, rate-limit and the webhook sink through the engine.
 //! - `forward`: agent → central with the central instance down, then up: each message once.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
@@ -16,6 +17,7 @@
 
 mod alertmanager;
 mod backup_alerts;
+mod filters;
 mod forward;
 mod hot_reload;
 mod ingest;

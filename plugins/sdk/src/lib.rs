@@ -28,6 +28,7 @@
 //! - [`Source`], [`Decoder`], [`Filter`], [`Sink`]: the four plugin kinds and their macros.
 //! - [`host`]: what the host offers every plugin (log, durable state, secrets, disk usage).
 //! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
+//! - `template` (feature `template`): Jinja templates over a message.
 //! - [`bindings`]: the generated WIT bindings, if you need them directly.
 
 extern crate self as tocsin_sdk;
@@ -36,6 +37,8 @@ pub mod bindings;
 pub mod host;
 pub mod http;
 mod message;
+#[cfg(feature = "template")]
+pub mod template;
 
 #[doc(hidden)]
 pub mod __private;

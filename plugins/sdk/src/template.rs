@@ -1,0 +1,60 @@
+//! Message templates (Jinja syntax, by minijinja), for plugins that format messages.
+//!
+//! A template sees the message as: `id`, `timestamp_ms`, `severity` (`"warning"`), `emoji`
+//! (`"⚠️ "`, empty for none), `summary` (or `none`), `body`, `labels` (a map:
+//! `labels.host`, `labels["event-type"]`), `metrics` (a map) and `payload`.
+//!
+//! ```ignore
+//! let t = Template::compile("body", "{{ emoji }}{{ labels.host }}: {{ body }}")?;
+//! let text = t.render(&msg)?;
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::{severity_emoji, severity_name, Message};
+
+/// A compiled template.
+pub struct Template {
+    env: minijinja::Environment<'static>,
+    name: &'static str,
+}
+
+impl Template {
+    /// Compiles `source`; `name` appears in error messages.
+    pub fn compile(name: &str, source: &str) -> Result<Template, String> {
+        let mut env = minijinja::Environment::new();
+        // A plugin instance compiles its templates once, in `init`; leaking them gives the
+        // environment the 'static sources it wants, for the instance's lifetime.
+        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let source: &'static str = Box::leak(source.to_string().into_boxed_str());
+        env.add_template(name, source)
+            .map_err(|e| format!("template `{name}`: {e}"))?;
+        Ok(Template { env, name })
+    }
+
+    /// Renders the template for `msg`.
+    pub fn render(&self, msg: &Message) -> Result<String, String> {
+        let labels: BTreeMap<&str, &str> = msg
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let metrics: BTreeMap<&str, f64> =
+            msg.metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let ctx = minijinja::context! {
+            id => msg.id,
+            timestamp_ms => msg.timestamp_ms,
+            severity => severity_name(msg.severity),
+            emoji => severity_emoji(msg.severity),
+            summary => msg.summary,
+            body => msg.body,
+            labels => labels,
+            metrics => metrics,
+            payload => msg.payload,
+        };
+        self.env
+            .get_template(self.name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| format!("template `{}`: {e}", self.name))
+    }
+}

@@ -1,0 +1,163 @@
+//! The shipped filters and the webhook sink, through the real engine: template, dedup and
+//! rate-limit (whose memory is durable plugin state), and a webhook receiver.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use tocsin_tests::{file_sink, wait_until, Env};
+
+async fn send(base: &str, pipeline: &str, body: serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/ingest/{pipeline}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+}
+
+fn pipeline(env: &Env, filter: &str, out: &str) -> String {
+    format!(
+        "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n[[filter]]\n{filter}\n\n{}",
+        file_sink(env, "out", out)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_dedup_and_rate_limit_shape_what_passes() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "templated",
+        &pipeline(&env, "plugin = \"template\"\nconfig = { summary = \"{{ labels.host }}\", body = \"{{ body }} ({{ metrics['cpu-percent'] }} %)\", emoji = true }", "templated.jsonl"),
+    );
+    env.write_pipeline(
+        "deduped",
+        &pipeline(
+            &env,
+            "plugin = \"dedup\"\nconfig = { window = \"10m\" }",
+            "deduped.jsonl",
+        ),
+    );
+    env.write_pipeline(
+        "limited",
+        &pipeline(&env, "plugin = \"rate-limit\"\nconfig = { max = 2, per = \"1h\", key = \"{{ labels.host }}\" }", "limited.jsonl"),
+    );
+    let server = env.start().await;
+    let base = server.base_url.clone();
+
+    send(&base, "templated", serde_json::json!({"severity": "warning", "body": "cpu high", "labels": {"host": "db1"}, "metrics": {"cpu-percent": 93.5}})).await;
+    for i in 0..3 {
+        // Same content three times (distinct ids), then something new.
+        send(&base, "deduped", serde_json::json!({"id": format!("d{i}"), "body": "disk full", "labels": {"host": "db1"}})).await;
+    }
+    send(
+        &base,
+        "deduped",
+        serde_json::json!({"id": "d9", "body": "disk fine", "labels": {"host": "db1"}}),
+    )
+    .await;
+    for i in 0..4 {
+        send(&base, "limited", serde_json::json!({"id": format!("a{i}"), "body": format!("a{i}"), "labels": {"host": "a"}})).await;
+    }
+    send(
+        &base,
+        "limited",
+        serde_json::json!({"id": "b0", "body": "b0", "labels": {"host": "b"}}),
+    )
+    .await;
+
+    wait_until(
+        Duration::from_secs(20),
+        "every pipeline handed over",
+        || {
+            server.counter("templated", |c| &c.handed_over) == 1
+                && server.counter("deduped", |c| &c.handed_over) == 4
+                && server.counter("limited", |c| &c.handed_over) == 5
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "deliveries", || {
+        server.counter("templated", |c| &c.delivered) == 1
+            && server.counter("deduped", |c| &c.delivered) == 2
+            && server.counter("limited", |c| &c.delivered) == 3
+    })
+    .await;
+    let t = &env.read_json_lines("out/templated.jsonl")[0];
+    assert_eq!(t["summary"], "⚠️ db1");
+    assert_eq!(t["body"], "cpu high (93.5 %)");
+    let bodies = |file: &str| -> Vec<String> {
+        env.read_json_lines(file)
+            .iter()
+            .map(|l| l["body"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(bodies("out/deduped.jsonl"), ["disk full", "disk fine"]);
+    assert_eq!(bodies("out/limited.jsonl"), ["a0", "a1", "b0"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_sink_posts_its_template_with_an_idempotency_key() {
+    let received: Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                sink.lock()
+                    .unwrap()
+                    .push((h("idempotency-key"), h("x-token"), body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let env = Env::new();
+    std::fs::write(env.path("hook-token"), "t0k").unwrap();
+    env.write_pipeline(
+        "hooked",
+        &format!(
+            r#"
+[source]
+plugin = "json"
+auth = {{ none = true }}
+
+[[sink]]
+name = "chat"
+plugin = "webhook"
+config = {{ url = "http://127.0.0.1:{port}/hook", body = '{{"text": {{{{ (emoji ~ body) | tojson }}}}}}', headers = {{ x-token = "secret:hook" }} }}
+grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ hook = "file:{token}" }} }}
+"#,
+            token = env.path("hook-token").display()
+        ),
+    );
+    let server = env.start().await;
+    send(
+        &server.base_url,
+        "hooked",
+        serde_json::json!({"id": "w1", "severity": "error", "body": "down \"now\""}),
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the webhook call", || {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    let (key, token, body) = received.lock().unwrap()[0].clone();
+    assert_eq!(key.as_deref(), Some("hooked/chat/w1"));
+    assert_eq!(token.as_deref(), Some("t0k"));
+    let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(parsed["text"], "🔥 down \"now\"");
+    server.stop().await;
+}

@@ -98,9 +98,12 @@ async fn template_dedup_and_rate_limit_shape_what_passes() {
     server.stop().await;
 }
 
+/// One call the receiver saw: Idempotency-Key, X-Token, body.
+type Call = (Option<String>, Option<String>, String);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_sink_posts_its_template_with_an_idempotency_key() {
-    let received: Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>> = Arc::default();
+    let received: Arc<Mutex<Vec<Call>>> = Arc::default();
     let sink = received.clone();
     let app = axum::Router::new().route(
         "/hook",

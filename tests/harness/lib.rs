@@ -117,6 +117,7 @@ impl Env {
             listen: Some(([127, 0, 0, 1], 0).into()),
             janitor_pipeline: None,
             janitor_listen: None,
+            queue_budget: None,
         }
     }
 

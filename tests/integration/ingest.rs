@@ -249,3 +249,30 @@ async fn github_signatures_are_checked_before_the_decoder() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_disk_budget_ingest_answers_503_and_queues_nothing() {
+    let env = setup();
+    // A budget of one byte: the empty store is within it, one stored message is past it.
+    let server = env.start_with(|s| s.queue_budget = Some(1)).await;
+    let post = || {
+        reqwest::Client::new()
+            .post(format!("{}/ingest/alerts", server.base_url))
+            .header("authorization", "Bearer tok-123")
+            .body(json!({"body": "x"}).to_string())
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status(), 202);
+    // The store's size is measured at most once a second.
+    tokio::time::sleep(tocsin::budget::MEASURE_EVERY + Duration::from_millis(200)).await;
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(resp.text().await.unwrap().contains("disk budget"));
+    assert_eq!(
+        server.counter("alerts", |c| &c.produced),
+        1,
+        "the refused one was not queued"
+    );
+    server.stop().await;
+}

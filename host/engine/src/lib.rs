@@ -15,12 +15,14 @@
 //! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
+//! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
 //! - [`status`]: counters and states shown by logs (and later the HTTP status API).
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
 //! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
 //! names sled), `tocsin-message` (the message model).
 
+pub mod budget;
 pub mod delivery;
 pub mod filtering;
 pub mod ingest;

@@ -70,6 +70,10 @@ enum Command {
         /// A second listener for Janitor clients only (they expect port 5000), e.g. 0.0.0.0:5000.
         #[arg(long, env = "TOCSIN_JANITOR_LISTEN")]
         janitor_listen: Option<String>,
+        /// Disk budget of the queues, e.g. 2GiB: past it, ingest answers 503 and cron sources
+        /// skip ticks until deliveries free space.
+        #[arg(long, env = "TOCSIN_QUEUE_BUDGET")]
+        queue_budget: Option<String>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -173,7 +177,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             janitor_pipeline,
             janitor_listen,
+            queue_budget,
         } => {
+            let queue_budget = queue_budget
+                .as_deref()
+                .map(|text| {
+                    tocsin_config::units::parse_size(text)
+                        .map_err(|e| anyhow::anyhow!("--queue-budget: {e}"))
+                })
+                .transpose()?;
             let listen = match listen.as_str() {
                 "none" | "" => None,
                 addr => Some(parse_addr("--listen", addr)?),
@@ -189,6 +201,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 janitor_pipeline,
                 janitor_listen,
+                queue_budget,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;

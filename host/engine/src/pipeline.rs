@@ -32,6 +32,8 @@ pub struct Shared {
     pub ingest: IngestTable,
     /// Process metrics (delivery latency).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The queues' disk budget.
+    pub budget: Arc<crate::budget::DiskBudget>,
 }
 
 /// A pipeline whose tasks are running.
@@ -164,6 +166,7 @@ pub async fn start(
                 schedule: (**schedule).clone(),
                 source,
                 queue: shared.queue.clone(),
+                budget: shared.budget.clone(),
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
                 cancel: cancel.clone(),
@@ -179,6 +182,7 @@ pub async fn start(
                     .map_err(|e| format!("source.auth: {e}"))?,
                 body_limit: usize::try_from(spec.body_limit).unwrap_or(usize::MAX),
                 queue: shared.queue.clone(),
+                budget: shared.budget.clone(),
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
             });

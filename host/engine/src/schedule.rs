@@ -27,6 +27,8 @@ pub struct Scheduler {
     pub source: Stage,
     /// Where polled messages go.
     pub queue: Arc<dyn QueueStore>,
+    /// Past it, ticks are skipped.
+    pub budget: Arc<crate::budget::DiskBudget>,
     /// Woken after each append.
     pub ingress_ready: Arc<Notify>,
     /// Counters.
@@ -57,6 +59,10 @@ impl Scheduler {
     }
 
     async fn tick(&mut self, tick_ms: u64) {
+        if self.budget.exceeded() {
+            tracing::warn!(pipeline = %self.pipeline, "the queues are over their disk budget; this tick is skipped");
+            return;
+        }
         let c = &self.status.counters;
         Counters::bump(&c.polls);
         let (mut messages, changes) = match self.source.poll(tick_ms).await {

@@ -120,6 +120,7 @@ impl Server {
             runtime,
             ingest: ingest.clone(),
             metrics: metrics.clone(),
+            budget: crate::budget::DiskBudget::new(settings.queue_budget, queue.clone()),
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);

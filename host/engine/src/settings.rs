@@ -19,6 +19,8 @@ pub struct Settings {
     pub janitor_pipeline: Option<String>,
     /// A second listener serving only `POST /message` (Janitor clients expect port 5000).
     pub janitor_listen: Option<std::net::SocketAddr>,
+    /// Disk budget of the queue store in bytes; `None` for none.
+    pub queue_budget: Option<u64>,
 }
 
 impl Settings {

@@ -231,6 +231,9 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Makes every write so far durable.
     fn flush(&self) -> Commit;
+
+    /// Bytes the store takes on disk (for the disk budget).
+    fn size_on_disk(&self) -> Result<u64>;
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -462,6 +462,10 @@ impl QueueStore for SledStore {
     fn flush(&self) -> Commit {
         self.commit()
     }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(storage)
+    }
 }
 
 #[cfg(test)]

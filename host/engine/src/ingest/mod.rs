@@ -47,6 +47,8 @@ pub struct IngestEndpoint {
     pub body_limit: usize,
     /// The store.
     pub queue: Arc<dyn QueueStore>,
+    /// Past it, requests are refused with 503.
+    pub budget: Arc<crate::budget::DiskBudget>,
     /// Woken after each append.
     pub ingress_ready: Arc<Notify>,
     /// Counters.
@@ -131,6 +133,15 @@ pub fn janitor_router(table: IngestTable, janitor_pipeline: Option<String>) -> R
             table,
             janitor_pipeline,
         })
+}
+
+/// 503 with `Retry-After`: nothing was accepted, the client should try again.
+fn unavailable(reason: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -224,6 +235,11 @@ async fn accept(
         }
         return response;
     }
+    if endpoint.budget.exceeded() {
+        return unavailable(
+            "the queues are over their disk budget; nothing was accepted, try again later",
+        );
+    }
     let request = IngestRequest {
         method: method.to_string(),
         path: uri
@@ -288,14 +304,7 @@ async fn accept(
         }
         Err(e) => {
             tracing::error!(pipeline = %name, error = %e, "cannot persist ingested messages");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the messages could not be stored; nothing was accepted, try again",
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
-            response
+            unavailable("the messages could not be stored; nothing was accepted, try again")
         }
     }
 }

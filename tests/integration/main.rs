@@ -13,6 +13,7 @@
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
+//! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 
 mod alertmanager;
@@ -24,6 +25,7 @@ mod ingest;
 mod janitor;
 mod matrix;
 mod pubsub;
+mod redelivery;
 mod restart;
 mod runtime;
 mod sandbox;

@@ -49,7 +49,12 @@ struct Paths {
 #[derive(clap::Args, Clone)]
 struct DataDir {
     /// Directory of queues, plugin state and the compile cache.
-    #[arg(long = "data", env = "TOCSIN_DATA", default_value = "data")]
+    #[arg(
+        long = "data",
+        env = "TOCSIN_DATA",
+        default_value = "data",
+        global = true
+    )]
     data: PathBuf,
 }
 

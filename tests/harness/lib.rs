@@ -263,6 +263,16 @@ pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -
     }
 }
 
+/// Serves `app` on a free loopback port for the rest of the test; returns the port.
+pub async fn serve_on_loopback(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

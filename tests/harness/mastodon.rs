@@ -53,9 +53,7 @@ impl FakeMastodon {
         let app = Router::new()
             .route("/api/v1/statuses", post(statuses))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let port = crate::serve_on_loopback(app).await;
         FakeMastodon {
             base: format!("http://127.0.0.1:{port}"),
             port,

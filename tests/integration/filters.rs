@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use tocsin_tests::{file_sink, wait_until, Env};
+use tocsin_tests::{file_sink, serve_on_loopback, wait_until, Env};
 
 async fn send(base: &str, pipeline: &str, body: serde_json::Value) {
     let resp = reqwest::Client::new()
@@ -123,9 +123,7 @@ async fn the_webhook_sink_posts_its_template_with_an_idempotency_key() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = serve_on_loopback(app).await;
 
     let env = Env::new();
     std::fs::write(env.path("hook-token"), "t0k").unwrap();

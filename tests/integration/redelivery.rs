@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::post;
-use tocsin_tests::{free_port, tocsin_bin, wait_until, Env};
+use tocsin_tests::{free_port, serve_on_loopback, tocsin_bin, wait_until, Env};
 
 /// A webhook receiver that fails with 500 until told otherwise, recording what it accepted.
 struct Receiver {
@@ -36,9 +36,7 @@ async fn receiver() -> Receiver {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = serve_on_loopback(app).await;
     Receiver {
         port,
         failing,

@@ -75,42 +75,14 @@ impl Server {
             cache_dir: Some(settings.cache_dir()),
         })
         .map_err(ServerError::Runtime)?;
-        let http = match settings.listen {
-            None => None,
-            Some(addr) => {
-                let listener =
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| ServerError::Listen {
-                            addr: addr.to_string(),
-                            error: e.to_string(),
-                        })?;
-                let bound = listener.local_addr().map_err(|e| ServerError::Listen {
-                    addr: addr.to_string(),
-                    error: e.to_string(),
-                })?;
-                tracing::info!(addr = %bound, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz, GET /metrics)");
-                Some((bound, listener))
-            }
-        };
-        let janitor_http = match settings.janitor_listen {
-            None => None,
-            Some(addr) => {
-                let listener =
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| ServerError::Listen {
-                            addr: addr.to_string(),
-                            error: e.to_string(),
-                        })?;
-                let bound = listener.local_addr().map_err(|e| ServerError::Listen {
-                    addr: addr.to_string(),
-                    error: e.to_string(),
-                })?;
-                tracing::info!(addr = %bound, pipeline = ?settings.janitor_pipeline, "listening for Janitor clients (POST /message)");
-                Some((bound, listener))
-            }
-        };
+        let http = bind(settings.listen).await?;
+        if let Some((addr, _)) = &http {
+            tracing::info!(addr = %addr, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz, GET /metrics)");
+        }
+        let janitor_http = bind(settings.janitor_listen).await?;
+        if let Some((addr, _)) = &janitor_http {
+            tracing::info!(addr = %addr, pipeline = ?settings.janitor_pipeline, "listening for Janitor clients (POST /message)");
+        }
         let janitor_pipeline = settings.janitor_pipeline.clone();
         let ingest = IngestTable::default();
         let board = crate::manager::new_board();
@@ -229,6 +201,23 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     Server::start(settings).await?.run_until(shutdown).await;
     Ok(())
+}
+
+/// Binds a listener, if an address is configured; returns the address really bound (the
+/// port the system chose when 0 was asked).
+async fn bind(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<(std::net::SocketAddr, tokio::net::TcpListener)>, ServerError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let failed = |e: std::io::Error| ServerError::Listen {
+        addr: addr.to_string(),
+        error: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok(Some((bound, listener)))
 }
 
 fn watch(settings: &Settings, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {

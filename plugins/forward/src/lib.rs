@@ -91,12 +91,7 @@ impl Sink for Forward {
     }
 
     fn deliver(&mut self, msg: Message, _key: &str) -> Result<(), DeliveryError> {
-        let token = host::secret(&self.token_secret).ok_or_else(|| {
-            DeliveryError::Permanent(format!(
-                "no secret `{}` is granted to this sink",
-                self.token_secret
-            ))
-        })?;
+        let token = host::require_secret(&self.token_secret)?;
         let response = Request::post(&self.url)
             .header("authorization", &format!("Bearer {token}"))
             .json(&body(&msg, &self.agent))

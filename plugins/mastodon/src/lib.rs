@@ -157,12 +157,7 @@ impl Sink for Mastodon {
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
-        let token = host::secret(&self.config.token_secret).ok_or_else(|| {
-            DeliveryError::Permanent(format!(
-                "no secret `{}` is granted to this sink",
-                self.config.token_secret
-            ))
-        })?;
+        let token = host::require_secret(&self.config.token_secret)?;
         let response = Request::post(&self.url)
             .header("authorization", &format!("Bearer {token}"))
             .header("idempotency-key", key)

@@ -127,12 +127,7 @@ impl Sink for Matrix {
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
-        let token = host::secret(&self.token_secret).ok_or_else(|| {
-            DeliveryError::Permanent(format!(
-                "no secret `{}` is granted to this sink",
-                self.token_secret
-            ))
-        })?;
+        let token = host::require_secret(&self.token_secret)?;
         let (plain, html) = render(&msg);
         let url = format!(
             "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",

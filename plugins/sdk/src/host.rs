@@ -54,6 +54,14 @@ pub fn secret(name: &str) -> Option<String> {
     wit::secret(name)
 }
 
+/// A granted secret a sink cannot work without: a permanent delivery error when it is not
+/// granted (retrying will not grant it).
+pub fn require_secret(name: &str) -> Result<String, crate::DeliveryError> {
+    secret(name).ok_or_else(|| {
+        crate::DeliveryError::Permanent(format!("no secret `{name}` is granted to this sink"))
+    })
+}
+
 /// Total and free bytes of the filesystem holding a granted directory.
 pub fn disk_usage(granted_dir: &str) -> Result<(u64, u64), String> {
     wit::disk_usage(granted_dir)

@@ -90,11 +90,7 @@ impl Sink for Webhook {
             .header("idempotency-key", key);
         for (name, value) in &self.config.headers {
             let value = match value.strip_prefix("secret:") {
-                Some(secret) => host::secret(secret).ok_or_else(|| {
-                    DeliveryError::Permanent(format!(
-                        "no secret `{secret}` is granted to this sink"
-                    ))
-                })?,
+                Some(secret) => host::require_secret(secret)?,
                 None => value.clone(),
             };
             request = request.header(name, &value);

@@ -162,3 +162,42 @@ grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ hook = "file:{token}" }} 
     assert_eq!(parsed["text"], "🔥 down \"now\"");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_take_only_what_their_match_routes_to_them() {
+    let env = Env::new();
+    env.mkdir("out");
+    let ops = file_sink(&env, "ops", "ops.jsonl").replace(
+        "[[sink]]\n",
+        "[[sink]]\nmatch = { severity = \">= error\", labels = { team = \"ops\" } }\n",
+    );
+    env.write_pipeline(
+        "routed",
+        &format!(
+            "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n{ops}\n{}",
+            file_sink(&env, "all", "all.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    for (id, severity, team) in [
+        ("1", "error", "ops"),
+        ("2", "warning", "ops"),
+        ("3", "alert", "dev"),
+        ("4", "alert", "ops"),
+    ] {
+        send(&server.base_url, "routed", serde_json::json!({"id": id, "severity": severity, "body": id, "labels": {"team": team}})).await;
+    }
+    wait_until(Duration::from_secs(20), "deliveries", || {
+        server.counter("routed", |c| &c.delivered) == 6
+    })
+    .await;
+    let ids = |file: &str| -> Vec<String> {
+        env.read_json_lines(file)
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("out/ops.jsonl"), ["1", "4"]);
+    assert_eq!(ids("out/all.jsonl"), ["1", "2", "3", "4"]);
+    server.stop().await;
+}

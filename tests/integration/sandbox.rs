@@ -162,6 +162,29 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
     .await;
     let snooped = &env.read_json_lines("out/snoop.jsonl")[0]["body"];
     assert_eq!(snooped, "vars=[] args=[]");
+    // /metrics breaks the failures down per stage.
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (pipeline, event) in [
+        ("looping", "trap"),
+        ("looping", "dead_letter"),
+        ("reader", "error"),
+    ] {
+        let prefix = format!(
+            "tocsin_stage_events_total{{pipeline=\"{pipeline}\",stage=\"filter.0\",event=\"{event}\"}} "
+        );
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{prefix}{count}");
+    }
     // Nothing outside the grant leaked into any output.
     for line in env.read_lines("out/healthy.jsonl") {
         assert!(!line.contains("root:"), "leak: {line}");

@@ -22,7 +22,7 @@ use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
 use tocsin_runtime::{DeliveryOutcome, Stage};
 
 use crate::pipeline::{next_due, state_writes};
-use crate::status::{Counters, PipelineStatus};
+use crate::status::{Counters, PipelineStatus, StageEvent};
 
 /// Delivers one sink's queue.
 pub struct DeliveryWorker {
@@ -92,11 +92,7 @@ impl DeliveryWorker {
                 Some(Duration::from_millis(ms)),
             ),
             Err(e) => {
-                Counters::bump(if e.is_trap() {
-                    &c.plugin_traps
-                } else {
-                    &c.plugin_errors
-                });
+                self.status.call_failed(&format!("sink.{}", self.sink), &e);
                 (e.to_string(), None)
             }
         };
@@ -123,7 +119,8 @@ impl DeliveryWorker {
         envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
         tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
         envelope.last_error = Some(error);
-        Counters::bump(&self.status.counters.retries);
+        self.status
+            .record(&format!("sink.{}", self.sink), StageEvent::Retry);
         if let Err(e) = self
             .queue
             .record_failure(&self.pipeline, &self.sink, seq, &envelope)
@@ -140,7 +137,9 @@ impl DeliveryWorker {
             .dead_letter(&self.pipeline, &self.sink, seq, &envelope)
             .await
         {
-            Ok(()) => Counters::bump(&self.status.counters.dead_lettered),
+            Ok(()) => self
+                .status
+                .record(&format!("sink.{}", self.sink), StageEvent::DeadLetter),
             Err(e) => {
                 tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry")
             }

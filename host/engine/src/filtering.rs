@@ -17,7 +17,7 @@ use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_Q
 use tocsin_runtime::{CallError, Stage};
 
 use crate::pipeline::{next_due, sleep_or_cancel, state_writes, SinkRoute, IDLE_RECHECK};
-use crate::status::{Counters, PipelineStatus};
+use crate::status::{Counters, PipelineStatus, StageEvent};
 
 /// Moves one pipeline's ingress through its filters.
 pub struct FilterWorker {
@@ -92,12 +92,8 @@ impl FilterWorker {
                     }
                 }
             }
-            Err(e) => {
-                Counters::bump(if e.is_trap() {
-                    &c.plugin_traps
-                } else {
-                    &c.plugin_errors
-                });
+            Err((stage, e)) => {
+                status.call_failed(&stage, &e);
                 envelope.attempts += 1;
                 envelope.last_error = Some(e.to_string());
                 if envelope.attempts >= self.retry.max_attempts {
@@ -107,7 +103,7 @@ impl FilterWorker {
                         .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
                         .await
                     {
-                        Ok(()) => Counters::bump(&c.dead_lettered),
+                        Ok(()) => status.record(&stage, StageEvent::DeadLetter),
                         Err(e) => {
                             tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter")
                         }
@@ -118,7 +114,7 @@ impl FilterWorker {
                         .jittered_delay(envelope.attempts, rand::random::<f64>());
                     envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
                     tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
-                    Counters::bump(&c.retries);
+                    status.record(&stage, StageEvent::Retry);
                     if let Err(e) = self.queue.update_ingress(&self.pipeline, seq, &envelope) {
                         tracing::error!(pipeline = %self.pipeline, error = %e, "cannot record the failure");
                     }
@@ -127,17 +123,21 @@ impl FilterWorker {
         }
     }
 
-    /// Runs the chain on one message: the final outputs and every state write made on the way.
+    /// Runs the chain on one message: the final outputs and every state write made on the way,
+    /// or the failing stage's name and error.
     async fn run_filters(
         &mut self,
         msg: &Message,
-    ) -> Result<(Vec<Message>, Vec<StateWrite>), CallError> {
+    ) -> Result<(Vec<Message>, Vec<StateWrite>), (String, CallError)> {
         let mut current = vec![msg.clone()];
         let mut state = Vec::new();
         for (i, stage) in self.filters.iter_mut().enumerate() {
             let mut next = Vec::with_capacity(current.len());
             for m in &current {
-                let (out, changes) = stage.process(m).await?;
+                let (out, changes) = stage
+                    .process(m)
+                    .await
+                    .map_err(|e| (format!("filter.{i}"), e))?;
                 next.extend(number_outputs(&m.id, out));
                 state.extend(state_writes(&format!("filter.{i}"), changes));
             }

@@ -153,6 +153,22 @@ impl Collector for PipelineCollector {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        let mut events = encoder.encode_descriptor(
+            "tocsin_stage_events",
+            "Plugin traps and errors, retries and dead letters, per stage (`source`, `filter.N`, `sink.NAME`)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (pipeline, status) in &statuses {
+            for (stage, event, n) in status.stage_events() {
+                let labels = vec![
+                    ("pipeline", pipeline.clone()),
+                    ("stage", stage),
+                    ("event", event.as_str().to_string()),
+                ];
+                ConstCounter::new(n).encode(events.encode_family(&labels)?)?;
+            }
+        }
         let mut up = encoder.encode_descriptor(
             "tocsin_pipeline_up",
             "1 when the pipeline runs, 0 when it failed, is disabled or stopped",

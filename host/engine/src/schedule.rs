@@ -68,11 +68,7 @@ impl Scheduler {
         let (mut messages, changes) = match self.source.poll(tick_ms).await {
             Ok(r) => r,
             Err(e) => {
-                Counters::bump(if e.is_trap() {
-                    &c.plugin_traps
-                } else {
-                    &c.plugin_errors
-                });
+                self.status.call_failed("source", &e);
                 let level_error = matches!(e, CallError::Trap { .. } | CallError::Init(_));
                 if level_error {
                     tracing::error!(pipeline = %self.pipeline, stage = "source", error = %e, "poll failed; the next tick will try again");

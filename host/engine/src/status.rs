@@ -1,7 +1,10 @@
 //! What each pipeline is doing, and counters of what it did.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tocsin_runtime::CallError;
 
 /// The state of one pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +54,39 @@ impl Counters {
     }
 }
 
+/// What happened at one stage, counted per stage for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StageEvent {
+    /// The host stopped a call (CPU, memory, timeout, trap).
+    Trap,
+    /// A call returned an error.
+    Error,
+    /// A failed attempt that will be retried.
+    Retry,
+    /// A message moved to dead letters.
+    DeadLetter,
+}
+
+impl StageEvent {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageEvent::Trap => "trap",
+            StageEvent::Error => "error",
+            StageEvent::Retry => "retry",
+            StageEvent::DeadLetter => "dead_letter",
+        }
+    }
+}
+
 /// Shared status of one pipeline.
 #[derive(Debug)]
 pub struct PipelineStatus {
     state: Mutex<PipelineState>,
     /// Its counters.
     pub counters: Counters,
+    /// Events per (stage, event).
+    stage_events: Mutex<BTreeMap<(String, StageEvent), u64>>,
 }
 
 impl PipelineStatus {
@@ -65,6 +95,7 @@ impl PipelineStatus {
         Arc::new(PipelineStatus {
             state: Mutex::new(PipelineState::Starting),
             counters: Counters::default(),
+            stage_events: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -76,5 +107,42 @@ impl PipelineStatus {
     /// Sets the state.
     pub fn set(&self, state: PipelineState) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// Counts an event of `stage` (and the pipeline's matching counter).
+    pub fn record(&self, stage: &str, event: StageEvent) {
+        let c = &self.counters;
+        Counters::bump(match event {
+            StageEvent::Trap => &c.plugin_traps,
+            StageEvent::Error => &c.plugin_errors,
+            StageEvent::Retry => &c.retries,
+            StageEvent::DeadLetter => &c.dead_lettered,
+        });
+        *self
+            .stage_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((stage.to_string(), event))
+            .or_default() += 1;
+    }
+
+    /// Counts a failed plugin call of `stage`: a trap or an error.
+    pub fn call_failed(&self, stage: &str, error: &CallError) {
+        let event = if error.is_trap() {
+            StageEvent::Trap
+        } else {
+            StageEvent::Error
+        };
+        self.record(stage, event);
+    }
+
+    /// Every (stage, event, count) so far.
+    pub fn stage_events(&self) -> Vec<(String, StageEvent, u64)> {
+        self.stage_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((stage, event), n)| (stage.clone(), *event, *n))
+            .collect()
     }
 }

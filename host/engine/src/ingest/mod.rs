@@ -29,7 +29,7 @@ use tocsin_queue::QueueStore;
 use tocsin_runtime::{IngestRequest, Stage};
 
 use crate::pipeline::state_writes;
-use crate::status::{Counters, PipelineStatus};
+use crate::status::PipelineStatus;
 use auth::Authenticator;
 
 /// Seconds a client is asked to wait when its request cannot be persisted.
@@ -265,11 +265,7 @@ async fn accept(
             return error(status, rejection.reason);
         }
         Err(e) => {
-            Counters::bump(if e.is_trap() {
-                &c.plugin_traps
-            } else {
-                &c.plugin_errors
-            });
+            endpoint.status.call_failed("source", &e);
             tracing::error!(pipeline = %name, error = %e, "decoder failed; request not accepted");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,7 +11,7 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use rsa::RsaPrivateKey;
 use serde_json::json;
-use tocsin_tests::{file_sink, wait_until, Env};
+use tocsin_tests::{file_sink, serve_on_loopback, wait_until, Env};
 
 const AUDIENCE: &str = "https://tocsin.test/ingest/storage";
 const ACCOUNT: &str = "push@acme.iam.gserviceaccount.com";
@@ -175,5 +175,65 @@ async fn oidc_tokens_are_checked_and_storage_notifications_decoded() {
         );
     }
     assert_eq!(lines[0]["id"], "2070443601311540");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_from_a_url_is_fetched_and_refetched_for_a_new_key() {
+    let first = signer("old");
+    let rotated = signer("new");
+    // The key set served over HTTP; Google-style rotation adds a key later.
+    let served = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [first.jwk.clone()]})));
+    let keys = served.clone();
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let keys = keys.clone();
+            async move { axum::Json(keys.lock().unwrap().clone()) }
+        }),
+    );
+    let port = serve_on_loopback(app).await;
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "storage",
+        &format!(
+            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"http://127.0.0.1:{port}/certs\", audience = \"{AUDIENCE}\" }} }}\n\n{}",
+            file_sink(&env, "out", "storage.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    let post = |token: String, id: &str| {
+        let url = format!("{}/ingest/storage", server.base_url);
+        let body =
+            json!({"message": {"data": "aGk=", "messageId": id}, "subscription": "s"}).to_string();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let bearer =
+        |signer: &Signer, kid: &str| token(signer, kid, claims(AUDIENCE, now() + 600, ACCOUNT));
+    assert_eq!(post(bearer(&first, "old"), "1").await, 202);
+    // The key server publishes a new key; a token signed with it makes tocsin refetch.
+    served.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(rotated.jwk.clone());
+    assert_eq!(post(bearer(&rotated, "new"), "2").await, 202);
+    // Refetches are rate-limited: a token naming an unknown key right after is refused.
+    let stranger = signer("stranger");
+    assert_eq!(post(bearer(&stranger, "stranger"), "3").await, 401);
+    wait_until(Duration::from_secs(20), "two deliveries", || {
+        env.read_lines("out/storage.jsonl").len() == 2
+    })
+    .await;
     server.stop().await;
 }

@@ -5,7 +5,8 @@
 //! the algorithm (RS256 only — `none` and HMAC tokens are refused), expiry (`exp`, 60 s leeway),
 //! audience (`aud`), issuer (`iss`), and, when configured, the service account (`email` with
 //! `email_verified`). A JWKS from a URL is fetched at start and again when a token names a key
-//! it does not hold (at most once a minute), which follows Google's key rotation.
+//! it does not hold (at once the first time, then at most once a minute), which follows
+//! Google's key rotation without letting forged `kid`s hammer the key server.
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,10 @@ impl OidcVerifier {
     /// Loads the key set (reads the file, or fetches the URL).
     pub async fn new(spec: OidcSpec) -> Result<Self, String> {
         let keys = load(&spec.jwks).await?;
+        // No refetch recorded yet: the first unknown key may refetch at once.
         Ok(OidcVerifier {
             spec,
-            keys: RwLock::new((keys, Some(Instant::now()))),
+            keys: RwLock::new((keys, None)),
         })
     }
 

@@ -101,6 +101,10 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         ),
     );
     env.write_pipeline(
+        "flooder",
+        &hostile_pipeline(&env, "flooder", r#"{ mode = "flood", count = 5000 }"#, "{}"),
+    );
+    env.write_pipeline(
         "snoop",
         &hostile_pipeline(&env, "snoop", r#"{ mode = "env" }"#, "{}"),
     );
@@ -111,6 +115,10 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         ("bomb", "plugin stopped (memory)"),
         ("slow", "plugin stopped (timeout)"),
         ("panicky", "plugin stopped (panic)"),
+        (
+            "flooder",
+            "plugin stopped (quota): more than 1024 state keys",
+        ),
         ("reader", "read /etc/passwd failed"),
         ("escaper", "read "),
     ];

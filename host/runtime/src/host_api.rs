@@ -17,6 +17,15 @@ pub const MAX_STATE_VALUE_BYTES: usize = 256 * 1024;
 /// Distinct keys written per call (a guest can write 100 k values in 0.13 s).
 pub const MAX_STATE_WRITES_PER_CALL: usize = 1024;
 
+/// A plugin broke one of the host's quotas; the call traps with this error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QuotaExceeded(pub String);
+
+fn quota(message: String) -> wasmtime::Error {
+    wasmtime::Error::new(QuotaExceeded(message))
+}
+
 impl wit_types::Host for PluginState {}
 
 impl wit_host::Host for PluginState {
@@ -60,10 +69,10 @@ impl wit_host::Host for PluginState {
     fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         check_key(&key)?;
         if value.len() > MAX_STATE_VALUE_BYTES {
-            wasmtime::bail!(
+            return Err(quota(format!(
                 "state value for `{key}` is {} bytes; the cap is {MAX_STATE_VALUE_BYTES}",
                 value.len()
-            );
+            )));
         }
         self.pending_write(key, Some(value))
     }
@@ -99,7 +108,9 @@ impl PluginState {
     fn pending_write(&mut self, key: String, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
         let pending = &mut self.host.pending;
         if !pending.contains_key(&key) && pending.len() >= MAX_STATE_WRITES_PER_CALL {
-            wasmtime::bail!("more than {MAX_STATE_WRITES_PER_CALL} state keys written in one call");
+            return Err(quota(format!(
+                "more than {MAX_STATE_WRITES_PER_CALL} state keys written in one call"
+            )));
         }
         pending.insert(key, value);
         Ok(())
@@ -108,7 +119,9 @@ impl PluginState {
 
 fn check_key(key: &str) -> wasmtime::Result<()> {
     if key.is_empty() || key.len() > MAX_STATE_KEY_BYTES {
-        wasmtime::bail!("state keys must be 1..={MAX_STATE_KEY_BYTES} bytes");
+        return Err(quota(format!(
+            "state keys must be 1..={MAX_STATE_KEY_BYTES} bytes"
+        )));
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! One pipeline stage: a live plugin instance, its limits, and the calls into it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tocsin_config::{Grants, Limits};
 use tocsin_message::Message;
@@ -428,7 +427,6 @@ fn checked_output(out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallErro
 
 /// Names the bound or fault behind a wasmtime error.
 fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
-    let text = format!("{e:#}");
     let (kind, detail) = match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => (
             TrapKind::Cpu,
@@ -441,20 +439,23 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
         ),
         Some(Trap::Interrupt) => (TrapKind::Timeout, "interrupted".to_string()),
         Some(other) => (TrapKind::Other, other.to_string()),
-        None if text.contains("forcing trap when growing memory") => (
-            TrapKind::Memory,
-            format!(
-                "tried to grow memory past its cap of {} bytes",
-                limits.memory
-            ),
-        ),
-        None if text.contains("state") || text.contains("log") => (TrapKind::Quota, text.clone()),
-        None => (TrapKind::Other, text.clone()),
+        None => match e.downcast_ref::<crate::host_api::QuotaExceeded>() {
+            Some(quota) => (TrapKind::Quota, quota.0.clone()),
+            None => {
+                let text = format!("{e:#}");
+                if text.contains("forcing trap when growing memory") {
+                    (
+                        TrapKind::Memory,
+                        format!(
+                            "tried to grow memory past its cap of {} bytes",
+                            limits.memory
+                        ),
+                    )
+                } else {
+                    (TrapKind::Other, text)
+                }
+            }
+        },
     };
     CallError::Trap { kind, detail }
-}
-
-/// How long a stage's calls may take, for callers that schedule around it.
-pub fn call_budget(limits: &Limits) -> Duration {
-    limits.timeout
 }

@@ -10,6 +10,7 @@
 //! | `sleep` | sleeps `ms` milliseconds (blocked in a host call) | stop it by its wall-clock bound |
 //! | `big` | returns `count` copies of the message | refuse outputs past the host's cap |
 //! | `env` | passes it on with the environment it sees as the body | nothing: it must see none |
+//! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
 
@@ -66,6 +67,12 @@ impl Filter for Hostile {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 let args: Vec<String> = std::env::args().collect();
                 msg.body = format!("vars={vars:?} args={args:?}");
+                Ok(vec![msg])
+            }
+            "flood" => {
+                for i in 0..self.0.count {
+                    tocsin_sdk::host::state_set(&format!("key-{i}"), b"x");
+                }
                 Ok(vec![msg])
             }
             "pass" => Ok(vec![msg]),

@@ -43,10 +43,8 @@ async fn messages_queued_during_an_outage_survive_sigkill_and_arrive_once() {
     let token_file = env.path("matrix-token");
     std::fs::write(&token_file, &synapse.token).unwrap();
     // No threshold: every tick is a message, and the template puts the tick in the body.
-    env.write_pipeline(
-        "ticks",
-        &format!(
-            r#"
+    let pipeline = format!(
+        r#"
 {source}
 
 [[filter]]
@@ -60,18 +58,19 @@ config = {{ homeserver = "{base}", room = "{room}" }}
 grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ access_token = "file:{token}" }} }}
 retry = {{ max_attempts = 1000, initial = "100ms", max = "500ms" }}
 "#,
-            source = every_second_backup_source(&env, r#"host = "db1""#),
-            base = synapse.base,
-            room = synapse.room,
-            port = synapse.port,
-            token = token_file.display(),
-        ),
+        source = every_second_backup_source(&env, r#"host = "db1""#),
+        base = synapse.base,
+        room = synapse.room,
+        port = synapse.port,
+        token = token_file.display(),
     );
+    env.write_pipeline("ticks", &pipeline);
 
     // Matrix goes down; tocsin queues for a few seconds, then is killed.
     synapse.stop();
     let mut tocsin = spawn_tocsin(&env);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Long enough for several ticks even when start-up is slow.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     tocsin.kill().expect("SIGKILL");
     tocsin.wait().unwrap();
 
@@ -79,8 +78,26 @@ retry = {{ max_attempts = 1000, initial = "100ms", max = "500ms" }}
     let mut tocsin = spawn_tocsin(&env);
     tokio::time::sleep(Duration::from_secs(2)).await;
     synapse.launch().await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    // Stop producing: SIGTERM, a graceful stop.
+    // Stop producing: a new version of the pipeline whose schedule never fires (hot reload),
+    // so what is queued drains and nothing new comes. Then SIGTERM, a graceful stop.
+    env.write_pipeline(
+        "ticks",
+        &pipeline.replace("* * * * * *", "0 0 0 1 1 * 2099"),
+    );
+    let mut seen = 0;
+    let mut stable_since = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while stable_since.elapsed() < Duration::from_secs(4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never stopped growing"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = synapse.messages().await.len();
+        if now != seen {
+            (seen, stable_since) = (now, std::time::Instant::now());
+        }
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(tocsin.id().to_string())

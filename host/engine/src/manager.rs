@@ -142,6 +142,8 @@ impl Manager {
         };
         let previous = self.entries.remove(name).and_then(|e| e.running);
         let replacing = previous.is_some();
+        // Requests to an ingest pipeline being replaced get 503 (retry), not 404.
+        self.shared.ingest.begin_reload(name);
         if let Some(old) = previous {
             old.stop().await;
         }
@@ -174,6 +176,7 @@ impl Manager {
                 }
             }
         };
+        self.shared.ingest.end_reload(name);
         self.entries
             .insert(name.to_string(), Entry { digest, running });
     }

@@ -11,7 +11,7 @@
 pub mod auth;
 pub mod oidc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use axum::body::Body;
@@ -55,20 +55,25 @@ pub struct IngestEndpoint {
     pub status: Arc<PipelineStatus>,
 }
 
-/// The ingest pipelines currently running, by name.
+/// The ingest pipelines currently running, by name, and those being replaced.
 #[derive(Clone, Default)]
-pub struct IngestTable(Arc<RwLock<HashMap<String, Arc<IngestEndpoint>>>>);
+pub struct IngestTable {
+    endpoints: Arc<RwLock<HashMap<String, Arc<IngestEndpoint>>>>,
+    /// Pipelines between their old version's stop and their new version's start: requests
+    /// get 503 + Retry-After (a sender retries), not 404 (GitHub, for one, would not).
+    reloading: Arc<RwLock<HashSet<String>>>,
+}
 
 impl IngestTable {
     /// Makes a pipeline reachable at `/ingest/{name}` (replacing an older version).
     pub fn register(&self, endpoint: Arc<IngestEndpoint>) {
-        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         map.insert(endpoint.pipeline.clone(), endpoint);
     }
 
-    /// Makes a pipeline unreachable (404) — if `endpoint` is still the registered one.
+    /// Makes a pipeline unreachable — if `endpoint` is still the registered one.
     pub fn unregister(&self, endpoint: &Arc<IngestEndpoint>) {
-        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         if map
             .get(&endpoint.pipeline)
             .is_some_and(|e| Arc::ptr_eq(e, endpoint))
@@ -77,12 +82,26 @@ impl IngestTable {
         }
     }
 
+    /// Marks `name` as being replaced, until [`IngestTable::end_reload`].
+    pub fn begin_reload(&self, name: &str) {
+        let mut set = self.reloading.write().unwrap_or_else(|p| p.into_inner());
+        set.insert(name.to_string());
+    }
+
+    /// Ends a replacement begun with [`IngestTable::begin_reload`].
+    pub fn end_reload(&self, name: &str) {
+        let mut set = self.reloading.write().unwrap_or_else(|p| p.into_inner());
+        set.remove(name);
+    }
+
+    fn is_reloading(&self, name: &str) -> bool {
+        let set = self.reloading.read().unwrap_or_else(|p| p.into_inner());
+        set.contains(name)
+    }
+
     fn get(&self, name: &str) -> Option<Arc<IngestEndpoint>> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        let map = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        map.get(name).cloned()
     }
 }
 
@@ -192,6 +211,9 @@ async fn accept(
 ) -> Response {
     let name = name.to_string();
     let Some(endpoint) = table.get(&name) else {
+        if table.is_reloading(&name) {
+            return unavailable("the pipeline is being reloaded; nothing was accepted, try again");
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!("no ingest pipeline named `{name}`"),
@@ -302,5 +324,45 @@ async fn accept(
             tracing::error!(pipeline = %name, error = %e, "cannot persist ingested messages");
             unavailable("the messages could not be stored; nothing was accepted, try again")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn post(app: Router, path: &str) -> (StatusCode, Option<String>) {
+        let request = axum::http::Request::post(path)
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let retry = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (response.status(), retry)
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_being_reloaded_answers_503_not_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn QueueStore> = tocsin_queue::SledStore::open(dir.path()).unwrap();
+        let metrics = crate::metrics::Metrics::new(crate::manager::new_board(), queue);
+        let table = IngestTable::default();
+        let app = || router(table.clone(), metrics.clone(), None);
+        assert_eq!(
+            post(app(), "/ingest/hooks").await,
+            (StatusCode::NOT_FOUND, None)
+        );
+        table.begin_reload("hooks");
+        assert_eq!(
+            post(app(), "/ingest/hooks").await,
+            (StatusCode::SERVICE_UNAVAILABLE, Some("5".to_string()))
+        );
+        table.end_reload("hooks");
+        assert_eq!(post(app(), "/ingest/hooks").await.0, StatusCode::NOT_FOUND);
+        // Janitor's route without a configured pipeline says how to configure it.
+        assert_eq!(post(app(), "/message").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -1,6 +1,7 @@
 //! tocsin's integration tests: the real engine, real plugins, real servers.
 //!
 //! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
+//! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
@@ -29,5 +30,6 @@ mod redelivery;
 mod restart;
 mod runtime;
 mod sandbox;
+mod secrets;
 mod sysmetrics;
 mod validate;

@@ -166,6 +166,23 @@ impl Env {
             .collect()
     }
 
+    /// Runs the `tocsin` binary with `args` on this environment's data directory (the server
+    /// stopped), asserts it succeeded, and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(tocsin_bin())
+            .args(args)
+            .arg("--data")
+            .arg(self.path("data"))
+            .output()
+            .expect("tocsin runs");
+        assert!(
+            out.status.success(),
+            "tocsin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// JSON lines of a file sink's output.
     pub fn read_json_lines(&self, rel: &str) -> Vec<serde_json::Value> {
         self.read_lines(rel)

@@ -2,14 +2,13 @@
 //! letters with their last error, where `tocsin dlq` lists, shows and replays them; and a
 //! pipeline whose file changes keeps its queued messages for the new version.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::post;
-use tocsin_tests::{free_port, serve_on_loopback, tocsin_bin, wait_until, Env};
+use tocsin_tests::{free_port, serve_on_loopback, wait_until, Env};
 
 /// A webhook receiver that fails with 500 until told otherwise, recording what it accepted.
 struct Receiver {
@@ -71,21 +70,6 @@ async fn post_message(base: &str, pipeline: &str, id: &str) {
     assert_eq!(resp.status(), 202);
 }
 
-fn cli(env: &Env, args: &[&str]) -> String {
-    let out = Command::new(tocsin_bin())
-        .args(args)
-        .arg("--data")
-        .arg(env.path("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tocsin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_go_to_dead_letters_and_a_replay_delivers_once() {
     let receiver = receiver().await;
@@ -121,16 +105,18 @@ async fn exhausted_retries_go_to_dead_letters_and_a_replay_delivers_once() {
     server.stop().await;
 
     // With the server stopped, an operator looks and replays.
-    let listing = cli(&env, &["dlq", "ls"]);
+    let listing = env.cli(&["dlq", "ls"]);
     assert!(
         listing.contains("alerts") && listing.contains("chat") && listing.contains("HTTP 500"),
         "{listing}"
     );
-    let shown = cli(&env, &["dlq", "show", "alerts", "chat", &seq.to_string()]);
+    let shown = env.cli(&["dlq", "show", "alerts", "chat", &seq.to_string()]);
     assert!(shown.contains("message m1"), "{shown}");
-    assert!(cli(&env, &["dlq", "replay", "alerts", "chat", "--all"]).contains("replayed 1"));
+    assert!(env
+        .cli(&["dlq", "replay", "alerts", "chat", "--all"])
+        .contains("replayed 1"));
     assert!(
-        cli(&env, &["dlq", "ls", "alerts"]).lines().count() == 1,
+        env.cli(&["dlq", "ls", "alerts"]).lines().count() == 1,
         "only the header is left"
     );
 

@@ -142,17 +142,7 @@ retry = {{ max_attempts = 1000, initial = "100ms", max = "500ms" }}
     }
 
     // Nothing left behind: queues and dead letters are empty.
-    let out = Command::new(tocsin_bin())
-        .args(["queue", "ls", "--data"])
-        .arg(env.path("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = env.cli(&["queue", "ls"]);
     assert!(listing.starts_with("pipeline"), "{listing}");
     // A drained pipeline has nothing stored, so no row; a row would show what is left.
     let row = listing.lines().find(|l| l.starts_with("ticks"));

@@ -128,21 +128,7 @@ retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
         .status();
     child.wait().unwrap();
 
-    let dlq = |args: &[&str]| {
-        let out = Command::new(tocsin_bin())
-            .args(args)
-            .arg("--data")
-            .arg(env.path("data"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let listing = dlq(&["dlq", "ls"]);
+    let listing = env.cli(&["dlq", "ls"]);
     assert!(listing.contains("HTTP 500: boom"), "{listing}");
     let seq = listing
         .lines()
@@ -152,7 +138,7 @@ retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
         .nth(2)
         .unwrap()
         .to_string();
-    let shown = dlq(&["dlq", "show", "guarded", "hook", &seq]);
+    let shown = env.cli(&["dlq", "show", "guarded", "hook", &seq]);
 
     let log = std::fs::read_to_string(env.path("stderr.log")).unwrap()
         + &std::fs::read_to_string(env.path("stdout.log")).unwrap();

@@ -11,6 +11,8 @@
 
 pub mod alertmanager;
 pub mod mastodon;
+pub mod process;
+pub mod receiver;
 pub mod synapse;
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
+//! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
 mod alertmanager;
 mod backup_alerts;
@@ -32,4 +33,5 @@ mod runtime;
 mod sandbox;
 mod secrets;
 mod sysmetrics;
+mod torture;
 mod validate;

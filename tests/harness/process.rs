@@ -1,0 +1,127 @@
+//! The real `tocsin` binary as a child process: started on a fixed loopback port, killed with
+//! SIGKILL or stopped with SIGTERM, its log appended to `tocsin.log` of the environment across
+//! restarts.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, plugins_dir, tocsin_bin, Env};
+
+/// A running `tocsin run` process.
+pub struct Tocsin {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+}
+
+/// The port every start of one test's binary listens on, so clients keep one URL across
+/// restarts.
+pub struct Port(pub u16);
+
+impl Port {
+    /// A free loopback port.
+    pub fn free() -> Port {
+        Port(free_port())
+    }
+}
+
+impl Tocsin {
+    /// Starts `tocsin run` on the environment's pipelines and data, listening on `port`, with
+    /// `extra` arguments; stdout and stderr are appended to `tocsin.log`.
+    pub fn spawn(env: &Env, port: &Port, extra: &[&str]) -> Tocsin {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(env.path("tocsin.log"))
+            .expect("log file");
+        let child = Command::new(tocsin_bin())
+            .arg("run")
+            .arg("--pipelines")
+            .arg(env.path("pipelines"))
+            .arg("--data")
+            .arg(env.path("data"))
+            .arg("--plugin-dir")
+            .arg(plugins_dir())
+            .args(["--listen", &format!("127.0.0.1:{}", port.0)])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tocsin starts");
+        Tocsin {
+            child,
+            base_url: format!("http://127.0.0.1:{}", port.0),
+        }
+    }
+
+    /// Waits until `GET /healthz` answers 200; panics (with the log's tail) after `timeout`
+    /// or if the process exits first.
+    pub async fn wait_serving(&mut self, env: &Env, timeout: Duration) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tocsin exited ({status}) before serving:\n{}",
+                    log_tail(env)
+                );
+            }
+            let url = format!("{}/healthz", self.base_url);
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tocsin not serving after {timeout:?}:\n{}",
+                log_tail(env)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM; waits up to `bound` for the exit. Returns the exit status and how long it
+    /// took, or panics (after a SIGKILL) when the bound passed.
+    pub fn terminate(mut self, bound: Duration) -> (ExitStatus, Duration) {
+        let sent = Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(ok.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, sent.elapsed());
+            }
+            if sent.elapsed() > bound {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("tocsin did not exit within {bound:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// The last 40 lines of the environment's `tocsin.log`.
+pub fn log_tail(env: &Env) -> String {
+    let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

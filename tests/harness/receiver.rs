@@ -1,0 +1,173 @@
+//! A local webhook receiver: records every request a `webhook` sink makes and answers as the
+//! test says — accept, fail with a status, rate-limit with `Retry-After`, or hold the answer.
+//!
+//! It honours `Idempotency-Key` the way Mastodon does: a key it has accepted before is
+//! accepted again without being shown twice, so [`Receiver::visible`] is what a user would see.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::Value;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200.
+    Accept,
+    /// This status (e.g. 503: a sink that is down).
+    Fail(u16),
+    /// 429 with `Retry-After: <seconds>`.
+    RateLimit {
+        /// The `Retry-After` value, in seconds.
+        retry_after_s: u64,
+    },
+    /// 200, but only after this long.
+    Hold(Duration),
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Its `Idempotency-Key` header.
+    pub key: String,
+    /// The JSON body (`Value::Null` if it was not JSON).
+    pub body: Value,
+    /// The message id in the body.
+    pub id: String,
+    /// When it arrived (since the receiver started).
+    pub at: Duration,
+    /// The status answered; 0 while a held request is still waiting.
+    pub answered: u16,
+}
+
+struct Inner {
+    started: Instant,
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<Request>>,
+}
+
+/// A running receiver on a free loopback port, for the rest of the test.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its port.
+    pub port: u16,
+    inner: Arc<Inner>,
+}
+
+impl Receiver {
+    /// Starts a receiver that accepts everything.
+    pub async fn start() -> Receiver {
+        let inner = Arc::new(Inner {
+            started: Instant::now(),
+            behaviour: Mutex::new(Behaviour::Accept),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(inner.clone());
+        let port = crate::serve_on_loopback(app).await;
+        Receiver { port, inner }
+    }
+
+    /// The URL a `webhook` sink posts to.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The `host:port` to grant.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Changes how the next requests are answered.
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.inner.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Accepted requests, one per idempotency key: what a user sees.
+    pub fn visible(&self) -> Vec<Request> {
+        let mut seen = BTreeSet::new();
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered) && seen.insert(r.key.clone()))
+            .collect()
+    }
+
+    /// The message ids of [`Receiver::visible`].
+    pub fn visible_ids(&self) -> BTreeSet<String> {
+        self.visible().into_iter().map(|r| r.id).collect()
+    }
+
+    /// Message ids visible more than once (under different idempotency keys), with counts:
+    /// duplicates a user would see.
+    pub fn visible_duplicates(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::<String, usize>::new();
+        for r in self.visible() {
+            *counts.entry(r.id).or_default() += 1;
+        }
+        counts.retain(|_, n| *n > 1);
+        counts
+    }
+
+    /// A `[[sink]]` table of the `webhook` plugin posting here, with `retry` (a TOML inline table, e.g. `{ max_attempts = 5, initial = "50ms" }`).
+    pub fn sink_toml(&self, name: &str, retry: &str) -> String {
+        format!(
+            "[[sink]]\nname = \"{name}\"\nplugin = \"webhook\"\n\
+             config = {{ url = \"{url}\" }}\n\
+             grants = {{ hosts = [\"{host}\"] }}\nretry = {retry}\n",
+            url = self.url(),
+            host = self.host(),
+        )
+    }
+}
+
+async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let request = Request {
+        key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        id: body["id"].as_str().unwrap_or_default().to_string(),
+        body,
+        at: inner.started.elapsed(),
+        answered: 0,
+    };
+    let index = {
+        let mut requests = inner.requests.lock().unwrap();
+        requests.push(request);
+        requests.len() - 1
+    };
+    let behaviour = *inner.behaviour.lock().unwrap();
+    let response = match behaviour {
+        Behaviour::Accept => StatusCode::OK.into_response(),
+        Behaviour::Fail(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "receiver told to fail",
+        )
+            .into_response(),
+        Behaviour::RateLimit { retry_after_s } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after_s.to_string())],
+            "slow down",
+        )
+            .into_response(),
+        Behaviour::Hold(how_long) => {
+            tokio::time::sleep(how_long).await;
+            StatusCode::OK.into_response()
+        }
+    };
+    inner.requests.lock().unwrap()[index].answered = response.status().as_u16();
+    response
+}

@@ -120,6 +120,7 @@ impl Env {
             janitor_pipeline: None,
             janitor_listen: None,
             queue_budget: None,
+            shutdown_grace: tocsin::settings::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 

@@ -16,6 +16,7 @@
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
+//! - `shutdown`: SIGTERM: stop accepting, finish or abandon in-flight deliveries, exit in bound.
 //! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
 mod alertmanager;
@@ -32,6 +33,7 @@ mod restart;
 mod runtime;
 mod sandbox;
 mod secrets;
+mod shutdown;
 mod sysmetrics;
 mod torture;
 mod validate;

@@ -79,6 +79,10 @@ enum Command {
         /// skip ticks until deliveries free space.
         #[arg(long, env = "TOCSIN_QUEUE_BUDGET")]
         queue_budget: Option<String>,
+        /// On SIGTERM/SIGINT: how long to wait for in-flight requests and deliveries before
+        /// abandoning them (they stay queued and are delivered after the restart).
+        #[arg(long, env = "TOCSIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_grace)]
+        shutdown_grace: std::time::Duration,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -183,6 +187,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             janitor_pipeline,
             janitor_listen,
             queue_budget,
+            shutdown_grace,
         } => {
             let queue_budget = queue_budget
                 .as_deref()
@@ -207,6 +212,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 janitor_pipeline,
                 janitor_listen,
                 queue_budget,
+                shutdown_grace,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;
@@ -225,6 +231,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
     addr.parse()
         .with_context(|| format!("{flag} `{addr}` is not an address such as 127.0.0.1:8470"))
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    tocsin_config::units::parse_duration(text)
 }
 
 async fn shutdown_signal() {

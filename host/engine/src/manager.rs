@@ -198,14 +198,21 @@ impl Manager {
             .clone()
     }
 
-    /// Stops every pipeline (between messages); queues stay in the store.
-    pub async fn stop_all(&mut self) {
-        for (name, entry) in std::mem::take(&mut self.entries) {
-            if let Some(running) = entry.running {
-                running.stop().await;
-                if let Some(status) = self.board_get(&name) {
-                    status.set(PipelineState::Stopped);
-                }
+    /// Stops every pipeline at once (between messages) and waits for them until `deadline`;
+    /// a plugin call still running then is abandoned and its message stays queued (see
+    /// [`RunningPipeline::finish_stop`]).
+    pub async fn stop_all(&mut self, deadline: tokio::time::Instant) {
+        let running: Vec<(String, RunningPipeline)> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(name, entry)| entry.running.map(|r| (name, r)))
+            .collect();
+        for (_, pipeline) in &running {
+            pipeline.begin_stop();
+        }
+        for (name, pipeline) in running {
+            pipeline.finish_stop(deadline).await;
+            if let Some(status) = self.board_get(&name) {
+                status.set(PipelineState::Stopped);
             }
         }
     }

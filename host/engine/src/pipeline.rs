@@ -49,16 +49,30 @@ pub struct RunningPipeline {
 
 impl RunningPipeline {
     /// Stops its tasks between messages (an in-flight plugin call finishes first, bounded by
-    /// its own timeout). Queued messages stay in the store. An ingest pipeline stops taking
-    /// requests first (404).
+    /// its own timeout and [`STOP_GRACE`]). Queued messages stay in the store. An ingest
+    /// pipeline stops taking requests first (404).
     pub async fn stop(self) {
+        self.begin_stop();
+        self.finish_stop(tokio::time::Instant::now() + STOP_GRACE)
+            .await;
+    }
+
+    /// Stops taking requests and asks every task to stop after its current message.
+    pub fn begin_stop(&self) {
         if let Some((table, endpoint)) = &self.ingest {
             table.unregister(endpoint);
         }
         self.cancel.cancel();
-        for task in self.tasks {
-            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
-                tracing::warn!(pipeline = %self.spec.name, "a task did not stop in time");
+    }
+
+    /// Waits for the tasks until `deadline`, then abandons what is still running: a delivery
+    /// or filter call cut off here was never acknowledged, so its message stays queued and is
+    /// delivered again (under the same idempotency key) after the restart.
+    pub async fn finish_stop(self, deadline: tokio::time::Instant) {
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(pipeline = %self.spec.name, "a plugin call was still running at the shutdown deadline; abandoned it, its message stays queued");
             }
         }
     }

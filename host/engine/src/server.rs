@@ -59,6 +59,7 @@ pub struct Server {
     janitor_pipeline: Option<String>,
     ingest: IngestTable,
     metrics: Arc<crate::metrics::Metrics>,
+    shutdown_grace: Duration,
 }
 
 impl Server {
@@ -84,6 +85,7 @@ impl Server {
             tracing::info!(addr = %addr, pipeline = ?settings.janitor_pipeline, "listening for Janitor clients (POST /message)");
         }
         let janitor_pipeline = settings.janitor_pipeline.clone();
+        let shutdown_grace = settings.shutdown_grace;
         let ingest = IngestTable::default();
         let board = crate::manager::new_board();
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
@@ -114,6 +116,7 @@ impl Server {
             janitor_pipeline,
             ingest,
             metrics,
+            shutdown_grace,
         })
     }
 
@@ -181,12 +184,17 @@ impl Server {
                 _ = rescan.tick() => { self.manager.reconcile().await; }
             }
         }
-        tracing::info!("shutting down: no new requests; stopping pipelines between messages");
+        let grace = self.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: no new requests; stopping pipelines between messages");
+        let deadline = tokio::time::Instant::now() + grace;
         http_stop.cancel();
-        for task in http_tasks {
-            let _ = task.await;
+        for mut task in http_tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!("an HTTP request was still open at the shutdown deadline; closed it unanswered (nothing of it was acknowledged)");
+            }
         }
-        self.manager.stop_all().await;
+        self.manager.stop_all(deadline).await;
         if let Err(e) = self.queue.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

@@ -21,7 +21,14 @@ pub struct Settings {
     pub janitor_listen: Option<std::net::SocketAddr>,
     /// Disk budget of the queue store in bytes; `None` for none.
     pub queue_budget: Option<u64>,
+    /// How long a shutdown waits for in-flight requests and plugin calls before abandoning
+    /// them (their messages stay queued).
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// The default [`Settings::shutdown_grace`]: below systemd's default stop timeout (90 s) and
+/// Kubernetes' termination grace (30 s), so tocsin exits on its own before being killed.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Settings {
     /// The queue database directory.

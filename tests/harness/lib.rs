@@ -14,6 +14,7 @@ pub mod mastodon;
 pub mod process;
 pub mod receiver;
 pub mod synapse;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -120,6 +121,7 @@ impl Env {
             janitor_pipeline: None,
             janitor_listen: None,
             queue_budget: None,
+            min_free_space: tocsin::budget::DEFAULT_MIN_FREE_SPACE,
             shutdown_grace: tocsin::settings::DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -141,9 +143,13 @@ impl Env {
         let board = server.board();
         let http_addr = server.http_addr().expect("the test server listens");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until(async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run_until(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
         Running {
             stop: Some(tx),
             task: Some(task),

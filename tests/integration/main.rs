@@ -1,6 +1,7 @@
 //! tocsin's integration tests: the real engine, real plugins, real servers.
 //!
 //! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
+//! - `disk`: a tmpfs that fills up or turns read-only: 503, nothing lost, recovery.
 //! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
@@ -21,6 +22,7 @@
 
 mod alertmanager;
 mod backup_alerts;
+mod disk;
 mod filters;
 mod forward;
 mod hot_reload;

@@ -79,6 +79,10 @@ enum Command {
         /// skip ticks until deliveries free space.
         #[arg(long, env = "TOCSIN_QUEUE_BUDGET")]
         queue_budget: Option<String>,
+        /// Free space kept on the queues' filesystem, e.g. 64MiB: below it (or when the
+        /// filesystem is read-only) ingest answers 503 and cron sources skip ticks.
+        #[arg(long, env = "TOCSIN_MIN_FREE_SPACE", default_value = "64MiB", value_parser = parse_size)]
+        min_free_space: u64,
         /// On SIGTERM/SIGINT: how long to wait for in-flight requests and deliveries before
         /// abandoning them (they stay queued and are delivered after the restart).
         #[arg(long, env = "TOCSIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_grace)]
@@ -187,6 +191,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             janitor_pipeline,
             janitor_listen,
             queue_budget,
+            min_free_space,
             shutdown_grace,
         } => {
             let queue_budget = queue_budget
@@ -212,11 +217,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 janitor_pipeline,
                 janitor_listen,
                 queue_budget,
+                min_free_space,
                 shutdown_grace,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(tocsin::server::run(settings, shutdown_signal()))?;
-            Ok(ExitCode::SUCCESS)
+            let served = rt.block_on(async {
+                let shutdown = shutdown_signal()?;
+                anyhow::Ok(tocsin::server::run(settings, shutdown).await)
+            })?;
+            match served {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                // EX_TEMPFAIL: a restart is the cure (the unit's Restart=on-failure does it).
+                Err(e @ tocsin::server::ServerError::StoreFailed(_)) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(EXIT_STORE_FAILED))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Validate {
             path,
@@ -233,23 +250,29 @@ fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("{flag} `{addr}` is not an address such as 127.0.0.1:8470"))
 }
 
+/// The exit status after the queue store failed at run time (sysexits' EX_TEMPFAIL).
+const EXIT_STORE_FAILED: u8 = 75;
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    tocsin_config::units::parse_size(text)
+}
+
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
     tocsin_config::units::parse_duration(text)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+/// Registers the SIGTERM and SIGINT handlers now (so a signal that comes while the server is
+/// still starting is not fatal) and returns a future that resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
+    })
 }
 
 fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {

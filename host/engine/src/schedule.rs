@@ -59,8 +59,8 @@ impl Scheduler {
     }
 
     async fn tick(&mut self, tick_ms: u64) {
-        if self.budget.exceeded() {
-            tracing::warn!(pipeline = %self.pipeline, "the queues are over their disk budget; this tick is skipped");
+        if let Some(why) = self.budget.refusal() {
+            tracing::warn!(pipeline = %self.pipeline, reason = %why, "this tick is skipped");
             return;
         }
         let c = &self.status.counters;

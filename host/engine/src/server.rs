@@ -20,6 +20,8 @@ use crate::settings::Settings;
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 /// The directory is also re-read this often, in case a file event was missed.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the queue store is asked whether it failed.
+pub const STORE_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum ServerError {
         /// Why.
         error: String,
     },
+    /// The queue store failed while running; a restart reopens it.
+    #[error("the queue store failed: {0}; restart tocsin once the disk is writable and has space (systemd's Restart=on-failure does so)")]
+    StoreFailed(String),
     /// The pipelines directory is missing or unreadable.
     #[error("pipelines directory {path}: {error}")]
     PipelinesDir {
@@ -94,7 +99,12 @@ impl Server {
             runtime,
             ingest: ingest.clone(),
             metrics: metrics.clone(),
-            budget: crate::budget::DiskBudget::new(settings.queue_budget, queue.clone()),
+            budget: crate::budget::DiskBudget::new(
+                settings.queue_budget,
+                settings.min_free_space,
+                settings.queue_dir(),
+                queue.clone(),
+            ),
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);
@@ -142,7 +152,14 @@ impl Server {
 
     /// Applies directory changes until `shutdown` resolves, then stops every pipeline and
     /// flushes the store.
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// Returns [`ServerError::StoreFailed`] when it stopped because the queue store failed
+    /// (it refuses writes until reopened): the process exits and its supervisor restarts it,
+    /// which reopens the store with everything acknowledged so far.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
         tokio::pin!(shutdown);
         let http_stop = tokio_util::sync::CancellationToken::new();
         let mut http_tasks = Vec::new();
@@ -172,9 +189,18 @@ impl Server {
         }
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
+        let mut store_watch = tokio::time::interval(STORE_WATCH_INTERVAL);
+        let mut store_failure = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = store_watch.tick() => {
+                    if let Some(failure) = self.queue.failure() {
+                        tracing::error!(error = %failure, "the queue store failed and refuses writes until reopened; stopping so the supervisor restarts tocsin (what was acknowledged is on disk)");
+                        store_failure = Some(failure);
+                        break;
+                    }
+                }
                 event = self.events.recv() => {
                     if event.is_none() { continue; }
                     tokio::time::sleep(RELOAD_DEBOUNCE).await;
@@ -199,6 +225,10 @@ impl Server {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::info!("stopped");
+        match store_failure {
+            Some(failure) => Err(ServerError::StoreFailed(failure)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -207,8 +237,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    Server::start(settings).await?.run_until(shutdown).await;
-    Ok(())
+    Server::start(settings).await?.run_until(shutdown).await
 }
 
 /// Binds a listener, if an address is configured; returns the address really bound (the

@@ -21,6 +21,9 @@ pub struct Settings {
     pub janitor_listen: Option<std::net::SocketAddr>,
     /// Disk budget of the queue store in bytes; `None` for none.
     pub queue_budget: Option<u64>,
+    /// Free space (bytes) kept on the queues' filesystem: below it, new messages are refused
+    /// (503) until space returns.
+    pub min_free_space: u64,
     /// How long a shutdown waits for in-flight requests and plugin calls before abandoning
     /// them (their messages stay queued).
     pub shutdown_grace: std::time::Duration,

@@ -44,7 +44,7 @@ pub enum QueueError {
     /// A record could not be decoded.
     #[error("corrupt record in {queue}: {source}")]
     Corrupt {
-        /// Which queue.
+        /// Which queue, in words: `ingress of p`, `p/out`, `dead letters of p/out`.
         queue: String,
         /// Why.
         source: tocsin_message::DecodeError,
@@ -234,6 +234,13 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Bytes the store takes on disk (for the disk budget).
     fn size_on_disk(&self) -> Result<u64>;
+
+    /// A failure after which the store refuses every write until it is reopened (a sled
+    /// database that hit `ENOSPC` or `EROFS` while syncing stays in that state); `None` while
+    /// healthy. What was acknowledged before is on disk; the server restarts to recover.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -55,6 +55,8 @@ pub struct SledStore {
     group_commit_thread: Option<std::thread::JoinHandle<()>>,
     data_file: Arc<File>,
     path: PathBuf,
+    /// The first failed sync, shared with the group-commit thread.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl SledStore {
@@ -84,10 +86,12 @@ impl SledStore {
             })?;
         let data_file = Arc::new(data_file);
         let (tx, rx) = mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
         let (flusher_db, flusher_file) = (db.clone(), data_file.clone());
+        let flusher_failure = failure.clone();
         let thread = std::thread::Builder::new()
             .name("tocsin-group-commit".into())
-            .spawn(move || group_commit_loop(flusher_db, flusher_file, rx))
+            .spawn(move || group_commit_loop(flusher_db, flusher_file, flusher_failure, rx))
             .map_err(storage)?;
         Ok(Arc::new(SledStore {
             db,
@@ -96,6 +100,7 @@ impl SledStore {
             group_commit_thread: Some(thread),
             data_file,
             path: dir.to_path_buf(),
+            failure,
         }))
     }
 
@@ -129,8 +134,11 @@ impl SledStore {
     /// Makes every write so far durable, on this thread (for operator commands, which are
     /// rare and must not wait behind the group commit from inside an async task).
     fn sync_now(&self) -> Result<()> {
-        self.db.flush().map_err(storage)?;
-        self.data_file.sync_data().map_err(storage)
+        let result = sync(&self.db, &self.data_file);
+        if let Err(e) = &result {
+            record_failure(&self.failure, e);
+        }
+        result
     }
 
     fn next_seq(&self) -> Result<Seq> {
@@ -141,12 +149,13 @@ impl SledStore {
         &self,
         tree: &sled::Tree,
         prefix: &[u8],
+        queue: impl FnOnce() -> String,
     ) -> Result<Option<(Seq, Envelope)>> {
         match tree.scan_prefix(prefix).next() {
             None => Ok(None),
             Some(entry) => {
                 let (k, v) = entry.map_err(storage)?;
-                Ok(Some((seq_of(&k), decode(&v, prefix)?)))
+                Ok(Some((seq_of(&k), decode(&v, queue)?)))
             }
         }
     }
@@ -170,9 +179,24 @@ impl Drop for SledStore {
     }
 }
 
+/// sled's flush (write + `sync_file_range`), then `fdatasync` of the data file.
+fn sync(db: &sled::Db, data_file: &File) -> Result<()> {
+    db.flush().map_err(storage)?;
+    data_file.sync_data().map_err(storage)
+}
+
+/// Keeps the first sync failure (later ones repeat it).
+fn record_failure(failure: &Mutex<Option<String>>, e: &QueueError) {
+    failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(|| e.to_string());
+}
+
 fn group_commit_loop(
     db: sled::Db,
     data_file: Arc<File>,
+    failure: Arc<Mutex<Option<String>>>,
     rx: mpsc::Receiver<oneshot::Sender<Result<()>>>,
 ) {
     let mut waiting = Vec::new();
@@ -184,14 +208,14 @@ fn group_commit_loop(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = db.flush().and_then(|_| Ok(data_file.sync_data()?));
+                let _ = sync(&db, &data_file);
                 return;
             }
         }
-        let result = db
-            .flush()
-            .map_err(storage)
-            .and_then(|_| data_file.sync_data().map_err(storage));
+        let result = sync(&db, &data_file);
+        if let Err(e) = &result {
+            record_failure(&failure, e);
+        }
         for reply in waiting.drain(..) {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
@@ -205,11 +229,18 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
-fn decode(bytes: &[u8], prefix: &[u8]) -> Result<Envelope> {
+/// Decodes a stored envelope; `queue` names where it lay (`ingress of p`, `p/out`,
+/// `dead letters of p/out`) for the error.
+fn decode(bytes: &[u8], queue: impl FnOnce() -> String) -> Result<Envelope> {
     decode_record(bytes).map_err(|source| QueueError::Corrupt {
-        queue: String::from_utf8_lossy(prefix).into_owned(),
+        queue: queue(),
         source,
     })
+}
+
+/// How errors name the dead letters of `queue` in `pipeline`.
+fn dead_letters_of(pipeline: &str, queue: &str) -> String {
+    format!("dead letters of {pipeline}/{queue}")
 }
 
 fn ingress_key(seq: Seq) -> Vec<u8> {
@@ -284,7 +315,9 @@ impl QueueStore for SledStore {
     }
 
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>> {
-        self.first_with_prefix(&self.tree(pipeline)?, &[INGRESS])
+        self.first_with_prefix(&self.tree(pipeline)?, &[INGRESS], || {
+            format!("ingress of {pipeline}")
+        })
     }
 
     fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
@@ -314,7 +347,9 @@ impl QueueStore for SledStore {
     }
 
     fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>> {
-        self.first_with_prefix(&self.tree(pipeline)?, &named_prefix(SINK, sink))
+        self.first_with_prefix(&self.tree(pipeline)?, &named_prefix(SINK, sink), || {
+            format!("{pipeline}/{sink}")
+        })
     }
 
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
@@ -354,7 +389,7 @@ impl QueueStore for SledStore {
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (k, v) = entry.map_err(storage)?;
-                Ok((seq_of(&k), decode(&v, &prefix)?))
+                Ok((seq_of(&k), decode(&v, || dead_letters_of(pipeline, queue))?))
             })
             .collect()
     }
@@ -365,10 +400,10 @@ impl QueueStore for SledStore {
         let letters = match seq {
             None => self.dead_letters(pipeline, queue)?,
             Some(seq) => match tree.get(named_key(DEAD, queue, seq)).map_err(storage)? {
-                Some(v) => vec![(seq, decode(&v, queue.as_bytes())?)],
+                Some(v) => vec![(seq, decode(&v, || dead_letters_of(pipeline, queue))?)],
                 None => {
                     return Err(QueueError::NotFound {
-                        queue: format!("dead letters of {pipeline}/{queue}"),
+                        queue: dead_letters_of(pipeline, queue),
                         seq,
                     })
                 }
@@ -465,6 +500,13 @@ impl QueueStore for SledStore {
 
     fn size_on_disk(&self) -> Result<u64> {
         self.db.size_on_disk().map_err(storage)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -614,6 +656,32 @@ mod tests {
         assert!(q.ingress_head("p").unwrap().is_none());
         assert_eq!(q.replay("p", FILTERS_QUEUE, None).unwrap(), 1);
         assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "a");
+    }
+
+    /// Regression (found by `prop_corrupt_stored_records_are_reported_not_panicked`): a
+    /// corrupt record was reported as in queue `i` or `qout\0` (the raw key prefix, with a
+    /// NUL), not by pipeline and queue.
+    #[tokio::test]
+    async fn corrupt_records_name_pipeline_and_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        let tree = q.tree("p").unwrap();
+        tree.insert(ingress_key(1), &[1, 0xff][..]).unwrap();
+        tree.insert(named_key(SINK, "out", 2), &[9][..]).unwrap();
+        tree.insert(named_key(DEAD, "out", 3), &[][..]).unwrap();
+        let queue_of = |e: QueueError| match e {
+            QueueError::Corrupt { queue, .. } => queue,
+            other => panic!("{other}"),
+        };
+        assert_eq!(queue_of(q.ingress_head("p").unwrap_err()), "ingress of p");
+        assert_eq!(queue_of(q.sink_head("p", "out").unwrap_err()), "p/out");
+        let e = q.dead_letters("p", "out").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "corrupt record in dead letters of p/out: empty record"
+        );
+        let e = q.replay("p", "out", Some(3)).unwrap_err();
+        assert_eq!(queue_of(e), "dead letters of p/out");
     }
 
     #[tokio::test]

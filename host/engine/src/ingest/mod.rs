@@ -257,10 +257,8 @@ async fn accept(
         }
         return response;
     }
-    if endpoint.budget.exceeded() {
-        return unavailable(
-            "the queues are over their disk budget; nothing was accepted, try again later",
-        );
+    if let Some(why) = endpoint.budget.refusal() {
+        return unavailable(&format!("{why}; nothing was accepted, try again later"));
     }
     let request = IngestRequest {
         method: method.to_string(),

@@ -316,3 +316,17 @@ pub fn age_file(path: &Path, age: Duration) {
         .expect("file exists");
     f.set_modified(when).expect("set mtime");
 }
+
+/// A `[source]` table: the `json` decoder on `POST /ingest/<pipeline>`, no authentication.
+pub const OPEN_JSON_SOURCE: &str = "[source]\nplugin = \"json\"\nauth = { none = true }\n\n";
+
+/// Posts `{"id": id, "body": "message <id>"}` to `<base>/ingest/<pipeline>`; returns the status.
+pub async fn post_json_message(base: &str, pipeline: &str, id: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/ingest/{pipeline}"))
+        .json(&serde_json::json!({"id": id, "body": format!("message {id}")}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}

@@ -10,14 +10,14 @@ use serde_json::json;
 use tocsin_tests::process::{log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
 use tocsin_tests::tmpfs::Tmpfs;
-use tocsin_tests::{wait_until, Env};
+use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
 
 fn setup(receiver: &Receiver) -> Env {
     let env = Env::new();
     env.write_pipeline(
         "alerts",
         &format!(
-            "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n{}",
+            "{OPEN_JSON_SOURCE}{}",
             receiver.sink_toml(
                 "hook",
                 r#"{ max_attempts = 1000, initial = "100ms", max = "1s" }"#

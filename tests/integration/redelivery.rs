@@ -1,88 +1,35 @@
-//! What happens to messages a sink could not deliver: after `max_attempts` they go to dead
-//! letters with their last error, where `tocsin dlq` lists, shows and replays them; and a
-//! pipeline whose file changes keeps its queued messages for the new version.
+//! Sinks that are down: attempts follow the configured backoff schedule (durations scaled
+//! down to milliseconds), `Retry-After` is honoured, and after `max_attempts` a message goes
+//! to its sink's dead letters with the last error, where `tocsin dlq` lists, shows, replays
+//! and purges them per pipeline and sink; a replayed message is delivered once. A pipeline
+//! whose file changes keeps its queued messages for the new version.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::post;
-use tocsin_tests::{free_port, serve_on_loopback, wait_until, Env};
+use tocsin_tests::receiver::{Behaviour, Receiver};
+use tocsin_tests::{free_port, post_json_message, wait_until, Env, OPEN_JSON_SOURCE};
 
-/// A webhook receiver that fails with 500 until told otherwise, recording what it accepted.
-struct Receiver {
-    port: u16,
-    failing: Arc<AtomicBool>,
-    accepted: Arc<Mutex<Vec<String>>>,
-}
-
-async fn receiver() -> Receiver {
-    let failing = Arc::new(AtomicBool::new(true));
-    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (f, a) = (failing.clone(), accepted.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |body: String| {
-            let (f, a) = (f.clone(), a.clone());
-            async move {
-                if f.load(Ordering::SeqCst) {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "down for maintenance")
-                } else {
-                    a.lock().unwrap().push(body);
-                    (StatusCode::OK, "ok")
-                }
-            }
-        }),
-    );
-    let port = serve_on_loopback(app).await;
-    Receiver {
-        port,
-        failing,
-        accepted,
+fn pipeline(sinks: &[(&str, &Receiver)], retry: &str) -> String {
+    let mut text = OPEN_JSON_SOURCE.to_string();
+    for (name, receiver) in sinks {
+        text.push_str(&receiver.sink_toml(name, retry));
     }
-}
-
-fn webhook_pipeline(port: u16, retry: &str) -> String {
-    format!(
-        r#"
-[source]
-plugin = "json"
-auth = {{ none = true }}
-
-[[sink]]
-name = "chat"
-plugin = "webhook"
-config = {{ url = "http://127.0.0.1:{port}/hook" }}
-grants = {{ hosts = ["127.0.0.1:{port}"] }}
-retry = {retry}
-"#
-    )
-}
-
-async fn post_message(base: &str, pipeline: &str, id: &str) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/ingest/{pipeline}"))
-        .json(&serde_json::json!({"id": id, "body": format!("message {id}")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_retries_go_to_dead_letters_and_a_replay_delivers_once() {
-    let receiver = receiver().await;
+async fn a_long_outage_follows_the_backoff_schedule_then_dead_letters_with_the_last_error() {
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Fail(503));
     let env = Env::new();
-    env.write_pipeline(
-        "alerts",
-        &webhook_pipeline(
-            receiver.port,
-            r#"{ max_attempts = 3, initial = "100ms", max = "200ms" }"#,
-        ),
-    );
+    // A policy of minutes scaled to milliseconds: 200 ms doubling up to 800 ms, 6 attempts.
+    let retry = r#"{ max_attempts = 6, initial = "200ms", max = "800ms", multiplier = 2.0 }"#;
+    env.write_pipeline("alerts", &pipeline(&[("chat", &receiver)], retry));
     let server = env.start().await;
-    post_message(&server.base_url, "alerts", "m1").await;
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m1").await,
+        202
+    );
     wait_until(Duration::from_secs(20), "a dead letter", || {
         server
             .queue
@@ -90,60 +37,167 @@ async fn exhausted_retries_go_to_dead_letters_and_a_replay_delivers_once() {
             .is_ok_and(|d| d.len() == 1)
     })
     .await;
-    let (seq, letter) = server
+    let at: Vec<Duration> = receiver.requests().iter().map(|r| r.at).collect();
+    assert_eq!(at.len(), 6, "exactly max_attempts attempts");
+    // Attempt n+1 comes after the base delay of n (200, 400, 800, 800, 800 ms) with equal
+    // jitter: between half of it and all of it, plus the time a call takes.
+    for (n, pair) in at.windows(2).enumerate() {
+        let base = Duration::from_millis([200, 400, 800, 800, 800][n]);
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= base / 2 && gap <= base + Duration::from_millis(700),
+            "gap {n}: {gap:?} for a base of {base:?} (all: {at:?})"
+        );
+    }
+    let (_, letter) = server
         .queue
         .dead_letters("alerts", "chat")
         .unwrap()
         .remove(0);
-    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.attempts, 6);
     let error = letter.last_error.unwrap();
     assert!(
-        error.starts_with("gave up after 3 attempts: HTTP 500: down for maintenance"),
+        error.starts_with("gave up after 6 attempts: HTTP 503: receiver told to fail"),
         "{error}"
     );
-    assert_eq!(server.counter("alerts", |c| &c.retries), 2);
+    assert_eq!(server.counter("alerts", |c| &c.retries), 5);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_over_the_backoff() {
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::RateLimit { retry_after_s: 2 });
+    let env = Env::new();
+    let retry = r#"{ max_attempts = 10, initial = "50ms", max = "100ms" }"#;
+    env.write_pipeline("alerts", &pipeline(&[("chat", &receiver)], retry));
+    let server = env.start().await;
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m1").await,
+        202
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "a first, rate-limited attempt",
+        || !receiver.requests().is_empty(),
+    )
+    .await;
+    receiver.set(Behaviour::Accept);
+    wait_until(Duration::from_secs(10), "delivered", || {
+        receiver.visible_ids().contains("m1")
+    })
+    .await;
+    let at: Vec<Duration> = receiver.requests().iter().map(|r| r.at).collect();
+    assert_eq!(at.len(), 2, "one retry: {at:?}");
+    let gap = at[1] - at[0];
+    assert!(
+        gap >= Duration::from_secs(2) && gap < Duration::from_millis(3500),
+        "the retry waited for Retry-After (2 s), not the 50 ms backoff: {gap:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_replayed_and_purged_per_pipeline_and_sink() {
+    let (chat, pager, other) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    for r in [&chat, &pager, &other] {
+        r.set(Behaviour::Fail(500));
+    }
+    let env = Env::new();
+    let retry = r#"{ max_attempts = 2, initial = "50ms", max = "100ms" }"#;
+    env.write_pipeline(
+        "alerts",
+        &pipeline(&[("chat", &chat), ("pager", &pager)], retry),
+    );
+    env.write_pipeline("other", &pipeline(&[("chat", &other)], retry));
+    let server = env.start().await;
+    for id in ["m1", "m2"] {
+        assert_eq!(post_json_message(&server.base_url, "alerts", id).await, 202);
+    }
+    assert_eq!(
+        post_json_message(&server.base_url, "other", "o1").await,
+        202
+    );
+    wait_until(Duration::from_secs(20), "five dead letters", || {
+        let n = |p: &str, s: &str| server.queue.dead_letters(p, s).map_or(0, |d| d.len());
+        n("alerts", "chat") == 2 && n("alerts", "pager") == 2 && n("other", "chat") == 1
+    })
+    .await;
     server.stop().await;
 
-    // With the server stopped, an operator looks and replays.
-    let listing = env.cli(&["dlq", "ls"]);
-    assert!(
-        listing.contains("alerts") && listing.contains("chat") && listing.contains("HTTP 500"),
-        "{listing}"
-    );
-    let shown = env.cli(&["dlq", "show", "alerts", "chat", &seq.to_string()]);
-    assert!(shown.contains("message m1"), "{shown}");
+    // Listing: all, or one pipeline's.
+    let all = env.cli(&["dlq", "ls"]);
+    assert_eq!(all.lines().count(), 6, "a header and five letters:\n{all}");
+    assert!(all.contains("HTTP 500"), "{all}");
+    let alerts = env.cli(&["dlq", "ls", "alerts"]);
+    assert_eq!(alerts.lines().count(), 5, "{alerts}");
+    assert!(!alerts.contains("other"), "{alerts}");
+    let seq = |listing: &str, pipeline: &str, sink: &str| -> String {
+        let row = listing
+            .lines()
+            .find(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.first() == Some(&pipeline) && cols.get(1) == Some(&sink)
+            })
+            .unwrap_or_else(|| panic!("no {pipeline}/{sink} row in\n{listing}"));
+        row.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let shown = env.cli(&[
+        "dlq",
+        "show",
+        "alerts",
+        "pager",
+        &seq(&alerts, "alerts", "pager"),
+    ]);
+    assert!(shown.contains("\"attempts\": 2"), "{shown}");
+    assert!(shown.contains("message m"), "{shown}");
+
+    // Replay one sink of one pipeline; purge another pipeline's.
     assert!(env
         .cli(&["dlq", "replay", "alerts", "chat", "--all"])
-        .contains("replayed 1"));
-    assert!(
-        env.cli(&["dlq", "ls", "alerts"]).lines().count() == 1,
-        "only the header is left"
-    );
+        .contains("replayed 2"));
+    assert!(env
+        .cli(&["dlq", "purge", "other", "chat", "--all"])
+        .contains("purged 1"));
+    let left = env.cli(&["dlq", "ls"]);
+    assert_eq!(left.lines().count(), 3, "only alerts/pager's two:\n{left}");
+    assert!(left.lines().skip(1).all(|l| l.contains("pager")), "{left}");
 
-    // The receiver is back; the replayed message is delivered once.
-    receiver.failing.store(false, Ordering::SeqCst);
+    // The receivers are back: the replayed messages arrive once each; nothing else moves.
+    for r in [&chat, &pager, &other] {
+        r.set(Behaviour::Accept);
+    }
     let server = env.start().await;
-    wait_until(Duration::from_secs(20), "redelivery", || {
-        receiver.accepted.lock().unwrap().len() == 1
+    wait_until(Duration::from_secs(20), "m1 and m2 redelivered", || {
+        chat.visible_ids().len() == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.accepted.lock().unwrap().len(), 1);
-    assert!(receiver.accepted.lock().unwrap()[0].contains("message m1"));
+    assert_eq!(
+        chat.requests().iter().filter(|r| r.answered == 200).count(),
+        2
+    );
+    assert!(chat.visible_duplicates().is_empty());
+    assert!(pager.visible().is_empty(), "pager's letters stay parked");
+    assert!(other.visible().is_empty(), "other's letter was purged");
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
-    let receiver = receiver().await;
-    receiver.failing.store(false, Ordering::SeqCst);
-    let nowhere = free_port();
+    let receiver = Receiver::start().await;
     let env = Env::new();
     let patient = r#"{ max_attempts = 1000, initial = "100ms", max = "300ms" }"#;
-    env.write_pipeline("moving", &webhook_pipeline(nowhere, patient));
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let broken = pipeline(&[("chat", &receiver)], patient).replace(&receiver.host(), &nowhere);
+    env.write_pipeline("moving", &broken);
     let server = env.start().await;
     for id in ["a", "b", "c"] {
-        post_message(&server.base_url, "moving", id).await;
+        assert_eq!(post_json_message(&server.base_url, "moving", id).await, 202);
     }
     wait_until(Duration::from_secs(20), "three queued, failing", || {
         server.queue.depths("moving").unwrap().sinks == vec![("chat".to_string(), 3)]
@@ -151,14 +205,12 @@ async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
     })
     .await;
     // The operator fixes the URL: the new version delivers what the old one queued, in order.
-    env.write_pipeline("moving", &webhook_pipeline(receiver.port, patient));
+    env.write_pipeline("moving", &pipeline(&[("chat", &receiver)], patient));
     wait_until(Duration::from_secs(30), "all three delivered", || {
-        receiver.accepted.lock().unwrap().len() == 3
+        receiver.visible().len() == 3
     })
     .await;
-    let bodies: Vec<String> = receiver.accepted.lock().unwrap().clone();
-    for (body, id) in bodies.iter().zip(["a", "b", "c"]) {
-        assert!(body.contains(&format!("message {id}")), "{bodies:?}");
-    }
+    let ids: Vec<String> = receiver.visible().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
     server.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, Env};
+use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
 
 /// The grace the tests give (`--shutdown-grace`).
 const GRACE: Duration = Duration::from_secs(2);
@@ -19,7 +19,7 @@ fn setup(receiver: &Receiver) -> Env {
     env.write_pipeline(
         "alerts",
         &format!(
-            "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n{}",
+            "{OPEN_JSON_SOURCE}{}",
             receiver.sink_toml("hook", r#"{ max_attempts = 100, initial = "50ms" }"#)
         ),
     );

@@ -14,7 +14,7 @@ use rand::Rng;
 use serde_json::json;
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::Receiver;
-use tocsin_tests::{plugins_dir, tocsin_bin, wait_until, Env};
+use tocsin_tests::{plugins_dir, tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
 
 /// Concurrent clients posting to the ingest endpoint.
 const PRODUCERS: usize = 4;
@@ -77,10 +77,7 @@ async fn every_acknowledged_message_survives_random_sigkills() {
     let retry = r#"{ max_attempts = 1000000, initial = "20ms", max = "200ms" }"#;
     env.write_pipeline(
         "torture",
-        &format!(
-            "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n{}",
-            receiver.sink_toml("hook", retry)
-        ),
+        &format!("{OPEN_JSON_SOURCE}{}", receiver.sink_toml("hook", retry)),
     );
     let port = Port::free();
     // Build first, so the first restart is timed like the others.

@@ -1,4 +1,7 @@
-//! Hostile plugins are stopped and reported, and another pipeline keeps delivering meanwhile.
+//! Hostile plugins are stopped and reported, and another pipeline keeps delivering meanwhile:
+//! runaway CPU, memory bombs, deep recursion, 100 MiB outputs, panics, sleeps, state floods,
+//! escapes from a directory grant (`..`, absolute, symlink), environment snooping, and sinks
+//! reaching for hosts and secrets they were not granted.
 
 use std::time::Duration;
 
@@ -23,14 +26,41 @@ limits = {limits}
     )
 }
 
-/// The last error of the first `@filters` dead letter of `pipeline`, once there is one.
-fn dead_letter_error(server: &tocsin_tests::Running, pipeline: &str) -> Option<String> {
+/// Like [`hostile_pipeline`], with the filter granted read access to `backups/`: it may read
+/// there, and must not get out.
+fn hostile_reader_pipeline(env: &Env, name: &str, path: &str) -> String {
+    let backups = env.path("backups").display().to_string();
+    hostile_pipeline(
+        env,
+        name,
+        &format!(r#"{{ mode = "read", path = "{path}" }}"#),
+        &format!("{{}}\ngrants = {{ read_dirs = [\"{backups}\"] }}"),
+    )
+}
+
+/// A pipeline polling every second into the `hostile-sink` sink (named `out`) with `config`
+/// and `grants`.
+fn hostile_sink_pipeline(env: &Env, name: &str, config: &str, grants: &str) -> String {
+    format!(
+        "{}\n[[sink]]\nname = \"out\"\nplugin = \"hostile-sink\"\nconfig = {config}\n\
+         grants = {grants}\nretry = {{ max_attempts = 1 }}\n",
+        every_second_backup_source(env, &format!("host = \"{name}\"")),
+    )
+}
+
+/// The last error of the first dead letter of `pipeline`'s `queue`, once there is one.
+fn dead_letter_in(server: &tocsin_tests::Running, pipeline: &str, queue: &str) -> Option<String> {
     server
         .queue
-        .dead_letters(pipeline, FILTERS_QUEUE)
+        .dead_letters(pipeline, queue)
         .ok()?
         .first()
         .and_then(|(_, env)| env.last_error.clone())
+}
+
+/// The last error of the first `@filters` dead letter of `pipeline`, once there is one.
+fn dead_letter_error(server: &tocsin_tests::Running, pipeline: &str) -> Option<String> {
+    dead_letter_in(server, pipeline, FILTERS_QUEUE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,14 +104,61 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
             "{}",
         ),
     );
-    let escape = format!("{}/../../../../etc/passwd", env.path("backups").display());
+    // Granted backups/ read-only, it tries to get out: `..`, an absolute path, a symlink
+    // planted inside the grant. A read inside the grant is the control: it works.
+    let backups = env.path("backups").display().to_string();
+    std::os::unix::fs::symlink("/etc/passwd", env.path("backups/link")).unwrap();
+    for (name, path) in [
+        ("escaper", format!("{backups}/../../../../etc/passwd")),
+        ("absolute", "/etc/passwd".to_string()),
+        ("symlinker", format!("{backups}/link")),
+        ("granted", format!("{backups}/x.tar")),
+    ] {
+        env.write_pipeline(name, &hostile_reader_pipeline(&env, name, &path));
+    }
     env.write_pipeline(
-        "escaper",
+        "recursive",
+        &hostile_pipeline(&env, "recursive", r#"{ mode = "recurse" }"#, "{}"),
+    );
+    // 100 MiB of output, with memory and CPU enough to build it: the host refuses it.
+    env.write_pipeline(
+        "huge",
         &hostile_pipeline(
             &env,
-            "escaper",
-            &format!(r#"{{ mode = "read", path = "{escape}" }}"#),
+            "huge",
+            r#"{ mode = "huge", count = 100 }"#,
+            r#"{ memory = "512MiB", fuel = 100000000000, timeout = "30s" }"#,
+        ),
+    );
+    // Sinks reaching for a host and a secret they were not granted; `owner` is granted the
+    // secret (the control: the mechanism works when granted).
+    std::fs::write(env.path("token"), "s3cr3t-owner-token").unwrap();
+    let token = env.path("token").display().to_string();
+    env.write_pipeline(
+        "phoning",
+        &hostile_sink_pipeline(
+            &env,
+            "phoning",
+            r#"{ mode = "http", url = "http://169.254.169.254/latest/meta-data/" }"#,
+            r#"{ hosts = ["alerts.example"] }"#,
+        ),
+    );
+    env.write_pipeline(
+        "stealer",
+        &hostile_sink_pipeline(
+            &env,
+            "stealer",
+            r#"{ mode = "secret", name = "token" }"#,
             "{}",
+        ),
+    );
+    env.write_pipeline(
+        "owner",
+        &hostile_sink_pipeline(
+            &env,
+            "owner",
+            r#"{ mode = "secret", name = "token" }"#,
+            &format!(r#"{{ secrets = {{ token = "file:{token}" }} }}"#),
         ),
     );
     env.write_pipeline(
@@ -121,6 +198,10 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         ),
         ("reader", "read /etc/passwd failed"),
         ("escaper", "read "),
+        ("absolute", "read /etc/passwd failed"),
+        ("symlinker", "read "),
+        ("recursive", "plugin stopped (memory-fault)"),
+        ("huge", "the cap is"),
     ];
     for (pipeline, reason) in expectations {
         wait_until(
@@ -139,7 +220,33 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
             "{pipeline} must deliver nothing"
         );
     }
-    for pipeline in ["looping", "bomb", "slow", "panicky"] {
+    wait_until(Duration::from_secs(20), "the granted read delivers", || {
+        !env.read_lines("out/granted.jsonl").is_empty()
+    })
+    .await;
+    assert_eq!(
+        env.read_json_lines("out/granted.jsonl")[0]["body"],
+        "x",
+        "a read inside the grant works"
+    );
+    for (pipeline, reason) in [
+        ("phoning", "request denied by the host"),
+        ("stealer", "secret `token` is not granted"),
+        ("owner", "LEAKED: s3cr3t-owner-token"),
+    ] {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{pipeline} dead-lettered"),
+            || dead_letter_in(&server, pipeline, "out").is_some(),
+        )
+        .await;
+        let error = dead_letter_in(&server, pipeline, "out").unwrap();
+        assert!(
+            error.contains(reason),
+            "{pipeline}: `{reason}` not in `{error}`"
+        );
+    }
+    for pipeline in ["looping", "bomb", "slow", "panicky", "recursive"] {
         assert!(
             server.counter(pipeline, |c| &c.plugin_traps) >= 2,
             "{pipeline} traps counted"

@@ -92,8 +92,11 @@ pub enum TrapKind {
     Timeout,
     /// Tried to grow memory past its cap.
     Memory,
-    /// Overflowed its stack (deep recursion).
+    /// Overflowed its stack (deep recursion) on wasmtime's call stack.
     StackOverflow,
+    /// Accessed linear memory out of bounds. Rust and C guests keep their stack in linear
+    /// memory, so deep recursion there ends this way rather than as [`TrapKind::StackOverflow`].
+    MemoryFault,
     /// Panicked or aborted (a Rust guest's panic is an `unreachable` trap).
     Panic,
     /// Broke a host quota (state or log volume).
@@ -109,6 +112,7 @@ impl std::fmt::Display for TrapKind {
             TrapKind::Timeout => "timeout",
             TrapKind::Memory => "memory",
             TrapKind::StackOverflow => "stack-overflow",
+            TrapKind::MemoryFault => "memory-fault",
             TrapKind::Panic => "panic",
             TrapKind::Quota => "quota",
             TrapKind::Other => "trap",
@@ -433,6 +437,12 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
             format!("used up its CPU budget of {} fuel", limits.fuel),
         ),
         Some(Trap::StackOverflow) => (TrapKind::StackOverflow, "stack overflow".to_string()),
+        Some(Trap::MemoryOutOfBounds) => (
+            TrapKind::MemoryFault,
+            "accessed memory out of bounds (in Rust and C guests usually a stack overflow from \
+             deep recursion: their stack lives in linear memory)"
+                .to_string(),
+        ),
         Some(Trap::UnreachableCodeReached) => (
             TrapKind::Panic,
             "panicked or aborted (wasm `unreachable`)".to_string(),

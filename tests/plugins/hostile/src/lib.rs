@@ -9,6 +9,8 @@
 //! | `panic` | panics | a trap: discard the instance, count a failed attempt |
 //! | `sleep` | sleeps `ms` milliseconds (blocked in a host call) | stop it by its wall-clock bound |
 //! | `big` | returns `count` copies of the message | refuse outputs past the host's cap |
+//! | `huge` | returns one message with a body of `count` MiB | refuse outputs past the byte cap |
+//! | `recurse` | recurses without end | stop it at the stack limit |
 //! | `env` | passes it on with the environment it sees as the body | nothing: it must see none |
 //! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
@@ -63,6 +65,14 @@ impl Filter for Hostile {
                 Ok(vec![msg])
             }
             "big" => Ok(vec![msg; self.0.count]),
+            "huge" => {
+                msg.body = "x".repeat(self.0.count << 20);
+                Ok(vec![msg])
+            }
+            "recurse" => {
+                msg.body = depth(std::hint::black_box(1)).to_string();
+                Ok(vec![msg])
+            }
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 let args: Vec<String> = std::env::args().collect();
@@ -83,6 +93,14 @@ impl Filter for Hostile {
             other => Err(format!("unknown mode {other}")),
         }
     }
+}
+
+/// Recursion the optimiser cannot turn into a loop: each frame keeps an array alive across
+/// the call. Endless on purpose.
+#[allow(unconditional_recursion)]
+fn depth(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 16]);
+    depth(frame[n as usize % 16] + 1) + frame[0]
 }
 
 export_filter!(Hostile);

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use tocsin::status::PipelineState;
-use tocsin_tests::{every_second_backup_source, file_sink, wait_until, Env};
+use tocsin_tests::load::Load;
+use tocsin_tests::receiver::{Behaviour, Receiver};
+use tocsin_tests::{every_second_backup_source, file_sink, wait_until, Env, OPEN_JSON_SOURCE};
 
 fn pipeline(env: &Env, output: &str) -> String {
     format!(
@@ -80,5 +82,105 @@ async fn pipeline_files_are_applied_without_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.read_lines("out/second-v2.jsonl").len(), frozen);
     assert!(env.read_lines("out/first.jsonl").len() > first);
+    server.stop().await;
+}
+
+/// Hot reload under ingest load: the pipeline is changed, broken, deleted and re-added while
+/// clients post and its sink queue holds messages. The invalid edit keeps the previous version
+/// serving; every acknowledged message is delivered once the sink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_ingest_load_lose_nothing() {
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Fail(503)); // the queue holds messages through every reload
+    let env = Env::new();
+    let retry = r#"{ max_attempts = 100000, initial = "50ms", max = "200ms" }"#;
+    let version = |n: u32| {
+        format!(
+            "{OPEN_JSON_SOURCE}[[filter]]\nplugin = \"template\"\n\
+             config = {{ summary = \"v{n}\" }}\n\n{}",
+            receiver.sink_toml("hook", retry)
+        )
+    };
+    env.write_pipeline("live", &version(1));
+    let server = env.start().await;
+    let load = Load::start(
+        &format!("{}/ingest/live", server.base_url),
+        "",
+        4,
+        Duration::from_millis(5),
+    );
+    let grows = |what: &str| {
+        let before = load.acked().len();
+        let what = what.to_string();
+        let load = &load;
+        async move {
+            wait_until(Duration::from_secs(20), &what, || {
+                load.acked().len() >= before + 20
+            })
+            .await
+        }
+    };
+    grows("ingest under version 1").await;
+
+    env.write_pipeline("live", &version(2));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    grows("ingest under version 2").await;
+
+    // An invalid edit: the previous version keeps serving.
+    env.write_pipeline(
+        "live",
+        "[source]\nplugin = \"json\"\nschedule = \"nonsense\"\n",
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(server.state("live"), Some(PipelineState::Running));
+    grows("ingest after an invalid edit").await;
+
+    // Deleted: ingest answers 404 and nothing is acknowledged; the queues stay.
+    std::fs::remove_file(env.path("pipelines/live.toml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let during_delete = load.acked().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        load.acked().len(),
+        during_delete,
+        "nothing acknowledged while deleted"
+    );
+    assert!(
+        server.queue.depths("live").unwrap().sinks[0].1 > 0,
+        "the queue is kept"
+    );
+
+    env.write_pipeline("live", &version(3));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    grows("ingest after re-adding").await;
+    let outcome = load.stop().await;
+    assert!(
+        outcome.answers.get(&404).copied().unwrap_or(0) > 0,
+        "{:?}",
+        outcome.answers
+    );
+
+    receiver.set(Behaviour::Accept);
+    wait_until(
+        Duration::from_secs(120),
+        "every acknowledged message delivered",
+        || outcome.acked.is_subset(&receiver.visible_ids()),
+    )
+    .await;
+    assert!(receiver.visible_duplicates().is_empty());
+    let summaries: std::collections::BTreeSet<String> = receiver
+        .visible()
+        .iter()
+        .filter_map(|r| r.body["summary"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        summaries.contains("v1") && summaries.contains("v2") && summaries.contains("v3"),
+        "each version filtered what it took in: {summaries:?}"
+    );
+    eprintln!(
+        "hot reload under load: {} acknowledged, all delivered; answers {:?}",
+        outcome.acked.len(),
+        outcome.answers
+    );
     server.stop().await;
 }

@@ -6,12 +6,10 @@
 //! `TOCSIN_TORTURE_CYCLES=2000 cargo test -p tocsin-tests --test integration torture -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use serde_json::json;
+use tocsin_tests::load::Load;
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::Receiver;
 use tocsin_tests::{plugins_dir, tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
@@ -29,46 +27,6 @@ fn cycles() -> usize {
         .unwrap_or(50)
 }
 
-/// What the producers did: ids acknowledged with 202, requests sent.
-#[derive(Default)]
-struct Ledger {
-    acked: Mutex<BTreeSet<String>>,
-    requests: AtomicU64,
-}
-
-/// Posts until `stop`: mostly single messages, every fourth request a batch of three; ids
-/// are unique per producer. Only a 202 adds ids to the ledger.
-async fn produce(worker: usize, url: String, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let batch = if n % 4 == 0 { 3 } else { 1 };
-        let ids: Vec<String> = (0..batch).map(|j| format!("w{worker}-{n}-{j}")).collect();
-        let messages: Vec<_> = ids
-            .iter()
-            .map(|id| json!({ "id": id, "body": "torture" }))
-            .collect();
-        let body = if batch == 1 {
-            messages[0].clone()
-        } else {
-            json!(messages)
-        };
-        ledger.requests.fetch_add(1, Ordering::Relaxed);
-        match client.post(&url).json(&body).send().await {
-            Ok(r) if r.status().as_u16() == 202 => {
-                ledger.acked.lock().unwrap().extend(ids);
-                tokio::time::sleep(PACE).await;
-            }
-            // Refused, reset or 503 while the server restarts: not acknowledged, not promised.
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_message_survives_random_sigkills() {
     let cycles = cycles();
@@ -83,11 +41,7 @@ async fn every_acknowledged_message_survives_random_sigkills() {
     // Build first, so the first restart is timed like the others.
     let _ = (tocsin_bin(), plugins_dir());
     let url = format!("http://127.0.0.1:{}/ingest/torture", port.0);
-    let ledger = Arc::new(Ledger::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|w| tokio::spawn(produce(w, url.clone(), ledger.clone(), stop.clone())))
-        .collect();
+    let load = Load::start(&url, "", PRODUCERS, PACE);
 
     // Kill at a random moment of each run: right after it serves, or up to 400 ms into the
     // load (mid request, mid group commit, mid delivery).
@@ -105,11 +59,8 @@ async fn every_acknowledged_message_survives_random_sigkills() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         tocsin.kill();
     }
-    stop.store(true, Ordering::Relaxed);
-    for p in producers {
-        p.await.unwrap();
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
+    let outcome = load.stop().await;
+    let acked = outcome.acked.clone();
     assert!(
         acked.len() >= cycles,
         "the load barely ran: {} acknowledged",
@@ -154,7 +105,7 @@ async fn every_acknowledged_message_survives_random_sigkills() {
         start_ups[0],
         start_ups[start_ups.len() / 2],
         start_ups[start_ups.len() - 1],
-        ledger.requests.load(Ordering::Relaxed),
+        outcome.requests(),
         acked.len(),
         visible.len(),
         visible.len() - acked.len(),

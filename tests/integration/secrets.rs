@@ -1,6 +1,6 @@
-//! Secrets never show: not in the log (our crates at trace level), HTTP answers, metrics, dead letters,
-//! `tocsin dlq` output or the files of the data directory — through success, refusal and
-//! failure paths of the real binary.
+//! Secrets never show: not in the log (our crates at trace level), HTTP answers, metrics, dead
+//! letters, the output of `tocsin dlq`, `tocsin queue` and `tocsin validate`, or the files of
+//! the data directory — through success, refusal and failure paths of the real binary.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -139,6 +139,19 @@ retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
         .unwrap()
         .to_string();
     let shown = env.cli(&["dlq", "show", "guarded", "hook", &seq]);
+    let queues = env.cli(&["queue", "ls"]);
+    // `validate` reports on every file, the one with the pasted secret included (whatever its
+    // exit status).
+    let validated = Command::new(tocsin_tests::tocsin_bin())
+        .args(["validate", "--env"])
+        .arg(env.path("pipelines"))
+        .arg("--plugin-dir")
+        .arg(tocsin_tests::plugins_dir())
+        .output()
+        .expect("validate runs");
+    let validated = String::from_utf8_lossy(&validated.stdout).into_owned()
+        + &String::from_utf8_lossy(&validated.stderr);
+    assert!(validated.contains("guarded"), "{validated}");
 
     let log = std::fs::read_to_string(env.path("stderr.log")).unwrap()
         + &std::fs::read_to_string(env.path("stdout.log")).unwrap();
@@ -161,6 +174,8 @@ retry = {{ max_attempts = 2, initial = "100ms", max = "200ms" }}
             ("metrics", &metrics),
             ("dlq ls", &listing),
             ("dlq show", &shown),
+            ("queue ls", &queues),
+            ("validate", &validated),
         ] {
             assert!(!text.contains(secret), "{secret} leaked into the {place}");
         }

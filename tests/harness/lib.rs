@@ -124,6 +124,7 @@ impl Env {
             queue_budget: None,
             min_free_space: tocsin::budget::DEFAULT_MIN_FREE_SPACE,
             shutdown_grace: tocsin::settings::DEFAULT_SHUTDOWN_GRACE,
+            store_check_timeout: tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT,
         }
     }
 

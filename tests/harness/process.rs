@@ -134,6 +134,14 @@ impl Tocsin {
     }
 }
 
+impl Drop for Tocsin {
+    /// A test that fails half-way must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The last 40 lines of the environment's `tocsin.log`.
 pub fn log_tail(env: &Env) -> String {
     let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap_or_default();

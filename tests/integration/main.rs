@@ -1,6 +1,7 @@
 //! tocsin's integration tests: the real engine, real plugins, real servers.
 //!
 //! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
+//! - `corrupt`: a truncated queue database: a clear error and a recovery, never a hang.
 //! - `disk`: a tmpfs that fills up or turns read-only: 503, nothing lost, recovery.
 //! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
@@ -22,6 +23,7 @@
 
 mod alertmanager;
 mod backup_alerts;
+mod corrupt;
 mod disk;
 mod filters;
 mod forward;

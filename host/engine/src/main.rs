@@ -85,8 +85,12 @@ enum Command {
         min_free_space: u64,
         /// On SIGTERM/SIGINT: how long to wait for in-flight requests and deliveries before
         /// abandoning them (they stay queued and are delivered after the restart).
-        #[arg(long, env = "TOCSIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_grace)]
+        #[arg(long, env = "TOCSIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
         shutdown_grace: std::time::Duration,
+        /// At start every queued record is read once; a scan that takes longer than this
+        /// means a damaged database (sled loops on a truncated file) and tocsin refuses to run.
+        #[arg(long, env = "TOCSIN_STORE_CHECK_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+        store_check_timeout: std::time::Duration,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -193,6 +197,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             queue_budget,
             min_free_space,
             shutdown_grace,
+            store_check_timeout,
         } => {
             let queue_budget = queue_budget
                 .as_deref()
@@ -219,6 +224,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 queue_budget,
                 min_free_space,
                 shutdown_grace,
+                store_check_timeout,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let served = rt.block_on(async {
@@ -257,7 +263,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
     tocsin_config::units::parse_size(text)
 }
 
-fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     tocsin_config::units::parse_duration(text)
 }
 
@@ -314,12 +320,14 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
 }
 
 fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
-    SledStore::open(&data.join("queue")).with_context(|| {
+    let store = SledStore::open(&data.join("queue")).with_context(|| {
         format!(
             "cannot open the queues in {} (is `tocsin run` still running on it?)",
             data.display()
         )
-    })
+    })?;
+    store.verify(tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT)?;
+    Ok(store)
 }
 
 fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {

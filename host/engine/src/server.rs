@@ -76,7 +76,11 @@ impl Server {
                 error: "not a directory".into(),
             });
         }
-        let queue: Arc<dyn QueueStore> = SledStore::open(&settings.queue_dir())?;
+        let store = SledStore::open(&settings.queue_dir())?;
+        let checking = std::time::Instant::now();
+        let report = store.verify(settings.store_check_timeout)?;
+        tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
+        let queue: Arc<dyn QueueStore> = store;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(settings.cache_dir()),
         })

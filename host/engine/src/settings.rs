@@ -24,10 +24,17 @@ pub struct Settings {
     /// Free space (bytes) kept on the queues' filesystem: below it, new messages are refused
     /// (503) until space returns.
     pub min_free_space: u64,
+    /// How long the full scan of the queue store at start may take before the store is
+    /// declared damaged.
+    pub store_check_timeout: std::time::Duration,
     /// How long a shutdown waits for in-flight requests and plugin calls before abandoning
     /// them (their messages stay queued).
     pub shutdown_grace: std::time::Duration,
 }
+
+/// The default [`Settings::store_check_timeout`]: generous, since a scan of millions of
+/// queued messages takes seconds; a damaged file makes sled loop forever, not slowly.
+pub const DEFAULT_STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The default [`Settings::shutdown_grace`]: below systemd's default stop timeout (90 s) and
 /// Kubernetes' termination grace (30 s), so tocsin exits on its own before being killed.

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use serde::{Deserialize, Serialize};
 use tocsin_message::Message;
 
-pub use sled_store::SledStore;
+pub use sled_store::{ScanReport, SledStore};
 
 /// A position in a queue: increasing in arrival order, unique within the store.
 pub type Seq = u64;

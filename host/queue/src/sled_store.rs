@@ -53,10 +53,8 @@ pub struct SledStore {
     /// `None` only while dropping, so the group-commit thread sees its channel close.
     committer: Option<mpsc::Sender<oneshot::Sender<Result<()>>>>,
     group_commit_thread: Option<std::thread::JoinHandle<()>>,
-    data_file: Arc<File>,
+    durability: Arc<Durability>,
     path: PathBuf,
-    /// The first failed sync, shared with the group-commit thread.
-    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl SledStore {
@@ -77,31 +75,69 @@ impl SledStore {
                     dir.display()
                 ))
             })?;
-        let data_file = File::options()
-            .read(true)
-            .write(true)
-            .open(dir.join("db"))
-            .map_err(|e| {
-                QueueError::Storage(format!("cannot open {}/db for syncing: {e}", dir.display()))
-            })?;
-        let data_file = Arc::new(data_file);
+        let open_file = |name: &str| {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(name == LEDGER_FILE)
+                .truncate(false)
+                .open(dir.join(name))
+                .map_err(|e| {
+                    QueueError::Storage(format!("cannot open {}/{name}: {e}", dir.display()))
+                })
+        };
+        let durability = Arc::new(Durability {
+            db: db.clone(),
+            data_file: open_file("db")?,
+            ledger: open_file(LEDGER_FILE)?,
+            failure: Mutex::new(None),
+        });
+        durability
+            .check_ledger()
+            .map_err(|why| damaged(dir, &why))?;
         let (tx, rx) = mpsc::channel();
-        let failure = Arc::new(Mutex::new(None));
-        let (flusher_db, flusher_file) = (db.clone(), data_file.clone());
-        let flusher_failure = failure.clone();
+        let flusher = durability.clone();
         let thread = std::thread::Builder::new()
             .name("tocsin-group-commit".into())
-            .spawn(move || group_commit_loop(flusher_db, flusher_file, flusher_failure, rx))
+            .spawn(move || group_commit_loop(&flusher, rx))
             .map_err(storage)?;
         Ok(Arc::new(SledStore {
             db,
             trees: Mutex::new(HashMap::new()),
             committer: Some(tx),
             group_commit_thread: Some(thread),
-            data_file,
+            durability,
             path: dir.to_path_buf(),
-            failure,
         }))
+    }
+
+    /// Reads every record of every pipeline and decodes the queued ones, on a thread of its
+    /// own, giving up after `deadline`.
+    ///
+    /// A damaged file must not become a server that hangs or delivers garbage: tests found
+    /// that sled opens a truncated file without complaint and then loops forever on the first
+    /// read that reaches the missing part. A scan that does not finish in time, or a record
+    /// that does not decode, is reported here as a clear error with the way to recover.
+    pub fn verify(&self, deadline: Duration) -> Result<ScanReport> {
+        let (tx, rx) = mpsc::channel();
+        let db = self.db.clone();
+        std::thread::Builder::new()
+            .name("tocsin-store-check".into())
+            .spawn(move || {
+                let _ = tx.send(scan(&db));
+            })
+            .map_err(storage)?;
+        match rx.recv_timeout(deadline) {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(damaged(&self.path, &e.to_string())),
+            Err(_) => Err(damaged(
+                &self.path,
+                &format!(
+                    "a full scan did not finish within {deadline:?} (sled loops on a truncated \
+                     or overwritten file)"
+                ),
+            )),
+        }
     }
 
     /// The directory holding the database.
@@ -134,11 +170,7 @@ impl SledStore {
     /// Makes every write so far durable, on this thread (for operator commands, which are
     /// rare and must not wait behind the group commit from inside an async task).
     fn sync_now(&self) -> Result<()> {
-        let result = sync(&self.db, &self.data_file);
-        if let Err(e) = &result {
-            record_failure(&self.failure, e);
-        }
-        result
+        self.durability.commit()
     }
 
     fn next_seq(&self) -> Result<Seq> {
@@ -179,26 +211,116 @@ impl Drop for SledStore {
     }
 }
 
-/// sled's flush (write + `sync_file_range`), then `fdatasync` of the data file.
-fn sync(db: &sled::Db, data_file: &File) -> Result<()> {
-    db.flush().map_err(storage)?;
-    data_file.sync_data().map_err(storage)
-}
+/// The file beside sled's where each group commit's number is written once it is durable.
+const LEDGER_FILE: &str = "commit-ledger";
+/// sled key (default tree) of the number of the last group commit.
+const COMMIT_KEY: &[u8] = b"tocsin/commit";
+/// Mixed into the ledger's check word, so a zeroed or foreign file does not pass.
+const LEDGER_MAGIC: u64 = 0x7463_7369_6e4c_6467;
 
-/// Keeps the first sync failure (later ones repeat it).
-fn record_failure(failure: &Mutex<Option<String>>, e: &QueueError) {
-    failure
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert_with(|| e.to_string());
-}
-
-fn group_commit_loop(
+/// What makes writes durable, and the proof that they stayed so.
+///
+/// sled recovers from a torn tail by dropping it, which is right after a crash mid-write but
+/// silently loses acknowledged messages when something else cuts the file (tests truncated it
+/// and sled opened it with half the records, no error). So every group commit writes its
+/// number into sled, syncs, and only then writes the number into a small ledger file beside
+/// it. The ledger can lag sled (it is not synced; a lost ledger write only weakens the check)
+/// but never lead it; a ledger ahead of sled at open means sled lost commits it had
+/// acknowledged, and the store refuses to run.
+struct Durability {
     db: sled::Db,
-    data_file: Arc<File>,
-    failure: Arc<Mutex<Option<String>>>,
-    rx: mpsc::Receiver<oneshot::Sender<Result<()>>>,
-) {
+    data_file: File,
+    ledger: File,
+    /// The first failed sync: sled refuses every later write until reopened.
+    failure: Mutex<Option<String>>,
+}
+
+impl Durability {
+    /// sled's flush (write + `sync_file_range`), then `fdatasync` of the data file.
+    fn sync(&self) -> Result<()> {
+        self.db.flush().map_err(storage)?;
+        self.data_file.sync_data().map_err(storage)
+    }
+
+    /// A numbered, durable commit of every write so far, recorded in the ledger.
+    fn commit(&self) -> Result<()> {
+        self.recorded(self.numbered_sync())
+    }
+
+    /// Keeps the first failure (sled repeats it for every later write).
+    fn recorded(&self, result: Result<()>) -> Result<()> {
+        if let Err(e) = &result {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| e.to_string());
+        }
+        result
+    }
+
+    fn numbered_sync(&self) -> Result<()> {
+        let number = self
+            .db
+            .update_and_fetch(COMMIT_KEY, |old| {
+                Some((old.map_or(0, read_u64) + 1).to_be_bytes().to_vec())
+            })
+            .map_err(storage)?
+            .map_or(0, |v| read_u64(&v));
+        self.sync()?;
+        self.write_ledger(number)
+    }
+
+    fn write_ledger(&self, number: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut record = [0u8; 16];
+        record[..8].copy_from_slice(&number.to_le_bytes());
+        record[8..].copy_from_slice(&(number ^ LEDGER_MAGIC).to_le_bytes());
+        self.ledger.write_all_at(&record, 0).map_err(storage)
+    }
+
+    /// At open: the ledger must not be ahead of sled.
+    fn check_ledger(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let mut record = [0u8; 16];
+        if self.ledger.read_exact_at(&mut record, 0).is_err() {
+            return Ok(()); // new, or never written: nothing to compare
+        }
+        let number = u64::from_le_bytes(record[..8].try_into().unwrap_or_default());
+        let check = u64::from_le_bytes(record[8..].try_into().unwrap_or_default());
+        if number ^ LEDGER_MAGIC != check {
+            tracing::warn!("the commit ledger is unreadable; skipping the lost-commit check");
+            return Ok(());
+        }
+        let in_sled = self
+            .db
+            .get(COMMIT_KEY)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |v| read_u64(&v));
+        if in_sled < number {
+            return Err(format!(
+                "it holds commit {in_sled} but commit {number} was acknowledged: the file was \
+                 truncated or rolled back, and acknowledged messages are missing from it"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// The error for a damaged database, with the way to recover.
+fn damaged(dir: &Path, why: &str) -> QueueError {
+    QueueError::Storage(format!(
+        "the queue database in {} is damaged: {why}. To recover, stop tocsin, move that \
+         directory aside (keep it for inspection) and start again with an empty store; see \
+         RELIABILITY.md, \"A damaged queue database\"",
+        dir.display()
+    ))
+}
+
+fn group_commit_loop(durability: &Durability, rx: mpsc::Receiver<oneshot::Sender<Result<()>>>) {
     let mut waiting = Vec::new();
     loop {
         match rx.recv_timeout(IDLE_FLUSH_INTERVAL) {
@@ -208,14 +330,16 @@ fn group_commit_loop(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = sync(&db, &data_file);
+                let _ = durability.commit();
                 return;
             }
         }
-        let result = sync(&db, &data_file);
-        if let Err(e) = &result {
-            record_failure(&failure, e);
-        }
+        // Idle flushes (acks, failure records) need no number: nothing waits on them.
+        let result = if waiting.is_empty() {
+            durability.recorded(durability.sync())
+        } else {
+            durability.commit()
+        };
         for reply in waiting.drain(..) {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
@@ -223,6 +347,34 @@ fn group_commit_loop(
             });
         }
     }
+}
+
+/// What [`SledStore::verify`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Records read (queued messages, dead letters, plugin state).
+    pub records: u64,
+}
+
+fn scan(db: &sled::Db) -> Result<ScanReport> {
+    let mut report = ScanReport::default();
+    for name in db.tree_names() {
+        let Some(pipeline) = name.strip_prefix(TREE_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let tree = db.open_tree(&name).map_err(storage)?;
+        for entry in tree.iter() {
+            let (key, value) = entry.map_err(storage)?;
+            if matches!(key.first(), Some(&INGRESS | &SINK | &DEAD)) {
+                decode_record::<Envelope>(&value).map_err(|source| QueueError::Corrupt {
+                    queue: String::from_utf8_lossy(pipeline).into_owned(),
+                    source,
+                })?;
+            }
+            report.records += 1;
+        }
+    }
+    Ok(report)
 }
 
 fn storage(e: impl std::fmt::Display) -> QueueError {
@@ -503,7 +655,8 @@ impl QueueStore for SledStore {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure
+        self.durability
+            .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

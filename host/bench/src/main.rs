@@ -5,6 +5,7 @@
 //! gives min / median / max. Timed assertions do not belong in tests: compare reports.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,34 @@ async fn enqueue_rate(producers: usize, batch: usize, seconds: f64) -> anyhow::R
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Runs the `hostile` filter in `mode` on a thread of its own, call after call (each call is
+/// stopped by the sandbox and the next one gets a fresh instance), until `stop`; returns how
+/// many calls were stopped.
+fn hostile_neighbour(
+    runtime: Runtime,
+    plugin_dir: PathBuf,
+    mode: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let config = format!(r#"{{"mode":"{mode}"}}"#);
+            let mut hostile = stage(&runtime, &plugin_dir, "hostile", &config)?;
+            let msg = message(0);
+            let mut stopped = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if hostile.process(&msg).await.is_err() {
+                    stopped += 1;
+                }
+            }
+            Ok(stopped)
+        })
+    })
+}
+
 fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
     xs.sort_by(|a, b| a.total_cmp(b));
     (xs[0], xs[xs.len() / 2], xs[xs.len() - 1])
@@ -186,6 +215,39 @@ async fn main() -> anyhow::Result<()> {
         }
         let (min, med, max) = stats(xs);
         println!("| {label}: µs per message | {min:.2} | {med:.2} | {max:.2} | ≤ 2 µs |");
+    }
+    // The same healthy filter while a hostile one misbehaves next to it, each on its own
+    // thread: how far does a neighbour that the sandbox keeps stopping move its latency?
+    let quiet = {
+        let mut pass = stage(&runtime, &args.plugin_dir, "hostile", r#"{"mode":"pass"}"#)?;
+        let mut xs = Vec::new();
+        for _ in 0..args.runs {
+            xs.push(filter_cost(&mut pass, args.calls).await? / 1000.0);
+        }
+        stats(xs).1
+    };
+    for (mode, what) in [
+        ("loop", "spins until its fuel runs out"),
+        ("alloc", "allocates until its memory cap"),
+        ("recurse", "recurses until its stack faults"),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let neighbour =
+            hostile_neighbour(runtime.clone(), args.plugin_dir.clone(), mode, stop.clone());
+        let mut pass = stage(&runtime, &args.plugin_dir, "hostile", r#"{"mode":"pass"}"#)?;
+        let mut xs = Vec::new();
+        for _ in 0..args.runs {
+            xs.push(filter_cost(&mut pass, args.calls).await? / 1000.0);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let stopped = neighbour
+            .join()
+            .map_err(|_| anyhow::anyhow!("the neighbour thread panicked"))??;
+        let (min, med, max) = stats(xs);
+        println!(
+            "| filter stage, passes, while a hostile neighbour {what} ({stopped} calls stopped): µs per message (× {:.2} of quiet) | {min:.2} | {med:.2} | {max:.2} | — |",
+            med / quiet
+        );
     }
     for (producers, batch, target) in [
         (1, 1, "—"),

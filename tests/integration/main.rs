@@ -14,6 +14,7 @@
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
@@ -31,6 +32,7 @@ mod hot_reload;
 mod ingest;
 mod janitor;
 mod matrix;
+mod plugin_cli;
 mod pubsub;
 mod redelivery;
 mod restart;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod plugin_cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -115,6 +117,11 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Tools for plugin authors.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Show queue depths of every pipeline, deleted ones included (server stopped).
     Queue {
         #[command(flatten)]
@@ -151,6 +158,19 @@ enum DlqAction {
         /// Delete every dead letter of the queue.
         #[arg(long, conflicts_with = "seq")]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Which world a component implements, its imports, size and sha256, and whether this
+    /// host can run it (exit 1 with the reason when not).
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -248,6 +268,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => validate(&path, env, plugin_dirs),
         Command::Dlq { data, action } => dlq(&data.data, action),
         Command::Queue { data, action } => queue(&data.data, action),
+        Command::Plugin { action } => match action {
+            PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),
+        },
     }
 }
 

@@ -30,7 +30,9 @@ pub mod plugin;
 pub mod stage;
 pub mod store;
 
-pub use plugin::{Plugin, PluginKind, Runtime, RuntimeConfig};
+pub use plugin::{
+    Inspection, Plugin, PluginKind, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION,
+};
 pub use stage::{
     CallError, DeliveryOutcome, IngestRequest, Rejection, Stage, StageContext, StateChanges,
     StateReader, TrapKind,

@@ -194,6 +194,52 @@ impl Runtime {
         }))
     }
 
+    /// Describes the component at `path` without running it: its size and digest, what it
+    /// imports and exports, the world it implements and whether this host can run it. Only an
+    /// unreadable file, or one that is not a component, is an `Err`; every other misfit is in
+    /// [`Inspection::verdict`].
+    pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| LoadError::Invalid {
+            path: display.clone(),
+            reason,
+        };
+        check_is_component(&bytes).map_err(invalid)?;
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| invalid(format!("cannot compile: {e:#}")))?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let kind = self.kind_of(&component);
+        let verdict = match &kind {
+            Err(e) => Err(e.clone()),
+            Ok(kind) => self
+                .linker
+                .instantiate_pre(&component)
+                .map(|_| ())
+                .map_err(|e| format!("imports something the {kind} world does not offer: {e:#}")),
+        };
+        Ok(Inspection {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            kind: kind.ok(),
+            imports,
+            exports,
+            verdict,
+        })
+    }
+
     /// Which of our worlds a component implements, from its exports.
     fn kind_of(&self, component: &Component) -> Result<PluginKind, String> {
         let ty = component.component_type();
@@ -234,6 +280,25 @@ impl Runtime {
             other => Err(format!("exports an unknown plugin interface `{other}`")),
         }
     }
+}
+
+/// What [`Runtime::inspect`] found in a component.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// sha256 of its bytes (hex): what a pipeline file pins with `sha256 = "…"`.
+    pub sha256: String,
+    /// The world it implements, when it exports exactly one of ours at our contract version.
+    pub kind: Option<PluginKind>,
+    /// Its imports (interface names with versions).
+    pub imports: Vec<String>,
+    /// Its exports.
+    pub exports: Vec<String>,
+    /// `Ok` when this host can run it; else why not.
+    pub verdict: Result<(), String>,
 }
 
 /// A component starts with the wasm magic and layer 1; a core module has layer 0.

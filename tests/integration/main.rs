@@ -3,6 +3,7 @@
 //! - `alertmanager`: a real Alertmanager → tocsin → a real Synapse, firing then resolved.
 //! - `corrupt`: a truncated queue database: a clear error and a recovery, never a hang.
 //! - `disk`: a tmpfs that fills up or turns read-only: 503, nothing lost, recovery.
+//! - `scaffold`: `tocsin plugin new` projects build and their README commands work; `tocsin test`.
 //! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
@@ -38,6 +39,7 @@ mod redelivery;
 mod restart;
 mod runtime;
 mod sandbox;
+mod scaffold;
 mod secrets;
 mod shutdown;
 mod sysmetrics;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod plugin_cli;
+mod scaffold;
+mod try_plugin;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -25,6 +27,13 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Languages `plugin new` writes.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Lang {
+    /// Rust, with the tocsin SDK.
+    Rust,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,6 +126,25 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Run one plugin for real on a sample and print what it makes; a sink runs as a dry run
+    /// and prints the requests it would send (secrets REDACTED), sending nothing.
+    Test {
+        /// The plugin component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The sample: a message as JSON (filters, sinks) or a request body (decoders).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The stage's `config`: a JSON object, or @FILE with JSON or TOML.
+        #[arg(long)]
+        config: Option<String>,
+        /// A host the sink may reach (repeat); its requests are recorded, never sent.
+        #[arg(long = "grant-host")]
+        hosts: Vec<String>,
+        /// A secret the plugin is granted, NAME=VALUE (repeat); shown as REDACTED.
+        #[arg(long = "secret", value_parser = try_plugin::parse_secret)]
+        secrets: Vec<(String, String)>,
+    },
     /// Tools for plugin authors.
     Plugin {
         #[command(subcommand)]
@@ -163,6 +191,20 @@ enum DlqAction {
 
 #[derive(Subcommand)]
 enum PluginAction {
+    /// Create a ready-to-build plugin project in DIR/NAME (SDK and contract included).
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`).
+        name: String,
+        /// What it is.
+        #[arg(long, value_enum)]
+        kind: scaffold::Kind,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// Where to create the project directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Which world a component implements, its imports, size and sha256, and whether this
     /// host can run it (exit 1 with the reason when not).
     Inspect {
@@ -268,8 +310,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => validate(&path, env, plugin_dirs),
         Command::Dlq { data, action } => dlq(&data.data, action),
         Command::Queue { data, action } => queue(&data.data, action),
+        Command::Test {
+            plugin,
+            input,
+            config,
+            hosts,
+            secrets,
+        } => {
+            let trial = try_plugin::Trial {
+                plugin: &plugin,
+                config_json: try_plugin::config_json(config.as_deref())?,
+                input: input.as_deref(),
+                hosts,
+                secrets,
+            };
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(try_plugin::run(trial))
+        }
         Command::Plugin { action } => match action {
             PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),
+            PluginAction::New {
+                name,
+                kind,
+                lang,
+                dir,
+            } => plugin_cli::new(&dir, &name, kind, lang),
         },
     }
 }

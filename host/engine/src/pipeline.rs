@@ -277,6 +277,7 @@ async fn build_stage(
         secrets.push((secret_name.clone(), value));
     }
     let ctx = StageContext {
+        http_recorder: None,
         pipeline: pipeline.to_string(),
         stage: stage.to_string(),
         config_json: spec.config_json.clone(),

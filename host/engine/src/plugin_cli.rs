@@ -6,6 +6,22 @@ use std::process::ExitCode;
 
 use tocsin_runtime::{Inspection, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION};
 
+use crate::scaffold::{self, Kind};
+use crate::Lang;
+
+/// `tocsin plugin new`: a plugin project in `parent/name`.
+pub fn new(parent: &Path, name: &str, kind: Kind, lang: Lang) -> anyhow::Result<ExitCode> {
+    let dir = match lang {
+        Lang::Rust => scaffold::new_rust_plugin(parent, name, kind)?,
+    };
+    println!(
+        "created {}; next: see {}/README.md",
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tocsin plugin inspect FILE`: what a component is and whether this host can run it.
 /// Exit 0 when it fits, 1 with the reason when it does not.
 pub fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {

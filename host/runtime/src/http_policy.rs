@@ -5,6 +5,7 @@
 //! set (it is a forbidden header), so a guest cannot smuggle a request to another host.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -19,6 +20,34 @@ pub struct HostAllowList {
     pub hosts: Vec<String>,
     /// Pipeline and stage, for the log line when a request is refused.
     pub who: String,
+    /// In a dry run, granted requests are recorded here and answered `200 {}` instead of sent.
+    pub recorder: Option<Arc<HttpRecorder>>,
+}
+
+/// A dry run's outbound HTTP: what a sink would have sent (`tocsin test`).
+#[derive(Debug, Default)]
+pub struct HttpRecorder {
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+/// One request a sink made in a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// Method.
+    pub method: String,
+    /// Full URL.
+    pub url: String,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpRecorder {
+    /// Takes the requests recorded so far.
+    pub fn take(&self) -> Vec<RecordedRequest> {
+        std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl HostAllowList {
@@ -65,6 +94,9 @@ impl WasiHttpHooks for HostAllowList {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         drop(fut);
+        if let Some(recorder) = self.recorder.clone() {
+            return Box::new(record(recorder, request));
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -76,6 +108,45 @@ impl WasiHttpHooks for HostAllowList {
     }
 }
 
+/// Reads the whole request into `recorder` and answers `200 {}`.
+async fn record(
+    recorder: Arc<HttpRecorder>,
+    request: http::Request<WasiBody>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    use http_body_util::{BodyExt, Full};
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    recorder
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(RecordedRequest {
+            method: parts.method.to_string(),
+            url: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        });
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(bytes::Bytes::from_static(b"{}"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|_| HttpError::InternalError(None))?;
+    Ok((response, Box::new(async { Ok(()) }) as IoFuture))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +156,7 @@ mod tests {
         let list = HostAllowList {
             hosts: vec!["matrix.example.org".into(), "127.0.0.1:8008".into()],
             who: String::new(),
+            recorder: None,
         };
         assert!(list.allows(Some("https"), "matrix.example.org", None));
         assert!(list.allows(Some("http"), "MATRIX.example.org", Some(80)));

@@ -46,6 +46,8 @@ pub struct StageContext {
     pub secrets: Arc<Vec<(String, String)>>,
     /// The stage's committed state.
     pub state: Arc<dyn StateReader>,
+    /// A dry run: outbound HTTP is recorded here and answered `200 {}` instead of sent.
+    pub http_recorder: Option<Arc<crate::http_policy::HttpRecorder>>,
 }
 
 /// An HTTP request for a decoder.

@@ -89,6 +89,7 @@ impl PluginState {
             allow_list: HostAllowList {
                 hosts: ctx.grants.hosts.clone(),
                 who: format!("{}/{}", ctx.pipeline, ctx.stage),
+                recorder: ctx.http_recorder.clone(),
             },
             host: HostState {
                 pipeline: ctx.pipeline.as_str().into(),

@@ -1,0 +1,250 @@
+//! `tocsin test --plugin FILE`: one plugin, run for real on a sample, printing what it makes.
+//!
+//! A source is polled once, a decoder decodes the sample as a request body, a filter processes
+//! the sample message, and a sink delivers it in a **dry run**: its outbound HTTP requests are
+//! recorded instead of sent (answered `200 {}`), and printed — method, URL, headers and body —
+//! with every granted secret's value replaced by `REDACTED`. Nothing leaves the machine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tocsin_config::{Grants, Limits};
+use tocsin_message::{idempotency_key, Message, Severity};
+use tocsin_runtime::http_policy::{HttpRecorder, RecordedRequest};
+use tocsin_runtime::{
+    DeliveryOutcome, IngestRequest, PluginKind, Runtime, RuntimeConfig, Stage, StageContext,
+    StateReader,
+};
+
+/// A message as a sample file or an output line shows it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleMessage {
+    /// Defaults to `sample-1`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Defaults to now.
+    #[serde(default)]
+    pub timestamp_ms: Option<u64>,
+    /// `none`, `info`, `warning`, `error` or `alert`; defaults to `none`.
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Short title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The text.
+    pub body: String,
+    /// Text attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Numeric measurements.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl SampleMessage {
+    fn into_message(self) -> anyhow::Result<Message> {
+        let severity = match self.severity.as_deref() {
+            None => Severity::None,
+            Some(name) => Severity::parse(name).with_context(|| {
+                format!("severity `{name}` is not one of none, info, warning, error, alert")
+            })?,
+        };
+        Ok(Message {
+            id: self.id.unwrap_or_else(|| "sample-1".into()),
+            timestamp_ms: self.timestamp_ms.unwrap_or_else(tocsin_queue::now_ms),
+            severity,
+            summary: self.summary,
+            body: self.body,
+            labels: self.labels.into_iter().collect(),
+            metrics: self.metrics.into_iter().collect(),
+            payload: None,
+        })
+    }
+
+    fn from_message(m: &Message) -> Self {
+        SampleMessage {
+            id: Some(m.id.clone()),
+            timestamp_ms: Some(m.timestamp_ms),
+            severity: Some(m.severity.as_str().into()),
+            summary: m.summary.clone(),
+            body: m.body.clone(),
+            labels: m.labels.iter().cloned().collect(),
+            metrics: m.metrics.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What to run and on what.
+pub struct Trial<'a> {
+    /// The component.
+    pub plugin: &'a Path,
+    /// Its `config`, as JSON.
+    pub config_json: String,
+    /// The sample: a message (filter, sink) or a request body (decoder); sources need none.
+    pub input: Option<&'a Path>,
+    /// Hosts the sink may reach (recorded, never contacted).
+    pub hosts: Vec<String>,
+    /// Secrets granted: (name, value).
+    pub secrets: Vec<(String, String)>,
+}
+
+struct NoState;
+impl StateReader for NoState {
+    fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+}
+
+/// Runs the trial, printing its outputs; exit 1 when the plugin fails or refuses.
+pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
+    let plugin = runtime.load(trial.plugin, None)?;
+    let kind = plugin.kind;
+    let recorder = Arc::new(HttpRecorder::default());
+    let limits = Limits {
+        memory: tocsin_config::spec::DEFAULT_MEMORY,
+        fuel: tocsin_config::spec::DEFAULT_SINK_FUEL,
+        timeout: tocsin_config::spec::DEFAULT_SINK_TIMEOUT,
+    };
+    let mut stage = Stage::new(
+        &runtime,
+        plugin,
+        StageContext {
+            pipeline: "test".into(),
+            stage: kind.to_string(),
+            config_json: trial.config_json,
+            grants: Grants {
+                hosts: trial.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                ..Grants::default()
+            },
+            limits,
+            secrets: Arc::new(trial.secrets.clone()),
+            state: Arc::new(NoState),
+            http_recorder: Some(recorder.clone()),
+        },
+    );
+    let read_input = || -> anyhow::Result<Vec<u8>> {
+        let path = trial
+            .input
+            .with_context(|| format!("a {kind} needs a sample: pass --input FILE"))?;
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let read_message = || -> anyhow::Result<Message> {
+        let bytes = read_input()?;
+        let sample: SampleMessage =
+            serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                "{} is not a sample message (JSON with `body`, and optionally `id`, `severity`, \
+                 `summary`, `labels`, `metrics`, `timestamp_ms`)",
+                trial.input.map_or(String::new(), |p| p.display().to_string())
+            )
+            })?;
+        sample.into_message()
+    };
+    let outputs = match kind {
+        PluginKind::Source => stage.poll(tocsin_queue::now_ms()).await?.0,
+        PluginKind::Decoder => {
+            let request = IngestRequest {
+                method: "POST".into(),
+                path: "/ingest/test".into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: read_input()?,
+            };
+            match stage.decode(&request).await?.0 {
+                Ok(messages) => messages,
+                Err(rejection) => {
+                    println!("rejected: {} {}", rejection.status, rejection.reason);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        PluginKind::Filter => stage.process(&read_message()?).await?.0,
+        PluginKind::Sink => {
+            let message = read_message()?;
+            let key = idempotency_key("test", "sink", &message.id);
+            let (outcome, _) = stage.deliver(&message, &key).await?;
+            for request in recorder.take() {
+                print!("{}", show_request(&request, &trial.secrets));
+            }
+            return Ok(match outcome {
+                DeliveryOutcome::Delivered => {
+                    println!("outcome: delivered (dry run: nothing was sent)");
+                    ExitCode::SUCCESS
+                }
+                other => {
+                    println!("outcome: {other:?}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+    };
+    if outputs.is_empty() {
+        println!("no output (the {kind} dropped the message)");
+    }
+    for m in &outputs {
+        println!(
+            "{}",
+            serde_json::to_string(&SampleMessage::from_message(m))?
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A recorded request as text, each secret value replaced by `REDACTED`.
+pub fn show_request(request: &RecordedRequest, secrets: &[(String, String)]) -> String {
+    let redact = |text: &str| {
+        secrets
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .fold(text.to_string(), |t, (_, value)| {
+                t.replace(value, "REDACTED")
+            })
+    };
+    let mut out = format!(
+        "DRY RUN: would send\n{} {}\n",
+        request.method,
+        redact(&request.url)
+    );
+    for (name, value) in &request.headers {
+        out.push_str(&format!("{name}: {}\n", redact(value)));
+    }
+    out.push('\n');
+    out.push_str(&redact(&String::from_utf8_lossy(&request.body)));
+    out.push_str("\n\n");
+    out
+}
+
+/// Parses `NAME=VALUE`.
+pub fn parse_secret(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+/// `--config` as JSON text, or `@file` holding JSON or TOML.
+pub fn config_json(config: Option<&str>) -> anyhow::Result<String> {
+    let Some(config) = config else {
+        return Ok("{}".into());
+    };
+    let text = match config.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
+        }
+        None => config.to_string(),
+    };
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+        if !value.is_object() {
+            bail!("--config must be an object, e.g. '{{\"word\": \"disk\"}}'");
+        }
+        return Ok(value.to_string());
+    }
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| "--config is neither a JSON object nor a TOML table")?;
+    Ok(serde_json::to_string(&table)?)
+}

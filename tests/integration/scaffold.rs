@@ -1,0 +1,208 @@
+//! `tocsin plugin new` makes a project that builds as created, outside the repository, and
+//! whose README's three commands work as written; `tocsin test --plugin` runs a plugin on a
+//! sample (a sink as a dry run, secrets redacted). Errors are clear.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tocsin_tests::{plugins_dir, tocsin_bin};
+
+fn tocsin(dir: &Path, args: &[&str]) -> Output {
+    Command::new(tocsin_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("tocsin runs")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The commands of the README's `sh` block.
+fn readme_commands(project: &Path) -> Vec<String> {
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a sh block");
+    block.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn new_plugins_build_as_created_and_their_readme_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    // One target directory for the three projects (as a symlink, so the README's paths hold),
+    // so the SDK and its dependencies compile once.
+    let shared_target = dir.path().join("shared-target");
+    std::fs::create_dir_all(&shared_target).unwrap();
+    let bin_dir: PathBuf = tocsin_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (kind, expect) in [
+        (
+            "filter",
+            vec!["\"body\":\"disk almost full on db1\"", "fits this host"],
+        ),
+        (
+            "sink",
+            vec![
+                "DRY RUN: would send",
+                "POST https://alerts.example.org/hook",
+                "idempotency-key: test/sink/sample-1",
+                "outcome: delivered (dry run: nothing was sent)",
+            ],
+        ),
+        (
+            "source",
+            vec!["\"body\":\"hello\"", "tocsin:plugin/source-plugin"],
+        ),
+    ] {
+        let name = format!("my-{kind}");
+        let out = tocsin(dir.path(), &["plugin", "new", "--kind", kind, &name]);
+        assert!(out.status.success(), "{}", text(&out));
+        let project = dir.path().join(&name);
+        std::os::unix::fs::symlink(&shared_target, project.join("target")).unwrap();
+        let mut seen = String::new();
+        for command in readme_commands(&project) {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(&project)
+                .env("PATH", &path)
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "`{command}` in {name}:\n{}",
+                text(&out)
+            );
+            seen.push_str(&text(&out));
+        }
+        for needle in expect {
+            assert!(seen.contains(needle), "{name}: `{needle}` not in:\n{seen}");
+        }
+    }
+}
+
+#[test]
+fn plugin_new_and_test_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bad_kind = tocsin(d, &["plugin", "new", "--kind", "bogus", "x"]);
+    assert!(!bad_kind.status.success());
+    assert!(
+        text(&bad_kind).contains("invalid value 'bogus'"),
+        "{}",
+        text(&bad_kind)
+    );
+    let bad_name = tocsin(d, &["plugin", "new", "--kind", "filter", "My_Plugin"]);
+    assert!(!bad_name.status.success());
+    assert!(
+        text(&bad_name).contains("is not a plugin name"),
+        "{}",
+        text(&bad_name)
+    );
+    std::fs::create_dir_all(d.join("taken")).unwrap();
+    std::fs::write(d.join("taken/keep.txt"), "mine").unwrap();
+    let taken = tocsin(d, &["plugin", "new", "--kind", "sink", "taken"]);
+    assert!(!taken.status.success());
+    assert!(
+        text(&taken).contains("already exists and is not empty"),
+        "{}",
+        text(&taken)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("taken/keep.txt")).unwrap(),
+        "mine"
+    );
+
+    let threshold = plugins_dir().join("threshold.wasm");
+    let threshold = threshold.to_str().unwrap();
+    let no_input = tocsin(d, &["test", "--plugin", threshold]);
+    assert!(!no_input.status.success());
+    assert!(
+        text(&no_input).contains("needs a sample: pass --input"),
+        "{}",
+        text(&no_input)
+    );
+    let missing = tocsin(d, &["test", "--plugin", threshold, "--input", "nope.json"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("cannot read nope.json"),
+        "{}",
+        text(&missing)
+    );
+    std::fs::write(d.join("not-a-message.json"), "{\"text\": 1}").unwrap();
+    let wrong = tocsin(
+        d,
+        &[
+            "test",
+            "--plugin",
+            threshold,
+            "--input",
+            "not-a-message.json",
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("is not a sample message"),
+        "{}",
+        text(&wrong)
+    );
+}
+
+#[test]
+fn a_dry_run_sink_shows_its_request_with_secrets_redacted_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("msg.json"),
+        r#"{"body": "db1 backup is 3 days old"}"#,
+    )
+    .unwrap();
+    let webhook = plugins_dir().join("webhook.wasm");
+    // An address nothing listens on: a real send would fail; the dry run records instead.
+    let config =
+        r#"{"url": "http://127.0.0.1:9/hook", "headers": {"authorization": "secret:token"}}"#;
+    let args = [
+        "test",
+        "--plugin",
+        webhook.to_str().unwrap(),
+        "--config",
+        config,
+        "--grant-host",
+        "127.0.0.1:9",
+        "--secret",
+        "token=Bearer hunter2-very-secret",
+        "--input",
+        "msg.json",
+    ];
+    let out = tocsin(dir.path(), &args);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("POST http://127.0.0.1:9/hook"), "{shown}");
+    assert!(shown.contains("authorization: REDACTED"), "{shown}");
+    assert!(shown.contains("db1 backup is 3 days old"), "{shown}");
+    assert!(!shown.contains("hunter2"), "the secret leaked:\n{shown}");
+    // A host that is not granted is refused as it would be in a pipeline.
+    let denied = tocsin(
+        dir.path(),
+        &args[..5]
+            .iter()
+            .chain(&args[7..])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("request denied by the host"),
+        "{}",
+        text(&denied)
+    );
+}

@@ -47,3 +47,13 @@ fmt:
 bench: setup
 	cd plugins && $(CARGO) build --release --workspace
 	$(CARGO) run --release -p tocsin-bench -- --plugin-dir plugins/target/wasm32-wasip2/release
+
+## Long fuzzing: only the property tests (every one is named `prop_*`), in both workspaces,
+## with 100000 cases each (tests whose cases are megabytes take a fraction): about an hour on
+## 2 cores. A failure is saved as a seed in a proptest-regressions file beside its test and
+## replayed first by every later run (keep the file). See docs/fuzzing.md.
+.PHONY: fuzz-long
+fuzz-long:
+	PROPTEST_CASES=100000 $(CARGO) test -p tocsin-config -p tocsin-message -p tocsin-queue prop_
+	cd plugins && PROPTEST_CASES=100000 $(CARGO) test --target $(HOST_TARGET) \
+		-p json -p github-webhook -p alertmanager-webhook -p pubsub-push -p janitor prop_

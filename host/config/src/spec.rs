@@ -260,15 +260,28 @@ impl RetryPolicy {
         let exp = self
             .multiplier
             .powi(attempts.saturating_sub(1).min(64) as i32);
-        let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
+        let secs = self.initial.as_secs_f64() * exp;
+        // Compare in f64 but return `max` itself: a `max` near `Duration::MAX` (a file may say
+        // `max = "18446744073709551615s"`) rounds up as f64 to more than a Duration holds.
+        if secs.is_nan() || secs >= self.max.as_secs_f64() {
+            return self.max;
+        }
+        Duration::try_from_secs_f64(secs.max(0.0)).map_or(self.max, |d| d.min(self.max))
     }
 
     /// The delay with "equal jitter": uniformly in `[base/2, base]`, given `unit` in `[0, 1)`.
     /// Keeps a floor so retries never hammer, while spreading sinks that failed together.
     pub fn jittered_delay(&self, attempts: u32, unit: f64) -> Duration {
         let base = self.base_delay(attempts);
-        base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+        let factor = 0.5
+            + 0.5
+                * if unit.is_nan() {
+                    1.0
+                } else {
+                    unit.clamp(0.0, 1.0)
+                };
+        // Not `Duration::mul_f64`, which panics when the product rounds past `Duration::MAX`.
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor).map_or(base, |d| d.min(base))
     }
 }
 

@@ -829,11 +829,21 @@ impl Checker<'_> {
             multiplier: multiplier?,
         };
         if policy.max < policy.initial {
-            self.error(
-                r.max.as_ref().map(|m| m.span()),
-                &format!("{field}.max"),
-                "must not be shorter than `initial`".into(),
-            );
+            match (&r.max, &r.initial) {
+                (None, Some(initial)) => self.error(
+                    Some(initial.span()),
+                    &format!("{field}.initial"),
+                    format!(
+                        "is longer than the default `max` of {}; set `max` too",
+                        humantime::format_duration(default.max)
+                    ),
+                ),
+                (max, _) => self.error(
+                    max.as_ref().map(|m| m.span()),
+                    &format!("{field}.max"),
+                    "must not be shorter than `initial`".into(),
+                ),
+            }
             return None;
         }
         Some(policy)
@@ -1161,5 +1171,37 @@ match = { severity = ">= info" }
         assert_eq!(p.base_delay(9).as_secs(), 10);
         let j = p.jittered_delay(3, 0.0);
         assert_eq!(j.as_secs(), 2);
+    }
+
+    /// Regression (found by `prop_backoff_is_defined_for_any_durations_a_file_may_hold`): a
+    /// `max` near `Duration::MAX` rounds up as f64 past what a Duration holds, and
+    /// `Duration::from_secs_f64` panicked in the delivery worker's backoff.
+    #[test]
+    fn backoff_with_a_max_near_the_largest_duration_does_not_panic() {
+        let fx = fixture();
+        let text = GOOD.replace(
+            "initial = \"2s\", max = \"1m\"",
+            "initial = \"18446744073709551614s\", max = \"18446744073709551615s\"",
+        );
+        let p = check(&fx, &text).unwrap().sinks[0].retry;
+        assert_eq!(p.max, std::time::Duration::from_secs(u64::MAX));
+        for attempts in [0, 1, 2, u32::MAX] {
+            assert_eq!(p.base_delay(attempts), p.max);
+            assert!(p.jittered_delay(attempts, 0.999_999_999_999_999_9) <= p.max);
+            assert!(p.jittered_delay(attempts, 1.0) <= p.max);
+        }
+    }
+
+    /// Regression (found by `prop_broken_generated_pipelines_report_file_and_place`): an
+    /// `initial` longer than the default `max` was reported without a line.
+    #[test]
+    fn an_initial_delay_past_the_default_max_is_reported_at_initial() {
+        let fx = fixture();
+        let text = GOOD.replace("initial = \"2s\", max = \"1m\"", "initial = \"20m\"");
+        let d = check(&fx, &text).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].field, "sink[0].retry.initial");
+        assert_eq!((d[0].line, d[0].column), (Some(16), Some(39)), "{}", d[0]);
+        assert!(d[0].message.contains("default `max` of 10m"), "{}", d[0]);
     }
 }

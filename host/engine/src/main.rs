@@ -523,3 +523,28 @@ fn queue(data: &Path, action: QueueAction) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+
+    /// `docs/cli.md` is generated from the clap definitions above, so it cannot drift:
+    /// regenerate it with `TOCSIN_BLESS=1 cargo test -p tocsin --bin tocsin cli_reference`.
+    #[test]
+    fn cli_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        let generated = format!(
+            "<!-- Generated from host/engine/src/main.rs by the test `cli_reference_is_current`; \
+             do not edit. Regenerate: TOCSIN_BLESS=1 cargo test -p tocsin --bin tocsin cli_reference -->\n\n{}",
+            clap_markdown::help_markdown::<Cli>()
+        );
+        if std::env::var_os("TOCSIN_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/cli.md is out of date: TOCSIN_BLESS=1 cargo test -p tocsin --bin tocsin cli_reference"
+        );
+    }
+}

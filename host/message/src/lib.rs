@@ -149,6 +149,13 @@ pub enum DecodeError {
     /// The record's body is malformed.
     #[error("malformed record: {0}")]
     Malformed(#[from] postcard::Error),
+    /// The record goes on after its value ends: a record is exactly one value, so this is
+    /// corruption (a length prefix that shrank, say), not a shorter value.
+    #[error("malformed record: {extra} bytes after the end of the value")]
+    TrailingBytes {
+        /// How many bytes follow the value.
+        extra: usize,
+    },
 }
 
 /// The version byte that starts every record written by this build.
@@ -162,11 +169,17 @@ pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a record written by [`encode_record`].
+/// Decodes a record written by [`encode_record`]: exactly one value, nothing after it.
+///
+/// Never panics, and allocates no more than the record's bytes can fill: a length prefix
+/// claiming more than the record holds is an error before anything is reserved for it.
 pub fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&RECORD_FORMAT_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&RECORD_FORMAT_VERSION, rest)) => match postcard::take_from_bytes(rest)? {
+            (value, []) => Ok(value),
+            (_, extra) => Err(DecodeError::TrailingBytes { extra: extra.len() }),
+        },
         Some((&found, _)) => Err(DecodeError::UnknownVersion {
             found,
             supported: RECORD_FORMAT_VERSION,
@@ -216,6 +229,20 @@ mod tests {
         let bytes = encode_record(&sample());
         let err = decode_record::<Message>(&bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+    }
+
+    /// Regression (found by `prop_records_with_trailing_bytes_are_refused`): bytes after a
+    /// complete record were ignored, so a corrupted record could pass as another value.
+    #[test]
+    fn trailing_bytes_after_a_record_are_refused() {
+        let mut bytes = encode_record(&sample());
+        bytes.push(0);
+        let err = decode_record::<Message>(&bytes).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TrailingBytes { extra: 1 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1 bytes after the end"), "{err}");
     }
 
     #[test]

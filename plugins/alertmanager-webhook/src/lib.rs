@@ -7,11 +7,18 @@
 //! its resolution is a new one. Labels: every alert label, plus `status` and `receiver`.
 //! Severity: the alert's `severity` label (`critical`/`page` → alert, `error`, `warning`,
 //! `info`), `warning` when absent; a resolved alert is `info`.
+//!
+//! One notification makes at most 1000 messages and 16 MiB of them (what the host takes from
+//! one call); a larger one is refused with 413, so set `max_alerts` (1000 or fewer) in the
+//! receiver's `webhook_config`.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tocsin_sdk::{export_decoder, Decoder, HttpRequest, Message, MessageExt, Rejection, Severity};
+use tocsin_sdk::{
+    export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
+    MAX_OUTPUT_MESSAGES,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +95,19 @@ impl Decoder for AlertmanagerWebhook {
                 ),
             ));
         }
+        // More messages or bytes than the host takes from one call would fail the call (a 500,
+        // which Alertmanager retries for ever): refuse with a 413 before building them.
+        if payload.alerts.len() > MAX_OUTPUT_MESSAGES {
+            return Err(reject(
+                413,
+                format!(
+                    "{} alerts in one notification; at most {MAX_OUTPUT_MESSAGES} are taken \
+                     (set `max_alerts` in the webhook_config)",
+                    payload.alerts.len()
+                ),
+            ));
+        }
+        let mut budget = OutputBudget::default();
         payload
             .alerts
             .into_iter()
@@ -145,6 +165,7 @@ impl Decoder for AlertmanagerWebhook {
                 if !alert.generator_url.is_empty() {
                     m.set_label("generator-url", alert.generator_url.clone());
                 }
+                budget.admit(&m).map_err(|reason| reject(413, reason))?;
                 Ok(m)
             })
             .collect()
@@ -152,6 +173,9 @@ impl Decoder for AlertmanagerWebhook {
 }
 
 export_decoder!(AlertmanagerWebhook);
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {
@@ -197,6 +221,38 @@ mod tests {
             ms[0].id,
             "the same notification, the same id"
         );
+    }
+
+    /// Regression (found by `prop_many_alerts_are_refused_past_the_output_caps` and
+    /// `prop_amplifying_payloads_are_refused_past_the_output_caps`): 1001 alerts, or a long
+    /// receiver copied into each of a few hundred alerts (under 1 MiB of JSON), made more
+    /// messages or bytes than the host takes from one call, so the host failed the call and
+    /// answered 500, which Alertmanager retries for ever.
+    #[test]
+    fn notifications_past_the_output_caps_are_refused_with_413() {
+        let alert =
+            r#"{"status": "firing", "startsAt": "2026-11-24T10:00:00Z", "fingerprint": "f"}"#;
+        let many = format!(
+            r#"{{"version": "4", "alerts": [{}]}}"#,
+            vec![alert; 1001].join(",")
+        );
+        let e = decode(&many).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("max_alerts"), "{}", e.reason);
+        let wide = format!(
+            r#"{{"version": "4", "receiver": "{}", "alerts": [{}]}}"#,
+            "r".repeat(40 << 10),
+            vec![alert; 500].join(",")
+        );
+        assert!(wide.len() < 1 << 20);
+        let e = decode(&wide).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("bytes of messages"), "{}", e.reason);
+        let most = format!(
+            r#"{{"version": "4", "alerts": [{}]}}"#,
+            vec![alert; 1000].join(",")
+        );
+        assert_eq!(decode(&most).unwrap().len(), 1000);
     }
 
     #[test]

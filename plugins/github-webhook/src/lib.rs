@@ -10,7 +10,9 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tocsin_sdk::{export_decoder, Decoder, HttpRequest, Message, MessageExt, Rejection, Severity};
+use tocsin_sdk::{
+    export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,11 +187,19 @@ impl Decoder for GithubWebhook {
         if self.keep_payload {
             m.payload = Some(raw);
         }
+        // Past the host's cap on one call's output (possible with a `body_limit` over 16 MiB),
+        // the host would fail the call with a 500: refuse the request instead.
+        OutputBudget::default()
+            .admit(&m)
+            .map_err(|reason| reject(413, reason))?;
         Ok(vec![m])
     }
 }
 
 export_decoder!(GithubWebhook);
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {
@@ -275,6 +285,29 @@ mod tests {
         let mut req = request("push", "{}", false);
         req.body = vec![0xff, 0xfe];
         assert_eq!(plugin().decode(req).unwrap_err().status, 400);
+    }
+
+    /// Regression (found by `prop_huge_deliveries_are_refused_past_the_output_caps`): with a
+    /// `body_limit` over 16 MiB, a delivery kept as payload (or with a huge title) made a
+    /// message larger than the host takes from one call, and the host answered 500.
+    #[test]
+    fn deliveries_past_the_output_cap_are_refused_with_413() {
+        let body = format!(r#"{{"zen": "{}"}}"#, "z".repeat(9 << 20));
+        let mut p = GithubWebhook::new(Config {
+            keep_payload: true,
+            events: vec![],
+        })
+        .unwrap();
+        let e = p.decode(request("ping", &body, false)).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("bytes of messages"), "{}", e.reason);
+        assert_eq!(
+            plugin()
+                .decode(request("ping", &body, false))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! is the host, the arrival time and a counter.
 
 use serde::Deserialize;
-use tocsin_sdk::{export_decoder, Decoder, HttpRequest, Message, MessageExt, Rejection, Severity};
+use tocsin_sdk::{
+    export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,11 +113,19 @@ impl Decoder for Janitor {
         m.summary = f.summary.filter(|s| !s.is_empty());
         m.set_label("host", hostname);
         m.set_label("source", "janitor");
+        // Past the host's cap on one call's output (possible with a `body_limit` over 16 MiB),
+        // the host would answer 500: refuse the request instead.
+        OutputBudget::default()
+            .admit(&m)
+            .map_err(|reason| reject(413, reason))?;
         Ok(vec![m])
     }
 }
 
 export_decoder!(Janitor);
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {
@@ -165,6 +175,20 @@ mod tests {
         let a = j.decode(request("hostname=h&message=m", None)).unwrap();
         let b = j.decode(request("hostname=h&message=m", None)).unwrap();
         assert_ne!(a[0].id, b[0].id, "each post is a new event");
+    }
+
+    /// Regression (found by `prop_huge_messages_are_refused_past_the_output_caps`): with a
+    /// `body_limit` over 16 MiB, a `message` past 16 MiB made a message larger than the host
+    /// takes from one call, and the host answered 500.
+    #[test]
+    fn messages_past_the_output_cap_are_refused_with_413() {
+        let mut j = Janitor::new(Config {}).unwrap();
+        let body = format!("hostname=h&message={}", "m".repeat(16 << 20));
+        let e = j.decode(request(&body, None)).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("bytes of messages"), "{}", e.reason);
+        let body = format!("hostname=h&message={}", "m".repeat(15 << 20));
+        assert_eq!(j.decode(request(&body, None)).unwrap().len(), 1);
     }
 
     #[test]

@@ -9,13 +9,16 @@
 //! (default: now), `severity` (`none`…`alert`, default `info`), `summary`, `labels`, `metrics`
 //! and `payload` are optional. Unknown fields are refused, so a typo does not silently drop
 //! information. Answers: malformed JSON 400, valid JSON of the wrong shape 422, a declared
-//! content type other than JSON 415.
+//! content type other than JSON 415, more than 1000 messages or 16 MiB of them (what the host
+//! takes from one call) 413. Numbers are read exactly (`float_roundtrip`): a metric keeps the
+//! value its text names.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tocsin_sdk::{
-    export_decoder, severity_from_str, Decoder, HttpRequest, Message, Rejection, Severity,
+    export_decoder, severity_from_str, Decoder, HttpRequest, Message, OutputBudget, Rejection,
+    Severity,
 };
 
 #[derive(Deserialize)]
@@ -107,6 +110,10 @@ impl Decoder for Json {
             }
         }
         let now = now_ms();
+        // More messages or bytes than the host takes from one call would fail the call (a
+        // 500 for the client's input): refuse the request instead.
+        let mut budget = OutputBudget::default();
+        let too_large = |reason| reject(413, reason);
         parse(&request.body)?
             .into_iter()
             .map(|m| {
@@ -121,7 +128,7 @@ impl Decoder for Json {
                         )
                     })?,
                 };
-                Ok(Message {
+                let message = Message {
                     id: m.id.unwrap_or_default(),
                     timestamp_ms: m.timestamp_ms.unwrap_or(now),
                     severity,
@@ -130,13 +137,18 @@ impl Decoder for Json {
                     labels: m.labels.into_iter().collect(),
                     metrics: m.metrics.into_iter().collect(),
                     payload: m.payload,
-                })
+                };
+                budget.admit(&message).map_err(too_large)?;
+                Ok(message)
             })
             .collect()
     }
 }
 
 export_decoder!(Json);
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {
@@ -165,6 +177,35 @@ mod tests {
         assert_eq!(many.len(), 2);
         assert_eq!(many[0].id, "x1");
         assert_eq!(many[1].id, "", "the host derives missing ids");
+    }
+
+    /// Regression (found by `prop_large_arrays_are_refused_past_the_output_caps`): 1001
+    /// messages in one request (12 KB of JSON) came back from the decoder, and the host, which
+    /// takes at most 1000 from one call, failed the call: a 500 and a failed stage for the
+    /// client's input.
+    #[test]
+    fn more_messages_than_the_host_takes_are_refused_with_413() {
+        let many = format!("[{}]", vec![r#"{"body":""}"#; 1001].join(","));
+        let e = decode(&many, None).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("1000 messages"), "{}", e.reason);
+        let big = format!(r#"{{"body":"{}"}}"#, "x".repeat(17 << 20));
+        assert_eq!(decode(&big, None).unwrap_err().status, 413);
+        let most = format!("[{}]", vec![r#"{"body":""}"#; 1000].join(","));
+        assert_eq!(decode(&most, None).unwrap().len(), 1000);
+    }
+
+    /// Regression (found by `prop_valid_documents_decode_to_their_messages`): serde_json's
+    /// default float parsing is off by one unit in the last place for some numbers, so a
+    /// metric came out different from the number posted.
+    #[test]
+    fn metrics_keep_the_exact_value_posted() {
+        let one = decode(
+            r#"{"body": "", "metrics": {"m": -7.119615826851568e189}}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(one[0].metrics[0].1, -7.119615826851568e189);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::Deserialize;
-use tocsin_sdk::{export_decoder, Decoder, HttpRequest, Message, MessageExt, Rejection, Severity};
+use tocsin_sdk::{
+    export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,11 +119,19 @@ impl Decoder for PubsubPush {
             msg.set_label("event-type", event.clone());
         }
         msg.payload = text;
+        // Text data is both body and payload: past the host's cap on one call's output
+        // (possible with a `body_limit` over 11 MiB) the host would answer 500; refuse instead.
+        OutputBudget::default()
+            .admit(&msg)
+            .map_err(|reason| reject(413, reason))?;
         Ok(vec![msg])
     }
 }
 
 export_decoder!(PubsubPush);
+
+#[cfg(test)]
+mod prop_tests;
 
 #[cfg(test)]
 mod tests {
@@ -170,6 +180,26 @@ mod tests {
         );
         let m = &decode(&body).unwrap()[0];
         assert_eq!((m.id.as_str(), m.body.as_str()), ("42", "hello"));
+    }
+
+    /// Regression (found by `prop_huge_envelopes_are_refused_past_the_output_caps`): with a
+    /// `body_limit` over 11 MiB, 8.4 MB of text data (kept as both body and payload) made a
+    /// message larger than the host takes from one call, and the host answered 500, which
+    /// Pub/Sub retries.
+    #[test]
+    fn envelopes_past_the_output_cap_are_refused_with_413() {
+        let data = base64::engine::general_purpose::STANDARD.encode("d".repeat(8_401_207));
+        let e = decode(&format!(
+            r#"{{"message":{{"data":"{data}","messageId":"1"}}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(e.reason.contains("bytes of messages"), "{}", e.reason);
+        let data = base64::engine::general_purpose::STANDARD.encode("d".repeat(7 << 20));
+        let m = decode(&format!(
+            r#"{{"message":{{"data":"{data}","messageId":"1"}}}}"#
+        ));
+        assert_eq!(m.unwrap()[0].body.len(), 7 << 20);
     }
 
     #[test]

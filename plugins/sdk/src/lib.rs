@@ -29,11 +29,14 @@
 //! - [`host`]: what the host offers every plugin (log, durable state, secrets, disk usage).
 //! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
 //! - `template` (feature `template`): Jinja templates over a message.
+//! - `fuzz` (feature `fuzz`, for dev-dependencies): property tests of decoders.
 //! - [`bindings`]: the generated WIT bindings, if you need them directly.
 
 extern crate self as tocsin_sdk;
 
 pub mod bindings;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod host;
 pub mod http;
 mod message;
@@ -46,9 +49,19 @@ pub mod __private;
 pub use bindings::source::tocsin::plugin::types::{
     DeliveryError, HttpRequest, Message, Rejection, Severity,
 };
-pub use message::{rank, severity_emoji, severity_from_str, severity_name, MessageExt};
+pub use message::{
+    rank, severity_emoji, severity_from_str, severity_name, MessageExt, OutputBudget,
+};
 pub use serde;
 pub use serde_json;
+
+/// The most messages one call may return. The host fails a call that returns more (see
+/// `docs/operations.md`); decoders count with [`OutputBudget`] and refuse such a request.
+pub const MAX_OUTPUT_MESSAGES: usize = 1000;
+
+/// The most bytes of messages (as [`MessageExt::approx_size`] counts them) one call may
+/// return; beyond, the host fails the call.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 
 /// A source polled on its pipeline's schedule.
 pub trait Source: Sized + 'static {

@@ -60,6 +60,9 @@ pub trait MessageExt {
     fn set_label(&mut self, name: &str, value: impl Into<String>);
     /// Sets (or replaces) a metric.
     fn set_metric(&mut self, name: &str, value: f64);
+    /// The size the host counts against [`crate::MAX_OUTPUT_BYTES`] (the same formula as the
+    /// host's `Message::approx_size`): the text's bytes, 8 per metric value, 16 per message.
+    fn approx_size(&self) -> usize;
 }
 
 impl MessageExt for Message {
@@ -103,5 +106,81 @@ impl MessageExt for Message {
             Some(slot) => slot.1 = value,
             None => self.metrics.push((name.to_string(), value)),
         }
+    }
+
+    fn approx_size(&self) -> usize {
+        self.id.len()
+            + self.summary.as_ref().map_or(0, String::len)
+            + self.body.len()
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.metrics.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
+            + self.payload.as_ref().map_or(0, String::len)
+            + 16
+    }
+}
+
+/// Counts what a call is about to return against the host's output caps
+/// ([`crate::MAX_OUTPUT_MESSAGES`], [`crate::MAX_OUTPUT_BYTES`]).
+///
+/// The host fails a call whose output is over either cap; for a decoder that is a 500 and a
+/// failed stage, for input the client controls. A decoder admits each message as it builds
+/// it and refuses the request (413) at the first one past a cap, before building the rest:
+///
+/// ```ignore
+/// let mut budget = OutputBudget::default();
+/// for alert in payload.alerts {
+///     let m = to_message(alert);
+///     budget.admit(&m).map_err(|reason| Rejection { status: 413, reason })?;
+///     out.push(m);
+/// }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct OutputBudget {
+    messages: usize,
+    bytes: usize,
+}
+
+impl OutputBudget {
+    /// Counts one more message; an error saying which cap it passes, if it does.
+    pub fn admit(&mut self, msg: &Message) -> Result<(), String> {
+        self.messages += 1;
+        self.bytes = self.bytes.saturating_add(msg.approx_size());
+        if self.messages > crate::MAX_OUTPUT_MESSAGES {
+            return Err(format!(
+                "the request makes more than {} messages, the most one request may make",
+                crate::MAX_OUTPUT_MESSAGES
+            ));
+        }
+        if self.bytes > crate::MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "the request makes more than {} bytes of messages, the most one request may make",
+                crate::MAX_OUTPUT_BYTES
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_admits_up_to_the_caps() {
+        let small = Message::new("id", 0, "body");
+        let mut b = OutputBudget::default();
+        for _ in 0..crate::MAX_OUTPUT_MESSAGES {
+            b.admit(&small).unwrap();
+        }
+        assert!(b.admit(&small).unwrap_err().contains("1000 messages"));
+        let big = Message::new("", 0, "x".repeat(crate::MAX_OUTPUT_BYTES - 16));
+        OutputBudget::default().admit(&big).unwrap();
+        let mut b = OutputBudget::default();
+        b.admit(&big).unwrap();
+        assert!(b.admit(&small).unwrap_err().contains("bytes of messages"));
     }
 }

@@ -15,6 +15,7 @@
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
@@ -33,6 +34,7 @@ mod hot_reload;
 mod ingest;
 mod janitor;
 mod matrix;
+mod packaging;
 mod plugin_cli;
 mod pubsub;
 mod redelivery;

@@ -13,6 +13,7 @@ pub mod alertmanager;
 pub mod load;
 pub mod mastodon;
 pub mod process;
+pub mod python;
 pub mod receiver;
 pub mod synapse;
 pub mod tmpfs;

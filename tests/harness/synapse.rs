@@ -11,38 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{free_port, repo_root};
+use crate::free_port;
 
 /// The venv with Synapse, created on first use.
 pub fn synapse_venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let venv = repo_root().join("tests/.cache/synapse-venv");
-        let python = venv.join("bin/python");
-        let installed = Command::new(&python)
-            .args(["-c", "import synapse"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "cannot create a Python venv (is python3-venv installed?)"
-            );
-            let ok = Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "matrix-synapse"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "cannot install matrix-synapse from PyPI");
-        }
-        venv
-    })
+    VENV.get_or_init(|| crate::python::venv("synapse-venv", "synapse", &["matrix-synapse"]))
 }
 
 /// A running Synapse with one user and one room.

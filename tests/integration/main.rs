@@ -19,6 +19,7 @@
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
+//! - `python_sink`: a sink written in Python (componentize-py) in a real pipeline.
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 //! - `shutdown`: SIGTERM: stop accepting, finish or abandon in-flight deliveries, exit in bound.
@@ -37,6 +38,7 @@ mod matrix;
 mod packaging;
 mod plugin_cli;
 mod pubsub;
+mod python_sink;
 mod redelivery;
 mod restart;
 mod runtime;

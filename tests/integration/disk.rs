@@ -192,3 +192,24 @@ async fn a_read_only_disk_at_start_is_a_clear_error_and_loses_nothing() {
     let (status, _) = tocsin.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status}:\n{}", log_tail(&env));
 }
+
+/// The storage guard's read-only check on a filesystem that really is read-only (mounted so
+/// before anything holds it open, which is the one way to get one here): the guard refuses
+/// with the reason ingest answers, and accepts again once the filesystem is writable.
+#[test]
+fn the_storage_guard_refuses_a_read_only_filesystem_and_accepts_when_writable() {
+    let env = Env::new();
+    let Some(disk) = Tmpfs::mount(&env.path("queues-fs"), "16m") else {
+        return;
+    };
+    let store = tocsin_queue::SledStore::open(&env.path("data/queue")).unwrap();
+    let guard = tocsin::budget::DiskBudget::new(None, 1 << 20, env.path("queues-fs"), store);
+    assert_eq!(guard.refusal(), None);
+    disk.read_only(true);
+    std::thread::sleep(tocsin::budget::MEASURE_EVERY);
+    let refusal = guard.refusal().expect("refused while read-only");
+    assert!(refusal.contains("read-only"), "{refusal}");
+    disk.read_only(false);
+    std::thread::sleep(tocsin::budget::MEASURE_EVERY);
+    assert_eq!(guard.refusal(), None, "accepting again");
+}

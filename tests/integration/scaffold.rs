@@ -1,6 +1,7 @@
-//! `tocsin plugin new` makes a project that builds as created, outside the repository, and
-//! whose README's three commands work as written; `tocsin test --plugin` runs a plugin on a
-//! sample (a sink as a dry run, secrets redacted). Errors are clear.
+//! `tocsin plugin new` makes a project (Rust, or Python with componentize-py) that builds as
+//! created, outside the repository, and whose README's three commands work as written;
+//! `tocsin test --plugin` runs a plugin on a sample (a sink as a dry run, secrets redacted).
+//! Errors are clear.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,6 +77,73 @@ fn new_plugins_build_as_created_and_their_readme_commands_work() {
                 .env("PATH", &path)
                 .env_remove("CARGO_TARGET_DIR")
                 .env_remove("RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "`{command}` in {name}:\n{}",
+                text(&out)
+            );
+            seen.push_str(&text(&out));
+        }
+        for needle in expect {
+            assert!(seen.contains(needle), "{name}: `{needle}` not in:\n{seen}");
+        }
+    }
+}
+
+#[test]
+fn new_python_plugins_build_with_componentize_py_and_their_readme_commands_work() {
+    let venv = tocsin_tests::python::venv(
+        "componentize-py-venv",
+        "componentize_py",
+        &[tocsin_tests::python::COMPONENTIZE_PY],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir: PathBuf = tocsin_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (kind, expect) in [
+        (
+            "filter",
+            vec![
+                "\"body\":\"disk almost full on db1\"",
+                "tocsin:plugin/filter-plugin",
+            ],
+        ),
+        (
+            "sink",
+            vec!["ALERT: disk almost full on db1", "outcome: delivered"],
+        ),
+        (
+            "source",
+            vec!["\"body\":\"hello\"", "tocsin:plugin/source-plugin"],
+        ),
+    ] {
+        let name = format!("py-{kind}");
+        let out = tocsin(
+            dir.path(),
+            &["plugin", "new", "--lang", "python", "--kind", kind, &name],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let project = dir.path().join(&name);
+        let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+        assert!(
+            readme.contains(tocsin_tests::python::COMPONENTIZE_PY),
+            "the README names the componentize-py the tests use"
+        );
+        // The README's one-time step (a venv with componentize-py), from the test cache.
+        std::os::unix::fs::symlink(&venv, project.join(".venv")).unwrap();
+        let mut seen = String::new();
+        for command in readme_commands(&project) {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(&project)
+                .env("PATH", &path)
                 .output()
                 .unwrap();
             assert!(

@@ -34,6 +34,8 @@ struct Cli {
 pub enum Lang {
     /// Rust, with the tocsin SDK.
     Rust,
+    /// Python, built with componentize-py.
+    Python,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -13,6 +13,7 @@ use crate::Lang;
 pub fn new(parent: &Path, name: &str, kind: Kind, lang: Lang) -> anyhow::Result<ExitCode> {
     let dir = match lang {
         Lang::Rust => scaffold::new_rust_plugin(parent, name, kind)?,
+        Lang::Python => scaffold::new_python_plugin(parent, name, kind)?,
     };
     println!(
         "created {}; next: see {}/README.md",

@@ -20,6 +20,13 @@ const README: &str = include_str!("../templates/rust/README.md");
 const FILTER: &str = include_str!("../templates/rust/filter.rs");
 const SINK: &str = include_str!("../templates/rust/sink.rs");
 const SOURCE: &str = include_str!("../templates/rust/source.rs");
+const PY_README: &str = include_str!("../templates/python/README.md");
+const PY_FILTER: &str = include_str!("../templates/python/filter.py");
+const PY_SINK: &str = include_str!("../templates/python/sink.py");
+const PY_SOURCE: &str = include_str!("../templates/python/source.py");
+
+/// The componentize-py release Python projects are made for (the one the test suite uses).
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 /// The kinds `plugin new` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,26 +47,79 @@ impl Kind {
             Kind::Sink => "sink",
         }
     }
+
+    /// The `tocsin test` arguments that run the template on its sample.
+    fn try_args(self, lang_is_python: bool) -> &'static str {
+        match (self, lang_is_python) {
+            (Kind::Filter, _) => "--config '{\"word\": \"disk\"}' --input sample.json",
+            (Kind::Sink, false) => "--config '{\"url\": \"https://alerts.example.org/hook\"}' --grant-host alerts.example.org --input sample.json",
+            (Kind::Sink, true) => "--config '{\"prefix\": \"ALERT: \"}' --input sample.json",
+            (Kind::Source, false) => "--config '{\"text\": \"hello\"}'",
+            (Kind::Source, true) => "--config '{\"text\": \"hello\"}'",
+        }
+    }
 }
 
-/// Creates `<parent>/<name>/` with a plugin of `kind`; returns the project directory.
-pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<PathBuf> {
+/// The sample message every project gets, for `tocsin test`.
+const SAMPLE: &str = "{\"body\": \"disk almost full on db1\", \"severity\": \"warning\", \"summary\": \"db1\", \"labels\": {\"host\": \"db1\"}}\n";
+
+/// Creates `<parent>/<name>/` with a Python plugin of `kind`, built with componentize-py;
+/// returns the project directory.
+pub fn new_python_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<PathBuf> {
+    let dir = project_dir(parent, name)?;
+    let crate_name = name.replace('-', "_");
+    let source = match kind {
+        Kind::Filter => PY_FILTER,
+        Kind::Sink => PY_SINK,
+        Kind::Source => PY_SOURCE,
+    };
+    let try_it = format!(
+        "tocsin test --plugin {crate_name}.wasm {}",
+        kind.try_args(true)
+    );
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{kind}}", kind.name())
+            .replace("{{world}}", &format!("{}-plugin", kind.name()))
+            .replace("{{contract}}", tocsin_runtime::CONTRACT_VERSION)
+            .replace("{{componentize}}", COMPONENTIZE_PY)
+            .replace("{{try}}", &try_it)
+    };
+    write(&dir, "README.md", &fill(PY_README))?;
+    write(&dir, "app.py", &fill(source))?;
+    write(&dir, "sample.json", SAMPLE)?;
+    write(&dir, ".gitignore", "/.venv\n/bindings\n*.wasm\n")?;
+    extract(&WIT, &dir.join("wit"))?;
+    Ok(dir)
+}
+
+/// `<parent>/<name>`, refused when the name is not a plugin name or the directory is taken.
+fn project_dir(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
     check_name(name)?;
     let dir = parent.join(name);
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{} already exists and is not empty", dir.display());
     }
+    Ok(dir)
+}
+
+/// Writes `dir/rel`, creating directories.
+fn write(dir: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates `<parent>/<name>/` with a plugin of `kind`; returns the project directory.
+pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<PathBuf> {
+    let dir = project_dir(parent, name)?;
     let crate_name = name.replace('-', "_");
     let wasm = format!("target/wasm32-wasip2/release/{crate_name}.wasm");
-    let try_it = match kind {
-        Kind::Filter => format!(
-            "tocsin test --plugin {wasm} --config '{{\"word\": \"disk\"}}' --input sample.json"
-        ),
-        Kind::Sink => format!(
-            "tocsin test --plugin {wasm} --config '{{\"url\": \"https://alerts.example.org/hook\"}}' --grant-host alerts.example.org --input sample.json"
-        ),
-        Kind::Source => format!("tocsin test --plugin {wasm} --config '{{\"text\": \"hello\"}}'"),
-    };
+    let try_it = format!("tocsin test --plugin {wasm} {}", kind.try_args(false));
     let (source, example) = match kind {
         Kind::Filter => (FILTER, format!(
             "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n[[filter]]\nplugin = \"{name}\"\nconfig = {{ word = \"disk\" }}\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\ngrants = {{ stdout = true }}"
@@ -80,22 +140,13 @@ pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<
             .replace("{{pipeline}}", &example)
             .replace("{{try}}", &try_it)
     };
-    let write = |rel: &str, text: &str| -> anyhow::Result<()> {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
+    let write = |rel: &str, text: &str| write(&dir, rel, text);
     write("Cargo.toml", &fill(CARGO_TOML))?;
     write(".cargo/config.toml", CARGO_CONFIG)?;
     write("README.md", &fill(README))?;
     write("src/lib.rs", &fill(source))?;
     write("example-pipeline.toml", &format!("{example}\n"))?;
-    write(
-        "sample.json",
-        "{\"body\": \"disk almost full on db1\", \"severity\": \"warning\", \"summary\": \"db1\", \"labels\": {\"host\": \"db1\"}}\n",
-    )?;
+    write("sample.json", SAMPLE)?;
     write(".gitignore", "/target\n")?;
     extract(&WIT, &dir.join("wit"))?;
     let sdk = dir.join("vendor/tocsin-sdk");

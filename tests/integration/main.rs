@@ -6,6 +6,7 @@
 //! - `scaffold`: `tocsin plugin new` projects build and their README commands work; `tocsin test`.
 //! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
+//! - `wit_docs`: every item of the plugin contract is documented.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
@@ -49,3 +50,4 @@ mod shutdown;
 mod sysmetrics;
 mod torture;
 mod validate;
+mod wit_docs;

@@ -32,6 +32,9 @@
 //! - `fuzz` (feature `fuzz`, for dev-dependencies): property tests of decoders.
 //! - [`bindings`]: the generated WIT bindings, if you need them directly.
 
+// Every public item is documented; `make lint` (clippy -D warnings) holds it so.
+#![warn(missing_docs)]
+
 extern crate self as tocsin_sdk;
 
 pub mod bindings;

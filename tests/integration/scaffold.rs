@@ -274,3 +274,37 @@ fn a_dry_run_sink_shows_its_request_with_secrets_redacted_and_sends_nothing() {
         text(&denied)
     );
 }
+
+#[test]
+fn a_decoder_runs_on_a_request_body_and_gets_the_ids_the_host_would_give() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("body.json"),
+        r#"[{"body": "a"}, {"body": "b", "id": "mine"}]"#,
+    )
+    .unwrap();
+    let json = plugins_dir().join("json.wasm");
+    let out = tocsin(
+        dir.path(),
+        &[
+            "test",
+            "--plugin",
+            json.to_str().unwrap(),
+            "--input",
+            "body.json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let derived = lines[0]["id"].as_str().unwrap();
+    assert!(
+        derived.starts_with("req-") && derived.ends_with("-0"),
+        "{derived}"
+    );
+    assert_eq!(lines[1]["id"], "mine");
+    assert_eq!(lines[1]["body"], "b");
+}

@@ -156,7 +156,10 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
                 body: read_input()?,
             };
             match stage.decode(&request).await?.0 {
-                Ok(messages) => messages,
+                Ok(mut messages) => {
+                    tocsin::ingest::derive_missing_ids(&request.body, &mut messages);
+                    messages
+                }
                 Err(rejection) => {
                     println!("rejected: {} {}", rejection.status, rejection.reason);
                     return Ok(ExitCode::FAILURE);

@@ -293,14 +293,7 @@ async fn accept(
             );
         }
     };
-    // Messages without an id get one derived from the request, so a client's retry of the
-    // same request produces the same ids (and the sinks' idempotency keys catch it).
-    let digest = hex::encode(&Sha256::digest(&body)[..8]);
-    for (n, m) in messages.iter_mut().enumerate() {
-        if m.id.is_empty() {
-            m.id = format!("req-{digest}-{n}");
-        }
-    }
+    derive_missing_ids(&body, &mut messages);
     let state = state_writes("source", changes);
     match endpoint
         .queue
@@ -321,6 +314,18 @@ async fn accept(
         Err(e) => {
             tracing::error!(pipeline = %name, error = %e, "cannot persist ingested messages");
             unavailable("the messages could not be stored; nothing was accepted, try again")
+        }
+    }
+}
+
+/// Gives messages without an id one derived from the request body (`req-<hash>-<n>`), so a
+/// client's retry of the same request produces the same ids and the sinks' idempotency keys
+/// catch it.
+pub fn derive_missing_ids(body: &[u8], messages: &mut [tocsin_message::Message]) {
+    let digest = hex::encode(&Sha256::digest(body)[..8]);
+    for (n, m) in messages.iter_mut().enumerate() {
+        if m.id.is_empty() {
+            m.id = format!("req-{digest}-{n}");
         }
     }
 }

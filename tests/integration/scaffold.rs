@@ -3,7 +3,7 @@
 //! `tocsin test --plugin` runs a plugin on a sample (a sink as a dry run, secrets redacted).
 //! Errors are clear.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use tocsin_tests::{plugins_dir, tocsin_bin};
@@ -31,6 +31,38 @@ fn readme_commands(project: &Path) -> Vec<String> {
     block.lines().map(str::to_string).collect()
 }
 
+/// Runs the README's commands in `project` as a user would (`sh -c`, this build's `tocsin`
+/// first on `PATH`, none of this build's cargo settings); asserts each succeeds and returns
+/// all they printed.
+fn run_readme_commands(project: &Path) -> String {
+    let bin_dir = tocsin_bin().parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut seen = String::new();
+    for command in readme_commands(project) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(project)
+            .env("PATH", &path)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{command}` in {}:\n{}",
+            project.display(),
+            text(&out)
+        );
+        seen.push_str(&text(&out));
+    }
+    seen
+}
+
 #[test]
 fn new_plugins_build_as_created_and_their_readme_commands_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,12 +70,6 @@ fn new_plugins_build_as_created_and_their_readme_commands_work() {
     // so the SDK and its dependencies compile once.
     let shared_target = dir.path().join("shared-target");
     std::fs::create_dir_all(&shared_target).unwrap();
-    let bin_dir: PathBuf = tocsin_bin().parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     for (kind, expect) in [
         (
             "filter",
@@ -68,24 +94,7 @@ fn new_plugins_build_as_created_and_their_readme_commands_work() {
         assert!(out.status.success(), "{}", text(&out));
         let project = dir.path().join(&name);
         std::os::unix::fs::symlink(&shared_target, project.join("target")).unwrap();
-        let mut seen = String::new();
-        for command in readme_commands(&project) {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .current_dir(&project)
-                .env("PATH", &path)
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("RUSTFLAGS")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "`{command}` in {name}:\n{}",
-                text(&out)
-            );
-            seen.push_str(&text(&out));
-        }
+        let seen = run_readme_commands(&project);
         for needle in expect {
             assert!(seen.contains(needle), "{name}: `{needle}` not in:\n{seen}");
         }
@@ -100,12 +109,6 @@ fn new_python_plugins_build_with_componentize_py_and_their_readme_commands_work(
         &[tocsin_tests::python::COMPONENTIZE_PY],
     );
     let dir = tempfile::tempdir().unwrap();
-    let bin_dir: PathBuf = tocsin_bin().parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     for (kind, expect) in [
         (
             "filter",
@@ -137,22 +140,7 @@ fn new_python_plugins_build_with_componentize_py_and_their_readme_commands_work(
         );
         // The README's one-time step (a venv with componentize-py), from the test cache.
         std::os::unix::fs::symlink(&venv, project.join(".venv")).unwrap();
-        let mut seen = String::new();
-        for command in readme_commands(&project) {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .current_dir(&project)
-                .env("PATH", &path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "`{command}` in {name}:\n{}",
-                text(&out)
-            );
-            seen.push_str(&text(&out));
-        }
+        let seen = run_readme_commands(&project);
         for needle in expect {
             assert!(seen.contains(needle), "{name}: `{needle}` not in:\n{seen}");
         }

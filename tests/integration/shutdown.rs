@@ -63,8 +63,13 @@ async fn sigterm_abandons_a_delivery_that_outlasts_the_grace_and_it_arrives_afte
 
     let base_url = tocsin.base_url.clone();
     let terminate = std::thread::spawn(move || tocsin.terminate(GRACE + SLACK));
-    // Once the signal is in, nothing more is acknowledged.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the signal is in (the log says so), nothing more is acknowledged. (A fixed sleep
+    // here raced the `kill` under CI load: the request could arrive before the signal.)
+    wait_until(Duration::from_secs(10), "tocsin saw SIGTERM", || {
+        std::fs::read_to_string(env.path("tocsin.log"))
+            .is_ok_and(|log| log.contains("shutting down: no new requests"))
+    })
+    .await;
     let late = reqwest::Client::new()
         .post(format!("{base_url}/ingest/alerts"))
         .json(&json!({ "id": "late", "body": "x" }))

@@ -17,6 +17,7 @@
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
 //! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
+//! - `pipeline_test`: `tocsin test PIPELINE` dry runs, and every shipped pipeline's behaviour tests.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
@@ -37,6 +38,7 @@ mod ingest;
 mod janitor;
 mod matrix;
 mod packaging;
+mod pipeline_test;
 mod plugin_cli;
 mod pubsub;
 mod python_sink;

@@ -76,7 +76,7 @@ fn stage(
             },
             secrets: Arc::new(vec![]),
             state: Arc::new(NoState),
-            http_recorder: None,
+            dry_run: None,
         },
     ))
 }

@@ -19,6 +19,6 @@ pub mod validate;
 
 pub use spec::*;
 pub use validate::{
-    load_dir, load_dir_files, load_file, parse_pipeline, pipeline_files, Diagnostic, DirReport,
-    MachineCheck, PluginResolver,
+    is_pipeline_file, load_dir, load_dir_files, load_file, parse_pipeline, pipeline_files,
+    Diagnostic, DirReport, MachineCheck, PluginResolver, BEHAVIOUR_TEST_SUFFIX,
 };

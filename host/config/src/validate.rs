@@ -167,10 +167,18 @@ pub fn load_dir_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, Strin
         .collect())
 }
 
-/// Whether a path looks like a pipeline file (`*.toml`, not hidden, not an editor backup).
+/// The suffix of a pipeline's behaviour tests, kept next to it: `backup.toml` is tested by
+/// `backup.test.toml` (run by `tocsin test`). Such files are never pipelines.
+pub const BEHAVIOUR_TEST_SUFFIX: &str = ".test.toml";
+
+/// Whether a path looks like a pipeline file (`*.toml`, not hidden, not an editor backup, not
+/// a behaviour-test file).
 pub fn is_pipeline_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    path.extension().is_some_and(|e| e == "toml") && !name.starts_with('.') && path.is_file()
+    path.extension().is_some_and(|e| e == "toml")
+        && !name.starts_with('.')
+        && !name.ends_with(BEHAVIOUR_TEST_SUFFIX)
+        && path.is_file()
 }
 
 /// Reads and checks one pipeline file.

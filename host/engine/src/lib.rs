@@ -16,14 +16,18 @@
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
 //! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
+//! - [`dry_run`]: `tocsin test PIPELINE` — one input through the whole pipeline, sinks recorded
+//!   instead of sent; [`behaviour`] runs the `NAME.test.toml` cases written next to a pipeline.
 //! - [`status`]: counters and states shown by logs (and later the HTTP status API).
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
 //! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
 //! names sled), `tocsin-message` (the message model).
 
+pub mod behaviour;
 pub mod budget;
 pub mod delivery;
+pub mod dry_run;
 pub mod filtering;
 pub mod ingest;
 pub mod manager;

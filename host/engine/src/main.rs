@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod plugin_cli;
 mod scaffold;
+mod try_pipeline;
 mod try_plugin;
 
 use anyhow::Context;
@@ -128,24 +129,44 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Run one plugin for real on a sample and print what it makes; a sink runs as a dry run
-    /// and prints the requests it would send (secrets REDACTED), sending nothing.
+    /// Try a pipeline or one plugin without the server: sources and filters run for real,
+    /// sinks run dry and print exactly what they would send (secrets REDACTED), sending nothing.
+    /// On a pipeline without --input, runs its behaviour tests (NAME.test.toml) if it has them.
     Test {
-        /// The plugin component (.wasm).
+        /// A pipeline file, a behaviour-test file (NAME.test.toml), or a directory (every
+        /// behaviour-test file in it).
+        #[arg(required_unless_present = "plugin", conflicts_with = "plugin")]
+        path: Option<PathBuf>,
+        /// Try one plugin component (.wasm) instead of a pipeline.
         #[arg(long)]
-        plugin: PathBuf,
-        /// The sample: a message as JSON (filters, sinks) or a request body (decoders).
+        plugin: Option<PathBuf>,
+        /// The sample: a request body (ingest pipelines, decoders) or a message as JSON
+        /// (scheduled pipelines, filters, sinks).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// The stage's `config`: a JSON object, or @FILE with JSON or TOML.
-        #[arg(long)]
+        /// A request header sent with the sample to an ingest pipeline, `Name: value` (repeat).
+        #[arg(long = "header", value_parser = try_pipeline::parse_header, conflicts_with = "plugin")]
+        headers: Vec<(String, String)>,
+        /// With --plugin: the stage's `config`, a JSON object or @FILE with JSON or TOML.
+        #[arg(long, requires = "plugin")]
         config: Option<String>,
-        /// A host the sink may reach (repeat); its requests are recorded, never sent.
-        #[arg(long = "grant-host")]
+        /// With --plugin: a host the sink may reach (repeat); its requests are recorded, never sent.
+        #[arg(long = "grant-host", requires = "plugin")]
         hosts: Vec<String>,
-        /// A secret the plugin is granted, NAME=VALUE (repeat); shown as REDACTED.
-        #[arg(long = "secret", value_parser = try_plugin::parse_secret)]
+        /// With --plugin: a secret the plugin is granted, NAME=VALUE (repeat); shown as REDACTED.
+        #[arg(long = "secret", value_parser = try_plugin::parse_secret, requires = "plugin")]
         secrets: Vec<(String, String)>,
+        /// Where plugins are looked up by name.
+        #[arg(
+            long = "plugin-dir",
+            env = "TOCSIN_PLUGIN_DIRS",
+            value_delimiter = ':',
+            default_value = "plugins/target/wasm32-wasip2/release"
+        )]
+        plugin_dirs: Vec<PathBuf>,
+        /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
+        #[arg(long, env = "TOCSIN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Tools for plugin authors.
     Plugin {
@@ -313,21 +334,37 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { data, action } => dlq(&data.data, action),
         Command::Queue { data, action } => queue(&data.data, action),
         Command::Test {
+            path,
             plugin,
             input,
+            headers,
             config,
             hosts,
             secrets,
+            plugin_dirs,
+            cache_dir,
         } => {
-            let trial = try_plugin::Trial {
-                plugin: &plugin,
-                config_json: try_plugin::config_json(config.as_deref())?,
-                input: input.as_deref(),
-                hosts,
-                secrets,
-            };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(try_plugin::run(trial))
+            match (plugin, path) {
+                (Some(plugin), _) => {
+                    let trial = try_plugin::Trial {
+                        plugin: &plugin,
+                        config_json: try_plugin::config_json(config.as_deref())?,
+                        input: input.as_deref(),
+                        hosts,
+                        secrets,
+                    };
+                    rt.block_on(try_plugin::run(trial))
+                }
+                (None, Some(path)) => rt.block_on(try_pipeline::run(try_pipeline::Options {
+                    path,
+                    input,
+                    headers,
+                    plugin_dirs,
+                    cache_dir: cache_dir.or_else(try_pipeline::default_cache_dir),
+                })),
+                (None, None) => anyhow::bail!("name a pipeline file, or a plugin with --plugin"),
+            }
         }
         Command::Plugin { action } => match action {
             PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),

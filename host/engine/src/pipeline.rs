@@ -124,10 +124,7 @@ pub async fn start(
     status: Arc<PipelineStatus>,
 ) -> Result<RunningPipeline, String> {
     let name = spec.name.clone();
-    let expected_source = match spec.source.trigger {
-        Trigger::Schedule(_) => PluginKind::Source,
-        Trigger::Ingest(_) => PluginKind::Decoder,
-    };
+    let expected_source = source_kind(&spec.source.trigger);
     let mut source =
         build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
     let mut filters = Vec::new();
@@ -247,8 +244,49 @@ async fn build_stage(
     spec: &StageSpec,
     expected: PluginKind,
 ) -> Result<Stage, String> {
+    let plugin = load_stage_plugin(&shared.runtime, stage, spec, expected).await?;
+    let mut secrets = Vec::new();
+    for (secret_name, reference) in &spec.grants.secrets {
+        let value = reference
+            .resolve()
+            .map_err(|e| format!("{stage}: secret `{secret_name}`: {e}"))?;
+        secrets.push((secret_name.clone(), value));
+    }
+    let ctx = StageContext {
+        dry_run: None,
+        pipeline: pipeline.to_string(),
+        stage: stage.to_string(),
+        config_json: spec.config_json.clone(),
+        grants: spec.grants.clone(),
+        limits: spec.limits,
+        secrets: Arc::new(secrets),
+        state: Arc::new(QueueStateReader {
+            queue: shared.queue.clone(),
+            pipeline: pipeline.to_string(),
+            stage: stage.to_string(),
+        }),
+    };
+    Ok(Stage::new(&shared.runtime, plugin, ctx))
+}
+
+/// The source stage's expected plugin kind: a scheduled source polls, an ingest one decodes.
+pub fn source_kind(trigger: &Trigger) -> PluginKind {
+    match trigger {
+        Trigger::Schedule(_) => PluginKind::Source,
+        Trigger::Ingest(_) => PluginKind::Decoder,
+    }
+}
+
+/// Loads (or takes from the compile cache) the plugin of `stage`, checking its pinned digest
+/// and that it is the kind of plugin the stage needs.
+pub async fn load_stage_plugin(
+    runtime: &Runtime,
+    stage: &str,
+    spec: &StageSpec,
+    expected: PluginKind,
+) -> Result<Arc<Plugin>, String> {
     let plugin: Arc<Plugin> = {
-        let runtime = shared.runtime.clone();
+        let runtime = runtime.clone();
         let path = spec.plugin.path.clone();
         let pin = spec.plugin.sha256.clone();
         tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
@@ -269,28 +307,7 @@ async fn build_stage(
             spec.plugin.name, plugin.kind
         ));
     }
-    let mut secrets = Vec::new();
-    for (secret_name, reference) in &spec.grants.secrets {
-        let value = reference
-            .resolve()
-            .map_err(|e| format!("{stage}: secret `{secret_name}`: {e}"))?;
-        secrets.push((secret_name.clone(), value));
-    }
-    let ctx = StageContext {
-        http_recorder: None,
-        pipeline: pipeline.to_string(),
-        stage: stage.to_string(),
-        config_json: spec.config_json.clone(),
-        grants: spec.grants.clone(),
-        limits: spec.limits,
-        secrets: Arc::new(secrets),
-        state: Arc::new(QueueStateReader {
-            queue: shared.queue.clone(),
-            pipeline: pipeline.to_string(),
-            stage: stage.to_string(),
-        }),
-    };
-    Ok(Stage::new(&shared.runtime, plugin, ctx))
+    Ok(plugin)
 }
 
 /// Waits until the head of a queue is due and returns it; `None` once cancelled.

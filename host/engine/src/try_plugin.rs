@@ -5,79 +5,19 @@
 //! recorded instead of sent (answered `200 {}`), and printed — method, URL, headers and body —
 //! with every granted secret's value replaced by `REDACTED`. Nothing leaves the machine.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+use tocsin::dry_run::SampleMessage;
 use tocsin_config::{Grants, Limits};
-use tocsin_message::{idempotency_key, Message, Severity};
-use tocsin_runtime::http_policy::{HttpRecorder, RecordedRequest};
+use tocsin_message::{idempotency_key, Message};
+use tocsin_runtime::http_policy::DryRunRecorder;
 use tocsin_runtime::{
     DeliveryOutcome, IngestRequest, PluginKind, Runtime, RuntimeConfig, Stage, StageContext,
     StateReader,
 };
-
-/// A message as a sample file or an output line shows it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SampleMessage {
-    /// Defaults to `sample-1`.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Defaults to now.
-    #[serde(default)]
-    pub timestamp_ms: Option<u64>,
-    /// `none`, `info`, `warning`, `error` or `alert`; defaults to `none`.
-    #[serde(default)]
-    pub severity: Option<String>,
-    /// Short title.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    /// The text.
-    pub body: String,
-    /// Text attributes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// Numeric measurements.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metrics: BTreeMap<String, f64>,
-}
-
-impl SampleMessage {
-    fn into_message(self) -> anyhow::Result<Message> {
-        let severity = match self.severity.as_deref() {
-            None => Severity::None,
-            Some(name) => Severity::parse(name).with_context(|| {
-                format!("severity `{name}` is not one of none, info, warning, error, alert")
-            })?,
-        };
-        Ok(Message {
-            id: self.id.unwrap_or_else(|| "sample-1".into()),
-            timestamp_ms: self.timestamp_ms.unwrap_or_else(tocsin_queue::now_ms),
-            severity,
-            summary: self.summary,
-            body: self.body,
-            labels: self.labels.into_iter().collect(),
-            metrics: self.metrics.into_iter().collect(),
-            payload: None,
-        })
-    }
-
-    fn from_message(m: &Message) -> Self {
-        SampleMessage {
-            id: Some(m.id.clone()),
-            timestamp_ms: Some(m.timestamp_ms),
-            severity: Some(m.severity.as_str().into()),
-            summary: m.summary.clone(),
-            body: m.body.clone(),
-            labels: m.labels.iter().cloned().collect(),
-            metrics: m.metrics.iter().cloned().collect(),
-        }
-    }
-}
 
 /// What to run and on what.
 pub struct Trial<'a> {
@@ -105,7 +45,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     let plugin = runtime.load(trial.plugin, None)?;
     let kind = plugin.kind;
-    let recorder = Arc::new(HttpRecorder::default());
+    let recorder = Arc::new(DryRunRecorder::default());
     let limits = Limits {
         memory: tocsin_config::spec::DEFAULT_MEMORY,
         fuel: tocsin_config::spec::DEFAULT_SINK_FUEL,
@@ -125,7 +65,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
             limits,
             secrets: Arc::new(trial.secrets.clone()),
             state: Arc::new(NoState),
-            http_recorder: Some(recorder.clone()),
+            dry_run: Some(recorder.clone()),
         },
     );
     let read_input = || -> anyhow::Result<Vec<u8>> {
@@ -144,7 +84,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
                 trial.input.map_or(String::new(), |p| p.display().to_string())
             )
             })?;
-        sample.into_message()
+        sample.into_message("sample-1").map_err(anyhow::Error::msg)
     };
     let outputs = match kind {
         PluginKind::Source => stage.poll(tocsin_queue::now_ms()).await?.0,
@@ -171,8 +111,12 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
             let message = read_message()?;
             let key = idempotency_key("test", "sink", &message.id);
             let (outcome, _) = stage.deliver(&message, &key).await?;
+            let secrets: Vec<String> = trial.secrets.iter().map(|(_, v)| v.clone()).collect();
             for request in recorder.take() {
-                print!("{}", show_request(&request, &trial.secrets));
+                print!(
+                    "DRY RUN: would send\n{}\n",
+                    tocsin::dry_run::show_request(&request, &secrets)
+                );
             }
             return Ok(match outcome {
                 DeliveryOutcome::Delivered => {
@@ -196,30 +140,6 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A recorded request as text, each secret value replaced by `REDACTED`.
-pub fn show_request(request: &RecordedRequest, secrets: &[(String, String)]) -> String {
-    let redact = |text: &str| {
-        secrets
-            .iter()
-            .filter(|(_, value)| !value.is_empty())
-            .fold(text.to_string(), |t, (_, value)| {
-                t.replace(value, "REDACTED")
-            })
-    };
-    let mut out = format!(
-        "DRY RUN: would send\n{} {}\n",
-        request.method,
-        redact(&request.url)
-    );
-    for (name, value) in &request.headers {
-        out.push_str(&format!("{name}: {}\n", redact(value)));
-    }
-    out.push('\n');
-    out.push_str(&redact(&String::from_utf8_lossy(&request.body)));
-    out.push_str("\n\n");
-    out
 }
 
 /// Parses `NAME=VALUE`.

@@ -21,13 +21,26 @@ pub struct HostAllowList {
     /// Pipeline and stage, for the log line when a request is refused.
     pub who: String,
     /// In a dry run, granted requests are recorded here and answered `200 {}` instead of sent.
-    pub recorder: Option<Arc<HttpRecorder>>,
+    pub recorder: Option<Arc<DryRunRecorder>>,
 }
 
-/// A dry run's outbound HTTP: what a sink would have sent (`tocsin test`).
-#[derive(Debug, Default)]
-pub struct HttpRecorder {
+/// What a plugin would have sent out in a dry run (`tocsin test`): its outbound HTTP requests,
+/// recorded instead of sent, and what it wrote to standard output, captured instead of printed.
+#[derive(Debug)]
+pub struct DryRunRecorder {
     requests: Mutex<Vec<RecordedRequest>>,
+    stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    stdout_taken: Mutex<usize>,
+}
+
+impl Default for DryRunRecorder {
+    fn default() -> Self {
+        DryRunRecorder {
+            requests: Mutex::default(),
+            stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(crate::stage::MAX_OUTPUT_BYTES),
+            stdout_taken: Mutex::new(0),
+        }
+    }
 }
 
 /// One request a sink made in a dry run.
@@ -43,10 +56,24 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
 }
 
-impl HttpRecorder {
+impl DryRunRecorder {
     /// Takes the requests recorded so far.
     pub fn take(&self) -> Vec<RecordedRequest> {
         std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes what was written to standard output since the last call.
+    pub fn take_stdout(&self) -> Vec<u8> {
+        let all = self.stdout.contents();
+        let mut taken = self.stdout_taken.lock().unwrap_or_else(|p| p.into_inner());
+        let new = all.get(*taken..).unwrap_or_default().to_vec();
+        *taken = all.len();
+        new
+    }
+
+    /// The stream a granted `stdout` writes to in a dry run.
+    pub(crate) fn stdout_pipe(&self) -> wasmtime_wasi::p2::pipe::MemoryOutputPipe {
+        self.stdout.clone()
     }
 }
 
@@ -110,7 +137,7 @@ impl WasiHttpHooks for HostAllowList {
 
 /// Reads the whole request into `recorder` and answers `200 {}`.
 async fn record(
-    recorder: Arc<HttpRecorder>,
+    recorder: Arc<DryRunRecorder>,
     request: http::Request<WasiBody>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
     use http_body_util::{BodyExt, Full};

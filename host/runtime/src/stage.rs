@@ -46,8 +46,9 @@ pub struct StageContext {
     pub secrets: Arc<Vec<(String, String)>>,
     /// The stage's committed state.
     pub state: Arc<dyn StateReader>,
-    /// A dry run: outbound HTTP is recorded here and answered `200 {}` instead of sent.
-    pub http_recorder: Option<Arc<crate::http_policy::HttpRecorder>>,
+    /// A dry run: outbound HTTP is recorded here and answered `200 {}` instead of sent, and a
+    /// granted stdout is captured here instead of printed.
+    pub dry_run: Option<Arc<crate::http_policy::DryRunRecorder>>,
 }
 
 /// An HTTP request for a decoder.

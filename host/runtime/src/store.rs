@@ -55,7 +55,14 @@ impl PluginState {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(LogStream::new(&ctx.pipeline, &ctx.stage));
         if ctx.grants.stdout {
-            wasi.inherit_stdout();
+            match &ctx.dry_run {
+                Some(recorder) => {
+                    wasi.stdout(recorder.stdout_pipe());
+                }
+                None => {
+                    wasi.inherit_stdout();
+                }
+            }
         }
         wasi.allow_tcp(false)
             .allow_udp(false)
@@ -89,7 +96,7 @@ impl PluginState {
             allow_list: HostAllowList {
                 hosts: ctx.grants.hosts.clone(),
                 who: format!("{}/{}", ctx.pipeline, ctx.stage),
-                recorder: ctx.http_recorder.clone(),
+                recorder: ctx.dry_run.clone(),
             },
             host: HostState {
                 pipeline: ctx.pipeline.as_str().into(),

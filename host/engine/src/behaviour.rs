@@ -524,3 +524,51 @@ fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_aux::serde_introspection::serde_introspect;
+
+    /// The rows of the table under `heading` in docs/testing-pipelines.md: its first column.
+    fn documented(heading: &str) -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/testing-pipelines.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let section = doc
+            .split("\n### ")
+            .find(|s| s.starts_with(heading))
+            .unwrap_or_else(|| panic!("no section {heading}"));
+        section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once('`').map(|(name, _)| name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_test_file_reference_documents_exactly_the_fields_the_parser_accepts() {
+        for (heading, fields) in [
+            ("`[[case]]`", serde_introspect::<Case>()),
+            ("`[[case.expect]]`", serde_introspect::<Expect>()),
+        ] {
+            let mut accepted: Vec<&str> = fields.to_vec();
+            accepted.sort_unstable();
+            let doc = documented(heading);
+            let mut shown: Vec<&str> = doc.iter().map(String::as_str).collect();
+            shown.sort_unstable();
+            assert_eq!(
+                shown, accepted,
+                "docs/testing-pipelines.md, {heading}: documented fields (left) differ from \
+                 the fields behaviour.rs accepts (right)"
+            );
+        }
+    }
+
+    #[test]
+    fn test_files_pair_with_their_pipelines() {
+        let pipeline = Path::new("pipelines/backup.toml");
+        assert_eq!(tests_of(pipeline), Path::new("pipelines/backup.test.toml"));
+        assert_eq!(pipeline_of(&tests_of(pipeline)).as_deref(), Some(pipeline));
+        assert_eq!(pipeline_of(Path::new("pipelines/backup.toml")), None);
+    }
+}

@@ -43,10 +43,13 @@ fmt:
 	$(CARGO) fmt --all
 	cd plugins && $(CARGO) fmt --all
 
-## Benchmarks (release build); writes a report to stdout.
+## Benchmarks (release build): tocsin and Prometheus Alertmanager side by side; writes the
+## markdown report to target/bench-report.md (and stdout). About 12 minutes; BENCH_ARGS=--quick
+## for a smoke run, BENCH_ARGS="--only micro,ingest" for some sections.
 bench: setup
 	cd plugins && $(CARGO) build --release --workspace
-	$(CARGO) run --release -p tocsin-bench -- --plugin-dir plugins/target/wasm32-wasip2/release
+	$(CARGO) build --release -p tocsin -p tocsin-bench
+	./target/release/tocsin-bench --plugin-dir plugins/target/wasm32-wasip2/release --tocsin-bin target/release/tocsin --out target/bench-report.md $(BENCH_ARGS)
 
 ## Long fuzzing: only the property tests (every one is named `prop_*`), in both workspaces,
 ## with 100000 cases each (tests whose cases are megabytes take a fraction): about an hour on

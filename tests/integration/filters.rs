@@ -24,6 +24,58 @@ fn pipeline(env: &Env, filter: &str, out: &str) -> String {
     )
 }
 
+/// One request's messages reach the filter worker together and are handed over in one
+/// commit; a filter's state written for one of them must still be seen by the next (the
+/// worker's pending state), exactly as when they come one request at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_carries_across_the_messages_of_one_hand_over_batch() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "deduped",
+        &pipeline(
+            &env,
+            "plugin = \"dedup\"\nconfig = { window = \"10m\" }",
+            "deduped.jsonl",
+        ),
+    );
+    env.write_pipeline(
+        "limited",
+        &pipeline(&env, "plugin = \"rate-limit\"\nconfig = { max = 2, per = \"1h\", key = \"{{ labels.host }}\" }", "limited.jsonl"),
+    );
+    let server = env.start().await;
+    let base = server.base_url.clone();
+    let mut deduped: Vec<serde_json::Value> = (0..3)
+        .map(|i| serde_json::json!({"id": format!("d{i}"), "body": "disk full", "labels": {"host": "db1"}}))
+        .collect();
+    deduped.push(serde_json::json!({"id": "d9", "body": "disk fine", "labels": {"host": "db1"}}));
+    send(&base, "deduped", serde_json::Value::Array(deduped)).await;
+    let mut limited: Vec<serde_json::Value> = (0..4)
+        .map(|i| serde_json::json!({"id": format!("a{i}"), "body": format!("a{i}"), "labels": {"host": "a"}}))
+        .collect();
+    limited.push(serde_json::json!({"id": "b0", "body": "b0", "labels": {"host": "b"}}));
+    send(&base, "limited", serde_json::Value::Array(limited)).await;
+    wait_until(Duration::from_secs(20), "every message handed over", || {
+        server.counter("deduped", |c| &c.handed_over) == 4
+            && server.counter("limited", |c| &c.handed_over) == 5
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "deliveries", || {
+        server.counter("deduped", |c| &c.delivered) == 2
+            && server.counter("limited", |c| &c.delivered) == 3
+    })
+    .await;
+    let bodies = |file: &str| -> Vec<String> {
+        env.read_json_lines(file)
+            .iter()
+            .map(|l| l["body"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(bodies("out/deduped.jsonl"), ["disk full", "disk fine"]);
+    assert_eq!(bodies("out/limited.jsonl"), ["a0", "a1", "b0"]);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_dedup_and_rate_limit_shape_what_passes() {
     let env = Env::new();

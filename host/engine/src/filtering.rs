@@ -1,10 +1,14 @@
 //! Ingress head → filters → one atomic hand-over to the sink queues.
 //!
 //! Filters run outside any storage transaction (they are plugins: bounded, but not instant).
-//! Then one batch removes the ingress entry, appends the outputs to every sink whose `match`
-//! takes them, and writes the plugin state the filters changed. If a filter fails, nothing of
-//! that run is kept: the message stays at the head of ingress, is retried with backoff, and
-//! after the pipeline's `filter_retry.max_attempts` goes to the pipeline's `@filters` dead letters.
+//! The worker takes the due entries at the head of ingress (up to [`HAND_OVER_BATCH`]), runs the
+//! filters on each in order, then one batch removes those ingress entries, appends their
+//! outputs to every sink whose `match` takes them and writes the plugin state the filters
+//! changed — one commit (one fsync) for the run. State a filter writes is visible to the next
+//! call at once through [`PendingState`]. If a filter fails, nothing of that message's run is
+//! kept: the messages before it are handed over, it stays at the head of ingress and is retried
+//! with backoff, and after the pipeline's `filter_retry.max_attempts` goes to the pipeline's
+//! `@filters` dead letters.
 
 use std::sync::Arc;
 
@@ -37,6 +41,47 @@ pub struct FilterWorker {
     pub status: Arc<PipelineStatus>,
     /// Stops the loop between messages.
     pub cancel: CancellationToken,
+    /// State written by the current batch, read by the filters before committed state.
+    pub pending: Arc<PendingState>,
+}
+
+/// The most ingress entries one hand-over commit takes: filters run on each in turn, then one
+/// atomic batch and one fsync hand them all over (instead of one fsync per message, which caps
+/// a pipeline at the disk's sync rate).
+pub const HAND_OVER_BATCH: usize = 128;
+
+/// Plugin state the filters wrote for messages of the current batch, not yet committed: the
+/// filters' state readers look here first, so the second of two identical messages in one batch
+/// sees what the first one wrote (dedup), as it would with one commit per message.
+#[derive(Default)]
+pub struct PendingState {
+    writes: std::sync::Mutex<std::collections::HashMap<StateKey, Option<Vec<u8>>>>,
+}
+
+/// (stage, key).
+type StateKey = (String, String);
+
+impl PendingState {
+    /// What the batch wrote to `key` of `stage`: `Some(None)` when it deleted it, `None` when
+    /// it did not touch it.
+    pub fn get(&self, stage: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.get(&(stage.to_string(), key.to_string())).cloned()
+    }
+
+    fn record(&self, changes: &[StateWrite]) {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        for w in changes {
+            writes.insert((w.stage.clone(), w.key.clone()), w.value.clone());
+        }
+    }
+
+    fn clear(&self) {
+        self.writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 impl FilterWorker {
@@ -52,73 +97,114 @@ impl FilterWorker {
         while let Some((seq, envelope)) =
             next_due(|| queue.ingress_head(&pipeline), &ready, &cancel, &what).await
         {
-            self.handle(seq, envelope).await;
+            // The head is due; take the due entries right behind it too.
+            let now = now_ms();
+            let mut run = match queue.ingress_heads(&pipeline, HAND_OVER_BATCH) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .take_while(|(_, e)| e.not_before_ms <= now)
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if run.first().map(|(s, _)| *s) != Some(seq) {
+                run = vec![(seq, envelope)];
+            }
+            self.handle(run).await;
         }
     }
 
-    async fn handle(&mut self, seq: u64, mut envelope: Envelope) {
+    /// Filters a run of due ingress entries, oldest first, and hands the outputs over in one
+    /// commit. A failing entry stops the run: the ones before it are handed over, it is retried
+    /// (or dead-lettered), and the ones after it wait, so order is kept.
+    async fn handle(&mut self, run: Vec<(u64, Envelope)>) {
         let status = self.status.clone();
         let c = &status.counters;
-        match self.run_filters(&envelope.message).await {
-            Ok((outputs, state)) => {
-                // Sink envelopes keep the time the message entered the pipeline, so delivery
-                // latency covers the whole way.
-                let entered = envelope.enqueued_ms;
-                let mut hand_over = HandOver {
-                    ingress: seq,
-                    outputs: Vec::new(),
-                    state,
-                };
-                let mut woken = Vec::new();
-                for sink in &self.sinks {
-                    let envelopes: Vec<Envelope> = outputs
-                        .iter()
-                        .filter(|m| sink.route.matches(m))
-                        .map(|m| Envelope::new(m.clone(), entered))
-                        .collect();
-                    if !envelopes.is_empty() {
-                        hand_over.outputs.push((sink.name.clone(), envelopes));
-                        woken.push(sink.ready.clone());
-                    }
-                }
-                match self.queue.hand_over(&self.pipeline, hand_over).await {
-                    Ok(()) => {
-                        Counters::bump(&c.handed_over);
-                        woken.iter().for_each(|n| n.notify_one());
-                    }
-                    Err(e) => {
-                        tracing::error!(pipeline = %self.pipeline, error = %e, "hand-over failed; will retry");
-                        sleep_or_cancel(IDLE_RECHECK, &self.cancel).await;
-                    }
-                }
-            }
-            Err((stage, e)) => {
-                status.call_failed(&stage, &e);
-                envelope.attempts += 1;
-                envelope.last_error = Some(e.to_string());
-                if envelope.attempts >= self.retry.max_attempts {
-                    tracing::error!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
-                    match self
-                        .queue
-                        .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
-                        .await
-                    {
-                        Ok(()) => status.record(&stage, StageEvent::DeadLetter),
-                        Err(e) => {
-                            tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter")
+        let mut hand_overs = Vec::new();
+        let mut woken = vec![false; self.sinks.len()];
+        let mut failure = None;
+        for (seq, envelope) in run {
+            match self.run_filters(&envelope.message).await {
+                Ok((outputs, state)) => {
+                    // Sink envelopes keep the time the message entered the pipeline, so
+                    // delivery latency covers the whole way.
+                    let entered = envelope.enqueued_ms;
+                    let mut hand_over = HandOver {
+                        ingress: seq,
+                        outputs: Vec::new(),
+                        state,
+                    };
+                    for (i, sink) in self.sinks.iter().enumerate() {
+                        let envelopes: Vec<Envelope> = outputs
+                            .iter()
+                            .filter(|m| sink.route.matches(m))
+                            .map(|m| Envelope::new(m.clone(), entered))
+                            .collect();
+                        if !envelopes.is_empty() {
+                            hand_over.outputs.push((sink.name.clone(), envelopes));
+                            woken[i] = true;
                         }
                     }
-                } else {
-                    let delay = self
-                        .retry
-                        .jittered_delay(envelope.attempts, rand::random::<f64>());
-                    envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
-                    tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
-                    status.record(&stage, StageEvent::Retry);
-                    if let Err(e) = self.queue.update_ingress(&self.pipeline, seq, &envelope) {
-                        tracing::error!(pipeline = %self.pipeline, error = %e, "cannot record the failure");
+                    hand_overs.push(hand_over);
+                }
+                Err(e) => {
+                    failure = Some((seq, envelope, e));
+                    break;
+                }
+            }
+        }
+        let handed = hand_overs.len() as u64;
+        if handed > 0 {
+            let committed = self.queue.hand_over_all(&self.pipeline, hand_overs).await;
+            self.pending.clear();
+            match committed {
+                Ok(()) => {
+                    Counters::add(&c.handed_over, handed);
+                    for (sink, woken) in self.sinks.iter().zip(woken) {
+                        if woken {
+                            sink.ready.notify_one();
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "hand-over failed; will retry");
+                    sleep_or_cancel(IDLE_RECHECK, &self.cancel).await;
+                    return;
+                }
+            }
+        }
+        self.pending.clear();
+        if let Some((seq, envelope, (stage, e))) = failure {
+            self.failed(seq, envelope, stage, e).await;
+        }
+    }
+
+    /// Records a failed filter run: retry with backoff, or dead letters after the last attempt.
+    async fn failed(&mut self, seq: u64, mut envelope: Envelope, stage: String, e: CallError) {
+        let status = self.status.clone();
+        status.call_failed(&stage, &e);
+        envelope.attempts += 1;
+        envelope.last_error = Some(e.to_string());
+        if envelope.attempts >= self.retry.max_attempts {
+            tracing::error!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
+            match self
+                .queue
+                .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
+                .await
+            {
+                Ok(()) => status.record(&stage, StageEvent::DeadLetter),
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter")
+                }
+            }
+        } else {
+            let delay = self
+                .retry
+                .jittered_delay(envelope.attempts, rand::random::<f64>());
+            envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
+            tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
+            status.record(&stage, StageEvent::Retry);
+            if let Err(e) = self.queue.update_ingress(&self.pipeline, seq, &envelope) {
+                tracing::error!(pipeline = %self.pipeline, error = %e, "cannot record the failure");
             }
         }
     }
@@ -139,7 +225,11 @@ impl FilterWorker {
                     .await
                     .map_err(|e| (format!("filter.{i}"), e))?;
                 next.extend(number_outputs(&m.id, out));
-                state.extend(state_writes(&format!("filter.{i}"), changes));
+                let writes = state_writes(&format!("filter.{i}"), changes);
+                // Visible to the next call at once (the next output of a split, the next
+                // message of the batch); committed with the hand-over.
+                self.pending.record(&writes);
+                state.extend(writes);
             }
             current = next;
         }

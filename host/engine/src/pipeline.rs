@@ -12,7 +12,7 @@ use tocsin_queue::{QueueStore, StateWrite};
 use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateChanges, StateReader};
 
 use crate::delivery::DeliveryWorker;
-use crate::filtering::FilterWorker;
+use crate::filtering::{FilterWorker, PendingState};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestEndpoint, IngestTable};
 use crate::schedule::Scheduler;
@@ -93,6 +93,23 @@ impl StateReader for QueueStateReader {
     }
 }
 
+/// A filter's state as its next call must see it: the current batch's uncommitted writes
+/// first, then the committed state.
+struct PendingFirst {
+    pending: Arc<PendingState>,
+    committed: Arc<dyn StateReader>,
+    stage: String,
+}
+
+impl StateReader for PendingFirst {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.pending.get(&self.stage, key) {
+            Some(written) => Ok(written),
+            None => self.committed.get(key),
+        }
+    }
+}
+
 /// Turns a call's state changes into writes owned by `stage`.
 pub fn state_writes(stage: &str, changes: StateChanges) -> Vec<StateWrite> {
     changes
@@ -127,10 +144,17 @@ pub async fn start(
     let expected_source = source_kind(&spec.source.trigger);
     let mut source =
         build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
+    let pending = Arc::new(PendingState::default());
     let mut filters = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
-        filters
-            .push(build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?);
+        let mut stage =
+            build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?;
+        stage.set_state_reader(Arc::new(PendingFirst {
+            pending: pending.clone(),
+            committed: stage.context().state.clone(),
+            stage: format!("filter.{i}"),
+        }));
+        filters.push(stage);
     }
     let mut sinks = Vec::new();
     for s in &spec.sinks {
@@ -209,6 +233,7 @@ pub async fn start(
         ingress_ready: ingress_ready.clone(),
         status: status.clone(),
         cancel: cancel.clone(),
+        pending,
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, stage), route) in spec.sinks.iter().zip(sinks).zip(&routes) {

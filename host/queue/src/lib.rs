@@ -181,12 +181,21 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The oldest ingress entry, left in place.
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>>;
 
+    /// Up to `limit` of the oldest ingress entries, oldest first, left in place.
+    fn ingress_heads(&self, pipeline: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>>;
+
     /// Rewrites an ingress entry after a failed filter run (attempts, last error, not before).
     fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()>;
 
     /// Atomically removes an ingress entry, appends its outputs to sink queues and writes the
     /// plugin state (see the crate docs).
-    fn hand_over(&self, pipeline: &str, hand_over: HandOver) -> Commit;
+    fn hand_over(&self, pipeline: &str, hand_over: HandOver) -> Commit {
+        self.hand_over_all(pipeline, vec![hand_over])
+    }
+
+    /// Several hand-overs in one atomic batch and one commit, applied in order (the filter
+    /// worker's group commit: one fsync for a run of messages instead of one each).
+    fn hand_over_all(&self, pipeline: &str, hand_overs: Vec<HandOver>) -> Commit;
 
     /// The oldest entry of a sink queue, left in place.
     fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>>;

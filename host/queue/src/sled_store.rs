@@ -479,17 +479,30 @@ impl QueueStore for SledStore {
             .map_err(storage)
     }
 
-    fn hand_over(&self, pipeline: &str, hand_over: HandOver) -> Commit {
+    fn ingress_heads(&self, pipeline: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
+        self.tree(pipeline)?
+            .scan_prefix([INGRESS])
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                Ok((seq_of(&k), decode(&v, || format!("ingress of {pipeline}"))?))
+            })
+            .collect()
+    }
+
+    fn hand_over_all(&self, pipeline: &str, hand_overs: Vec<HandOver>) -> Commit {
         let run = || -> Result<std::result::Result<(), sled::Error>> {
             let tree = self.tree(pipeline)?;
             let mut batch = sled::Batch::default();
-            batch.remove(ingress_key(hand_over.ingress));
-            for (sink, envelopes) in &hand_over.outputs {
-                for env in envelopes {
-                    batch.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
+            for hand_over in &hand_overs {
+                batch.remove(ingress_key(hand_over.ingress));
+                for (sink, envelopes) in &hand_over.outputs {
+                    for env in envelopes {
+                        batch.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
+                    }
                 }
+                add_state(&mut batch, &hand_over.state);
             }
-            add_state(&mut batch, &hand_over.state);
             Ok(tree.apply_batch(batch))
         };
         match run() {
@@ -718,6 +731,35 @@ mod tests {
         let d = q.depths("p").unwrap();
         assert_eq!(d.ingress, 1);
         assert_eq!(d.sinks, vec![("s1".into(), 1), ("s2".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_hand_overs_is_one_ordered_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("p", &[msg("a"), msg("b"), msg("c")], &[])
+            .await
+            .unwrap();
+        let heads = q.ingress_heads("p", 2).unwrap();
+        let ids: Vec<&str> = heads.iter().map(|(_, e)| e.message.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let hand_overs = heads
+            .iter()
+            .enumerate()
+            .map(|(i, (seq, env))| HandOver {
+                ingress: *seq,
+                outputs: vec![("s".into(), vec![Envelope::new(env.message.clone(), 0)])],
+                // The second write of the same key wins, as with one commit each.
+                state: vec![state("filter.0", "k", if i == 0 { b"1" } else { b"2" })],
+            })
+            .collect();
+        q.hand_over_all("p", hand_overs).await.unwrap();
+        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "c");
+        let (first, env) = q.sink_head("p", "s").unwrap().unwrap();
+        assert_eq!(env.message.id, "a");
+        q.ack("p", "s", first, &[]).unwrap();
+        assert_eq!(q.sink_head("p", "s").unwrap().unwrap().1.message.id, "b");
+        assert_eq!(q.state_get("p", "filter.0", "k").unwrap().unwrap(), b"2");
     }
 
     #[tokio::test]

@@ -200,6 +200,13 @@ impl Stage {
         &self.ctx
     }
 
+    /// Replaces where the plugin's `state-get` reads from. The live instance, if any, is
+    /// dropped so the next call builds one with the new reader; call it before the first call.
+    pub fn set_state_reader(&mut self, state: Arc<dyn StateReader>) {
+        self.ctx.state = state;
+        self.live = None;
+    }
+
     /// Calls the host stopped (traps, timeouts, caps) over this stage's life.
     pub fn traps(&self) -> u64 {
         self.traps

@@ -13,6 +13,7 @@
 //! - `filters`: template, dedup, rate-limit and the webhook sink through the engine.
 //! - `forward`: agent → central with the central instance down, then up: each message once.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
+//! - `howto`: every operator how-to in docs/howto/ runs as written and prints what it shows.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
@@ -34,6 +35,7 @@ mod disk;
 mod filters;
 mod forward;
 mod hot_reload;
+mod howto;
 mod ingest;
 mod janitor;
 mod matrix;

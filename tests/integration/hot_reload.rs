@@ -184,3 +184,35 @@ async fn reloads_under_ingest_load_lose_nothing() {
     );
     server.stop().await;
 }
+
+/// A pipeline that cannot start because something on the machine is missing (here the file
+/// holding its ingest token) is tried again with backoff, without its file changing: creating
+/// the secret is enough, no restart and no touch of the pipeline file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_could_not_start_is_tried_again_without_a_file_change() {
+    let env = Env::new();
+    env.mkdir("out");
+    let token = env.path("token-created-later");
+    env.write_pipeline(
+        "later",
+        &format!(
+            "[source]\nplugin = \"json\"\nauth = {{ bearer = \"file:{}\" }}\n\n{}",
+            token.display(),
+            file_sink(&env, "out", "later.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    assert!(
+        matches!(server.state("later"), Some(PipelineState::Failed(_))),
+        "{:?}",
+        server.state("later")
+    );
+    std::fs::write(&token, "later-token-value").unwrap();
+    wait_until(
+        Duration::from_secs(45),
+        "the pipeline runs once its secret exists",
+        || matches!(server.state("later"), Some(PipelineState::Running)),
+    )
+    .await;
+    server.stop().await;
+}

@@ -4,7 +4,9 @@
 //! time: a new valid file starts its pipeline; a changed valid file replaces it between
 //! messages (its queued messages stay and are processed by the new version); a changed invalid
 //! file is reported and the previous version keeps running; a deleted file stops its pipeline
-//! and keeps its queues (re-adding the file resumes them).
+//! and keeps its queues (re-adding the file resumes them). A pipeline that could not start —
+//! a secret file not there yet, a JWKS URL unreachable, a granted directory missing — is tried
+//! again with backoff ([`retry_delay`]) even when its file does not change.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +30,16 @@ struct Entry {
     /// Digest of the file text last applied (valid or not), so an unchanged file is skipped.
     digest: u64,
     running: Option<RunningPipeline>,
+    /// Set when the pipeline is not running because it failed: when to try again, and how
+    /// many tries failed in a row.
+    retry: Option<(tokio::time::Instant, u32)>,
+}
+
+/// How long to wait before starting a failed pipeline again after `failures` failed tries in a
+/// row: 10 s, doubling, at most 5 minutes (the directory rescan, every 10 s, does the retry).
+pub fn retry_delay(failures: u32) -> std::time::Duration {
+    let secs = 10u64.saturating_mul(1 << failures.saturating_sub(1).min(5));
+    std::time::Duration::from_secs(secs.min(300))
 }
 
 /// Runs the pipelines of one directory.
@@ -83,7 +95,14 @@ impl Manager {
         for (name, path, text) in files {
             seen.push(name.clone());
             let digest = text_digest(&text);
-            if self.entries.get(&name).is_some_and(|e| e.digest == digest) {
+            let now = tokio::time::Instant::now();
+            let unchanged_and_not_due = self.entries.get(&name).is_some_and(|e| {
+                e.digest == digest
+                    && !e
+                        .retry
+                        .is_some_and(|(at, _)| e.running.is_none() && now >= at)
+            });
+            if unchanged_and_not_due {
                 continue;
             }
             self.apply(&name, path, &text, digest, &mut report).await;
@@ -118,6 +137,13 @@ impl Manager {
         report: &mut ReconcileReport,
     ) {
         let resolver = self.settings.resolver();
+        // Failed tries in a row so far, when this is a retry of the same text.
+        let failures = self
+            .entries
+            .get(name)
+            .filter(|e| e.digest == digest)
+            .and_then(|e| e.retry)
+            .map_or(0, |(_, n)| n);
         let spec: PipelineSpec = match parse_pipeline(&path, text, &resolver, MachineCheck::Check) {
             Ok(spec) => spec,
             Err(diags) => {
@@ -128,11 +154,15 @@ impl Manager {
                 let entry = self.entries.entry(name.to_string()).or_insert(Entry {
                     digest,
                     running: None,
+                    retry: None,
                 });
                 entry.digest = digest;
                 if entry.running.is_some() {
                     tracing::warn!(pipeline = %name, "keeping the previous version running");
                 } else {
+                    let delay = retry_delay(failures + 1);
+                    entry.retry = Some((tokio::time::Instant::now() + delay, failures + 1));
+                    tracing::warn!(pipeline = %name, retry_in = ?delay, "the pipeline is not running; its file is read again then, or as soon as it changes");
                     self.board_status(name)
                         .set(PipelineState::Failed(lines.join("; ")));
                 }
@@ -152,6 +182,7 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), status.clone());
+        let spec_disabled = spec.disabled;
         let running = if spec.disabled {
             status.set(PipelineState::Disabled);
             tracing::info!(pipeline = %name, "pipeline is disabled");
@@ -169,7 +200,8 @@ impl Manager {
                     Some(running)
                 }
                 Err(reason) => {
-                    tracing::error!(pipeline = %name, error = %reason, "pipeline failed to start");
+                    let delay = retry_delay(failures + 1);
+                    tracing::error!(pipeline = %name, error = %reason, retry_in = ?delay, "pipeline failed to start; it is tried again then, or as soon as its file changes");
                     status.set(PipelineState::Failed(reason.clone()));
                     report.failed.push((name.to_string(), reason));
                     None
@@ -177,8 +209,21 @@ impl Manager {
             }
         };
         self.shared.ingest.end_reload(name);
-        self.entries
-            .insert(name.to_string(), Entry { digest, running });
+        let retry = match (&running, spec_disabled) {
+            (None, false) => Some((
+                tokio::time::Instant::now() + retry_delay(failures + 1),
+                failures + 1,
+            )),
+            _ => None,
+        };
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                digest,
+                running,
+                retry,
+            },
+        );
     }
 
     fn board_get(&self, name: &str) -> Option<Arc<PipelineStatus>> {
@@ -224,4 +269,17 @@ fn text_digest(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn failed_pipelines_are_retried_sooner_then_later() {
+        let secs: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(300));
+    }
 }

@@ -12,7 +12,9 @@
 //!            key_labels = ["host"], hysteresis = 600, repeat_every = "24h" }
 //! ```
 //! A message without the metric carries its source's own verdict: its severity (warning or
-//! worse) is taken as the level, so "no backup found" is an alert like any other.
+//! worse) is taken as the level, so "no backup found" is an alert like any other. A message
+//! without the metric and below warning says nothing about this check: it is dropped and
+//! changes nothing (so another measurement of the same host cannot resolve the alert).
 
 use serde::Deserialize;
 use tocsin_sdk::host::{state_get_json, state_set_json};
@@ -193,7 +195,9 @@ impl Filter for Threshold {
             None => match msg.severity {
                 Severity::Error | Severity::Alert => Level::Error,
                 Severity::Warning => Level::Warning,
-                _ => Level::Ok,
+                // A message about something else (sysmetrics' per-disk message under a CPU
+                // threshold): no verdict, so it neither raises nor resolves anything.
+                _ => return Ok(vec![]),
             },
         };
 
@@ -227,10 +231,8 @@ impl Filter for Threshold {
         };
         if level == Level::Ok {
             out.summary = Some(format!("RESOLVED: {subject}"));
-            out.body = match value {
-                Some(_) => detail,
-                None => format!("{subject} is OK again"),
-            };
+            // Only a measurement resolves (a message without the metric is dropped above).
+            out.body = detail;
             out.set_label("status", "resolved");
         } else {
             let prefix = if reminder { "STILL " } else { "" };

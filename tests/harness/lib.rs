@@ -60,6 +60,9 @@ pub fn tocsin_bin() -> &'static Path {
         let status = Command::new("cargo")
             .args(["build", "-p", "tocsin", "--bin", "tocsin", "--quiet"])
             .current_dir(repo_root())
+            // `cargo test` sets it; left in, it changes build scripts' fingerprints (ring's)
+            // and rebuilds half the tree on every run.
+            .env_remove("CARGO_MANIFEST_DIR")
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building tocsin failed");

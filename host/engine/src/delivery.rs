@@ -117,7 +117,7 @@ impl DeliveryWorker {
             .jittered_delay(envelope.attempts, rand::random::<f64>());
         let delay = retry_after.unwrap_or(backoff);
         envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
-        tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
+        tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
         envelope.last_error = Some(error);
         self.status
             .record(&format!("sink.{}", self.sink), StageEvent::Retry);
@@ -130,7 +130,7 @@ impl DeliveryWorker {
     }
 
     async fn dead_letter(&mut self, seq: Seq, mut envelope: Envelope, error: String) {
-        tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message = %envelope.message.id, error = %error, "message moved to dead letters");
+        tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, error = %error, "message moved to dead letters");
         envelope.last_error = Some(error);
         match self
             .queue

@@ -470,6 +470,16 @@ impl Builder<'_> {
         let mut secrets = Vec::new();
         for (name, reference) in &spec.grants.secrets {
             let value = match reference.resolve() {
+                Ok(value) if value.len() < MIN_REDACTABLE_SECRET => {
+                    let placeholder = format!("dry-run-placeholder-for-{name}");
+                    self.notes.push(format!(
+                        "{stage}: secret `{name}` is only {} characters long, too short to find \
+                         and redact in the output; the dry run uses a placeholder",
+                        value.len()
+                    ));
+                    self.placeholders.push((name.clone(), placeholder.clone()));
+                    placeholder
+                }
                 Ok(value) => value,
                 Err(why) => {
                     let placeholder = format!("dry-run-placeholder-for-{name}");
@@ -511,6 +521,10 @@ impl Builder<'_> {
         Ok((Stage::new(self.runtime, plugin, ctx), recorder, writes))
     }
 }
+
+/// Secrets shorter than this are not used in a dry run: replacing every occurrence of `x` or
+/// `org` by `REDACTED` would garble the output and, by where it cuts, reveal the value.
+pub const MIN_REDACTABLE_SECRET: usize = 8;
 
 /// Plugin state of a dry run: in memory, per stage.
 #[derive(Default)]

@@ -185,7 +185,7 @@ impl FilterWorker {
         envelope.attempts += 1;
         envelope.last_error = Some(e.to_string());
         if envelope.attempts >= self.retry.max_attempts {
-            tracing::error!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
+            tracing::error!(pipeline = %self.pipeline, message_id = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
             match self
                 .queue
                 .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
@@ -201,7 +201,7 @@ impl FilterWorker {
                 .retry
                 .jittered_delay(envelope.attempts, rand::random::<f64>());
             envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
-            tracing::warn!(pipeline = %self.pipeline, message = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
+            tracing::warn!(pipeline = %self.pipeline, message_id = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %e, "filters failed; will retry");
             status.record(&stage, StageEvent::Retry);
             if let Err(e) = self.queue.update_ingress(&self.pipeline, seq, &envelope) {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "cannot record the failure");

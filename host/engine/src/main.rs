@@ -144,6 +144,10 @@ enum Command {
         /// (scheduled pipelines, filters, sinks).
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Poll a scheduled pipeline's source once, for real, even when the pipeline has
+        /// behaviour tests.
+        #[arg(long, conflicts_with_all = ["input", "plugin"])]
+        poll: bool,
         /// A request header sent with the sample to an ingest pipeline, `Name: value` (repeat).
         #[arg(long = "header", value_parser = try_pipeline::parse_header, conflicts_with = "plugin")]
         headers: Vec<(String, String)>,
@@ -262,8 +266,10 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a log redirected to a file or the journal stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -338,6 +344,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             plugin,
             input,
             headers,
+            poll,
             config,
             hosts,
             secrets,
@@ -360,6 +367,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     path,
                     input,
                     headers,
+                    poll,
                     plugin_dirs,
                     cache_dir: cache_dir.or_else(try_pipeline::default_cache_dir),
                 })),

@@ -2,8 +2,8 @@
 //!
 //! - `tocsin test pipelines/x.toml --input SAMPLE` prints what each stage makes of the sample
 //!   and exactly what each sink would send (see [`tocsin::dry_run`]).
-//! - `tocsin test pipelines/x.toml` runs `x.test.toml` when it exists; without one, a
-//!   scheduled pipeline's source is polled once, for real.
+//! - `tocsin test pipelines/x.toml` runs `x.test.toml` when it exists; without one (or with
+//!   `--poll`), a scheduled pipeline's source is polled once, for real.
 //! - `tocsin test pipelines/` (or `x.test.toml`) runs every behaviour-test file there
 //!   (see [`tocsin::behaviour`]).
 
@@ -25,6 +25,8 @@ pub struct Options {
     pub input: Option<PathBuf>,
     /// Request headers for the sample, `Name: value`.
     pub headers: Vec<(String, String)>,
+    /// Poll the source once even when behaviour tests exist.
+    pub poll: bool,
     /// Where plugins are looked up by name.
     pub plugin_dirs: Vec<PathBuf>,
     /// The compile cache (none: compile every plugin each time).
@@ -63,6 +65,15 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let spec = load_pipeline(path, &resolver)?;
     let input = match &options.input {
         Some(sample) => Some(read_input(&spec, sample, &options.headers)?),
+        None if options.poll => {
+            if !matches!(spec.source.trigger, Trigger::Schedule(_)) {
+                bail!(
+                    "--poll needs a scheduled pipeline; {} is fed over HTTP",
+                    path.display()
+                );
+            }
+            Some(Input::Poll)
+        }
         None => None,
     };
     match input {

@@ -42,6 +42,17 @@ impl StateReader for NoState {
 
 /// Runs the trial, printing its outputs; exit 1 when the plugin fails or refuses.
 pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
+    let mut trial = trial;
+    for (name, value) in trial.secrets.iter_mut() {
+        if value.len() < tocsin::dry_run::MIN_REDACTABLE_SECRET {
+            eprintln!(
+                "note: secret `{name}` is only {} characters long, too short to redact in the \
+                 output; the trial uses a placeholder",
+                value.len()
+            );
+            *value = format!("dry-run-placeholder-for-{name}");
+        }
+    }
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     let plugin = runtime.load(trial.plugin, None)?;
     let kind = plugin.kind;

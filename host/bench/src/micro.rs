@@ -39,7 +39,9 @@ pub fn message(i: usize) -> Message {
 }
 
 fn stage(runtime: &Runtime, plugin_dir: &Path, name: &str, config: &str) -> anyhow::Result<Stage> {
-    let plugin = runtime.load(&plugin_dir.join(format!("{name}.wasm")), None)?;
+    // Cargo writes a crate `rate-limit` as `rate_limit.wasm`.
+    let file = plugin_dir.join(format!("{}.wasm", name.replace('-', "_")));
+    let plugin = runtime.load(&file, None)?;
     Ok(Stage::new(
         runtime,
         plugin,

@@ -62,6 +62,38 @@ fn alert(n: u64, sent_us: u64) -> Bytes {
     ))
 }
 
+/// The two systems compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum System {
+    Tocsin,
+    Alertmanager,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Tocsin => "tocsin",
+            System::Alertmanager => "Alertmanager",
+        }
+    }
+
+    /// One message (alert) per request.
+    fn single(self) -> BodyFn {
+        match self {
+            System::Tocsin => single(0),
+            System::Alertmanager => Arc::new(alert),
+        }
+    }
+
+    /// `size` messages (alerts) per request.
+    fn batch(self, size: u64) -> BodyFn {
+        match self {
+            System::Tocsin => batch(size),
+            System::Alertmanager => Arc::new(move |n, sent_us| alerts(n, sent_us, size)),
+        }
+    }
+}
+
 /// `count` alerts in one request.
 fn alerts(n: u64, sent_us: u64, count: u64) -> Bytes {
     let items: Vec<String> = (0..count)
@@ -186,8 +218,34 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// A fresh instance of `system` ready to take load: tocsin restarted on its installation
+    /// (empty queues after the previous phase drained), Alertmanager started from an empty
+    /// directory — its alert groups live on after a phase (until resolved), and thousands of
+    /// them would slow the next phase down.
+    async fn fresh(&self, system: System, tocsin: &Tocsin) -> anyhow::Result<(Process, Target)> {
+        match system {
+            System::Tocsin => {
+                let process = self.start(tocsin).await?;
+                let target = ingest_target(process.port, "bench");
+                Ok((process, target))
+            }
+            System::Alertmanager => {
+                let dir = self.work.path().join("alertmanager");
+                let _ = std::fs::remove_dir_all(&dir);
+                let process = alertmanager(&dir, &self.receiver.url()).await?;
+                let target = Target {
+                    addr: ([127, 0, 0, 1], process.port).into(),
+                    path: "/api/v2/alerts".into(),
+                    headers: Vec::new(),
+                };
+                Ok((process, target))
+            }
+        }
+    }
+
     /// Ingest → delivered latency at offered loads, and the delivered throughput, for tocsin
-    /// and for Alertmanager, through the same receiver.
+    /// and for Alertmanager, through the same receiver. Each run gets a fresh process and has
+    /// the machine to itself (the other system is not running).
     pub async fn side_by_side(&self, report: &mut Report) -> anyhow::Result<()> {
         report.section("Ingest → delivered, tocsin and Alertmanager side by side");
         if !std::path::Path::new(crate::procs::ALERTMANAGER_BIN).exists() {
@@ -202,30 +260,19 @@ impl Bench<'_> {
             "bench",
             &delivering_pipeline(&self.receiver.url(), self.receiver.port),
         )?;
-        let process = self.start(&tocsin).await?;
-        let tocsin_target = ingest_target(process.port, "bench");
-        let am_dir = self.work.path().join("alertmanager");
-        let am = alertmanager(&am_dir, &self.receiver.url()).await?;
-        let am_target = Target {
-            addr: ([127, 0, 0, 1], am.port).into(),
-            path: "/api/v2/alerts".into(),
-            headers: Vec::new(),
-        };
-        let systems: [(&str, &Target, BodyFn); 2] = [
-            ("tocsin", &tocsin_target, single(0)),
-            ("Alertmanager", &am_target, Arc::new(alert)),
-        ];
+        let systems = [System::Tocsin, System::Alertmanager];
 
         // Throughput: 16 clients post for the run's length; delivered/s counts until the last
         // of them reaches the receiver.
         let mut medians = Vec::new();
-        for (name, target, body) in &systems {
+        for system in systems {
             let (mut accepted, mut delivered, mut lost) = (Vec::new(), Vec::new(), 0u64);
             for _ in 0..self.args.runs {
+                let (process, target) = self.fresh(system, &tocsin).await?;
                 self.receiver.take();
                 let start = Instant::now();
                 let outcome =
-                    closed_loop(target, 16, self.seconds(), self.clock, body.clone()).await;
+                    closed_loop(&target, 16, self.seconds(), self.clock, system.single()).await;
                 let took = self
                     .drained(outcome.ok as usize, start, Duration::from_secs(60))
                     .await;
@@ -233,8 +280,10 @@ impl Bench<'_> {
                 lost += outcome.ok.saturating_sub(got);
                 accepted.push(outcome.rate());
                 delivered.push(got as f64 / took.as_secs_f64());
+                drop(process);
             }
             medians.push(stats(&delivered).1);
+            let name = system.name();
             report.row(
                 format!("{name}: accepted/s, 16 clients, 1 message (alert) per request"),
                 accepted,
@@ -261,28 +310,21 @@ impl Bench<'_> {
         // Drain: a backlog posted in batches as fast as each accepts it, then how fast it
         // reaches the receiver — the delivery path alone.
         let backlog = self.args.backlog;
-        let batches: [(&str, &Target, BodyFn); 2] = [
-            ("tocsin", &tocsin_target, batch(100)),
-            (
-                "Alertmanager",
-                &am_target,
-                Arc::new(|n, sent_us| alerts(n, sent_us, 100)),
-            ),
-        ];
         let mut drains = Vec::new();
-        for (name, target, body) in &batches {
+        for system in systems {
             let mut xs = Vec::new();
             for _ in 0..self.args.runs {
+                let (process, target) = self.fresh(system, &tocsin).await?;
                 self.receiver.take();
                 let start = Instant::now();
                 let mut posted = 0u64;
                 while posted < backlog {
                     let outcome = closed_loop(
-                        target,
+                        &target,
                         4,
                         Duration::from_millis(50),
                         self.clock,
-                        body.clone(),
+                        system.batch(100),
                     )
                     .await;
                     posted += outcome.ok * 100;
@@ -292,9 +334,18 @@ impl Bench<'_> {
                     .await;
                 let got = self.receiver.take().len();
                 xs.push(got as f64 / took.as_secs_f64());
+                drop(process);
             }
             drains.push(stats(&xs).1);
-            report.row(format!("{name}: a backlog of {backlog} posted in batches of 100, delivered/s until the last arrives"), xs, 0, "—");
+            report.row(
+                format!(
+                    "{}: a backlog of {backlog} posted in batches of 100, delivered/s until the last arrives",
+                    system.name()
+                ),
+                xs,
+                0,
+                "—",
+            );
         }
         report.note(format!(
             "Backlog drain, tocsin ÷ Alertmanager (medians): × {:.2}.",
@@ -304,21 +355,31 @@ impl Bench<'_> {
         // Latency at offered loads (open loop, due times in the bodies).
         for rate in self.args.loads.iter().copied() {
             let mut ratio = Vec::new();
-            for (name, target, body) in &systems {
+            for system in systems {
                 let (mut p50, mut p99, mut max) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..self.args.runs {
+                    let (process, target) = self.fresh(system, &tocsin).await?;
                     self.receiver.take();
                     let start = Instant::now();
-                    let outcome: Outcome =
-                        open_loop(target, rate, 64, self.seconds(), self.clock, body.clone()).await;
+                    let outcome: Outcome = open_loop(
+                        &target,
+                        rate,
+                        64,
+                        self.seconds(),
+                        self.clock,
+                        system.single(),
+                    )
+                    .await;
                     self.drained(outcome.ok as usize, start, Duration::from_secs(60))
                         .await;
                     let lat = self.receiver.take();
                     p50.push(quantile(&lat, 0.50) as f64 / 1000.0);
                     p99.push(quantile(&lat, 0.99) as f64 / 1000.0);
                     max.push(lat.last().copied().unwrap_or(0) as f64 / 1000.0);
+                    drop(process);
                 }
-                let target_text = if *name == "tocsin" {
+                let name = system.name();
+                let target_text = if system == System::Tocsin {
                     "p99 ≤ 5 ms"
                 } else {
                     "—"
@@ -351,20 +412,22 @@ impl Bench<'_> {
         report.note(format!(
             "Alertmanager {}: clustering off (`--cluster.listen-address=`), every alert its own \
              group (`group_by: ['...']`), `group_wait: 0s` (the smallest it accepts), \
-             `group_interval: 1s`, one webhook receiver with `max_alerts: 0`. Its config: `{}`. \
-             Alertmanager keeps alerts in memory only; tocsin acknowledges after fsync.",
+             `group_interval: 1s`, one webhook receiver with `max_alerts: 0`; a fresh process \
+             for every run. Alertmanager keeps alerts in memory only; tocsin acknowledges after \
+             fsync. Its configuration: `{}`",
             alertmanager_version(),
-            alertmanager_config("URL")
-                .replace('\n', " ")
-                .replace("  ", " ")
+            alertmanager_config("http://127.0.0.1:PORT/hook")
+                .lines()
+                .map(str::trim_end)
+                .collect::<Vec<_>>()
+                .join(" ⏎ ")
         ));
         report.note(
-            "tocsin: `json` ingest → `webhook` sink, default retry. Latency is measured from each \
-             request's due time in an open-loop schedule (64 connections) to its arrival at the \
-             receiver, so a stalled server is charged for the requests it delayed.",
+            "tocsin: `json` ingest → `webhook` sink, default retry, restarted for every run. \
+             Latency is measured from each request's due time in an open-loop schedule (64 \
+             connections) to its arrival at the receiver, so a stalled server is charged for the \
+             requests it delayed.",
         );
-        drop(am);
-        drop(process);
         Ok(())
     }
 

@@ -214,3 +214,59 @@ async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
     assert_eq!(ids, ["a", "b", "c"]);
     server.stop().await;
 }
+
+/// `concurrency = N` puts up to N deliveries in flight at once (never more), each message is
+/// delivered once under its own key; the default keeps one in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_concurrency_bounds_the_deliveries_in_flight() {
+    for (concurrency, expected) in [(None, 1usize), (Some(4), 4)] {
+        let receiver = Receiver::start().await;
+        receiver.set(Behaviour::Hold(Duration::from_millis(1500)));
+        let env = Env::new();
+        let mut text = pipeline(&[("slow", &receiver)], "{ max_attempts = 3 }");
+        if let Some(n) = concurrency {
+            text.push_str(&format!("concurrency = {n}\n"));
+        }
+        env.write_pipeline("alerts", &text);
+        let server = env.start().await;
+        let batch: Vec<serde_json::Value> = (0..8)
+            .map(|i| serde_json::json!({"id": format!("m{i}"), "body": "held"}))
+            .collect();
+        let status = reqwest::Client::new()
+            .post(format!("{}/ingest/alerts", server.base_url))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202);
+        let in_flight = || {
+            receiver
+                .requests()
+                .iter()
+                .filter(|r| r.answered == 0)
+                .count()
+        };
+        wait_until(Duration::from_secs(10), "the first round in flight", || {
+            in_flight() == expected
+        })
+        .await;
+        // Held for 1.5 s: nothing more may start meanwhile.
+        let mut most = 0;
+        for _ in 0..10 {
+            most = most.max(in_flight());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(most, expected, "concurrency {concurrency:?}");
+        receiver.set(Behaviour::Accept);
+        wait_until(Duration::from_secs(30), "all delivered", || {
+            receiver.visible_ids().len() == 8
+        })
+        .await;
+        assert!(receiver.visible_duplicates().is_empty());
+        let keys: std::collections::BTreeSet<String> =
+            receiver.requests().into_iter().map(|r| r.key).collect();
+        assert_eq!(keys.len(), 8, "one idempotency key per message: {keys:?}");
+        server.stop().await;
+    }
+}

@@ -39,6 +39,16 @@ pub fn message(i: usize) -> Message {
 }
 
 fn stage(runtime: &Runtime, plugin_dir: &Path, name: &str, config: &str) -> anyhow::Result<Stage> {
+    stage_with(runtime, plugin_dir, name, config, Grants::default())
+}
+
+fn stage_with(
+    runtime: &Runtime,
+    plugin_dir: &Path,
+    name: &str,
+    config: &str,
+    grants: Grants,
+) -> anyhow::Result<Stage> {
     // Cargo writes a crate `rate-limit` as `rate_limit.wasm`.
     let file = plugin_dir.join(format!("{}.wasm", name.replace('-', "_")));
     let plugin = runtime.load(&file, None)?;
@@ -49,7 +59,7 @@ fn stage(runtime: &Runtime, plugin_dir: &Path, name: &str, config: &str) -> anyh
             pipeline: "bench".into(),
             stage: "filter.0".into(),
             config_json: config.into(),
-            grants: Grants::default(),
+            grants,
             limits: Limits {
                 memory: 64 << 20,
                 fuel: 2_000_000_000,
@@ -283,6 +293,47 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
             "—",
         );
     }
+
+    report.section("A sink stage (in process)");
+    let receiver = crate::receiver::Receiver::start(Instant::now()).await?;
+    let mut sink = stage_with(
+        runtime,
+        dir,
+        "webhook",
+        &format!(r#"{{"url":"{}"}}"#, receiver.url()),
+        Grants {
+            hosts: vec![format!("127.0.0.1:{}", receiver.port)],
+            ..Grants::default()
+        },
+    )?;
+    let mut xs = Vec::new();
+    let deliveries = (args.calls / 100).max(200);
+    for run in 0..=args.runs {
+        let start = Instant::now();
+        for i in 0..deliveries {
+            let m = message(i);
+            let (outcome, _) = sink.deliver(&m, &format!("bench/{run}/{i}")).await?;
+            anyhow::ensure!(
+                outcome == tocsin_runtime::DeliveryOutcome::Delivered,
+                "the webhook sink answered {outcome:?}"
+            );
+        }
+        if run > 0 {
+            xs.push(start.elapsed().as_secs_f64() * 1e6 / deliveries as f64);
+        }
+    }
+    report.row(
+        "`webhook` sink, one delivery (HTTP POST over wasi:http to a local receiver, answered 200): µs",
+        xs,
+        0,
+        "—",
+    );
+    report.note(
+        "A sink's call includes its outbound request: wasi:http opens a new connection for each \
+         request (no pooling in wasmtime-wasi-http's default sender), then the guest waits for \
+         the answer. The delivery worker of a sink runs one call at a time, so this bounds one \
+         sink's throughput.",
+    );
 
     report.section("Durable enqueue on the sled store (in process)");
     for (producers, batch, target) in [

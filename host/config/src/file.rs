@@ -103,6 +103,8 @@ pub struct SinkTable {
     /// Retry policy.
     #[serde(default)]
     pub retry: RetryTable,
+    /// Deliveries in flight at once (1–64; default 1, strictly in order).
+    pub concurrency: Option<Spanned<u32>>,
     /// Only messages matching this reach the sink.
     #[serde(default, rename = "match")]
     pub route: Option<MatchTable>,

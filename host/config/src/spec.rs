@@ -216,9 +216,16 @@ pub struct SinkSpec {
     pub stage: StageSpec,
     /// How to retry.
     pub retry: RetryPolicy,
+    /// Deliveries in flight at once, each on its own plugin instance. 1 (the default) keeps
+    /// strict order: a retrying message holds back the ones behind it. More lets up to that
+    /// many messages overtake each other, and a retried message arrive after later ones.
+    pub concurrency: u32,
     /// Which messages reach it.
     pub route: Route,
 }
+
+/// The most deliveries a sink may have in flight.
+pub const MAX_SINK_CONCURRENCY: u32 = 64;
 
 /// Exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]

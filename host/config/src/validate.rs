@@ -791,6 +791,18 @@ impl Checker<'_> {
             (DEFAULT_SINK_FUEL, DEFAULT_SINK_TIMEOUT),
         );
         let retry = self.retry(&format!("{field}.retry"), &s.retry, RetryPolicy::default());
+        let concurrency = match &s.concurrency {
+            Some(n) if !(1..=MAX_SINK_CONCURRENCY).contains(n.get_ref()) => {
+                self.error(
+                    Some(n.span()),
+                    &format!("{field}.concurrency"),
+                    format!("{} is outside 1..{MAX_SINK_CONCURRENCY}", n.get_ref()),
+                );
+                None
+            }
+            Some(n) => Some(*n.get_ref()),
+            None => Some(1),
+        };
         let route = self.route(&field, s.route.as_ref());
         if self.diags.len() > errors_before {
             return None;
@@ -799,6 +811,7 @@ impl Checker<'_> {
             name,
             stage: stage?,
             retry: retry?,
+            concurrency: concurrency?,
             route: route?,
         })
     }
@@ -959,6 +972,24 @@ grants = { stdout = true }
 retry = { max_attempts = 3, initial = "2s", max = "1m" }
 match = { severity = ">= info" }
 "#;
+
+    #[test]
+    fn sink_concurrency_defaults_to_one_and_is_bounded() {
+        let fx = fixture();
+        assert_eq!(check(&fx, GOOD).unwrap().sinks[0].concurrency, 1);
+        let eight = GOOD.replace("name = \"out\"\n", "name = \"out\"\nconcurrency = 8\n");
+        assert_eq!(check(&fx, &eight).unwrap().sinks[0].concurrency, 8);
+        for bad in ["0", "65"] {
+            let text = GOOD.replace(
+                "name = \"out\"\n",
+                &format!("name = \"out\"\nconcurrency = {bad}\n"),
+            );
+            let d = check(&fx, &text).unwrap_err();
+            assert_eq!(d[0].field, "sink[0].concurrency");
+            assert_eq!(d[0].line, Some(14), "{d:?}");
+            assert!(d[0].message.contains("outside 1..64"), "{d:?}");
+        }
+    }
 
     #[test]
     fn a_good_file_becomes_a_spec() {

@@ -1,7 +1,10 @@
 //! Sink queue head → `sink.deliver`, in order, with retry, backoff and dead letters.
 //!
-//! One message is in flight per sink: a retrying head blocks the queue, so "resolved" never
-//! overtakes "firing". Outcomes:
+//! With the default `concurrency = 1`, one message is in flight per sink: a retrying head
+//! blocks the queue, so "resolved" never overtakes "firing". With `concurrency = N`, the worker
+//! takes up to N due messages from the head, delivers them at once on N plugin instances and
+//! settles each outcome in queue order; messages of one round may arrive in any order, and a
+//! retried one after later ones — then the retrying head holds the queue again. Outcomes:
 //! - delivered → removed from the queue (with the state the sink wrote);
 //! - retryable, a plugin error or trap → attempt counted, retried after exponential backoff
 //!   with jitter;
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tocsin_config::RetryPolicy;
 use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
-use tocsin_runtime::{DeliveryOutcome, Stage};
+use tocsin_runtime::{CallError, DeliveryOutcome, Stage, StateChanges};
 
 use crate::pipeline::{next_due, state_writes};
 use crate::status::{Counters, PipelineStatus, StageEvent};
@@ -30,8 +33,9 @@ pub struct DeliveryWorker {
     pub pipeline: String,
     /// The sink's name.
     pub sink: String,
-    /// The sink stage.
-    pub stage: Stage,
+    /// The sink's plugin instances: as many as deliveries may be in flight (its
+    /// `concurrency`), at least one.
+    pub stages: Vec<Stage>,
     /// How to retry.
     pub retry: RetryPolicy,
     /// The store.
@@ -55,14 +59,45 @@ impl DeliveryWorker {
         while let Some((seq, envelope)) =
             next_due(|| queue.sink_head(&pipeline, &sink), &ready, &cancel, &what).await
         {
-            self.attempt(seq, envelope).await;
+            let mut round = vec![(seq, envelope)];
+            if self.stages.len() > 1 {
+                let now = now_ms();
+                if let Ok(heads) = queue.sink_heads(&pipeline, &sink, self.stages.len()) {
+                    let due: Vec<_> = heads
+                        .into_iter()
+                        .take_while(|(_, e)| e.not_before_ms <= now)
+                        .collect();
+                    if due.first().map(|(s, _)| *s) == Some(seq) {
+                        round = due;
+                    }
+                }
+            }
+            // Deliver the round at once, one instance each; settle in queue order.
+            let (pipeline_name, sink_name) = (&self.pipeline, &self.sink);
+            let calls =
+                self.stages
+                    .iter_mut()
+                    .zip(&round)
+                    .map(|(stage, (_, envelope))| async move {
+                        let key = idempotency_key(pipeline_name, sink_name, &envelope.message.id);
+                        stage.deliver(&envelope.message, &key).await
+                    });
+            let results = futures::future::join_all(calls).await;
+            for ((seq, envelope), result) in round.into_iter().zip(results) {
+                self.settle(seq, envelope, result).await;
+            }
         }
     }
 
-    async fn attempt(&mut self, seq: Seq, envelope: Envelope) {
+    /// Records one delivery's outcome: ack, retry later, or dead letters.
+    async fn settle(
+        &mut self,
+        seq: Seq,
+        envelope: Envelope,
+        result: Result<(DeliveryOutcome, StateChanges), CallError>,
+    ) {
         let c = &self.status.counters;
-        let key = idempotency_key(&self.pipeline, &self.sink, &envelope.message.id);
-        let (error, retry_after) = match self.stage.deliver(&envelope.message, &key).await {
+        let (error, retry_after) = match result {
             Ok((DeliveryOutcome::Delivered, changes)) => {
                 let state = state_writes(&format!("sink.{}", self.sink), changes);
                 match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {

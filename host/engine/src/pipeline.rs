@@ -156,23 +156,28 @@ pub async fn start(
         }));
         filters.push(stage);
     }
-    let mut sinks = Vec::new();
+    // One plugin instance per delivery in flight.
+    let mut sinks: Vec<Vec<Stage>> = Vec::new();
     for s in &spec.sinks {
-        sinks.push(
-            build_stage(
-                shared,
-                &name,
-                &format!("sink.{}", s.name),
-                &s.stage,
-                PluginKind::Sink,
-            )
-            .await?,
-        );
+        let mut instances = Vec::new();
+        for _ in 0..s.concurrency.max(1) {
+            instances.push(
+                build_stage(
+                    shared,
+                    &name,
+                    &format!("sink.{}", s.name),
+                    &s.stage,
+                    PluginKind::Sink,
+                )
+                .await?,
+            );
+        }
+        sinks.push(instances);
     }
     // Run every `init` now, so a bad config fails the pipeline at start, not at 3 am.
     for stage in std::iter::once(&mut source)
         .chain(filters.iter_mut())
-        .chain(sinks.iter_mut())
+        .chain(sinks.iter_mut().flatten())
     {
         let stage_name = stage.context().stage.clone();
         stage
@@ -236,11 +241,11 @@ pub async fn start(
         pending,
     };
     tasks.push(tokio::spawn(filter_worker.run()));
-    for ((sink_spec, stage), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
+    for ((sink_spec, stages), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
         let worker = DeliveryWorker {
             pipeline: name.clone(),
             sink: sink_spec.name.clone(),
-            stage,
+            stages,
             retry: sink_spec.retry,
             queue: shared.queue.clone(),
             ready: route.ready.clone(),

@@ -200,6 +200,9 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The oldest entry of a sink queue, left in place.
     fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>>;
 
+    /// Up to `limit` of the oldest entries of a sink queue, oldest first, left in place.
+    fn sink_heads(&self, pipeline: &str, sink: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>>;
+
     /// Removes a delivered entry, writing the plugin state the sink changed in the same batch.
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()>;
 

@@ -517,6 +517,17 @@ impl QueueStore for SledStore {
         })
     }
 
+    fn sink_heads(&self, pipeline: &str, sink: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
+        self.tree(pipeline)?
+            .scan_prefix(named_prefix(SINK, sink))
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                Ok((seq_of(&k), decode(&v, || format!("{pipeline}/{sink}"))?))
+            })
+            .collect()
+    }
+
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
         let mut batch = sled::Batch::default();
         batch.remove(named_key(SINK, sink, seq));
@@ -755,6 +766,13 @@ mod tests {
             .collect();
         q.hand_over_all("p", hand_overs).await.unwrap();
         assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "c");
+        let heads: Vec<String> = q
+            .sink_heads("p", "s", 5)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.message.id)
+            .collect();
+        assert_eq!(heads, ["a", "b"]);
         let (first, env) = q.sink_head("p", "s").unwrap().unwrap();
         assert_eq!(env.message.id, "a");
         q.ack("p", "s", first, &[]).unwrap();

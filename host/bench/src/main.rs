@@ -65,6 +65,10 @@ pub struct Args {
     /// Offered loads (messages/s) of the latency figures.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,3000")]
     pub loads: Vec<f64>,
+    /// Sink concurrency of the second tocsin in the side-by-side section (0: leave it out,
+    /// e.g. for a binary older than the `concurrency` field).
+    #[arg(long, default_value_t = 8)]
+    pub sink_concurrency: u32,
     /// Messages in the backlog-drain figure.
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u64,

@@ -67,19 +67,16 @@ fn alert(n: u64, sent_us: u64) -> Bytes {
 enum System {
     /// tocsin, the webhook sink with its default `concurrency = 1` (strict order).
     Tocsin,
-    /// tocsin, the webhook sink with `concurrency = 8`.
+    /// tocsin, the webhook sink with `concurrency = N` (`--sink-concurrency`).
     TocsinConcurrent,
     Alertmanager,
 }
-
-/// The sink concurrency of [`System::TocsinConcurrent`].
-const CONCURRENCY: u32 = 8;
 
 impl System {
     fn name(self) -> &'static str {
         match self {
             System::Tocsin => "tocsin",
-            System::TocsinConcurrent => "tocsin, sink concurrency 8",
+            System::TocsinConcurrent => "tocsin with sink concurrency",
             System::Alertmanager => "Alertmanager",
         }
     }
@@ -157,6 +154,16 @@ impl Bench<'_> {
         let port = free_port()?;
         let process = tocsin.spawn(port)?;
         wait_ready(port, "/healthz", Instant::now(), Duration::from_secs(120)).await?;
+        let files = std::fs::read_dir(tocsin.dir.join("pipelines"))?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            .count();
+        let up = pipelines_up(port).await?;
+        anyhow::ensure!(
+            up == files,
+            "{up} of {files} pipelines run; see {}/tocsin.log",
+            tocsin.dir.display()
+        );
         Ok(process)
     }
 
@@ -270,17 +277,27 @@ impl Bench<'_> {
         let tocsin = [self.tocsin("deliver")?, self.tocsin("deliver-concurrent")?];
         let pipeline = delivering_pipeline(&self.receiver.url(), self.receiver.port);
         tocsin[0].pipeline("bench", &pipeline)?;
-        tocsin[1].pipeline("bench", &format!("{pipeline}concurrency = {CONCURRENCY}\n"))?;
-        let systems = [
+        let concurrency = self.args.sink_concurrency;
+        tocsin[1].pipeline("bench", &format!("{pipeline}concurrency = {concurrency}\n"))?;
+        let all = [
             System::Tocsin,
             System::TocsinConcurrent,
             System::Alertmanager,
         ];
+        let systems: Vec<System> = all
+            .into_iter()
+            .filter(|s| *s != System::TocsinConcurrent || concurrency > 0)
+            .collect();
+        // Medians are kept per system in `all`'s order; a left-out system reads as NaN.
+        let slot = |s: System| all.iter().position(|a| *a == s).unwrap_or(0);
+        report.note(format!(
+            "\"tocsin with sink concurrency\" is the same pipeline with `concurrency = {concurrency}` on its sink."
+        ));
 
         // Throughput: 16 clients post for the run's length; delivered/s counts until the last
         // of them reaches the receiver.
-        let mut medians = Vec::new();
-        for system in systems {
+        let mut medians = [f64::NAN; 3];
+        for system in systems.iter().copied() {
             let (mut accepted, mut delivered, mut lost) = (Vec::new(), Vec::new(), 0u64);
             for _ in 0..self.args.runs {
                 let (process, target) = self.fresh(system, &tocsin).await?;
@@ -297,7 +314,7 @@ impl Bench<'_> {
                 delivered.push(got as f64 / took.as_secs_f64());
                 drop(process);
             }
-            medians.push(stats(&delivered).1);
+            medians[slot(system)] = stats(&delivered).1;
             let name = system.name();
             report.row(
                 format!("{name}: accepted/s, 16 clients, 1 message (alert) per request"),
@@ -319,7 +336,7 @@ impl Bench<'_> {
         }
         report.note(format!(
             "Delivered throughput ÷ Alertmanager's (medians): tocsin × {:.2}, with sink \
-             concurrency 8 × {:.2}.",
+             concurrency × {:.2}.",
             medians[0] / medians[2],
             medians[1] / medians[2]
         ));
@@ -327,8 +344,8 @@ impl Bench<'_> {
         // Drain: a backlog posted in batches as fast as each accepts it, then how fast it
         // reaches the receiver — the delivery path alone.
         let backlog = self.args.backlog;
-        let mut drains = Vec::new();
-        for system in systems {
+        let mut drains = [f64::NAN; 3];
+        for system in systems.iter().copied() {
             let mut xs = Vec::new();
             for _ in 0..self.args.runs {
                 let (process, target) = self.fresh(system, &tocsin).await?;
@@ -353,7 +370,7 @@ impl Bench<'_> {
                 xs.push(got as f64 / took.as_secs_f64());
                 drop(process);
             }
-            drains.push(stats(&xs).1);
+            drains[slot(system)] = stats(&xs).1;
             report.row(
                 format!(
                     "{}: a backlog of {backlog} posted in batches of 100, delivered/s until the last arrives",
@@ -365,7 +382,7 @@ impl Bench<'_> {
             );
         }
         report.note(format!(
-            "Backlog drain ÷ Alertmanager's (medians): tocsin × {:.2}, with sink concurrency 8 \
+            "Backlog drain ÷ Alertmanager's (medians): tocsin × {:.2}, with sink concurrency \
              × {:.2}.",
             drains[0] / drains[2],
             drains[1] / drains[2]
@@ -373,8 +390,8 @@ impl Bench<'_> {
 
         // Latency at offered loads (open loop, due times in the bodies).
         for rate in self.args.loads.iter().copied() {
-            let mut ratio = Vec::new();
-            for system in systems {
+            let mut ratio = [f64::NAN; 3];
+            for system in systems.iter().copied() {
                 let (mut p50, mut p99, mut max) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..self.args.runs {
                     let (process, target) = self.fresh(system, &tocsin).await?;
@@ -403,7 +420,7 @@ impl Bench<'_> {
                 } else {
                     "—"
                 };
-                ratio.push(stats(&p99).1);
+                ratio[slot(system)] = stats(&p99).1;
                 report.row(
                     format!("{name} at {rate:.0}/s offered: p50 ms"),
                     p50,
@@ -425,7 +442,7 @@ impl Bench<'_> {
             }
             report.note(format!(
                 "At {rate:.0}/s, p99 ÷ Alertmanager's (medians): tocsin × {:.2}, with sink \
-                 concurrency 8 × {:.2}.",
+                 concurrency × {:.2}.",
                 ratio[0] / ratio[2],
                 ratio[1] / ratio[2]
             ));
@@ -444,8 +461,7 @@ impl Bench<'_> {
                 .join(" ⏎ ")
         ));
         report.note(
-            "tocsin: `json` ingest → `webhook` sink, default retry (and, in the second rows, \
-             `concurrency = 8`), restarted for every run. \
+            "tocsin: `json` ingest → `webhook` sink, default retry, restarted for every run. \
              Latency is measured from each request's due time in an open-loop schedule (64 \
              connections) to its arrival at the receiver, so a stalled server is charged for the \
              requests it delayed.",

@@ -152,11 +152,12 @@ impl FilterWorker {
                 }
             }
         }
+        // The run's filters are done: their writes go to the store with the hand-over (or,
+        // if it fails, are redone with the retried messages).
+        self.pending.clear();
         let handed = hand_overs.len() as u64;
         if handed > 0 {
-            let committed = self.queue.hand_over_all(&self.pipeline, hand_overs).await;
-            self.pending.clear();
-            match committed {
+            match self.queue.hand_over_all(&self.pipeline, hand_overs).await {
                 Ok(()) => {
                     Counters::add(&c.handed_over, handed);
                     for (sink, woken) in self.sinks.iter().zip(woken) {
@@ -172,7 +173,6 @@ impl FilterWorker {
                 }
             }
         }
-        self.pending.clear();
         if let Some((seq, envelope, (stage, e))) = failure {
             self.failed(seq, envelope, stage, e).await;
         }

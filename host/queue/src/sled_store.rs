@@ -3,7 +3,8 @@
 //! # Layout
 //! One sled tree per pipeline (`p/<name>`), so that everything one hand-over touches sits in
 //! one tree and `Tree::apply_batch` makes it crash-atomic without sled's multi-tree
-//! transactions (which take a process-wide lock and top out near 5 k/s here). Keys start with
+//! transactions (which take a process-wide lock and top out near 5 k/s here). A step of a
+//! single write skips the batch, which costs two synchronous log writes (see [`Writes`]). Keys start with
 //! a kind byte; sequence numbers are big-endian so iteration order is arrival order:
 //!
 //! | key | value |
@@ -437,13 +438,54 @@ fn seq_of(key: &[u8]) -> Seq {
     Seq::from_be_bytes(b)
 }
 
-fn add_state(batch: &mut sled::Batch, state: &[StateWrite]) {
+fn add_state(writes: &mut Writes, state: &[StateWrite]) {
     for w in state {
         let key = state_key(&w.stage, &w.key);
         match &w.value {
-            Some(v) => batch.insert(key, v.as_slice()),
-            None => batch.remove(key),
+            Some(v) => writes.insert(key, v.as_slice()),
+            None => writes.remove(key),
         }
+    }
+}
+
+/// The writes of one crash-atomic step (an append, a hand-over, an ack, …), applied to one
+/// pipeline's tree.
+///
+/// sled's `Tree::apply_batch` is expensive: it takes sled's process-wide write lock, and its
+/// log pin rolls and writes the log buffer before and after the batch marker, each time a
+/// `pwrite` plus a `sync_file_range` that waits for the disk. Profiled under single-message
+/// ingest: two synchronous log writes per batch, which held ingest and per-delivery acks to a
+/// few thousand a second. A single-key insert or remove is crash-atomic by itself and does
+/// neither, so a step of one write (one message appended, an ack without state) goes through
+/// it; only steps of several writes pay for a batch.
+#[derive(Default)]
+struct Writes(Vec<(Vec<u8>, Option<sled::IVec>)>);
+
+impl Writes {
+    fn insert(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>) {
+        self.0.push((key, Some(value.into())));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.0.push((key, None));
+    }
+
+    fn apply(mut self, tree: &sled::Tree) -> std::result::Result<(), sled::Error> {
+        if self.0.len() <= 1 {
+            return match self.0.pop() {
+                None => Ok(()),
+                Some((key, Some(value))) => tree.insert(key, value).map(drop),
+                Some((key, None)) => tree.remove(key).map(drop),
+            };
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        tree.apply_batch(batch)
     }
 }
 
@@ -452,13 +494,13 @@ impl QueueStore for SledStore {
         let run = || -> Result<()> {
             let tree = self.tree(pipeline)?;
             let now = now_ms();
-            let mut batch = sled::Batch::default();
+            let mut writes = Writes::default();
             for m in messages {
                 let env = Envelope::new(m.clone(), now);
-                batch.insert(ingress_key(self.next_seq()?), encode_record(&env));
+                writes.insert(ingress_key(self.next_seq()?), encode_record(&env));
             }
-            add_state(&mut batch, state);
-            tree.apply_batch(batch).map_err(storage)
+            add_state(&mut writes, state);
+            writes.apply(&tree).map_err(storage)
         };
         match run() {
             Ok(()) => self.commit(),
@@ -493,17 +535,17 @@ impl QueueStore for SledStore {
     fn hand_over_all(&self, pipeline: &str, hand_overs: Vec<HandOver>) -> Commit {
         let run = || -> Result<std::result::Result<(), sled::Error>> {
             let tree = self.tree(pipeline)?;
-            let mut batch = sled::Batch::default();
+            let mut writes = Writes::default();
             for hand_over in &hand_overs {
-                batch.remove(ingress_key(hand_over.ingress));
+                writes.remove(ingress_key(hand_over.ingress));
                 for (sink, envelopes) in &hand_over.outputs {
                     for env in envelopes {
-                        batch.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
+                        writes.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
                     }
                 }
-                add_state(&mut batch, &hand_over.state);
+                add_state(&mut writes, &hand_over.state);
             }
-            Ok(tree.apply_batch(batch))
+            Ok(writes.apply(&tree))
         };
         match run() {
             Ok(applied) => self.batch_result(applied),
@@ -529,10 +571,10 @@ impl QueueStore for SledStore {
     }
 
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.remove(named_key(SINK, sink, seq));
-        add_state(&mut batch, state);
-        self.tree(pipeline)?.apply_batch(batch).map_err(storage)
+        let mut writes = Writes::default();
+        writes.remove(named_key(SINK, sink, seq));
+        add_state(&mut writes, state);
+        writes.apply(&self.tree(pipeline)?).map_err(storage)
     }
 
     fn record_failure(
@@ -553,10 +595,10 @@ impl QueueStore for SledStore {
             Ok(t) => t,
             Err(e) => return Commit::ready(Err(e)),
         };
-        let mut batch = sled::Batch::default();
-        batch.remove(queue_key(queue, seq));
-        batch.insert(named_key(DEAD, queue, seq), encode_record(envelope));
-        self.batch_result(tree.apply_batch(batch))
+        let mut writes = Writes::default();
+        writes.remove(queue_key(queue, seq));
+        writes.insert(named_key(DEAD, queue, seq), encode_record(envelope));
+        self.batch_result(writes.apply(&tree))
     }
 
     fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {
@@ -572,7 +614,7 @@ impl QueueStore for SledStore {
 
     fn replay(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
         let tree = self.tree(pipeline)?;
-        let mut batch = sled::Batch::default();
+        let mut writes = Writes::default();
         let letters = match seq {
             None => self.dead_letters(pipeline, queue)?,
             Some(seq) => match tree.get(named_key(DEAD, queue, seq)).map_err(storage)? {
@@ -588,10 +630,10 @@ impl QueueStore for SledStore {
         for (seq, mut env) in letters.iter().cloned() {
             env.attempts = 0;
             env.not_before_ms = 0;
-            batch.remove(named_key(DEAD, queue, seq));
-            batch.insert(queue_key(queue, self.next_seq()?), encode_record(&env));
+            writes.remove(named_key(DEAD, queue, seq));
+            writes.insert(queue_key(queue, self.next_seq()?), encode_record(&env));
         }
-        tree.apply_batch(batch).map_err(storage)?;
+        writes.apply(&tree).map_err(storage)?;
         self.sync_now()?;
         Ok(letters.len())
     }
@@ -607,14 +649,14 @@ impl QueueStore for SledStore {
                 .collect::<Result<_>>()?,
         };
         let mut removed = 0;
-        let mut batch = sled::Batch::default();
+        let mut writes = Writes::default();
         for k in keys {
             if tree.contains_key(&k).map_err(storage)? {
                 removed += 1;
-                batch.remove(k);
+                writes.remove(k);
             }
         }
-        tree.apply_batch(batch).map_err(storage)?;
+        writes.apply(&tree).map_err(storage)?;
         self.sync_now()?;
         Ok(removed)
     }

@@ -129,6 +129,7 @@ impl Env {
             min_free_space: tocsin::budget::DEFAULT_MIN_FREE_SPACE,
             shutdown_grace: tocsin::settings::DEFAULT_SHUTDOWN_GRACE,
             store_check_timeout: tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT,
+            tls_ca_file: None,
         }
     }
 

@@ -3,12 +3,16 @@
 //!
 //! It honours `Idempotency-Key` the way Mastodon does: a key it has accepted before is
 //! accepted again without being shown twice, so [`Receiver::visible`] is what a user would see.
+//! It records each request's peer address, so a test can count connections, and serves HTTPS
+//! with a given certificate ([`Receiver::start_tls`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -43,6 +47,8 @@ pub struct Request {
     pub at: Duration,
     /// The status answered; 0 while a held request is still waiting.
     pub answered: u16,
+    /// The client's address: one per connection.
+    pub peer: SocketAddr,
 }
 
 struct Inner {
@@ -57,11 +63,75 @@ pub struct Receiver {
     /// Its port.
     pub port: u16,
     inner: Arc<Inner>,
+    scheme: &'static str,
 }
 
 impl Receiver {
     /// Starts a receiver that accepts everything.
     pub async fn start() -> Receiver {
+        let (inner, app) = Self::app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("bound").port();
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await });
+        Receiver {
+            port,
+            inner,
+            scheme: "http",
+        }
+    }
+
+    /// Starts a receiver that accepts everything over HTTPS, presenting `cert_pem` (a chain)
+    /// with `key_pem`.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (inner, app) = Self::app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("bound").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+                tokio::spawn(async move {
+                    // A client that refuses our certificate ends here, as it should.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Receiver {
+            port,
+            inner,
+            scheme: "https",
+        }
+    }
+
+    fn app() -> (Arc<Inner>, axum::Router) {
         let inner = Arc::new(Inner {
             started: Instant::now(),
             behaviour: Mutex::new(Behaviour::Accept),
@@ -70,13 +140,18 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", post(receive))
             .with_state(inner.clone());
-        let port = crate::serve_on_loopback(app).await;
-        Receiver { port, inner }
+        (inner, app)
     }
 
     /// The URL a `webhook` sink posts to.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        format!("{}://127.0.0.1:{}/hook", self.scheme, self.port)
+    }
+
+    /// How many connections the requests so far came over.
+    pub fn connections(&self) -> usize {
+        let peers: BTreeSet<SocketAddr> = self.requests().iter().map(|r| r.peer).collect();
+        peers.len()
     }
 
     /// The `host:port` to grant.
@@ -131,7 +206,12 @@ impl Receiver {
     }
 }
 
-async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String) -> Response {
+async fn receive(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let request = Request {
         key: headers
@@ -143,6 +223,7 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Stri
         body,
         at: inner.started.elapsed(),
         answered: 0,
+        peer,
     };
     let index = {
         let mut requests = inner.requests.lock().unwrap();

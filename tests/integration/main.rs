@@ -17,6 +17,7 @@
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `outbound`: sinks' HTTP: one kept-alive connection; HTTPS with an operator's CA, and without.
 //! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
 //! - `pipeline_test`: `tocsin test PIPELINE` dry runs, and every shipped pipeline's behaviour tests.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
@@ -39,6 +40,7 @@ mod howto;
 mod ingest;
 mod janitor;
 mod matrix;
+mod outbound;
 mod packaging;
 mod pipeline_test;
 mod plugin_cli;

@@ -10,6 +10,7 @@ fn a_plugin_is_compiled_once_then_loaded_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let config = RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
     };
     let wasm = plugins_dir().join("threshold.wasm");
     let first = Runtime::new(config.clone())
@@ -29,6 +30,7 @@ fn a_damaged_cache_artifact_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
     let config = RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
     };
     let wasm = plugins_dir().join("stdout.wasm");
     let plugin = Runtime::new(config.clone())

@@ -111,6 +111,10 @@ enum Command {
         /// means a damaged database (sled loops on a truncated file) and tocsin refuses to run.
         #[arg(long, env = "TOCSIN_STORE_CHECK_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
         store_check_timeout: std::time::Duration,
+        /// A PEM file of certificate authorities that sinks' HTTPS requests also trust (an
+        /// internal CA), besides the compiled-in Mozilla roots and the system's store.
+        #[arg(long, env = "TOCSIN_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -295,6 +299,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             min_free_space,
             shutdown_grace,
             store_check_timeout,
+            tls_ca_file,
         } => {
             let queue_budget = queue_budget
                 .as_deref()
@@ -322,6 +327,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 min_free_space,
                 shutdown_grace,
                 store_check_timeout,
+                tls_ca_file,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let served = rt.block_on(async {

@@ -83,6 +83,9 @@ impl Server {
         let queue: Arc<dyn QueueStore> = store;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(settings.cache_dir()),
+            tls: tocsin_runtime::TlsTrust {
+                extra_ca_file: settings.tls_ca_file.clone(),
+            },
         })
         .map_err(ServerError::Runtime)?;
         let http = bind(settings.listen).await?;

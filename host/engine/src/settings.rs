@@ -30,6 +30,9 @@ pub struct Settings {
     /// How long a shutdown waits for in-flight requests and plugin calls before abandoning
     /// them (their messages stay queued).
     pub shutdown_grace: std::time::Duration,
+    /// A PEM file of extra certificate authorities that sinks' HTTPS requests trust, besides
+    /// the compiled-in Mozilla roots and the system's store (an internal CA).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// The default [`Settings::store_check_timeout`]: generous, since a scan of millions of

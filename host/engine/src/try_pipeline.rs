@@ -37,6 +37,7 @@ pub struct Options {
 pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: options.cache_dir.clone(),
+        ..RuntimeConfig::default()
     })
     .map_err(anyhow::Error::msg)?;
     let resolver = PluginResolver::new(options.plugin_dirs.clone());

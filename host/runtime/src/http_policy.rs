@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::outbound::OutboundPool;
+
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendFuture =
     Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
 
-/// The granted authorities of one stage.
-#[derive(Debug, Clone, Default)]
+/// The granted authorities of one stage, and where granted requests go out.
 pub struct HostAllowList {
     /// Lower-case `host` (default ports of http and https) or `host:port` (that port only).
     pub hosts: Vec<String>,
@@ -22,6 +23,8 @@ pub struct HostAllowList {
     pub who: String,
     /// In a dry run, granted requests are recorded here and answered `200 {}` instead of sent.
     pub recorder: Option<Arc<DryRunRecorder>>,
+    /// The stage's connection pool, which sends granted requests.
+    pub(crate) outbound: Arc<OutboundPool>,
 }
 
 /// What a plugin would have sent out in a dry run (`tocsin test`): its outbound HTTP requests,
@@ -124,13 +127,11 @@ impl WasiHttpHooks for HostAllowList {
         if let Some(recorder) = self.recorder.clone() {
             return Box::new(record(recorder, request));
         }
+        let outbound = self.outbound.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as IoFuture,
-            ))
+            let response = outbound.send(request, options).await?;
+            // The pool drives the connection itself; nothing is left for the caller to await.
+            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
@@ -184,6 +185,10 @@ mod tests {
             hosts: vec!["matrix.example.org".into(), "127.0.0.1:8008".into()],
             who: String::new(),
             recorder: None,
+            outbound: Arc::new(OutboundPool::new(
+                Arc::new(crate::outbound::TlsContext::new(&Default::default()).unwrap()),
+                String::new(),
+            )),
         };
         assert!(list.allows(Some("https"), "matrix.example.org", None));
         assert!(list.allows(Some("http"), "MATRIX.example.org", Some(80)));

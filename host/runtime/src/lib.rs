@@ -14,7 +14,8 @@
 //!    included). A trap, an exhausted budget, a timeout or a memory cap hit discards the
 //!    instance; the next call builds a fresh one.
 //! 4. Host imports live in [`host_api`] (log, state, secrets, disk usage); outbound HTTP goes
-//!    through [`http_policy`], which refuses hosts the pipeline did not grant.
+//!    through [`http_policy`], which refuses hosts the pipeline did not grant, then out over
+//!    the stage's own keep-alive connection pool ([`outbound`]).
 //!
 //! Plugin state written during a call is buffered and handed back with the call's result
 //! ([`StateChanges`]); the engine commits it with the message's hand-over, so a failed call's
@@ -26,10 +27,12 @@ mod convert;
 pub mod host_api;
 pub mod http_policy;
 mod log_stream;
+pub mod outbound;
 pub mod plugin;
 pub mod stage;
 pub mod store;
 
+pub use outbound::TlsTrust;
 pub use plugin::{
     Inspection, Plugin, PluginKind, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION,
 };

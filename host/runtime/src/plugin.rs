@@ -63,6 +63,8 @@ impl std::fmt::Display for PluginKind {
 pub struct RuntimeConfig {
     /// Where compiled artifacts are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// The authorities sinks' HTTPS requests trust.
+    pub tls: crate::outbound::TlsTrust,
 }
 
 /// The engine and linker every plugin runs on. Cheap to clone.
@@ -71,6 +73,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<PluginState>>,
     cache: Option<CompileCache>,
+    tls: Arc<crate::outbound::TlsContext>,
 }
 
 /// A compiled, linked plugin, ready to instantiate many times.
@@ -118,10 +121,12 @@ impl Runtime {
                 format!("cannot create the compile cache in {}: {e}", dir.display())
             })?),
         };
+        let tls = crate::outbound::TlsContext::new(&config.tls)?;
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            tls: Arc::new(tls),
         })
     }
 
@@ -136,6 +141,10 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(crate) fn tls(&self) -> &Arc<crate::outbound::TlsContext> {
+        &self.tls
     }
 
     /// Reads, checks and compiles (or loads from cache) the plugin at `path`. With `pinned`,

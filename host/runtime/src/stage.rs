@@ -8,6 +8,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::{decoder, filter, sink, source, wit_types};
 use crate::convert::{from_wit, to_wit};
+use crate::outbound::OutboundPool;
 use crate::plugin::{Plugin, PluginKind, Pre, Runtime};
 use crate::store::PluginState;
 
@@ -172,6 +173,8 @@ pub struct Stage {
     engine: Engine,
     plugin: Arc<Plugin>,
     ctx: StageContext,
+    /// Outbound HTTP connections, kept across calls and across instances.
+    outbound: Arc<OutboundPool>,
     live: Option<Live>,
     traps: u64,
     instantiations: u64,
@@ -180,10 +183,15 @@ pub struct Stage {
 impl Stage {
     /// A stage of `plugin`; nothing runs until the first call (or [`Stage::start`]).
     pub fn new(runtime: &Runtime, plugin: Arc<Plugin>, ctx: StageContext) -> Self {
+        let outbound = Arc::new(OutboundPool::new(
+            runtime.tls().clone(),
+            format!("{}/{}", ctx.pipeline, ctx.stage),
+        ));
         Stage {
             engine: runtime.engine().clone(),
             plugin,
             ctx,
+            outbound,
             live: None,
             traps: 0,
             instantiations: 0,
@@ -222,7 +230,7 @@ impl Stage {
         if self.live.is_some() {
             return Ok(());
         }
-        let state = PluginState::new(&self.ctx)
+        let state = PluginState::new(&self.ctx, self.outbound.clone())
             .map_err(|e| CallError::Init(format!("cannot build the sandbox: {e:#}")))?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -12,6 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::http_policy::HostAllowList;
 use crate::log_stream::LogStream;
+use crate::outbound::OutboundPool;
 use crate::stage::{StageContext, StateReader};
 
 /// Component instances, tables and memories one plugin instance may create. A wasm32-wasip2
@@ -51,7 +52,7 @@ pub(crate) struct HostState {
 impl PluginState {
     /// Builds the state for a fresh instance of the stage `ctx`: WASI with nothing but the
     /// granted directories (and stdout when granted), the memory cap, the HTTP allow-list.
-    pub(crate) fn new(ctx: &StageContext) -> wasmtime::Result<Self> {
+    pub(crate) fn new(ctx: &StageContext, outbound: Arc<OutboundPool>) -> wasmtime::Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(LogStream::new(&ctx.pipeline, &ctx.stage));
         if ctx.grants.stdout {
@@ -97,6 +98,7 @@ impl PluginState {
                 hosts: ctx.grants.hosts.clone(),
                 who: format!("{}/{}", ctx.pipeline, ctx.stage),
                 recorder: ctx.dry_run.clone(),
+                outbound,
             },
             host: HostState {
                 pipeline: ctx.pipeline.as_str().into(),

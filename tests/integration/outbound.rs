@@ -1,0 +1,157 @@
+//! Sinks' outbound HTTP through the host's pool: a sink's deliveries share one kept-alive
+//! connection; HTTPS works against a server signed by the operator's CA (`--tls-ca-file`);
+//! a server no trusted authority signed is refused with a certificate error, retried and
+//! dead-lettered while the engine goes on; a CA file that is not PEM stops the start with a
+//! reason.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tocsin_tests::receiver::Receiver;
+use tocsin_tests::{post_json_message, tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
+
+/// A test certificate authority and a server certificate it signed for 127.0.0.1.
+struct TestPki {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tocsin test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        server_cert_pem: cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+fn pipeline(receiver: &Receiver, retry: &str) -> String {
+    format!("{OPEN_JSON_SOURCE}{}", receiver.sink_toml("hook", retry))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_deliveries_share_one_kept_alive_connection() {
+    let receiver = Receiver::start().await;
+    let env = Env::new();
+    env.write_pipeline("alerts", &pipeline(&receiver, "{ max_attempts = 3 }"));
+    let server = env.start().await;
+    for i in 0..20 {
+        let id = format!("m{i}");
+        assert_eq!(
+            post_json_message(&server.base_url, "alerts", &id).await,
+            202
+        );
+    }
+    wait_until(Duration::from_secs(10), "20 deliveries", || {
+        receiver.visible().len() == 20
+    })
+    .await;
+    // wasmtime-wasi-http's default sender opened a connection for every request: 20 here.
+    assert_eq!(receiver.connections(), 1, "{:?}", receiver.requests());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_sink_delivers_to_a_server_signed_by_the_operators_ca() {
+    let pki = test_pki();
+    let receiver = Receiver::start_tls(&pki.server_cert_pem, &pki.server_key_pem).await;
+    assert!(receiver.url().starts_with("https://"));
+    let env = Env::new();
+    let ca_file = env.path("internal-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    env.write_pipeline("alerts", &pipeline(&receiver, "{ max_attempts = 3 }"));
+    let server = env
+        .start_with(|s| s.tls_ca_file = Some(ca_file.clone()))
+        .await;
+    for id in ["a", "b", "c"] {
+        assert_eq!(post_json_message(&server.base_url, "alerts", id).await, 202);
+    }
+    wait_until(Duration::from_secs(10), "3 deliveries over HTTPS", || {
+        receiver.visible().len() == 3
+    })
+    .await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3, "each once: {requests:?}");
+    assert!(requests.iter().all(|r| r.key.starts_with("alerts/hook/")));
+    assert_eq!(receiver.connections(), 1, "one TLS session for all three");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_no_trusted_authority_signed_is_refused_then_dead_lettered() {
+    let pki = test_pki();
+    let receiver = Receiver::start_tls(&pki.server_cert_pem, &pki.server_key_pem).await;
+    let env = Env::new();
+    env.write_pipeline(
+        "alerts",
+        &pipeline(&receiver, r#"{ max_attempts = 2, initial = "50ms" }"#),
+    );
+    let server = env.start().await;
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m1").await,
+        202
+    );
+    wait_until(Duration::from_secs(10), "a dead letter", || {
+        server
+            .queue
+            .dead_letters("alerts", "hook")
+            .is_ok_and(|d| d.len() == 1)
+    })
+    .await;
+    let (_, letter) = server
+        .queue
+        .dead_letters("alerts", "hook")
+        .unwrap()
+        .remove(0);
+    let error = letter.last_error.unwrap();
+    assert!(
+        error.starts_with("gave up after 2 attempts") && error.contains("TlsCertificateError"),
+        "{error}"
+    );
+    assert!(receiver.requests().is_empty(), "no request got through");
+    // The engine goes on: ingest still answers.
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m2").await,
+        202
+    );
+    server.stop().await;
+}
+
+#[test]
+fn a_ca_file_that_is_not_pem_stops_the_start_with_a_reason() {
+    let env = Env::new();
+    let bad = env.path("not-a-ca.pem");
+    std::fs::write(&bad, "this is not a certificate\n").unwrap();
+    let out = Command::new(tocsin_bin())
+        .args(["run", "--listen", "none", "--pipelines"])
+        .arg(env.path("pipelines"))
+        .arg("--data")
+        .arg(env.path("data"))
+        .arg("--tls-ca-file")
+        .arg(&bad)
+        .output()
+        .expect("tocsin runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not-a-ca.pem") && stderr.contains("holds no PEM certificate"),
+        "{stderr}"
+    );
+}

@@ -43,6 +43,22 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and wait up to `bound` for it to exit (SIGKILL after that). A stopped tocsin
+    /// has synced its acks, so nothing it delivered is delivered again by its successor.
+    pub fn stop(&mut self, bound: std::time::Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + bound;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.kill();
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

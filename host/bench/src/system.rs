@@ -139,6 +139,9 @@ fn ingest_target(port: u16, pipeline: &str) -> Target {
     }
 }
 
+/// How long a system under test gets to stop on SIGTERM between runs.
+const STOP_BOUND: Duration = Duration::from_secs(15);
+
 impl Bench<'_> {
     fn seconds(&self) -> Duration {
         Duration::from_secs_f64(self.args.seconds)
@@ -244,6 +247,9 @@ impl Bench<'_> {
         match system {
             System::Tocsin | System::TocsinConcurrent => {
                 let tocsin = &tocsins[usize::from(system == System::TocsinConcurrent)];
+                // Every run starts from empty queues: what a saturated run left queued must
+                // not be delivered (and timed) in the next one.
+                let _ = std::fs::remove_dir_all(tocsin.dir.join("data/queue"));
                 let process = self.start(tocsin).await?;
                 let target = ingest_target(process.port, "bench");
                 Ok((process, target))
@@ -300,7 +306,7 @@ impl Bench<'_> {
         for system in systems.iter().copied() {
             let (mut accepted, mut delivered, mut lost) = (Vec::new(), Vec::new(), 0u64);
             for _ in 0..self.args.runs {
-                let (process, target) = self.fresh(system, &tocsin).await?;
+                let (mut process, target) = self.fresh(system, &tocsin).await?;
                 self.receiver.take();
                 let start = Instant::now();
                 let outcome =
@@ -312,7 +318,7 @@ impl Bench<'_> {
                 lost += outcome.ok.saturating_sub(got);
                 accepted.push(outcome.rate());
                 delivered.push(got as f64 / took.as_secs_f64());
-                drop(process);
+                process.stop(STOP_BOUND);
             }
             medians[slot(system)] = stats(&delivered).1;
             let name = system.name();
@@ -348,7 +354,7 @@ impl Bench<'_> {
         for system in systems.iter().copied() {
             let mut xs = Vec::new();
             for _ in 0..self.args.runs {
-                let (process, target) = self.fresh(system, &tocsin).await?;
+                let (mut process, target) = self.fresh(system, &tocsin).await?;
                 self.receiver.take();
                 let start = Instant::now();
                 let mut posted = 0u64;
@@ -368,7 +374,7 @@ impl Bench<'_> {
                     .await;
                 let got = self.receiver.take().len();
                 xs.push(got as f64 / took.as_secs_f64());
-                drop(process);
+                process.stop(STOP_BOUND);
             }
             drains[slot(system)] = stats(&xs).1;
             report.row(
@@ -394,7 +400,7 @@ impl Bench<'_> {
             for system in systems.iter().copied() {
                 let (mut p50, mut p99, mut max) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..self.args.runs {
-                    let (process, target) = self.fresh(system, &tocsin).await?;
+                    let (mut process, target) = self.fresh(system, &tocsin).await?;
                     self.receiver.take();
                     let start = Instant::now();
                     let outcome: Outcome = open_loop(
@@ -412,7 +418,7 @@ impl Bench<'_> {
                     p50.push(quantile(&lat, 0.50) as f64 / 1000.0);
                     p99.push(quantile(&lat, 0.99) as f64 / 1000.0);
                     max.push(lat.last().copied().unwrap_or(0) as f64 / 1000.0);
-                    drop(process);
+                    process.stop(STOP_BOUND);
                 }
                 let name = system.name();
                 let target_text = if system != System::Alertmanager {

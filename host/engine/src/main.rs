@@ -16,9 +16,10 @@ use tocsin::Settings;
 use tocsin_config::{load_dir, MachineCheck, PluginResolver};
 use tocsin_queue::{QueueStore, SledStore};
 
-/// mimalloc instead of glibc's malloc: sled and the HTTP stack allocate and free small
-/// blocks on every message from several threads, and glibc's allocator was a fifth of the
-/// server's CPU time under single-message ingest (docs/benchmarks.md, "Tuning").
+/// mimalloc instead of glibc's malloc: sled and the HTTP stack allocate and free small blocks
+/// on every message from several threads, and glibc's allocator was a fifth of the server's
+/// CPU time under single-message ingest. Built without transparent huge pages (`no_thp`),
+/// which more than doubled idle RSS (docs/benchmarks.md, "Tuning").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -329,10 +329,10 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
         "—",
     );
     report.note(
-        "A sink's call includes its outbound request: wasi:http opens a new connection for each \
-         request (no pooling in wasmtime-wasi-http's default sender), then the guest waits for \
-         the answer. The delivery worker of a sink runs one call at a time, so this bounds one \
-         sink's throughput.",
+        "A sink's call includes its outbound request, sent by the host over the stage's kept-alive \
+         connection (the first call opens it), and the guest's wait for the answer. With the \
+         default concurrency of 1 a sink runs one call at a time, so this bounds one sink's \
+         throughput.",
     );
 
     report.section("Durable enqueue on the sled store (in process)");

@@ -467,7 +467,8 @@ impl Bench<'_> {
                 .join(" ⏎ ")
         ));
         report.note(
-            "tocsin: `json` ingest → `webhook` sink, default retry, restarted for every run. \
+            "tocsin: `json` ingest → `webhook` sink, default retry; every run a fresh process on \
+             empty queues, stopped with SIGTERM after it. \
              Latency is measured from each request's due time in an open-loop schedule (64 \
              connections) to its arrival at the receiver, so a stalled server is charged for the \
              requests it delayed.",

@@ -218,7 +218,7 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
             r#"{"summary":"{{ summary }} ({{ labels.host }})"}"#,
         )?,
         stage(runtime, dir, "dedup", r#"{"window":"10m"}"#)?,
-        stage(runtime, dir, "rate-limit", r#"{"max":1000000,"per":"1m"}"#)?,
+        stage(runtime, dir, "rate-limit", r#"{"max":10000,"per":"10ms"}"#)?,
         stage(
             runtime,
             dir,

@@ -4,8 +4,9 @@
 //! One sled tree per pipeline (`p/<name>`), so that everything one hand-over touches sits in
 //! one tree and `Tree::apply_batch` makes it crash-atomic without sled's multi-tree
 //! transactions (which take a process-wide lock and top out near 5 k/s here). A step of a
-//! single write skips the batch, which costs two synchronous log writes (see [`Writes`]). Keys start with
-//! a kind byte; sequence numbers are big-endian so iteration order is arrival order:
+//! single write skips the batch, which costs two synchronous log writes (see [`Writes`]).
+//! Keys start with a kind byte; sequence numbers are big-endian so iteration order is arrival
+//! order:
 //!
 //! | key | value |
 //! | --- | --- |

@@ -18,7 +18,8 @@
 //! - TLS trusts the Mozilla roots compiled in (as wasmtime-wasi-http did), the system's store
 //!   (`/etc/ssl/certs`, `SSL_CERT_FILE`) and, if the operator names one, a PEM file of extra
 //!   authorities ([`TlsTrust::extra_ca_file`], `tocsin run --tls-ca-file`) — an internal CA in
-//!   front of a self-hosted homeserver. It is built once per runtime, on the first HTTPS request.
+//!   front of a self-hosted homeserver. It is built once per runtime, when the first stage
+//!   sends its first request (the connector needs it even for plain HTTP).
 //! - a guest's `request-options` are honoured: connect and first-byte timeouts together bound
 //!   the wait for the response head (a pooled request may not connect at all), and the
 //!   between-bytes timeout bounds each wait for more of the body. The stage's own call timeout
@@ -59,8 +60,8 @@ pub struct TlsTrust {
     pub extra_ca_file: Option<PathBuf>,
 }
 
-/// The TLS client configuration of one runtime, built on the first HTTPS request (loading the
-/// system store takes milliseconds that start-up and `tocsin validate` need not pay).
+/// The TLS client configuration of one runtime, built on the first outbound request (loading
+/// the system store takes milliseconds that start-up and `tocsin validate` need not pay).
 pub(crate) struct TlsContext {
     extra: Vec<CertificateDer<'static>>,
     config: OnceLock<Arc<rustls::ClientConfig>>,

@@ -94,21 +94,26 @@ impl FilterWorker {
             self.cancel.clone(),
         );
         let pipeline = self.pipeline.clone();
-        while let Some((seq, envelope)) =
-            next_due(|| queue.ingress_head(&pipeline), &ready, &cancel, &what).await
-        {
+        loop {
+            // One read of the head and the entries behind it (ingress records hold whole
+            // appends, so reading the head alone would decode its record twice).
+            let mut heads = Vec::new();
+            let read = |heads: &mut Vec<_>| {
+                *heads = queue.ingress_heads(&pipeline, HAND_OVER_BATCH)?;
+                Ok(heads.first().cloned())
+            };
+            if next_due(|| read(&mut heads), &ready, &cancel, &what)
+                .await
+                .is_none()
+            {
+                return;
+            }
             // The head is due; take the due entries right behind it too.
             let now = now_ms();
-            let mut run = match queue.ingress_heads(&pipeline, HAND_OVER_BATCH) {
-                Ok(entries) => entries
-                    .into_iter()
-                    .take_while(|(_, e)| e.not_before_ms <= now)
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            if run.first().map(|(s, _)| *s) != Some(seq) {
-                run = vec![(seq, envelope)];
-            }
+            let run = heads
+                .into_iter()
+                .take_while(|(_, e)| e.not_before_ms <= now)
+                .collect();
             self.handle(run).await;
         }
     }

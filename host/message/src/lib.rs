@@ -156,6 +156,9 @@ pub enum DecodeError {
         /// How many bytes follow the value.
         extra: usize,
     },
+    /// The record's parts disagree (a header that does not match the entries after it).
+    #[error("malformed record: {0}")]
+    Inconsistent(&'static str),
 }
 
 /// The version byte that starts every record written by this build.

@@ -17,6 +17,7 @@
 //! (NATS JetStream: append with a dedup id, a consumer that acks, dead letters as another
 //! stream) fits later.
 
+pub mod ingress_batch;
 pub mod sled_store;
 
 use std::future::Future;
@@ -28,7 +29,7 @@ use tocsin_message::Message;
 
 pub use sled_store::{ScanReport, SledStore};
 
-/// A position in a queue: increasing in arrival order, unique within the store.
+/// A position in a queue: increasing in arrival order, unique within its queue.
 pub type Seq = u64;
 
 /// The pseudo queue name under which messages the filters failed on are dead-lettered.
@@ -181,7 +182,9 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The oldest ingress entry, left in place.
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>>;
 
-    /// Up to `limit` of the oldest ingress entries, oldest first, left in place.
+    /// The oldest ingress entries, oldest first, left in place: up to `limit` of them, or a
+    /// few more when a backend keeps entries appended together together (it may then return
+    /// the rest of such a group, so the group is handed over in one piece).
     fn ingress_heads(&self, pipeline: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>>;
 
     /// Rewrites an ingress entry after a failed filter run (attempts, last error, not before).

@@ -10,12 +10,13 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `i` seq | ingress [`Envelope`] |
+//! | `i` batch | ingress record: the messages of one append (see [`crate::ingress_batch`]) |
 //! | `q` sink `\0` seq | sink queue [`Envelope`] |
 //! | `d` queue `\0` seq | dead letter [`Envelope`] (queue = sink name or `@filters`) |
 //! | `s` stage `\0` key | plugin state bytes |
 //!
-//! Sequence numbers come from `Db::generate_id`, monotonic across restarts.
+//! Sequence numbers come from `Db::generate_id`, monotonic across restarts; an ingress message's
+//! is its record's id and its offset in it.
 //!
 //! # Durability
 //! Writes are applied at once (so readers see them) and made durable by one *group commit*
@@ -34,6 +35,7 @@ use std::time::Duration;
 use tocsin_message::{decode_record, encode_record, Message};
 use tokio::sync::oneshot;
 
+use crate::ingress_batch::{self, MAX_ENTRIES};
 use crate::{
     now_ms, Commit, Depths, Envelope, HandOver, QueueError, QueueStore, Result, Seq, StateWrite,
     FILTERS_QUEUE,
@@ -367,13 +369,21 @@ fn scan(db: &sled::Db) -> Result<ScanReport> {
         let tree = db.open_tree(&name).map_err(storage)?;
         for entry in tree.iter() {
             let (key, value) = entry.map_err(storage)?;
-            if matches!(key.first(), Some(&INGRESS | &SINK | &DEAD)) {
-                decode_record::<Envelope>(&value).map_err(|source| QueueError::Corrupt {
-                    queue: String::from_utf8_lossy(pipeline).into_owned(),
-                    source,
-                })?;
+            let corrupt = |source| QueueError::Corrupt {
+                queue: String::from_utf8_lossy(pipeline).into_owned(),
+                source,
+            };
+            match key.first() {
+                Some(&INGRESS) => {
+                    let entries = ingress_batch::decode(&value).map_err(corrupt)?;
+                    report.records += entries.len() as u64;
+                }
+                Some(&SINK | &DEAD) => {
+                    decode_record::<Envelope>(&value).map_err(corrupt)?;
+                    report.records += 1;
+                }
+                _ => report.records += 1,
             }
-            report.records += 1;
         }
     }
     Ok(report)
@@ -397,10 +407,19 @@ fn dead_letters_of(pipeline: &str, queue: &str) -> String {
     format!("dead letters of {pipeline}/{queue}")
 }
 
-fn ingress_key(seq: Seq) -> Vec<u8> {
+/// The key of ingress record `batch`.
+fn ingress_key(batch: u64) -> Vec<u8> {
     let mut k = vec![INGRESS];
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&batch.to_be_bytes());
     k
+}
+
+/// Decodes an ingress record of `pipeline`.
+fn decode_batch(bytes: &[u8], pipeline: &str) -> Result<Vec<(u32, Envelope)>> {
+    ingress_batch::decode(bytes).map_err(|source| QueueError::Corrupt {
+        queue: format!("ingress of {pipeline}"),
+        source,
+    })
 }
 
 fn named_prefix(kind: u8, name: &str) -> Vec<u8> {
@@ -417,15 +436,6 @@ fn named_key(kind: u8, name: &str, seq: Seq) -> Vec<u8> {
     k
 }
 
-/// The key of an entry of `queue`: ingress for [`FILTERS_QUEUE`], else that sink's queue.
-fn queue_key(queue: &str, seq: Seq) -> Vec<u8> {
-    if queue == FILTERS_QUEUE {
-        ingress_key(seq)
-    } else {
-        named_key(SINK, queue, seq)
-    }
-}
-
 fn state_key(stage: &str, key: &str) -> Vec<u8> {
     let mut k = named_prefix(STATE, stage);
     k.extend_from_slice(key.as_bytes());
@@ -437,6 +447,38 @@ fn seq_of(key: &[u8]) -> Seq {
     let tail = &key[key.len().saturating_sub(8)..];
     b[8 - tail.len()..].copy_from_slice(tail);
     Seq::from_be_bytes(b)
+}
+
+/// Adds to `writes` what removes the entries at `offsets` from ingress record `batch`: the
+/// record's key when they are all of it (seen from its header, without decoding), else the
+/// record rewritten without them. Entries no longer there are skipped.
+fn take_from_batch(
+    tree: &sled::Tree,
+    pipeline: &str,
+    writes: &mut Writes,
+    batch: u64,
+    mut offsets: Vec<u32>,
+) -> Result<()> {
+    offsets.sort_unstable();
+    offsets.dedup();
+    let key = ingress_key(batch);
+    let Some(bytes) = tree.get(&key).map_err(storage)? else {
+        return Ok(());
+    };
+    if ingress_batch::header(&bytes).is_some_and(|h| h.is_exactly(&offsets)) {
+        writes.remove(key);
+        return Ok(());
+    }
+    let rest: Vec<(u32, Envelope)> = decode_batch(&bytes, pipeline)?
+        .into_iter()
+        .filter(|(offset, _)| offsets.binary_search(offset).is_err())
+        .collect();
+    if rest.is_empty() {
+        writes.remove(key);
+    } else {
+        writes.insert(key, ingress_batch::encode(&rest));
+    }
+    Ok(())
 }
 
 fn add_state(writes: &mut Writes, state: &[StateWrite]) {
@@ -496,9 +538,15 @@ impl QueueStore for SledStore {
             let tree = self.tree(pipeline)?;
             let now = now_ms();
             let mut writes = Writes::default();
-            for m in messages {
-                let env = Envelope::new(m.clone(), now);
-                writes.insert(ingress_key(self.next_seq()?), encode_record(&env));
+            for chunk in messages.chunks(MAX_ENTRIES) {
+                let entries: Vec<(u32, Envelope)> = (0..)
+                    .zip(chunk)
+                    .map(|(offset, m)| (offset, Envelope::new(m.clone(), now)))
+                    .collect();
+                writes.insert(
+                    ingress_key(self.next_seq()?),
+                    ingress_batch::encode(&entries),
+                );
             }
             add_state(&mut writes, state);
             writes.apply(&tree).map_err(storage)
@@ -510,35 +558,58 @@ impl QueueStore for SledStore {
     }
 
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>> {
-        self.first_with_prefix(&self.tree(pipeline)?, &[INGRESS], || {
-            format!("ingress of {pipeline}")
-        })
+        Ok(self.ingress_heads(pipeline, 1)?.into_iter().next())
     }
 
     fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
-        self.tree(pipeline)?
-            .insert(ingress_key(seq), encode_record(envelope))
+        let tree = self.tree(pipeline)?;
+        let (batch, offset) = ingress_batch::split(seq);
+        let key = ingress_key(batch);
+        let mut entries = match tree.get(&key).map_err(storage)? {
+            Some(bytes) => decode_batch(&bytes, pipeline)?,
+            None => Vec::new(),
+        };
+        match entries.binary_search_by_key(&offset, |e| e.0) {
+            Ok(i) => entries[i].1 = envelope.clone(),
+            Err(i) => entries.insert(i, (offset, envelope.clone())),
+        }
+        tree.insert(key, ingress_batch::encode(&entries))
             .map(|_| ())
             .map_err(storage)
     }
 
+    /// Whole records: at least `limit` entries when ingress holds them, and the rest of the
+    /// last record read, so a batch appended together is handed over together.
     fn ingress_heads(&self, pipeline: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
-        self.tree(pipeline)?
-            .scan_prefix([INGRESS])
-            .take(limit)
-            .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
-                Ok((seq_of(&k), decode(&v, || format!("ingress of {pipeline}"))?))
-            })
-            .collect()
+        let mut heads = Vec::new();
+        for record in self.tree(pipeline)?.scan_prefix([INGRESS]) {
+            if heads.len() >= limit {
+                break;
+            }
+            let (key, bytes) = record.map_err(storage)?;
+            let batch = seq_of(&key);
+            heads.extend(
+                decode_batch(&bytes, pipeline)?
+                    .into_iter()
+                    .map(|(offset, env)| (ingress_batch::seq(batch, offset), env)),
+            );
+        }
+        Ok(heads)
     }
 
     fn hand_over_all(&self, pipeline: &str, hand_overs: Vec<HandOver>) -> Commit {
         let run = || -> Result<std::result::Result<(), sled::Error>> {
             let tree = self.tree(pipeline)?;
             let mut writes = Writes::default();
+            let mut taken: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
             for hand_over in &hand_overs {
-                writes.remove(ingress_key(hand_over.ingress));
+                let (batch, offset) = ingress_batch::split(hand_over.ingress);
+                taken.entry(batch).or_default().push(offset);
+            }
+            for (batch, offsets) in taken {
+                take_from_batch(&tree, pipeline, &mut writes, batch, offsets)?;
+            }
+            for hand_over in &hand_overs {
                 for (sink, envelopes) in &hand_over.outputs {
                     for env in envelopes {
                         writes.insert(named_key(SINK, sink, self.next_seq()?), encode_record(env));
@@ -597,7 +668,14 @@ impl QueueStore for SledStore {
             Err(e) => return Commit::ready(Err(e)),
         };
         let mut writes = Writes::default();
-        writes.remove(queue_key(queue, seq));
+        if queue == FILTERS_QUEUE {
+            let (batch, offset) = ingress_batch::split(seq);
+            if let Err(e) = take_from_batch(&tree, pipeline, &mut writes, batch, vec![offset]) {
+                return Commit::ready(Err(e));
+            }
+        } else {
+            writes.remove(named_key(SINK, queue, seq));
+        }
         writes.insert(named_key(DEAD, queue, seq), encode_record(envelope));
         self.batch_result(writes.apply(&tree))
     }
@@ -628,11 +706,33 @@ impl QueueStore for SledStore {
                 }
             },
         };
-        for (seq, mut env) in letters.iter().cloned() {
-            env.attempts = 0;
-            env.not_before_ms = 0;
-            writes.remove(named_key(DEAD, queue, seq));
-            writes.insert(queue_key(queue, self.next_seq()?), encode_record(&env));
+        let fresh = |env: &Envelope| Envelope {
+            attempts: 0,
+            not_before_ms: 0,
+            ..env.clone()
+        };
+        for (seq, _) in &letters {
+            writes.remove(named_key(DEAD, queue, *seq));
+        }
+        if queue == FILTERS_QUEUE {
+            // Back to ingress as new records, in their order.
+            for chunk in letters.chunks(MAX_ENTRIES) {
+                let entries: Vec<(u32, Envelope)> = (0..)
+                    .zip(chunk)
+                    .map(|(o, (_, env))| (o, fresh(env)))
+                    .collect();
+                writes.insert(
+                    ingress_key(self.next_seq()?),
+                    ingress_batch::encode(&entries),
+                );
+            }
+        } else {
+            for (_, env) in &letters {
+                writes.insert(
+                    named_key(SINK, queue, self.next_seq()?),
+                    encode_record(&fresh(env)),
+                );
+            }
         }
         writes.apply(&tree).map_err(storage)?;
         self.sync_now()?;
@@ -682,8 +782,14 @@ impl QueueStore for SledStore {
             }
             Ok(counts.into_iter().collect())
         };
+        // An ingress record counts its entries (read from its header; a damaged one counts 1).
+        let mut ingress = 0;
+        for record in tree.scan_prefix([INGRESS]).values() {
+            let bytes = record.map_err(storage)?;
+            ingress += ingress_batch::header(&bytes).map_or(1, |h| h.count as usize);
+        }
         Ok(Depths {
-            ingress: tree.scan_prefix([INGRESS]).count(),
+            ingress,
             sinks: count_named(SINK)?,
             dead: count_named(DEAD)?,
         })
@@ -791,12 +897,17 @@ mod tests {
     async fn a_run_of_hand_overs_is_one_ordered_batch() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a"), msg("b"), msg("c")], &[])
+        q.append_ingress("p", &[msg("a"), msg("b")], &[])
             .await
             .unwrap();
+        q.append_ingress("p", &[msg("c")], &[]).await.unwrap();
+        // Whole appends: a limit inside one reads the rest of it, and stops there.
+        let ids = |heads: &[(Seq, Envelope)]| -> Vec<String> {
+            heads.iter().map(|(_, e)| e.message.id.clone()).collect()
+        };
+        assert_eq!(ids(&q.ingress_heads("p", 1).unwrap()), ["a", "b"]);
+        assert_eq!(ids(&q.ingress_heads("p", 3).unwrap()), ["a", "b", "c"]);
         let heads = q.ingress_heads("p", 2).unwrap();
-        let ids: Vec<&str> = heads.iter().map(|(_, e)| e.message.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b"]);
         let hand_overs = heads
             .iter()
             .enumerate()
@@ -821,6 +932,89 @@ mod tests {
         q.ack("p", "s", first, &[]).unwrap();
         assert_eq!(q.sink_head("p", "s").unwrap().unwrap().1.message.id, "b");
         assert_eq!(q.state_get("p", "filter.0", "k").unwrap().unwrap(), b"2");
+    }
+
+    #[tokio::test]
+    async fn part_of_an_append_can_be_handed_over_retried_and_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        q.append_ingress("p", &[msg("a"), msg("b"), msg("c"), msg("d")], &[])
+            .await
+            .unwrap();
+        let heads = q.ingress_heads("p", 10).unwrap();
+        let seqs: Vec<Seq> = heads.iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        // The filters took a; b failed and waits for a retry.
+        q.hand_over(
+            "p",
+            HandOver {
+                ingress: seqs[0],
+                outputs: vec![("s".into(), vec![heads[0].1.clone()])],
+                state: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let mut retried = heads[1].1.clone();
+        retried.attempts = 1;
+        q.update_ingress("p", seqs[1], &retried).unwrap();
+        let (seq, head) = q.ingress_head("p").unwrap().unwrap();
+        assert_eq!(
+            (seq, head.message.id.as_str(), head.attempts),
+            (seqs[1], "b", 1)
+        );
+        assert_eq!(q.depths("p").unwrap().ingress, 3);
+        // b goes to dead letters; c and d stay, in order, under their seqs.
+        q.dead_letter("p", FILTERS_QUEUE, seq, &head).await.unwrap();
+        let rest = q.ingress_heads("p", 10).unwrap();
+        assert_eq!(
+            rest.iter()
+                .map(|(s, e)| (*s, e.message.id.as_str()))
+                .collect::<Vec<_>>(),
+            [(seqs[2], "c"), (seqs[3], "d")]
+        );
+        assert_eq!(q.dead_letters("p", FILTERS_QUEUE).unwrap()[0].0, seqs[1]);
+        // A replayed letter comes back behind them.
+        assert_eq!(q.replay("p", FILTERS_QUEUE, None).unwrap(), 1);
+        let ids: Vec<String> = q
+            .ingress_heads("p", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.message.id)
+            .collect();
+        assert_eq!(ids, ["c", "d", "b"]);
+        assert_eq!(q.depths("p").unwrap().ingress, 3);
+    }
+
+    /// Ingress records written before appends were batched hold one envelope under the raw
+    /// id; they read, hand over and count as one entry.
+    #[tokio::test]
+    async fn version_1_ingress_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        let old = Envelope::new(msg("old"), 5);
+        let id = q.next_seq().unwrap();
+        q.tree("p")
+            .unwrap()
+            .insert(ingress_key(id), encode_record(&old))
+            .unwrap();
+        q.append_ingress("p", &[msg("new")], &[]).await.unwrap();
+        assert_eq!(q.depths("p").unwrap().ingress, 2);
+        assert_eq!(q.verify(Duration::from_secs(10)).unwrap().records, 2);
+        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+        assert_eq!(env, old);
+        q.hand_over(
+            "p",
+            HandOver {
+                ingress: seq,
+                outputs: vec![],
+                state: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "new");
+        assert_eq!(q.verify(Duration::from_secs(10)).unwrap().records, 1);
     }
 
     #[tokio::test]

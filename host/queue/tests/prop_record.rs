@@ -2,7 +2,8 @@
 //!
 //! - Any [`Envelope`] round-trips through the versioned record encoding the store writes.
 //! - Arbitrary bytes, truncations and bit flips of valid envelope records decode to a clean
-//!   error or a value, never a panic.
+//!   error or a value, never a panic; so do edited ingress records (the messages of one
+//!   append), whose header must agree with their entries.
 //! - Messages go through the real [`SledStore`] (ingress, hand-over, sink queue, dead letters,
 //!   replay) unchanged and in order.
 //! - A record corrupted on disk is reported by the store as [`QueueError::Corrupt`], naming the
@@ -14,7 +15,9 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use tocsin_message::{decode_record, encode_record, DecodeError, Message, Severity};
-use tocsin_queue::{Envelope, HandOver, QueueError, QueueStore, SledStore, FILTERS_QUEUE};
+use tocsin_queue::{
+    ingress_batch, Envelope, HandOver, QueueError, QueueStore, SledStore, FILTERS_QUEUE,
+};
 
 /// `default_cases` cases, unless `PROPTEST_CASES` says otherwise. (Since proptest 1.2
 /// `proptest!` applies `PROPTEST_*` variables over a test's own configuration anyway, even over
@@ -200,6 +203,92 @@ proptest! {
         let bytes = encode_record(&env);
         let cut = cut.index(bytes.len());
         prop_assert!(decode_checked(&bytes[..cut])?.is_err());
+    }
+}
+
+/// Entries with increasing offsets, as the store writes them into one ingress record.
+fn ingress_entries() -> impl Strategy<Value = Vec<(u32, Envelope)>> {
+    prop::collection::vec((1..1000u32, envelope()), 1..6).prop_map(|steps| {
+        let mut offset = 0;
+        steps
+            .into_iter()
+            .map(|(step, env)| {
+                offset += step;
+                (offset, env)
+            })
+            .collect()
+    })
+}
+
+/// Decodes an ingress record: entries whose header agrees (and which round-trip), or a clean
+/// error.
+fn decode_ingress_checked(bytes: &[u8]) -> Result<bool, TestCaseError> {
+    match ingress_batch::decode(bytes) {
+        Ok(entries) => {
+            let again = ingress_batch::encode(&entries);
+            let back = ingress_batch::decode(&again);
+            prop_assert!(
+                back.is_ok(),
+                "a decoded record does not round-trip: {:?}",
+                back
+            );
+            let header = ingress_batch::header(&again).expect("a header");
+            prop_assert_eq!(header.count as usize, entries.len());
+            Ok(true)
+        }
+        Err(e) => {
+            let rendered = e.to_string();
+            let known = ["empty record", "record format version", "malformed record"];
+            prop_assert!(
+                known.iter().any(|k| rendered.starts_with(k)),
+                "{}",
+                rendered
+            );
+            Ok(false)
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// The entries of an ingress record come back as they went in, and its header tells
+    /// whether a set of offsets is all of them.
+    #[test]
+    fn prop_ingress_records_round_trip(entries in ingress_entries()) {
+        let bytes = ingress_batch::encode(&entries);
+        let back = ingress_batch::decode(&bytes).expect("a fresh record decodes");
+        prop_assert_eq!(back.len(), entries.len());
+        for ((o1, e1), (o2, e2)) in back.iter().zip(&entries) {
+            prop_assert_eq!(o1, o2);
+            prop_assert!(same(e1, e2));
+        }
+        let header = ingress_batch::header(&bytes).expect("a header");
+        let offsets: Vec<u32> = entries.iter().map(|e| e.0).collect();
+        let contiguous = offsets.windows(2).all(|w| w[1] == w[0] + 1);
+        prop_assert_eq!(header.is_exactly(&offsets), contiguous);
+        prop_assert!(!header.is_exactly(&offsets[1..]));
+    }
+
+    /// Edited ingress records (bit flips, truncations, insertions, deletions).
+    #[test]
+    fn prop_mutated_ingress_records_decode_or_are_errors(
+        entries in ingress_entries(),
+        edits in prop::collection::vec(edit(), 1..6),
+    ) {
+        let mut bytes = ingress_batch::encode(&entries);
+        for e in &edits {
+            apply(&mut bytes, e);
+        }
+        let _ = decode_ingress_checked(&bytes)?;
+    }
+
+    /// A strict prefix of an ingress record never decodes.
+    #[test]
+    fn prop_truncated_ingress_records_are_errors(entries in ingress_entries(), cut in any::<Index>()) {
+        let bytes = ingress_batch::encode(&entries);
+        let cut = cut.index(bytes.len());
+        prop_assert!(!decode_ingress_checked(&bytes[..cut])?);
     }
 }
 

@@ -336,7 +336,7 @@ impl DryRun {
                 outputs: Vec::new(),
             };
             for message in &current {
-                match stage.process(message).await {
+                match stage.process(message.clone()).await {
                     Ok((out, changes)) => {
                         self.state.apply(&stage_name, changes);
                         step.outputs.extend(number_outputs(&message.id, out));

@@ -224,17 +224,20 @@ impl FilterWorker {
         let mut state = Vec::new();
         for (i, stage) in self.filters.iter_mut().enumerate() {
             let mut next = Vec::with_capacity(current.len());
-            for m in &current {
+            for m in current {
+                let input_id = m.id.clone();
                 let (out, changes) = stage
                     .process(m)
                     .await
                     .map_err(|e| (format!("filter.{i}"), e))?;
-                next.extend(number_outputs(&m.id, out));
-                let writes = state_writes(&format!("filter.{i}"), changes);
-                // Visible to the next call at once (the next output of a split, the next
-                // message of the batch); committed with the hand-over.
-                self.pending.record(&writes);
-                state.extend(writes);
+                next.extend(number_outputs(&input_id, out));
+                if !changes.is_empty() {
+                    let writes = state_writes(&format!("filter.{i}"), changes);
+                    // Visible to the next call at once (the next output of a split, the next
+                    // message of the batch); committed with the hand-over.
+                    self.pending.record(&writes);
+                    state.extend(writes);
+                }
             }
             current = next;
         }

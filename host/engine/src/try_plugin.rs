@@ -117,7 +117,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        PluginKind::Filter => stage.process(&read_message()?).await?.0,
+        PluginKind::Filter => stage.process(read_message()?).await?.0,
         PluginKind::Sink => {
             let message = read_message()?;
             let key = idempotency_key("test", "sink", &message.id);

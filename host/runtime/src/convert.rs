@@ -23,6 +23,7 @@ pub(crate) fn severity_from_wit(s: wit::Severity) -> Severity {
     }
 }
 
+/// The WIT record of a message the caller keeps (its strings are copied).
 pub(crate) fn to_wit(m: &Message) -> wit::Message {
     wit::Message {
         id: m.id.clone(),
@@ -33,6 +34,20 @@ pub(crate) fn to_wit(m: &Message) -> wit::Message {
         labels: m.labels.clone(),
         metrics: m.metrics.clone(),
         payload: m.payload.clone(),
+    }
+}
+
+/// The WIT record of a message the caller gives up (its strings move, nothing is copied).
+pub(crate) fn into_wit(m: Message) -> wit::Message {
+    wit::Message {
+        id: m.id,
+        timestamp_ms: m.timestamp_ms,
+        severity: severity_to_wit(m.severity),
+        summary: m.summary,
+        body: m.body,
+        labels: m.labels,
+        metrics: m.metrics,
+        payload: m.payload,
     }
 }
 

@@ -196,6 +196,19 @@ impl SledStore {
         }
     }
 
+    /// Adds to `writes` new ingress records holding `envelopes` in order: one record, or
+    /// several when there are more than one holds.
+    fn add_ingress_records(&self, writes: &mut Writes, envelopes: &[Envelope]) -> Result<()> {
+        for chunk in envelopes.chunks(MAX_ENTRIES) {
+            let entries: Vec<(u32, &Envelope)> = (0..).zip(chunk).collect();
+            writes.insert(
+                ingress_key(self.next_seq()?),
+                ingress_batch::encode(&entries),
+            );
+        }
+        Ok(())
+    }
+
     fn batch_result(&self, result: std::result::Result<(), sled::Error>) -> Commit {
         match result {
             Ok(()) => self.commit(),
@@ -538,16 +551,11 @@ impl QueueStore for SledStore {
             let tree = self.tree(pipeline)?;
             let now = now_ms();
             let mut writes = Writes::default();
-            for chunk in messages.chunks(MAX_ENTRIES) {
-                let entries: Vec<(u32, Envelope)> = (0..)
-                    .zip(chunk)
-                    .map(|(offset, m)| (offset, Envelope::new(m.clone(), now)))
-                    .collect();
-                writes.insert(
-                    ingress_key(self.next_seq()?),
-                    ingress_batch::encode(&entries),
-                );
-            }
+            let envelopes: Vec<Envelope> = messages
+                .iter()
+                .map(|m| Envelope::new(m.clone(), now))
+                .collect();
+            self.add_ingress_records(&mut writes, &envelopes)?;
             add_state(&mut writes, state);
             writes.apply(&tree).map_err(storage)
         };
@@ -716,16 +724,8 @@ impl QueueStore for SledStore {
         }
         if queue == FILTERS_QUEUE {
             // Back to ingress as new records, in their order.
-            for chunk in letters.chunks(MAX_ENTRIES) {
-                let entries: Vec<(u32, Envelope)> = (0..)
-                    .zip(chunk)
-                    .map(|(o, (_, env))| (o, fresh(env)))
-                    .collect();
-                writes.insert(
-                    ingress_key(self.next_seq()?),
-                    ingress_batch::encode(&entries),
-                );
-            }
+            let envelopes: Vec<Envelope> = letters.iter().map(|(_, env)| fresh(env)).collect();
+            self.add_ingress_records(&mut writes, &envelopes)?;
         } else {
             for (_, env) in &letters {
                 writes.insert(

@@ -15,6 +15,7 @@ pub mod mastodon;
 pub mod process;
 pub mod python;
 pub mod receiver;
+pub mod strict_http;
 pub mod synapse;
 pub mod tmpfs;
 

@@ -235,7 +235,9 @@ async fn receive(
         Behaviour::Accept => StatusCode::OK.into_response(),
         Behaviour::Fail(status) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            "receiver told to fail",
+            // Two lines, as many servers' error pages have: a listing of dead letters must
+            // still show one row per letter.
+            "receiver told to fail\nsecond line of the error page",
         )
             .into_response(),
         Behaviour::RateLimit { retry_after_s } => (

@@ -114,6 +114,13 @@ async fn a_posted_message_is_accepted_once_durable_and_delivered() {
         "tocsin_pipeline_up{pipeline=\"alerts\"} 1",
         "tocsin_delivery_latency_seconds_count{pipeline=\"alerts\",sink=\"out\"} 2",
         "tocsin_plugin_traps_total{pipeline=\"github\"} 0",
+        // Empty queues are 0, not missing: a rule on `> 0` tells "empty" from "gone".
+        "tocsin_queue_depth{pipeline=\"alerts\",queue=\"out\"} 0",
+        "tocsin_queue_depth{pipeline=\"alerts\",queue=\"ingress\"} 0",
+        "tocsin_dead_letters{pipeline=\"alerts\",queue=\"out\"} 0",
+        "tocsin_dead_letters{pipeline=\"alerts\",queue=\"@filters\"} 0",
+        "tocsin_queue_depth{pipeline=\"github\",queue=\"ingress\"} 0",
+        "tocsin_dead_letters{pipeline=\"github\",queue=\"@filters\"} 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

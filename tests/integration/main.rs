@@ -15,9 +15,11 @@
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `howto`: every operator how-to in docs/howto/ runs as written and prints what it shows.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
+//! - `lock`: a second process on a data directory in use is told so, with the holder's pid.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
-//! - `outbound`: sinks' HTTP: one kept-alive connection; HTTPS with an operator's CA, and without.
+//! - `outbound`: sinks' HTTP: one kept-alive connection; Content-Length, never chunked, for
+//!   every sink; HTTPS with an operator's CA, and without.
 //! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
 //! - `pipeline_test`: `tocsin test PIPELINE` dry runs, and every shipped pipeline's behaviour tests.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
@@ -39,6 +41,7 @@ mod hot_reload;
 mod howto;
 mod ingest;
 mod janitor;
+mod lock;
 mod matrix;
 mod outbound;
 mod packaging;

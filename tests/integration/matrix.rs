@@ -137,8 +137,8 @@ async fn a_rejected_token_and_an_ungranted_host_are_permanent_failures() {
         !error.contains("syt_not_a_valid_token"),
         "the token leaked into {error}"
     );
-    // Permanent: no retries were spent on it.
-    assert_eq!(dead[0].1.attempts, 0);
+    // Permanent: the one refused attempt, no retries spent on it.
+    assert_eq!(dead[0].1.attempts, 1);
 
     wait_until(
         Duration::from_secs(60),

@@ -1,4 +1,5 @@
-//! Sinks' outbound HTTP through the host's pool: a sink's deliveries share one kept-alive
+//! Sinks' outbound HTTP through the host's pool: every sink frames its body with
+//! Content-Length (a server that refuses chunked uploads gets them all); a sink's deliveries share one kept-alive
 //! connection; HTTPS works against a server signed by the operator's CA (`--tls-ca-file`);
 //! a server no trusted authority signed is refused with a certificate error, retried and
 //! dead-lettered while the engine goes on; a CA file that is not PEM stops the start with a
@@ -154,4 +155,122 @@ fn a_ca_file_that_is_not_pem_stops_the_start_with_a_reason() {
         stderr.contains("not-a-ca.pem") && stderr.contains("holds no PEM certificate"),
         "{stderr}"
     );
+}
+
+/// Every shipped HTTP sink, and a plugin that speaks wasi:http without the SDK, delivers to a
+/// server that refuses chunked bodies with 411: each request is framed by `Content-Length`,
+/// none is chunked, and the body is exactly the announced length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sink_sends_content_length_to_a_server_that_refuses_chunked_bodies() {
+    use tocsin_tests::strict_http::StrictServer;
+    let strict = StrictServer::start().await;
+    let port = strict.port;
+    // The server does refuse chunked uploads, so a pass below means none was sent.
+    refuses_a_chunked_body(port).await;
+
+    let env = Env::new();
+    std::fs::write(env.path("token"), "tok").unwrap();
+    let token = env.path("token").display().to_string();
+    let grants = |secret: &str| {
+        format!(
+            "grants = {{ hosts = [\"127.0.0.1:{port}\"]{} }}",
+            if secret.is_empty() {
+                String::new()
+            } else {
+                format!(", secrets = {{ {secret} = \"file:{token}\" }}")
+            }
+        )
+    };
+    let sinks = [
+        ("hook", "webhook", format!("{{ url = \"http://127.0.0.1:{port}/hook\" }}"), ""),
+        ("toot", "mastodon", format!("{{ instance = \"http://127.0.0.1:{port}\" }}"), "access_token"),
+        (
+            "room",
+            "matrix",
+            format!("{{ homeserver = \"http://127.0.0.1:{port}\", room = \"!r:example.org\" }}"),
+            "access_token",
+        ),
+        (
+            "central",
+            "forward",
+            format!("{{ central = \"http://127.0.0.1:{port}\", pipeline = \"fleet\", agent = \"db1\" }}"),
+            "token",
+        ),
+        ("raw", "raw-http-sink", format!("{{ url = \"http://127.0.0.1:{port}/raw\" }}"), ""),
+    ];
+    let mut text = OPEN_JSON_SOURCE.to_string();
+    for (name, plugin, config, secret) in &sinks {
+        text.push_str(&format!(
+            "[[sink]]\nname = \"{name}\"\nplugin = \"{plugin}\"\nconfig = {config}\n{}\n\
+             retry = {{ max_attempts = 2, initial = \"100ms\" }}\n\n",
+            grants(secret)
+        ));
+    }
+    env.write_pipeline("alerts", &text);
+    let server = env.start().await;
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m1").await,
+        202
+    );
+    wait_until(Duration::from_secs(30), "five deliveries", || {
+        server.counter("alerts", |c| &c.delivered) >= 5
+    })
+    .await;
+
+    // All but the hand-made chunked request above.
+    let captured: Vec<_> = strict
+        .captured()
+        .into_iter()
+        .filter(|r| r.path() != "/x")
+        .collect();
+    for request in &captured {
+        assert_eq!(
+            request.answered, 200,
+            "a request was refused: {} {:?}",
+            request.request_line, request.headers
+        );
+        assert_eq!(request.header("transfer-encoding"), None, "{request:?}");
+        let length: usize = request
+            .header("content-length")
+            .unwrap_or_else(|| panic!("no content-length: {request:?}"))
+            .parse()
+            .unwrap();
+        assert!(length > 0, "{request:?}");
+        assert_eq!(request.body.len(), length, "{request:?}");
+    }
+    let mut paths: Vec<&str> = captured.iter().map(|r| r.path()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths.len(), 5, "{paths:?}");
+    assert!(
+        paths.contains(&"/hook") && paths.contains(&"/raw"),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/api/v1/statuses"), "{paths:?}");
+    assert!(paths.contains(&"/ingest/fleet"), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/_matrix/client/v3/rooms/")),
+        "{paths:?}"
+    );
+    assert_eq!(server.counter("alerts", |c| &c.retries), 0);
+    server.stop().await;
+}
+
+/// Sends a chunked POST by hand and expects the strict server's 411.
+async fn refuses_a_chunked_body(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n\
+              2\r\n{}\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
 }

@@ -318,3 +318,35 @@ fn mistakes_get_clear_errors() {
     let seen = text(&tocsin(d, &["validate", "."]));
     assert!(!seen.contains("test.toml"), "{seen}");
 }
+
+/// A dry run treats a sample as the live endpoint would see it from a client: a form-encoded
+/// Janitor post without `--header` is sent as form fields (as `curl -d` sends it), and a note
+/// says which content type was assumed.
+#[test]
+fn a_dry_run_sends_a_sample_as_what_it_looks_like_and_says_so() {
+    let root = repo_root();
+    let scratch = tempfile::tempdir().unwrap();
+    let sample = scratch.path().join("form.txt");
+    std::fs::write(
+        &sample,
+        "hostname=web1&message=This+is+a+test+message&message_type=warning\n",
+    )
+    .unwrap();
+    let out = tocsin(
+        &root,
+        &[
+            "test",
+            "pipelines/with-servers/janitor-mastodon.toml",
+            "--input",
+            sample.to_str().unwrap(),
+        ],
+    );
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(
+        seen.contains("sent as `application/x-www-form-urlencoded`"),
+        "{seen}"
+    );
+    assert!(seen.contains("This is a test message"), "{seen}");
+    assert!(!seen.contains("malformed JSON"), "{seen}");
+}

@@ -97,6 +97,56 @@ async fn retry_after_is_honoured_over_the_backoff() {
     server.stop().await;
 }
 
+/// A dead letter's attempt count includes the attempt that sent it there: a message refused
+/// at its first try shows 1, one that failed three times and was then refused shows 4 — as
+/// many as the receiver saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_counts_every_attempt_the_refused_one_included() {
+    let (refusing, flaky) = (Receiver::start().await, Receiver::start().await);
+    refusing.set(Behaviour::Fail(400));
+    flaky.set(Behaviour::Fail(503));
+    let env = Env::new();
+    let retry = r#"{ max_attempts = 20, initial = "100ms", max = "100ms" }"#;
+    env.write_pipeline(
+        "alerts",
+        &pipeline(&[("refusing", &refusing), ("flaky", &flaky)], retry),
+    );
+    let server = env.start().await;
+    assert_eq!(
+        post_json_message(&server.base_url, "alerts", "m1").await,
+        202
+    );
+    wait_until(Duration::from_secs(20), "three failed tries", || {
+        flaky.requests().len() >= 3
+    })
+    .await;
+    flaky.set(Behaviour::Fail(400));
+    wait_until(Duration::from_secs(20), "two dead letters", || {
+        let n = |s: &str| {
+            server
+                .queue
+                .dead_letters("alerts", s)
+                .map_or(0, |d| d.len())
+        };
+        n("refusing") == 1 && n("flaky") == 1
+    })
+    .await;
+    server.stop().await;
+    let listing = env.cli(&["dlq", "ls"]);
+    let attempts = |sink: &str| -> usize {
+        let row = listing
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(sink))
+            .unwrap_or_else(|| panic!("no {sink} row in\n{listing}"));
+        row.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    assert_eq!(refusing.requests().len(), 1);
+    assert_eq!(attempts("refusing"), 1, "{listing}");
+    let tries = flaky.requests().len();
+    assert!(tries >= 4, "{tries}");
+    assert_eq!(attempts("flaky"), tries, "{listing}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_replayed_and_purged_per_pipeline_and_sink() {
     let (chat, pager, other) = (

@@ -106,6 +106,10 @@ pub struct Expect {
     /// headers, body; secrets REDACTED), the bytes it would write, what it would print.
     #[serde(default)]
     pub sends: Vec<String>,
+    /// Text that must not appear in what the sink would send (a summary said twice, a
+    /// secret, a field that should be gone).
+    #[serde(default)]
+    pub not_sends: Vec<String>,
     /// What the sink must answer: `delivered` (the default), `retry`, `rate-limited`,
     /// `permanent`.
     pub outcome: Option<String>,
@@ -483,12 +487,20 @@ fn compare(expect: &Expect, delivery: &Delivery, secrets: &[String]) -> Vec<Stri
             }
         ));
     }
-    if !expect.sends.is_empty() {
+    if !expect.sends.is_empty() || !expect.not_sends.is_empty() {
         let sent = sent_text(delivery, secrets);
         for want in &expect.sends {
             if !sent.contains(want.as_str()) {
                 problems.push(format!(
                     "what it would send does not contain {want:?}; it would send:\n{}",
+                    indent(&sent)
+                ));
+            }
+        }
+        for unwanted in &expect.not_sends {
+            if sent.contains(unwanted.as_str()) {
+                problems.push(format!(
+                    "what it would send contains {unwanted:?}; it would send:\n{}",
                     indent(&sent)
                 ));
             }

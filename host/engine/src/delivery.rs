@@ -93,7 +93,7 @@ impl DeliveryWorker {
     async fn settle(
         &mut self,
         seq: Seq,
-        envelope: Envelope,
+        mut envelope: Envelope,
         result: Result<(DeliveryOutcome, StateChanges), CallError>,
     ) {
         let c = &self.status.counters;
@@ -117,6 +117,8 @@ impl DeliveryWorker {
                 return;
             }
             Ok((DeliveryOutcome::Permanent(reason), _)) => {
+                // This attempt counts too: a message refused at its first try shows 1.
+                envelope.attempts += 1;
                 self.dead_letter(seq, envelope, format!("permanent: {reason}"))
                     .await;
                 return;

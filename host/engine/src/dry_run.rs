@@ -159,6 +159,9 @@ pub struct Trace {
     pub deliveries: Vec<Delivery>,
     /// Messages a sink's `match` did not take: (sink, message id).
     pub unrouted: Vec<(String, String)>,
+    /// The `Content-Type` the request was given because the input named none (see
+    /// [`sniff_content_type`]).
+    pub assumed_content_type: Option<&'static str>,
 }
 
 impl Trace {
@@ -313,8 +316,9 @@ impl DryRun {
             failure: None,
             deliveries: Vec::new(),
             unrouted: Vec::new(),
+            assumed_content_type: None,
         };
-        let produced = match self.run_source(input).await {
+        let produced = match self.run_source(input, &mut trace).await {
             Ok(step) => step,
             Err(e) => {
                 trace.failure = Some(("source".into(), e));
@@ -364,7 +368,7 @@ impl DryRun {
         trace
     }
 
-    async fn run_source(&mut self, input: Input) -> Result<SourceStep, String> {
+    async fn run_source(&mut self, input: Input, trace: &mut Trace) -> Result<SourceStep, String> {
         let source = &mut self.source;
         let result: Result<SourceStep, CallError> = match input {
             Input::Message(message) => return Ok(SourceStep::Skipped(message)),
@@ -383,7 +387,7 @@ impl DryRun {
                         SourceStep::Produced(messages)
                     })
             }
-            Input::Request { body, headers } => {
+            Input::Request { mut body, headers } => {
                 if !matches!(self.spec.source.trigger, Trigger::Ingest(_)) {
                     return Err(
                         "a scheduled pipeline's source takes no request: give a message, or poll"
@@ -395,7 +399,10 @@ impl DryRun {
                     .map(|(name, value)| (name.to_ascii_lowercase(), value))
                     .collect();
                 if !headers.iter().any(|(name, _)| name == "content-type") {
-                    headers.push(("content-type".into(), "application/json".into()));
+                    let assumed;
+                    (body, assumed) = as_posted(body);
+                    trace.assumed_content_type = Some(assumed);
+                    headers.push(("content-type".into(), assumed.into()));
                 }
                 let request = IngestRequest {
                     method: "POST".into(),
@@ -416,6 +423,44 @@ impl DryRun {
             }
         };
         result.map_err(|e| e.to_string())
+    }
+}
+
+/// A sample request body that names no content type, as a client would post it: with the
+/// content type it looks like ([`sniff_content_type`]), and for form fields without line
+/// breaks — `curl -d @file` drops them, and an editor leaves one at the end of a file, which
+/// would otherwise end the last field's value.
+pub fn as_posted(mut body: Vec<u8>) -> (Vec<u8>, &'static str) {
+    let content_type = sniff_content_type(&body);
+    if content_type == FORM {
+        body.retain(|b| *b != b'\n' && *b != b'\r');
+    }
+    (body, content_type)
+}
+
+/// Form encoding, what `curl -d` sends.
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The `Content-Type` a client posting `body` would most likely have sent, for a sample that
+/// names none: JSON for a JSON document, form encoding for `name=value&…` (what `curl -d`
+/// sends), plain text otherwise. The live endpoint hands the decoder whatever the client sent;
+/// a dry run must guess, and says what it guessed.
+pub fn sniff_content_type(body: &[u8]) -> &'static str {
+    const JSON: &str = "application/json";
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return JSON;
+    }
+    let text = body.trim_ascii();
+    let form_byte = |b: &u8| b.is_ascii_alphanumeric() || b"%+-_.~*=&;:/,@!$'()".contains(b);
+    let looks_like_form = !text.is_empty()
+        && text.iter().all(form_byte)
+        && text
+            .split(|b| *b == b'&')
+            .all(|pair| pair.contains(&b'=') && !pair.starts_with(b"="));
+    if looks_like_form {
+        FORM
+    } else {
+        "text/plain"
     }
 }
 
@@ -630,4 +675,30 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
         .fold(text.to_string(), |t, value| {
             t.replace(value.as_str(), "REDACTED")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sniff_content_type;
+
+    #[test]
+    fn a_sample_without_a_content_type_is_sent_as_what_it_looks_like() {
+        assert_eq!(
+            sniff_content_type(br#" {"body": "x"} "#),
+            "application/json"
+        );
+        assert_eq!(sniff_content_type(b"[1, 2]\n"), "application/json");
+        assert_eq!(
+            sniff_content_type(b"hostname=web1&message=This+is+a+test%21\n"),
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(
+            sniff_content_type(b"message=a"),
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(sniff_content_type(b"disk full on db1"), "text/plain");
+        assert_eq!(sniff_content_type(b"{\"broken\": "), "text/plain");
+        assert_eq!(sniff_content_type(b"=x"), "text/plain");
+        assert_eq!(sniff_content_type(b""), "text/plain");
+    }
 }

@@ -468,12 +468,15 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
 }
 
 fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
-    let store = SledStore::open(&data.join("queue")).with_context(|| {
-        format!(
-            "cannot open the queues in {} (is `tocsin run` still running on it?)",
-            data.display()
-        )
-    })?;
+    let store = match SledStore::open(&data.join("queue")) {
+        Ok(store) => store,
+        // Says itself who holds the store and what to do.
+        Err(e @ tocsin_queue::QueueError::InUse { .. }) => return Err(e.into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot open the queues in {}", data.display())))
+        }
+    };
     store.verify(tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT)?;
     Ok(store)
 }
@@ -499,8 +502,8 @@ fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
                             queue,
                             seq,
                             env.attempts,
-                            env.message.id,
-                            env.last_error.unwrap_or_default()
+                            tocsin_message::one_line(&env.message.id),
+                            tocsin_message::one_line(env.last_error.as_deref().unwrap_or_default())
                         );
                     }
                 }

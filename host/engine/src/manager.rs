@@ -178,6 +178,7 @@ impl Manager {
             old.stop().await;
         }
         let status = PipelineStatus::new();
+        status.set_sinks(spec.sinks.iter().map(|s| s.name.clone()).collect());
         self.board
             .lock()
             .unwrap_or_else(|p| p.into_inner())

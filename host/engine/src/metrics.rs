@@ -6,6 +6,7 @@
 //! queue depths read from the store. The delivery-latency histogram (from a message entering
 //! its pipeline to its delivery by a sink) is recorded by the delivery workers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -17,10 +18,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use tocsin_queue::QueueStore;
+use tocsin_queue::{QueueStore, FILTERS_QUEUE};
 
 use crate::manager::StatusBoard;
-use crate::status::{Counters, PipelineState};
+use crate::status::{Counters, PipelineState, PipelineStatus};
 
 /// Labels of a per-sink series.
 pub type SinkLabels = Vec<(&'static str, String)>;
@@ -131,6 +132,42 @@ const COUNTERS: [CounterField; 8] = [
     ),
 ];
 
+/// Sizes per (pipeline, queue).
+type QueueSizes = BTreeMap<(String, String), usize>;
+
+impl PipelineCollector {
+    /// Messages waiting and dead letters per queue: every queue of every known pipeline, `0`
+    /// when empty (a dashboard or an alert rule on `> 0` must tell "empty" from "gone"), and
+    /// whatever else the store holds (pipelines deleted with messages left).
+    fn queue_sizes(&self, statuses: &[(String, Arc<PipelineStatus>)]) -> (QueueSizes, QueueSizes) {
+        let mut waiting = QueueSizes::new();
+        let mut dead = QueueSizes::new();
+        for (pipeline, status) in statuses {
+            let key = |queue: &str| (pipeline.clone(), queue.to_string());
+            waiting.insert(key("ingress"), 0);
+            dead.insert(key(FILTERS_QUEUE), 0);
+            for sink in status.sinks() {
+                waiting.insert(key(&sink), 0);
+                dead.insert(key(&sink), 0);
+            }
+        }
+        for pipeline in self.queue.pipelines().unwrap_or_default() {
+            let Ok(d) = self.queue.depths(&pipeline) else {
+                continue;
+            };
+            let key = |queue: &str| (pipeline.clone(), queue.to_string());
+            waiting.insert(key("ingress"), d.ingress);
+            for (sink, n) in d.sinks {
+                waiting.insert(key(&sink), n);
+            }
+            for (queue, n) in d.dead {
+                dead.insert(key(&queue), n);
+            }
+        }
+        (waiting, dead)
+    }
+}
+
 impl Collector for PipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let statuses: Vec<_> = self
@@ -180,28 +217,16 @@ impl Collector for PipelineCollector {
             ConstGauge::new(running)
                 .encode(up.encode_family(&vec![("pipeline", pipeline.clone())])?)?;
         }
-        // Depths of every stored pipeline, deleted ones included.
-        let pipelines = self.queue.pipelines().unwrap_or_default();
-        let depths: Vec<_> = pipelines
-            .iter()
-            .filter_map(|p| self.queue.depths(p).ok().map(|d| (p.clone(), d)))
-            .collect();
+        let (waiting, dead_letters) = self.queue_sizes(&statuses);
         let mut depth = encoder.encode_descriptor(
             "tocsin_queue_depth",
             "Messages waiting, per queue (`ingress`, or a sink's name)",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (pipeline, d) in &depths {
-            let ingress = vec![
-                ("pipeline", pipeline.clone()),
-                ("queue", "ingress".to_string()),
-            ];
-            ConstGauge::new(d.ingress as i64).encode(depth.encode_family(&ingress)?)?;
-            for (sink, n) in &d.sinks {
-                let labels = vec![("pipeline", pipeline.clone()), ("queue", sink.clone())];
-                ConstGauge::new(*n as i64).encode(depth.encode_family(&labels)?)?;
-            }
+        for ((pipeline, queue), n) in waiting {
+            let labels = vec![("pipeline", pipeline), ("queue", queue)];
+            ConstGauge::new(n as i64).encode(depth.encode_family(&labels)?)?;
         }
         let mut dead = encoder.encode_descriptor(
             "tocsin_dead_letters",
@@ -209,11 +234,9 @@ impl Collector for PipelineCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (pipeline, d) in &depths {
-            for (queue, n) in &d.dead {
-                let labels = vec![("pipeline", pipeline.clone()), ("queue", queue.clone())];
-                ConstGauge::new(*n as i64).encode(dead.encode_family(&labels)?)?;
-            }
+        for ((pipeline, queue), n) in dead_letters {
+            let labels = vec![("pipeline", pipeline), ("queue", queue)];
+            ConstGauge::new(n as i64).encode(dead.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ pub const STORE_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The queue store could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Queue(#[from] tocsin_queue::QueueError),
     /// The sandbox runtime could not be built.
     #[error("{0}")]

@@ -92,6 +92,8 @@ pub struct PipelineStatus {
     pub counters: Counters,
     /// Events per (stage, event).
     stage_events: Mutex<BTreeMap<(String, StageEvent), u64>>,
+    /// The names of its sinks, as its file declares them (empty until the file was read).
+    sinks: Mutex<Vec<String>>,
 }
 
 impl PipelineStatus {
@@ -101,7 +103,19 @@ impl PipelineStatus {
             state: Mutex::new(PipelineState::Starting),
             counters: Counters::default(),
             stage_events: Mutex::new(BTreeMap::new()),
+            sinks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records the names of the pipeline's sinks, so its queues are reported (as empty)
+    /// before anything was queued in them.
+    pub fn set_sinks(&self, sinks: Vec<String>) {
+        *self.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sinks;
+    }
+
+    /// The names of the pipeline's sinks.
+    pub fn sinks(&self) -> Vec<String> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The current state.

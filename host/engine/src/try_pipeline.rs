@@ -169,6 +169,12 @@ fn print_trace(dry: &DryRun, trace: &Trace) -> anyhow::Result<()> {
     let spec = dry.spec();
     let secrets = dry.secret_values();
     let plugin = &spec.source.stage.plugin.name;
+    if let Some(assumed) = trace.assumed_content_type {
+        println!(
+            "note: the input names no Content-Type; it was sent as `{assumed}`, which it looks \
+             like (give --header 'Content-Type: …' to choose another)"
+        );
+    }
     match &trace.source {
         SourceStep::Skipped(message) => {
             println!("\nsource ({plugin}): skipped, the input enters the filters");

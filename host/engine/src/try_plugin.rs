@@ -100,11 +100,13 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
     let outputs = match kind {
         PluginKind::Source => stage.poll(tocsin_queue::now_ms()).await?.0,
         PluginKind::Decoder => {
+            let (body, content_type) = tocsin::dry_run::as_posted(read_input()?);
+            println!("note: the input is sent as `{content_type}`, which it looks like");
             let request = IngestRequest {
                 method: "POST".into(),
                 path: "/ingest/test".into(),
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: read_input()?,
+                headers: vec![("content-type".into(), content_type.into())],
+                body,
             };
             match stage.decode(&request).await?.0 {
                 Ok(mut messages) => {

@@ -190,9 +190,66 @@ pub fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, De
     }
 }
 
+/// `text` on one line, for a log line or a table row: line breaks become `\n`, other control
+/// characters (ESC, NUL, bidi overrides…) their `\u{…}` escape, and a backslash `\\`, so
+/// a plugin's multi-line error cannot print lines that look like the host's own, and the
+/// original text can be read back. Text without any is borrowed as it is.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c == '\\' || c.is_control() || is_bidi_control(c);
+    if !text.contains(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Unicode's bidirectional formatting characters, which reorder how a line reads, and its
+/// line and paragraph separators, which some viewers break lines at.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{061c}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_escapes_breaks_controls_and_bidi_and_borrows_plain_text() {
+        assert!(matches!(
+            one_line("plain text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            one_line("HTTP 400: bad\n2026-12-05T00:00:00Z ERROR tocsin: forged\r\tx\\y"),
+            "HTTP 400: bad\\n2026-12-05T00:00:00Z ERROR tocsin: forged\\r\\tx\\\\y"
+        );
+        assert_eq!(
+            one_line("a\u{1b}[31mred\u{202e}b\0"),
+            "a\\u{1b}[31mred\\u{202e}b\\u{0}"
+        );
+        assert_eq!(one_line("x\u{2028}z\u{85}"), "x\\u{2028}z\\u{85}");
+    }
 
     fn sample() -> Message {
         Message {

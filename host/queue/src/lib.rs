@@ -50,6 +50,20 @@ pub enum QueueError {
         /// Why.
         source: tocsin_message::DecodeError,
     },
+    /// Another process (another `tocsin run`, or a `tocsin dlq`/`queue` command) has the
+    /// store open. Nothing is wrong with the data.
+    #[error(
+        "the queue database in {dir} is in use by another tocsin process{}; only one \
+         process may open it at a time. Stop that process first, or give this one another \
+         --data directory. The data is not damaged: do not move it aside",
+        holder.map_or(String::new(), |pid| format!(" (pid {pid})"))
+    )]
+    InUse {
+        /// The store's directory.
+        dir: String,
+        /// The holder's process id, as it recorded it.
+        holder: Option<u32>,
+    },
     /// The store is shutting down; the write may not be durable.
     #[error("the queue store is closed")]
     Closed,

@@ -59,6 +59,8 @@ pub struct SledStore {
     group_commit_thread: Option<std::thread::JoinHandle<()>>,
     durability: Arc<Durability>,
     path: PathBuf,
+    /// Held (flock) for as long as the store is open: see [`take_lock`].
+    _lock: File,
 }
 
 impl SledStore {
@@ -68,11 +70,20 @@ impl SledStore {
     /// so acknowledged means synced.
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir).map_err(storage)?;
+        let lock = take_lock(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
             .map_err(|e| {
+                // sled's own lock, held a moment longer by its threads after a handle in this
+                // process was dropped.
+                if e.to_string().contains("could not acquire lock") {
+                    return QueueError::InUse {
+                        dir: dir.display().to_string(),
+                        holder: None,
+                    };
+                }
                 QueueError::Storage(format!(
                     "cannot open the queue database in {}: {e}. If it is corrupt, move the \
                      directory aside and start again (see docs/operations.md)",
@@ -112,6 +123,7 @@ impl SledStore {
             group_commit_thread: Some(thread),
             durability,
             path: dir.to_path_buf(),
+            _lock: lock,
         }))
     }
 
@@ -328,6 +340,48 @@ fn read_u64(bytes: &[u8]) -> u64 {
 }
 
 /// The error for a damaged database, with the way to recover.
+/// The lock file beside sled's files.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the store's exclusive lock, and writes this process's id into the lock file so that
+/// a second process can say who holds it.
+///
+/// sled takes a lock of its own, but its failure reads like any open error (and the advice for
+/// an open error — move a damaged directory aside — is wrong here: the data is healthy and in
+/// use). The lock is `flock`, so it is released when the process dies, even by SIGKILL.
+fn take_lock(dir: &Path) -> Result<File> {
+    use fs4::fs_std::FileExt;
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| QueueError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    let taken = file
+        .try_lock_exclusive()
+        .map_err(|e| QueueError::Storage(format!("cannot lock {}: {e}", path.display())))?;
+    if !taken {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Err(QueueError::InUse {
+            dir: dir.display().to_string(),
+            holder: text.trim().parse().ok(),
+        });
+    }
+    let pid = std::process::id().to_string();
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record this process's id in the lock file");
+    }
+    Ok(file)
+}
+
 fn damaged(dir: &Path, why: &str) -> QueueError {
     QueueError::Storage(format!(
         "the queue database in {} is damaged: {why}. To recover, stop tocsin, move that \
@@ -852,6 +906,27 @@ mod tests {
             metrics: vec![],
             payload: None,
         }
+    }
+
+    #[test]
+    fn a_second_open_is_refused_as_in_use_naming_the_holder_not_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).err().expect("refused");
+        match &err {
+            QueueError::InUse { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
+            other => panic!("expected InUse, got {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("in use by another tocsin process (pid "),
+            "{text}"
+        );
+        assert!(
+            !text.contains("corrupt") && !text.contains("is damaged"),
+            "{text}"
+        );
+        drop(first);
     }
 
     fn state(stage: &str, key: &str, v: &[u8]) -> StateWrite {

@@ -367,7 +367,7 @@ fn reopen<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T 
     for _ in 0..500 {
         match open() {
             Ok(v) => return v,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
+            Err(e) if e.to_string().contains("in use by another tocsin process") => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => panic!("{e}"),

@@ -20,6 +20,11 @@
 //!   authorities ([`TlsTrust::extra_ca_file`], `tocsin run --tls-ca-file`) — an internal CA in
 //!   front of a self-hosted homeserver. It is built once per runtime, when the first stage
 //!   sends its first request (the connector needs it even for plain HTTP).
+//! - a request body goes out with a `Content-Length` whenever its size can be known: the SDK
+//!   sets the header itself; for a guest that does not, a body up to [`FRAMING_BUFFER`] that
+//!   the guest finishes writing is read first and sent framed ([`with_known_length`]). Only a
+//!   body that is larger, or carries trailers, is sent chunked — strict receivers answer a
+//!   chunked upload with 411 or read it as empty.
 //! - a guest's `request-options` are honoured: connect and first-byte timeouts together bound
 //!   the wait for the response head (a pooled request may not connect at all), and the
 //!   between-bytes timeout bounds each wait for more of the body. The stage's own call timeout
@@ -51,6 +56,9 @@ const MAX_IDLE_PER_HOST: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// wasmtime-wasi-http's default for each timeout a guest does not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A request body without a `Content-Length` is read up to this size to learn its length;
+/// past it, it is sent chunked as it comes.
+const FRAMING_BUFFER: usize = 1 << 20;
 
 /// Which certificate authorities sinks' HTTPS requests trust, besides the compiled-in Mozilla
 /// roots and the system's store.
@@ -178,15 +186,17 @@ impl OutboundPool {
             .between_bytes_timeout
             .unwrap_or(DEFAULT_TIMEOUT)
             .max(Duration::from_nanos(1));
-        let response = match tokio::time::timeout(head_timeout, self.client().request(request))
-            .await
-        {
-            Err(_) => return Err(HttpError::ConnectionReadTimeout),
-            Ok(Err(e)) => {
+        let sent = async {
+            let request = with_known_length(request).await?;
+            self.client().request(request).await.map_err(|e| {
                 let error = classify(&e);
                 tracing::warn!(stage = %self.who, error = %chain(&e), "outbound HTTP request failed");
-                return Err(error);
-            }
+                error
+            })
+        };
+        let response = match tokio::time::timeout(head_timeout, sent).await {
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(HttpError::ConnectionReadTimeout),
             Ok(Ok(response)) => response,
         };
         Ok(response.map(|incoming| {
@@ -197,6 +207,74 @@ impl OutboundPool {
             }
             .boxed_unsync()
         }))
+    }
+}
+
+/// `request` with a body whose length hyper knows, so it is sent with `Content-Length`
+/// rather than chunked: a body that already has the header (the SDK's) or an exact size goes
+/// as it is; any other is read until it ends — the guest writes its body before it waits for
+/// the answer — and sent from memory. A body over [`FRAMING_BUFFER`], or one with trailers,
+/// is sent chunked: what was read first, then the rest as it comes.
+async fn with_known_length(
+    request: http::Request<WasiBody>,
+) -> Result<http::Request<WasiBody>, HttpError> {
+    use http_body::Body as _;
+    if request.headers().contains_key(http::header::CONTENT_LENGTH)
+        || request.body().size_hint().exact().is_some()
+    {
+        return Ok(request);
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut read = bytes::BytesMut::new();
+    let rest = loop {
+        match body.frame().await {
+            None => {
+                let whole = http_body_util::Full::new(read.freeze())
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                return Ok(http::Request::from_parts(parts, whole));
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    read.extend_from_slice(&data);
+                    if read.len() > FRAMING_BUFFER {
+                        break vec![http_body::Frame::data(read.freeze())];
+                    }
+                }
+                Err(trailers) => break vec![http_body::Frame::data(read.freeze()), trailers],
+            },
+        }
+    };
+    let streamed = Prefixed {
+        first: rest.into_iter().collect(),
+        rest: body,
+    };
+    Ok(http::Request::from_parts(parts, streamed.boxed_unsync()))
+}
+
+/// Frames already read from a body, then the rest of it.
+struct Prefixed {
+    first: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
+    rest: WasiBody,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(frame) = self.first.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_empty() && self.rest.is_end_stream()
     }
 }
 

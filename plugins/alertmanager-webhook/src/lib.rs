@@ -142,19 +142,21 @@ impl Decoder for AlertmanagerWebhook {
                     .get("summary")
                     .cloned()
                     .unwrap_or_else(|| name.clone());
-                let body = alert
-                    .annotations
-                    .get("description")
-                    .cloned()
-                    .unwrap_or_else(|| summary.clone());
-                let id = format!("{}-{}-{}", alert.fingerprint, alert.status, started_ms);
-                let mut m = Message::new(id, started_ms, body);
-                m.severity = severity(&alert);
-                m.summary = Some(if alert.status == "resolved" {
+                let summary = if alert.status == "resolved" {
                     format!("RESOLVED: {summary}")
                 } else {
                     summary
-                });
+                };
+                let id = format!("{}-{}-{}", alert.fingerprint, alert.status, started_ms);
+                // Without a description the summary is all there is to say: it becomes the
+                // body, once (a chat sink shows summary and body, so it was shown twice).
+                let (summary, body) = match alert.annotations.get("description") {
+                    Some(description) => (Some(summary), description.clone()),
+                    None => (None, summary),
+                };
+                let mut m = Message::new(id, started_ms, body);
+                m.severity = severity(&alert);
+                m.summary = summary;
                 for (k, v) in &alert.labels {
                     m.set_label(k, v.clone());
                 }
@@ -214,7 +216,9 @@ mod tests {
         assert_eq!(ms[0].label("instance"), Some("db1"));
         assert_eq!(ms[0].label("status"), Some("firing"));
         assert_eq!(ms[1].severity, Severity::Info);
-        assert_eq!(ms[1].summary.as_deref(), Some("RESOLVED: CPUHigh"));
+        // No description: the summary is the body, said once.
+        assert_eq!(ms[1].summary, None);
+        assert_eq!(ms[1].body, "RESOLVED: CPUHigh");
         assert_eq!(ms[1].label("status"), Some("resolved"));
         assert_eq!(
             decode(PAYLOAD).unwrap()[0].id,

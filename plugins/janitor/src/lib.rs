@@ -2,7 +2,8 @@
 //!
 //! Janitor clients post form-encoded fields (`curl -X POST -d "hostname=…&message=…"`), or the
 //! same fields as JSON: `hostname` (required), `message` (required), `summary` (optional) and
-//! `message_type` (`none` — the default —, `info`, `warning`, `error` or `alert`). The host
+//! `message_type` (`none` — the default —, `info`, `warning`, `error` or `alert`; `alarm`, the
+//! name Janitor's server code uses for the last one, is the same as `alert`). The host
 //! routes `POST /message` to the pipeline named by `--janitor-pipeline`; point that pipeline's
 //! source at this plugin. The hostname becomes the `host` label; the message type the
 //! severity (chat sinks put its emoji where Janitor did). Each post is a new event, so its id
@@ -92,12 +93,14 @@ impl Decoder for Janitor {
             "info" => Severity::Info,
             "warning" => Severity::Warning,
             "error" => Severity::Error,
-            "alert" => Severity::Alert,
+            // Janitor's documentation says `alert`, its server code `alarm`: clients use both.
+            "alert" | "alarm" => Severity::Alert,
             other => {
+                let known = "none, info, warning, error, alert or alarm";
                 return Err(reject(
                     400,
-                    format!("unknown `message_type` `{other}` (none, info, warning, error, alert)"),
-                ))
+                    format!("unknown `message_type` `{other}` ({known})"),
+                ));
             }
         };
         let now = std::time::SystemTime::now()
@@ -165,6 +168,7 @@ mod tests {
             ("warning", Severity::Warning),
             ("error", Severity::Error),
             ("alert", Severity::Alert),
+            ("alarm", Severity::Alert),
         ] {
             let body =
                 format!(r#"{{"hostname":"h","message":"m","summary":"s","message_type":"{t}"}}"#);

@@ -10,7 +10,9 @@ use tocsin_sdk::fuzz;
 use super::*;
 
 const FIELDS: [&str; 4] = ["hostname", "message", "summary", "message_type"];
-const TYPES: [&str; 7] = ["none", "info", "warning", "error", "alert", "", "Warning"];
+const TYPES: [&str; 8] = [
+    "none", "info", "warning", "error", "alert", "alarm", "", "Warning",
+];
 
 fn decode(content_type: Option<&str>, body: Vec<u8>) -> Result<Vec<Message>, Rejection> {
     let headers: Vec<(&str, &str)> = content_type
@@ -87,7 +89,7 @@ fn expected(
         "info" => Severity::Info,
         "warning" => Severity::Warning,
         "error" => Severity::Error,
-        "alert" => Severity::Alert,
+        "alert" | "alarm" => Severity::Alert,
         _ => return Err(400),
     };
     Ok((

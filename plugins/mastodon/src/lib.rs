@@ -75,7 +75,9 @@ fn cut(text: &str, max: usize) -> String {
 /// The JSON body of the status for a message.
 fn status_body(msg: &Message, c: &Config) -> serde_json::Value {
     let mark = severity_emoji(msg.severity);
-    let (status, spoiler) = match &msg.summary {
+    // A body that only repeats the summary is said once.
+    let summary = msg.summary.as_ref().filter(|s| s.trim() != msg.body.trim());
+    let (status, spoiler) = match summary {
         Some(summary) => (msg.body.clone(), Some(format!("{mark}{summary}"))),
         None => (format!("{mark}{}", msg.body), None),
     };
@@ -202,6 +204,16 @@ mod tests {
         assert_eq!(b["status"], "disk / is 93 % full");
         assert_eq!(b["content_type"], "text/plain");
         assert_eq!(b["visibility"], "unlisted");
+    }
+
+    #[test]
+    fn a_body_that_repeats_the_summary_is_said_once() {
+        let mut m = Message::new("1", 0, "e2e alert i-45");
+        m.severity = Severity::Warning;
+        m.summary = Some("e2e alert i-45".into());
+        let b = status_body(&m, &config("mastodon"));
+        assert_eq!(b["status"], "⚠️ e2e alert i-45");
+        assert!(b.get("spoiler_text").is_none());
     }
 
     #[test]

@@ -72,7 +72,9 @@ fn escape_html(s: &str) -> String {
 /// The plain and HTML bodies of a message.
 fn render(msg: &Message) -> (String, String) {
     let mark = severity_emoji(msg.severity);
-    match &msg.summary {
+    // A body that only repeats the summary is said once.
+    let summary = msg.summary.as_ref().filter(|s| s.trim() != msg.body.trim());
+    match summary {
         Some(summary) => (
             format!("{mark}{summary}\n{}", msg.body),
             format!(
@@ -158,3 +160,21 @@ impl Sink for Matrix {
 }
 
 export_sink!(Matrix);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_sdk::{MessageExt, Severity};
+
+    #[test]
+    fn a_summary_is_a_title_above_the_text_and_said_once_when_the_text_repeats_it() {
+        let mut m = Message::new("1", 0, "/ is 99 % full");
+        m.severity = Severity::Warning;
+        m.summary = Some("Disk full on db1".into());
+        assert_eq!(render(&m).0, "⚠️ Disk full on db1\n/ is 99 % full");
+        m.body = "Disk full on db1".into();
+        let (plain, html) = render(&m);
+        assert_eq!(plain, "⚠️ Disk full on db1");
+        assert_eq!(html, "<p>⚠️ Disk full on db1</p>");
+    }
+}

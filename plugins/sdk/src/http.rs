@@ -166,7 +166,24 @@ impl Request {
         self.header("content-type", "application/json").body(body)
     }
 
+    /// The `Content-Length` this request is sent with: the body's size, known in advance, so
+    /// strict servers (which answer a chunked upload with 411 or read it as empty) get a
+    /// framed body. `None` when the caller set the header itself, and for a bodiless GET,
+    /// HEAD, DELETE or OPTIONS (as curl sends them).
+    fn content_length(&self) -> Option<usize> {
+        if self.headers.iter().any(|(k, _)| k == "content-length") {
+            return None;
+        }
+        let bodiless = matches!(self.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS");
+        if self.body.is_empty() && bodiless {
+            return None;
+        }
+        Some(self.body.len())
+    }
+
     /// Sends the request and reads the response, blocking.
+    ///
+    /// The body goes out with a `Content-Length` header (never chunked): its size is known.
     pub fn send(self) -> Result<Response, HttpError> {
         let (scheme, rest) = match self.url.split_once("://") {
             Some(("https", rest)) => (Scheme::Https, rest),
@@ -185,11 +202,14 @@ impl Request {
         if authority.is_empty() {
             return Err(HttpError::BadUrl(format!("`{}` has no host", self.url)));
         }
-        let entries: Vec<(String, Vec<u8>)> = self
+        let mut entries: Vec<(String, Vec<u8>)> = self
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
             .collect();
+        if let Some(length) = self.content_length() {
+            entries.push(("content-length".into(), length.to_string().into_bytes()));
+        }
         let fields = Fields::from_list(&entries)
             .map_err(|e| HttpError::BadUrl(format!("invalid header: {e:?}")))?;
         let request = OutgoingRequest::new(fields);
@@ -298,5 +318,26 @@ fn transport(code: ErrorCode) -> HttpError {
             HttpError::Denied("the host is not in this stage's grants.hosts".into())
         }
         other => HttpError::Transport(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Request;
+
+    #[test]
+    fn a_known_body_is_sent_with_its_length() {
+        let r = Request::post("http://h/").json(&serde_json::json!({"a": 1}));
+        assert_eq!(r.content_length(), Some(br#"{"a":1}"#.len()));
+        assert_eq!(Request::put("http://h/").content_length(), Some(0));
+    }
+
+    #[test]
+    fn a_bodiless_get_has_no_length_and_a_callers_own_header_wins() {
+        assert_eq!(Request::get("http://h/").content_length(), None);
+        let r = Request::post("http://h/")
+            .header("Content-Length", "3")
+            .body("abc");
+        assert_eq!(r.content_length(), None);
     }
 }

@@ -1,0 +1,65 @@
+//! One process per data directory: a second `tocsin run`, or an operator command, on a data
+//! directory a server holds is refused with the holder's pid and the right advice — once, and
+//! without calling the healthy store damaged — and the running server goes on.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tocsin_tests::process::{Port, Tocsin};
+use tocsin_tests::{free_port, plugins_dir, tocsin_bin, Env, OPEN_JSON_SOURCE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_data_is_refused_as_in_use_not_as_damaged() {
+    let env = Env::new();
+    env.write_pipeline(
+        "alerts",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}",
+            tocsin_tests::file_sink(&env, "out", "a.jsonl")
+        ),
+    );
+    let port = Port::free();
+    let mut first = Tocsin::spawn(&env, &port, &[]);
+    first.wait_serving(&env, Duration::from_secs(60)).await;
+    let in_use = format!("is in use by another tocsin process (pid {})", first.pid());
+
+    let second = Command::new(tocsin_bin())
+        .arg("run")
+        .arg("--pipelines")
+        .arg(env.path("pipelines"))
+        .arg("--data")
+        .arg(env.path("data"))
+        .arg("--plugin-dir")
+        .arg(plugins_dir())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("tocsin runs");
+    let dlq = Command::new(tocsin_bin())
+        .args(["dlq", "ls", "--data"])
+        .arg(env.path("data"))
+        .output()
+        .expect("tocsin runs");
+    for (what, out) in [("run", &second), ("dlq ls", &dlq)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "tocsin {what}: {stderr}");
+        assert_eq!(
+            stderr.matches(&in_use).count(),
+            1,
+            "tocsin {what}: {stderr}"
+        );
+        assert!(stderr.contains("Stop that process first"), "{stderr}");
+        for wrong in ["corrupt", "is damaged", "move the directory aside"] {
+            assert!(
+                !stderr.contains(wrong),
+                "tocsin {what} says {wrong:?}: {stderr}"
+            );
+        }
+    }
+    // The first server was not disturbed.
+    let health = reqwest::get(format!("{}/healthz", first.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(first.is_running());
+    first.terminate(Duration::from_secs(20));
+}

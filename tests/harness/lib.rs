@@ -131,6 +131,7 @@ impl Env {
             shutdown_grace: tocsin::settings::DEFAULT_SHUTDOWN_GRACE,
             store_check_timeout: tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT,
             tls_ca_file: None,
+            http: tocsin::settings::HttpLimits::default(),
         }
     }
 

@@ -29,12 +29,27 @@ impl Tocsin {
     /// Starts `tocsin run` on the environment's pipelines and data, listening on `port`, with
     /// `extra` arguments; stdout and stderr are appended to `tocsin.log`.
     pub fn spawn(env: &Env, port: &Port, extra: &[&str]) -> Tocsin {
+        Self::spawn_command(env, port, extra, Command::new(tocsin_bin()))
+    }
+
+    /// Like [`Tocsin::spawn`], with the open-files limit set to `nofile` (soft and hard, as
+    /// `prlimit` does; systemd's default soft limit is 1024), so tocsin cannot raise it.
+    pub fn spawn_with_nofile(env: &Env, port: &Port, extra: &[&str], nofile: u64) -> Tocsin {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(tocsin_bin());
+        Self::spawn_command(env, port, extra, command)
+    }
+
+    fn spawn_command(env: &Env, port: &Port, extra: &[&str], mut command: Command) -> Tocsin {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(env.path("tocsin.log"))
             .expect("log file");
-        let child = Command::new(tocsin_bin())
+        let child = command
             .arg("run")
             .arg("--pipelines")
             .arg(env.path("pipelines"))

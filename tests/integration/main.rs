@@ -12,6 +12,9 @@
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
 //! - `filters`: template, dedup, rate-limit and the webhook sink through the engine.
 //! - `forward`: agent → central with the central instance down, then up: each message once.
+//! - `hardening`: the real binary under a 1024 open-files limit: a thousand stalled clients are
+//!   cut off by the timeouts while a large request is accepted; an injected EMFILE in the store
+//!   is survived or ends the process with 75, never a hang.
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `howto`: every operator how-to in docs/howto/ runs as written and prints what it shows.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
@@ -37,6 +40,7 @@ mod corrupt;
 mod disk;
 mod filters;
 mod forward;
+mod hardening;
 mod hot_reload;
 mod howto;
 mod ingest;

@@ -36,6 +36,20 @@ fn the_unit_is_hardened_and_systemd_accepts_it() {
     ] {
         assert!(unit.contains(setting), "`{setting}` missing from the unit");
     }
+    // The open-files limit leaves room for the default connection cap besides the
+    // descriptors tocsin keeps for its store, plugins and outbound connections.
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE")
+        .parse()
+        .unwrap();
+    let cap = tocsin::settings::HttpLimits::default().max_connections;
+    assert_eq!(
+        tocsin::http_serve::effective_max_connections(cap, nofile),
+        cap,
+        "LimitNOFILE={nofile} leaves no room for {cap} connections"
+    );
     // The stop timeout leaves room for the shutdown grace.
     let words = exec_start(&unit);
     let grace = words

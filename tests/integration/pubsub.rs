@@ -126,7 +126,15 @@ async fn oidc_tokens_are_checked_and_storage_notifications_decoded() {
         ),
         (
             token(&google, "key-2", claims(AUDIENCE, now() + 600, ACCOUNT)),
-            "unknown signing key `key-2`",
+            "signed with an unknown key",
+        ),
+        (
+            token(&google, "key-1", {
+                let mut c = claims(AUDIENCE, now() + 600, ACCOUNT);
+                c["nbf"] = json!(now() + 300);
+                c
+            }),
+            "not valid yet",
         ),
         (
             encode(
@@ -144,6 +152,16 @@ async fn oidc_tokens_are_checked_and_storage_notifications_decoded() {
         assert_eq!(status, 401, "{reason}: {text}");
         assert!(text.contains(reason), "`{reason}` not in {text}");
     }
+    // The answer repeats nothing the sender chose: a forged 10 KB key id is not echoed.
+    let long_kid = "k".repeat(10_000);
+    let (status, text) = post(token(
+        &google,
+        &long_kid,
+        claims(AUDIENCE, now() + 600, ACCOUNT),
+    ))
+    .await;
+    assert_eq!(status, 401);
+    assert!(text.len() < 200 && !text.contains("kkkk"), "{text}");
 
     let (status, text) = post(token(
         &google,
@@ -235,5 +253,81 @@ async fn a_jwks_from_a_url_is_fetched_and_refetched_for_a_new_key() {
         env.read_lines("out/storage.jsonl").len() == 2
     })
     .await;
+    server.stop().await;
+}
+
+/// A token naming an unknown key makes tocsin refetch the key set; while that fetch hangs on a
+/// slow key server, tokens signed with a key already known are still answered (the key set is
+/// not locked across the fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_key_refetch_does_not_hold_back_tokens_with_known_keys() {
+    let known = signer("known");
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let keys = json!({"keys": [known.jwk.clone()]});
+    let (seen, gate) = (fetches.clone(), release.clone());
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let (seen, gate, keys) = (seen.clone(), gate.clone(), keys.clone());
+            async move {
+                // The first fetch (at start) answers at once; later ones wait for the test.
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                    gate.notified().await;
+                }
+                axum::Json(keys)
+            }
+        }),
+    );
+    let port = serve_on_loopback(app).await;
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "storage",
+        &format!(
+            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"http://127.0.0.1:{port}/certs\", audience = \"{AUDIENCE}\" }} }}\n\n{}",
+            file_sink(&env, "out", "storage.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    let url = format!("{}/ingest/storage", server.base_url);
+    let post = move |token: String, id: &str| {
+        let (url, body) = (
+            url.clone(),
+            json!({"message": {"data": "aGk=", "messageId": id}, "subscription": "s"}).to_string(),
+        );
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16())
+        }
+    };
+    let stranger = signer("stranger");
+    let unknown = tokio::spawn(post(
+        token(
+            &stranger,
+            "stranger",
+            claims(AUDIENCE, now() + 600, ACCOUNT),
+        ),
+        "1",
+    ));
+    wait_until(Duration::from_secs(20), "the refetch to start", || {
+        fetches.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    // The refetch hangs; a token with the known key is answered meanwhile.
+    let valid = post(
+        token(&known, "known", claims(AUDIENCE, now() + 600, ACCOUNT)),
+        "2",
+    )
+    .await;
+    assert_eq!(valid, 202);
+    assert!(!unknown.is_finished(), "the refetch was not held");
+    release.notify_one();
+    assert_eq!(unknown.await.unwrap(), 401);
     server.stop().await;
 }

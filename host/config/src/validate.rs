@@ -643,7 +643,29 @@ impl Checker<'_> {
                 );
             }
             JwksSource::File(path)
-        } else if text.starts_with("https://") || text.starts_with("http://") {
+        } else if text.starts_with("https://") {
+            JwksSource::Url(text.clone())
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            // Keys fetched in the clear can be swapped by anyone on the path, and with them
+            // who may post: plain HTTP only to this machine (a local key server, a test).
+            let host = rest.split(['/', '?']).next().unwrap_or("");
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                self.error(
+                    Some(oidc.jwks.span()),
+                    "source.auth.oidc.jwks",
+                    format!(
+                        "`{text}` is plain HTTP: the signing keys must come over https:// (or \
+                         from a file), or anyone on the way could sign tokens"
+                    ),
+                );
+                return None;
+            }
             JwksSource::Url(text.clone())
         } else {
             self.error(

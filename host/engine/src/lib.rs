@@ -29,6 +29,7 @@ pub mod budget;
 pub mod delivery;
 pub mod dry_run;
 pub mod filtering;
+pub mod http_serve;
 pub mod ingest;
 pub mod manager;
 pub mod metrics;
@@ -37,5 +38,6 @@ pub mod schedule;
 pub mod server;
 pub mod settings;
 pub mod status;
+pub mod watchdog;
 
 pub use settings::Settings;

@@ -116,6 +116,21 @@ enum Command {
         /// internal CA), besides the compiled-in Mozilla roots and the system's store.
         #[arg(long, env = "TOCSIN_TLS_CA_FILE")]
         tls_ca_file: Option<PathBuf>,
+        /// HTTP connections open at once, per listener; more wait in the kernel's backlog.
+        /// Lowered at start if the open-files limit (LimitNOFILE) leaves no room for it.
+        #[arg(long, env = "TOCSIN_MAX_CONNECTIONS", default_value_t = 512)]
+        max_connections: usize,
+        /// A request's headers must arrive within this; also how long an idle kept-alive
+        /// connection stays open.
+        #[arg(long, env = "TOCSIN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        header_timeout: std::time::Duration,
+        /// A request's body must arrive within this, or the answer is 408.
+        #[arg(long, env = "TOCSIN_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+        body_timeout: std::time::Duration,
+        /// Request bodies held in memory at once, all requests together, e.g. 256MiB; past
+        /// it, ingest answers 503 + Retry-After before reading a body.
+        #[arg(long, env = "TOCSIN_MAX_BODY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+        max_body_memory: u64,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -301,7 +316,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             shutdown_grace,
             store_check_timeout,
             tls_ca_file,
+            max_connections,
+            header_timeout,
+            body_timeout,
+            max_body_memory,
         } => {
+            tocsin::http_serve::raise_descriptor_limit();
             let queue_budget = queue_budget
                 .as_deref()
                 .map(|text| {
@@ -329,11 +349,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 shutdown_grace,
                 store_check_timeout,
                 tls_ca_file,
+                http: tocsin::settings::HttpLimits {
+                    max_connections: max_connections.max(1),
+                    header_timeout,
+                    body_timeout,
+                    max_body_memory,
+                },
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let shutdown_grace = settings.shutdown_grace;
             let served = rt.block_on(async {
                 let shutdown = shutdown_signal()?;
-                anyhow::Ok(tocsin::server::run(settings, shutdown).await)
+                let server = match tocsin::server::Server::start(settings).await {
+                    Ok(server) => server,
+                    Err(e) => return anyhow::Ok(Err(e)),
+                };
+                arm_watchdog(server.queue(), shutdown_grace)?;
+                anyhow::Ok(server.run_until(shutdown).await)
             })?;
             match served {
                 Ok(()) => Ok(ExitCode::SUCCESS),
@@ -406,6 +438,29 @@ fn parse_addr(flag: &str, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// The exit status after the queue store failed at run time (sysexits' EX_TEMPFAIL).
 const EXIT_STORE_FAILED: u8 = 75;
+
+/// Starts the watchdog ([`tocsin::watchdog`]): a wedged runtime or store ends the process
+/// with [`EXIT_STORE_FAILED`], so the supervisor restarts it instead of it hanging.
+fn arm_watchdog(
+    queue: std::sync::Arc<dyn QueueStore>,
+    shutdown_grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    use tocsin::watchdog::{Heartbeat, Watched};
+    let origin = std::time::Instant::now();
+    let heartbeat = Heartbeat::default();
+    heartbeat.spawn_beating(origin);
+    let watched = Watched {
+        queue,
+        shutdown_grace,
+    };
+    tocsin::watchdog::spawn(watched, heartbeat, origin, |wedged| {
+        tracing::error!(reason = %wedged.0, "tocsin is wedged; exiting with status 75 so the supervisor restarts it (what was acknowledged is on disk)");
+        eprintln!("error: tocsin is wedged: {}; exiting with status {EXIT_STORE_FAILED}", wedged.0);
+        std::process::exit(i32::from(EXIT_STORE_FAILED));
+    })
+    .context("cannot start the watchdog thread")?;
+    Ok(())
+}
 
 fn parse_size(text: &str) -> Result<u64, String> {
     tocsin_config::units::parse_size(text)

@@ -65,6 +65,7 @@ pub struct Server {
     ingest: IngestTable,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown_grace: Duration,
+    http_limits: crate::settings::HttpLimits,
 }
 
 impl Server {
@@ -98,6 +99,17 @@ impl Server {
         }
         let janitor_pipeline = settings.janitor_pipeline.clone();
         let shutdown_grace = settings.shutdown_grace;
+        let mut http_limits = settings.http;
+        let nofile = crate::http_serve::descriptor_limit();
+        http_limits.max_connections =
+            crate::http_serve::effective_max_connections(http_limits.max_connections, nofile);
+        if http_limits.max_connections < settings.http.max_connections {
+            tracing::warn!(
+                open_files_limit = nofile,
+                max_connections = http_limits.max_connections,
+                "the open-files limit leaves room for fewer HTTP connections than configured; raise LimitNOFILE"
+            );
+        }
         let ingest = IngestTable::default();
         let board = crate::manager::new_board();
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
@@ -134,6 +146,7 @@ impl Server {
             ingest,
             metrics,
             shutdown_grace,
+            http_limits,
         })
     }
 
@@ -175,24 +188,24 @@ impl Server {
                 self.ingest.clone(),
                 self.metrics.clone(),
                 self.janitor_pipeline.clone(),
+                &self.http_limits,
             );
             (listener, app)
         });
         let janitor_app = self.janitor_http.take().map(|(_, listener)| {
-            let app =
-                crate::ingest::janitor_router(self.ingest.clone(), self.janitor_pipeline.clone());
+            let app = crate::ingest::janitor_router(
+                self.ingest.clone(),
+                self.janitor_pipeline.clone(),
+                &self.http_limits,
+            );
             (listener, app)
         });
         for (listener, app) in main_app.into_iter().chain(janitor_app) {
             let stop = http_stop.clone();
-            http_tasks.push(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "an HTTP listener failed");
-                }
-            }));
+            let limits = self.http_limits;
+            http_tasks.push(tokio::spawn(crate::http_serve::serve(
+                listener, app, limits, stop,
+            )));
         }
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;

@@ -1,6 +1,7 @@
 //! Where the engine finds its pipelines, keeps its data and looks for plugins.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tocsin_config::PluginResolver;
 
@@ -33,6 +34,35 @@ pub struct Settings {
     /// A PEM file of extra certificate authorities that sinks' HTTPS requests trust, besides
     /// the compiled-in Mozilla roots and the system's store (an internal CA).
     pub tls_ca_file: Option<PathBuf>,
+    /// Bounds of the HTTP surface against slow, idle and oversized clients.
+    pub http: HttpLimits,
+}
+
+/// Bounds of the HTTP listeners (each listener has its own connection cap).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once; more wait in the kernel's backlog. Lowered at start when the
+    /// open-files limit leaves no room for it (see `http_serve`).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; it is also how long an idle kept-alive
+    /// connection stays open.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
+    /// Request bodies held in memory at once, all requests together; past it, 503 with
+    /// `Retry-After` before the body is read.
+    pub max_body_memory: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_body_memory: 256 << 20,
+        }
+    }
 }
 
 /// The default [`Settings::store_check_timeout`]: generous, since a scan of millions of

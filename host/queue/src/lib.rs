@@ -270,6 +270,13 @@ pub trait QueueStore: Send + Sync + 'static {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// How long the sync now running has been running; `None` when none is. A sync that does
+    /// not come back (sled wedged after an I/O error it could not recover from) leaves the
+    /// process unable to acknowledge anything: the server's watchdog restarts it.
+    fn stalled(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

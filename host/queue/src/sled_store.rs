@@ -30,7 +30,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tocsin_message::{decode_record, encode_record, Message};
 use tokio::sync::oneshot;
@@ -106,6 +106,7 @@ impl SledStore {
             data_file: open_file("db")?,
             ledger: open_file(LEDGER_FILE)?,
             failure: Mutex::new(None),
+            syncing_since: Mutex::new(None),
         });
         durability
             .check_ledger()
@@ -224,7 +225,21 @@ impl SledStore {
     fn batch_result(&self, result: std::result::Result<(), sled::Error>) -> Commit {
         match result {
             Ok(()) => self.commit(),
-            Err(e) => Commit::ready(Err(storage(e))),
+            Err(e) => Commit::ready(Err(self.write_failed(e))),
+        }
+    }
+
+    /// The error of a failed write. An I/O error (`EMFILE`, `ENOSPC`, `EIO`) leaves sled
+    /// unusable until it is reopened — tests saw the next sync never return — so it is kept as
+    /// the store's [`QueueStore::failure`], and the server stops for a restart.
+    fn write_failed(&self, e: sled::Error) -> QueueError {
+        if matches!(e, sled::Error::Io(_)) {
+            self.durability
+                .recorded(Err::<(), _>(storage(&e)))
+                .err()
+                .unwrap_or_else(|| storage(&e))
+        } else {
+            storage(e)
         }
     }
 }
@@ -262,13 +277,28 @@ struct Durability {
     ledger: File,
     /// The first failed sync: sled refuses every later write until reopened.
     failure: Mutex<Option<String>>,
+    /// When the sync now running began.
+    syncing_since: Mutex<Option<Instant>>,
 }
 
 impl Durability {
     /// sled's flush (write + `sync_file_range`), then `fdatasync` of the data file.
     fn sync(&self) -> Result<()> {
-        self.db.flush().map_err(storage)?;
-        self.data_file.sync_data().map_err(storage)
+        *self.syncing_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let result = self
+            .db
+            .flush()
+            .map_err(storage)
+            .and_then(|_| self.data_file.sync_data().map_err(storage));
+        *self.syncing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        result
+    }
+
+    fn stalled(&self) -> Option<Duration> {
+        self.syncing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|since| since.elapsed())
     }
 
     /// A numbered, durable commit of every write so far, recorded in the ledger.
@@ -611,7 +641,7 @@ impl QueueStore for SledStore {
                 .collect();
             self.add_ingress_records(&mut writes, &envelopes)?;
             add_state(&mut writes, state);
-            writes.apply(&tree).map_err(storage)
+            writes.apply(&tree).map_err(|e| self.write_failed(e))
         };
         match run() {
             Ok(()) => self.commit(),
@@ -637,7 +667,7 @@ impl QueueStore for SledStore {
         }
         tree.insert(key, ingress_batch::encode(&entries))
             .map(|_| ())
-            .map_err(storage)
+            .map_err(|e| self.write_failed(e))
     }
 
     /// Whole records: at least `limit` entries when ingress holds them, and the rest of the
@@ -721,7 +751,7 @@ impl QueueStore for SledStore {
         self.tree(pipeline)?
             .insert(named_key(SINK, sink, seq), encode_record(envelope))
             .map(|_| ())
-            .map_err(storage)
+            .map_err(|e| self.write_failed(e))
     }
 
     fn dead_letter(&self, pipeline: &str, queue: &str, seq: Seq, envelope: &Envelope) -> Commit {
@@ -788,7 +818,7 @@ impl QueueStore for SledStore {
                 );
             }
         }
-        writes.apply(&tree).map_err(storage)?;
+        writes.apply(&tree).map_err(|e| self.write_failed(e))?;
         self.sync_now()?;
         Ok(letters.len())
     }
@@ -811,7 +841,7 @@ impl QueueStore for SledStore {
                 writes.remove(k);
             }
         }
-        writes.apply(&tree).map_err(storage)?;
+        writes.apply(&tree).map_err(|e| self.write_failed(e))?;
         self.sync_now()?;
         Ok(removed)
     }
@@ -881,6 +911,10 @@ impl QueueStore for SledStore {
         self.db.size_on_disk().map_err(storage)
     }
 
+    fn stalled(&self) -> Option<Duration> {
+        self.durability.stalled()
+    }
+
     fn failure(&self) -> Option<String> {
         self.durability
             .failure
@@ -912,7 +946,9 @@ mod tests {
     fn a_second_open_is_refused_as_in_use_naming_the_holder_not_as_damage() {
         let dir = tempfile::tempdir().unwrap();
         let first = SledStore::open(dir.path()).unwrap();
-        let err = SledStore::open(dir.path()).err().expect("refused");
+        let Err(err) = SledStore::open(dir.path()) else {
+            panic!("a second open was not refused");
+        };
         match &err {
             QueueError::InUse { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
             other => panic!("expected InUse, got {other}"),

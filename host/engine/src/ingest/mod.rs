@@ -13,6 +13,7 @@ pub mod oidc;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,12 +24,13 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, Semaphore};
 
 use tocsin_queue::QueueStore;
 use tocsin_runtime::{IngestRequest, Stage};
 
 use crate::pipeline::state_writes;
+use crate::settings::HttpLimits;
 use crate::status::PipelineStatus;
 use auth::Authenticator;
 
@@ -111,6 +113,32 @@ struct HttpState {
     table: IngestTable,
     /// The pipeline `POST /message` goes to (Janitor compatibility), if configured.
     janitor_pipeline: Option<String>,
+    /// A body must arrive within this.
+    body_timeout: Duration,
+    /// KiB of request bodies that may be held at once, all requests together.
+    body_memory: Arc<Semaphore>,
+    /// Its size.
+    body_memory_total: usize,
+}
+
+impl HttpState {
+    /// The whole memory budget for bodies, in KiB (a request never asks for more).
+    fn body_memory_kib(&self) -> usize {
+        self.body_memory_total
+    }
+
+    fn new(table: IngestTable, janitor_pipeline: Option<String>, limits: &HttpLimits) -> Self {
+        let kib = usize::try_from(limits.max_body_memory >> 10)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        HttpState {
+            table,
+            janitor_pipeline,
+            body_timeout: limits.body_timeout,
+            body_memory: Arc::new(Semaphore::new(kib)),
+            body_memory_total: kib,
+        }
+    }
 }
 
 /// The HTTP routes: ingest, Janitor's `/message`, health and metrics.
@@ -118,6 +146,7 @@ pub fn router(
     table: IngestTable,
     metrics: Arc<crate::metrics::Metrics>,
     janitor_pipeline: Option<String>,
+    limits: &HttpLimits,
 ) -> Router {
     let metrics_route = get(move || {
         let metrics = metrics.clone();
@@ -136,22 +165,20 @@ pub fn router(
         .route("/metrics", metrics_route)
         .route("/ingest/{pipeline}", post(ingest))
         .route("/message", post(message))
-        .with_state(HttpState {
-            table,
-            janitor_pipeline,
-        })
+        .with_state(HttpState::new(table, janitor_pipeline, limits))
 }
 
 /// The routes of the optional second listener for Janitor clients (which expect port 5000):
 /// only `POST /message` and `GET /healthz`.
-pub fn janitor_router(table: IngestTable, janitor_pipeline: Option<String>) -> Router {
+pub fn janitor_router(
+    table: IngestTable,
+    janitor_pipeline: Option<String>,
+    limits: &HttpLimits,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/message", post(message))
-        .with_state(HttpState {
-            table,
-            janitor_pipeline,
-        })
+        .with_state(HttpState::new(table, janitor_pipeline, limits))
 }
 
 /// 503 with `Retry-After`: nothing was accepted, the client should try again.
@@ -160,6 +187,17 @@ fn unavailable(reason: &str) -> Response {
     response
         .headers_mut()
         .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// 401 with the reason, and the challenge of a bearer scheme.
+fn unauthorized(auth: &Authenticator, reason: String) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, reason);
+    if matches!(auth, Authenticator::Bearer(_) | Authenticator::Oidc(_)) {
+        response
+            .headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
     response
 }
 
@@ -175,7 +213,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    accept(&state.table, &name, method, uri, headers, body).await
+    accept(&state, &name, method, uri, headers, body).await
 }
 
 /// `POST /message`, Janitor's endpoint: the same as `POST /ingest/{janitor pipeline}`, but
@@ -193,7 +231,7 @@ async fn message(
             "POST /message is not routed anywhere: start tocsin with --janitor-pipeline NAME",
         );
     };
-    let mut response = accept(&state.table, name, method, uri, headers, body).await;
+    let mut response = accept(&state, name, method, uri, headers, body).await;
     if response.status() == StatusCode::ACCEPTED {
         *response.status_mut() = StatusCode::OK;
     }
@@ -201,14 +239,20 @@ async fn message(
 }
 
 /// Checks, decodes and durably appends one request to pipeline `name`.
+///
+/// Everything that can be checked without the body is checked before it is read: the
+/// pipeline, the declared size, a bearer or OIDC token (a GitHub signature needs the body, but
+/// its header must be there), the disk budget and the memory budget for bodies. Then the body
+/// must arrive within the body timeout.
 async fn accept(
-    table: &IngestTable,
+    state: &HttpState,
     name: &str,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let table = &state.table;
     let name = name.to_string();
     let Some(endpoint) = table.get(&name) else {
         if table.is_reloading(&name) {
@@ -235,30 +279,46 @@ async fn accept(
     if declared.is_some_and(|n| n > endpoint.body_limit) {
         return too_large();
     }
-    let body = match Limited::new(body, endpoint.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    if let Err(reason) = endpoint.auth.check_headers(&headers).await {
+        return unauthorized(&endpoint.auth, reason);
+    }
+    if let Some(why) = endpoint.budget.refusal() {
+        return unavailable(&format!("{why}; nothing was accepted, try again later"));
+    }
+    let need_kib = declared
+        .unwrap_or(endpoint.body_limit)
+        .div_ceil(1024)
+        .max(1);
+    let need_kib = u32::try_from(need_kib.min(Semaphore::MAX_PERMITS))
+        .unwrap_or(u32::MAX)
+        .min(u32::try_from(state.body_memory_kib()).unwrap_or(u32::MAX));
+    let Ok(_body_memory) = state.body_memory.clone().try_acquire_many_owned(need_kib) else {
+        return unavailable(
+            "too many request bodies are being read at once; nothing was accepted, try again",
+        );
+    };
+    let read = Limited::new(body, endpoint.body_limit).collect();
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {}; nothing was accepted",
+                    humantime::format_duration(state.body_timeout)
+                ),
+            )
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
             )
         }
     };
-    if let Err(reason) = endpoint.auth.check(&headers, &body).await {
-        let mut response = error(StatusCode::UNAUTHORIZED, reason);
-        if matches!(
-            endpoint.auth,
-            Authenticator::Bearer(_) | Authenticator::Oidc(_)
-        ) {
-            response
-                .headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        }
-        return response;
-    }
-    if let Some(why) = endpoint.budget.refusal() {
-        return unavailable(&format!("{why}; nothing was accepted, try again later"));
+    if let Err(reason) = endpoint.auth.check_body(&headers, &body) {
+        return unauthorized(&endpoint.auth, reason);
     }
     let request = IngestRequest {
         method: method.to_string(),
@@ -353,7 +413,7 @@ mod tests {
         let queue: Arc<dyn QueueStore> = tocsin_queue::SledStore::open(dir.path()).unwrap();
         let metrics = crate::metrics::Metrics::new(crate::manager::new_board(), queue);
         let table = IngestTable::default();
-        let app = || router(table.clone(), metrics.clone(), None);
+        let app = || router(table.clone(), metrics.clone(), None, &HttpLimits::default());
         assert_eq!(
             post(app(), "/ingest/hooks").await,
             (StatusCode::NOT_FOUND, None)

@@ -2,7 +2,8 @@
 //! `Authorization: Bearer`.
 //!
 //! Checked: the signature against a key of the configured JWKS (found by the token's `kid`),
-//! the algorithm (RS256 only — `none` and HMAC tokens are refused), expiry (`exp`, 60 s leeway),
+//! the algorithm (RS256 only — `none` and HMAC tokens are refused), expiry (`exp`) and
+//! not-before (`nbf`), both with 60 s leeway,
 //! audience (`aud`), issuer (`iss`), and, when configured, the service account (`email` with
 //! `email_verified`). A JWKS from a URL is fetched at start and again when a token names a key
 //! it does not hold (at once the first time, then at most once a minute), which follows
@@ -31,7 +32,12 @@ struct Claims {
 /// A verifier for one pipeline's OIDC auth.
 pub struct OidcVerifier {
     spec: OidcSpec,
-    keys: RwLock<(JwkSet, Option<Instant>)>,
+    /// The keys. Only swapped under the write lock, never held across a fetch: a slow key
+    /// server must not hold back tokens signed with a key already known.
+    keys: RwLock<JwkSet>,
+    /// When the key set was last refetched; held while a refetch runs, so one runs at a time
+    /// and tokens with unknown keys that arrive meanwhile do not queue behind it.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl OidcVerifier {
@@ -41,37 +47,46 @@ impl OidcVerifier {
         // No refetch recorded yet: the first unknown key may refetch at once.
         Ok(OidcVerifier {
             spec,
-            keys: RwLock::new((keys, None)),
+            keys: RwLock::new(keys),
+            refreshed: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// `Ok` when `token` is a valid token for this pipeline; otherwise why not.
+    /// `Ok` when `token` is a valid token for this pipeline; otherwise why not, in words
+    /// that repeat nothing of the token (the answer goes to whoever sent it).
     pub async fn verify(&self, token: &str) -> Result<(), String> {
-        let header = decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+        use jsonwebtoken::errors::ErrorKind;
+        let header = decode_header(token).map_err(|_| "not a JWT".to_string())?;
         if header.alg != Algorithm::RS256 {
-            return Err(format!("token algorithm {:?} is not RS256", header.alg));
+            return Err("the token's algorithm is not RS256".into());
         }
-        let kid = header.kid.ok_or("token names no key (`kid`)")?;
+        let kid = header.kid.ok_or("the token names no key (`kid`)")?;
         let key = match self.key(&kid).await {
             Some(key) => key,
             None => {
                 self.refresh().await;
                 self.key(&kid)
                     .await
-                    .ok_or_else(|| format!("unknown signing key `{kid}`"))?
+                    .ok_or_else(|| "the token is signed with an unknown key".to_string())?
             }
         };
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&[&self.spec.audience]);
         validation.set_issuer(&self.spec.issuers);
         validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        validation.validate_nbf = true;
         let claims = decode::<Claims>(token, &key, &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_string(),
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience".to_string(),
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature".to_string(),
-                other => format!("invalid token: {other:?}"),
+            .map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet (`nbf`)",
+                    ErrorKind::InvalidAudience => "wrong audience",
+                    ErrorKind::InvalidIssuer => "wrong issuer",
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+                    _ => "invalid token",
+                }
+                .to_string()
             })?
             .claims;
         if let Some(expected) = &self.spec.email {
@@ -86,26 +101,24 @@ impl OidcVerifier {
 
     async fn key(&self, kid: &str) -> Option<DecodingKey> {
         let keys = self.keys.read().await;
-        keys.0
-            .find(kid)
+        keys.find(kid)
             .and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
     }
 
-    /// Re-reads the key set, at most once per [`JWKS_REFRESH_MIN_INTERVAL`].
+    /// Re-reads the key set, at most once per [`JWKS_REFRESH_MIN_INTERVAL`]. While one
+    /// refetch runs, others return at once (their token's key stays unknown: 401, and the
+    /// sender retries); requests with known keys never wait for it.
     async fn refresh(&self) {
-        let mut keys = self.keys.write().await;
-        if keys
-            .1
-            .is_some_and(|at| at.elapsed() < JWKS_REFRESH_MIN_INTERVAL)
-        {
+        let Ok(mut refreshed) = self.refreshed.try_lock() else {
+            return;
+        };
+        if refreshed.is_some_and(|at| at.elapsed() < JWKS_REFRESH_MIN_INTERVAL) {
             return;
         }
+        *refreshed = Some(Instant::now());
         match load(&self.spec.jwks).await {
-            Ok(fresh) => *keys = (fresh, Some(Instant::now())),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot refresh the JWKS");
-                keys.1 = Some(Instant::now());
-            }
+            Ok(fresh) => *self.keys.write().await = fresh,
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the JWKS"),
         }
     }
 }

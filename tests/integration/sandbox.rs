@@ -232,7 +232,9 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
     for (pipeline, reason) in [
         ("phoning", "request denied by the host"),
         ("stealer", "secret `token` is not granted"),
-        ("owner", "LEAKED: s3cr3t-owner-token"),
+        // Granted, it reads the secret; what it hands back (an error that echoes it, as some
+        // servers' error pages do) is scrubbed before it is logged or stored.
+        ("owner", "LEAKED: REDACTED"),
     ] {
         wait_until(
             Duration::from_secs(60),
@@ -305,4 +307,149 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         assert!(!line.contains("root:"), "leak: {line}");
     }
     server.stop().await;
+}
+
+/// A granted `/proc` shows the system-wide figures (the control: `/proc/stat` is read and
+/// passed on) and none of the per-process files: `/proc/self/environ`, which holds every
+/// `env:` secret of the host, and `/proc/1/cmdline` are not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_proc_shows_system_figures_but_no_process_files() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    let proc_reader = |name: &str, path: &str| {
+        hostile_pipeline(
+            &env,
+            name,
+            &format!(r#"{{ mode = "read", path = "{path}" }}"#),
+            "{}\ngrants = { read_dirs = [\"/proc\"] }",
+        )
+    };
+    env.write_pipeline("figures", &proc_reader("figures", "/proc/stat"));
+    env.write_pipeline("environ", &proc_reader("environ", "/proc/self/environ"));
+    env.write_pipeline("cmdline", &proc_reader("cmdline", "/proc/1/cmdline"));
+    let server = env.start().await;
+    wait_until(Duration::from_secs(30), "the figures read", || {
+        !env.read_lines("out/figures.jsonl").is_empty()
+    })
+    .await;
+    let figures = &env.read_json_lines("out/figures.jsonl")[0];
+    assert!(
+        figures["body"].as_str().unwrap().starts_with("cpu "),
+        "{figures}"
+    );
+    for name in ["environ", "cmdline"] {
+        wait_until(Duration::from_secs(30), "a dead letter", || {
+            dead_letter_error(&server, name).is_some()
+        })
+        .await;
+        let error = dead_letter_error(&server, name).unwrap();
+        assert!(error.contains("failed"), "{name}: {error}");
+        assert!(env.read_lines(&format!("out/{name}.jsonl")).is_empty());
+    }
+    server.stop().await;
+}
+
+/// The value of the metric line starting with `prefix` (`name{labels} `), if any.
+fn metric(metrics: &str, prefix: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Against the real binary and its text log: a sink that makes 20 000 refused requests per
+/// delivery writes at most its stage's log budget (the rest is counted and a notice says how
+/// many were suppressed); an error whose second line imitates a host log line stays on one
+/// line; a plugin that traps in `init` has its trap counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_flood_or_forge_the_log_and_its_init_trap_counts() {
+    use tocsin_tests::process::{log_tail, Port, Tocsin};
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    env.write_pipeline(
+        "flooder",
+        &hostile_sink_pipeline(
+            &env,
+            "flooder",
+            r#"{ mode = "flood-http", url = "http://169.254.169.254/", count = 20000 }"#,
+            r#"{ hosts = ["alerts.example"] }"#,
+        ),
+    );
+    env.write_pipeline(
+        "forger",
+        &hostile_sink_pipeline(&env, "forger", r#"{ mode = "multiline" }"#, "{}"),
+    );
+    env.write_pipeline(
+        "init-trap",
+        &hostile_pipeline(&env, "init-trap", r#"{ mode = "init-panic" }"#, "{}"),
+    );
+    let port = Port::free();
+    let started = std::time::Instant::now();
+    let mut server = Tocsin::spawn(&env, &port, &[]);
+    server.wait_serving(&env, Duration::from_secs(60)).await;
+    let metrics_url = format!("{}/metrics", server.base_url);
+    let scrape = || async {
+        reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let dropped = "tocsin_plugin_log_lines_dropped_total{pipeline=\"flooder\",stage=\"sink.out\"} ";
+    let mut metrics = scrape().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&metrics, dropped).unwrap_or(0) < 30_000 {
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = scrape().await;
+    }
+    let traps = "tocsin_plugin_traps_total{pipeline=\"init-trap\"} ";
+    while metric(&metrics, traps).unwrap_or(0) < 1 {
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = scrape().await;
+    }
+    let forged_logged = log_mentions(&env, "FORGED").await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (status, _) = server.terminate(Duration::from_secs(20));
+    assert!(status.success());
+
+    let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("outbound HTTP request refused"))
+        .count();
+    let budget = tocsin_runtime::log_budget::BURST
+        + tocsin_runtime::log_budget::LINES_PER_SECOND * (seconds + 1.0);
+    assert!(
+        (refused as f64) <= budget,
+        "{refused} refusal lines in {seconds:.1} s (budget {budget})"
+    );
+    assert!(log.contains("suppressed"), "{}", log_tail(&env));
+    // The forged line is inside another, escaped, never a line of its own.
+    assert!(forged_logged, "{}", log_tail(&env));
+    assert!(log.contains("bad request\\n2026-12-05T00:00:00.000000Z ERROR"));
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-12-05T00:00:00.000000Z")),
+        "a forged line reached the log"
+    );
+}
+
+/// Whether `tocsin.log` mentions `text` within 30 s.
+async fn log_mentions(env: &Env, text: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap_or_default();
+        if log.contains(text) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }

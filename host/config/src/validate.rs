@@ -497,9 +497,37 @@ impl Checker<'_> {
             ("write_dirs", &g.write_dirs, &mut out.write_dirs),
         ] {
             for dir in list {
-                let written = dir.get_ref().trim_end_matches('/');
-                let path = PathBuf::from(written);
                 let name = format!("{field}.grants.{kind}");
+                // `/.`, `//` and `/srv/./x/` are spelled differently, not different: the
+                // components are what is granted.
+                let path: PathBuf = Path::new(dir.get_ref()).components().collect();
+                if path == Path::new("/") {
+                    self.error(
+                        Some(dir.span()),
+                        &name,
+                        format!(
+                            "`{}` grants the whole filesystem; grant only the directories the \
+                             plugin needs",
+                            dir.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                if path.starts_with("/proc") && path != Path::new("/proc") {
+                    self.error(
+                        Some(dir.span()),
+                        &name,
+                        format!(
+                            "`{}` is inside /proc, whose per-process files expose tocsin's \
+                             environment (its secrets): grant `/proc`, which shows only the \
+                             system-wide files",
+                            dir.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                let written = path.to_string_lossy().into_owned();
+                let written = written.as_str();
                 let escapes = path
                     .components()
                     .any(|c| matches!(c, std::path::Component::ParentDir));
@@ -994,6 +1022,35 @@ grants = { stdout = true }
 retry = { max_attempts = 3, initial = "2s", max = "1m" }
 match = { severity = ">= info" }
 "#;
+
+    #[test]
+    fn the_root_however_spelled_and_paths_inside_proc_cannot_be_granted() {
+        let fx = fixture();
+        for (dir, says) in [
+            ("/", "grants the whole filesystem"),
+            ("/.", "grants the whole filesystem"),
+            ("//", "grants the whole filesystem"),
+            ("/./", "grants the whole filesystem"),
+            ("/proc/self", "is inside /proc"),
+            ("/proc/./1/root", "is inside /proc"),
+        ] {
+            let text = GOOD.replace(
+                r#"read_dirs = ["/tmp"]"#,
+                &format!(r#"read_dirs = ["{dir}"]"#),
+            );
+            let errors = check(&fx, &text).expect_err(dir);
+            assert!(
+                errors.iter().any(|d| d.message.contains(says)),
+                "{dir}: {errors:?}"
+            );
+        }
+        let text = GOOD.replace(r#"read_dirs = ["/tmp"]"#, r#"read_dirs = ["/proc/"]"#);
+        let spec = check(&fx, &text).unwrap();
+        assert_eq!(
+            spec.source.stage.grants.read_dirs[0].host,
+            Path::new("/proc")
+        );
+    }
 
     #[test]
     fn sink_concurrency_defaults_to_one_and_is_bounded() {

@@ -206,6 +206,18 @@ impl Collector for PipelineCollector {
                 ConstCounter::new(n).encode(events.encode_family(&labels)?)?;
             }
         }
+        let mut dropped = encoder.encode_descriptor(
+            "tocsin_plugin_log_lines_dropped",
+            "Log lines a plugin caused (its own, and the host's about it) that were dropped: over the stage's log budget or a quota",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (pipeline, status) in &statuses {
+            for (stage, n) in status.log_lines_dropped() {
+                let labels = vec![("pipeline", pipeline.clone()), ("stage", stage)];
+                ConstCounter::new(n).encode(dropped.encode_family(&labels)?)?;
+            }
+        }
         let mut up = encoder.encode_descriptor(
             "tocsin_pipeline_up",
             "1 when the pipeline runs, 0 when it failed, is disabled or stopped",

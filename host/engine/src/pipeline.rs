@@ -180,10 +180,15 @@ pub async fn start(
         .chain(sinks.iter_mut().flatten())
     {
         let stage_name = stage.context().stage.clone();
-        stage
-            .start()
-            .await
-            .map_err(|e| format!("{stage_name} ({}): {e}", stage.plugin().path.display()))?;
+        status.track_log_drops(&stage_name, stage.log_lines_dropped());
+        if let Err(e) = stage.start().await {
+            // A trap in `init` is a trap like any other: counted, not only logged.
+            status.call_failed(&stage_name, &e);
+            return Err(format!(
+                "{stage_name} ({}): {e}",
+                stage.plugin().path.display()
+            ));
+        }
     }
 
     let cancel = CancellationToken::new();

@@ -94,6 +94,9 @@ pub struct PipelineStatus {
     stage_events: Mutex<BTreeMap<(String, StageEvent), u64>>,
     /// The names of its sinks, as its file declares them (empty until the file was read).
     sinks: Mutex<Vec<String>>,
+    /// Per stage, the counters of log lines its plugin caused that were dropped (one per
+    /// instance: a sink with `concurrency` has several).
+    log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
 }
 
 impl PipelineStatus {
@@ -104,7 +107,31 @@ impl PipelineStatus {
             counters: Counters::default(),
             stage_events: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(Vec::new()),
+            log_drops: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Counts `dropped` (a stage instance's dropped log lines) in the stage's total.
+    pub fn track_log_drops(&self, stage: &str, dropped: Arc<AtomicU64>) {
+        self.log_drops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stage.to_string())
+            .or_default()
+            .push(dropped);
+    }
+
+    /// Log lines dropped per stage (over its log budget or a quota), for the metrics.
+    pub fn log_lines_dropped(&self) -> Vec<(String, u64)> {
+        self.log_drops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(stage, counters)| {
+                let n = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+                (stage.clone(), n)
+            })
+            .collect()
     }
 
     /// Records the names of the pipeline's sinks, so its queues are reported (as empty)

@@ -33,10 +33,13 @@ impl wit_host::Host for PluginState {
         let h = &mut self.host;
         h.log_lines += 1;
         if h.log_lines > MAX_LOG_LINES_PER_CALL {
-            h.logs_dropped += 1;
+            h.log.count_dropped();
             return Ok(());
         }
-        let mut text = text;
+        if !h.log.admit() {
+            return Ok(());
+        }
+        let mut text = h.text.clean(&text);
         if text.len() > MAX_LOG_LINE_BYTES {
             let mut cut = MAX_LOG_LINE_BYTES;
             while !text.is_char_boundary(cut) {

@@ -25,6 +25,9 @@ pub struct HostAllowList {
     pub recorder: Option<Arc<DryRunRecorder>>,
     /// The stage's connection pool, which sends granted requests.
     pub(crate) outbound: Arc<OutboundPool>,
+    /// The stage's log budget: a plugin retrying a refused host in a loop must not write the
+    /// host's log full.
+    pub(crate) log: crate::log_budget::LogBudget,
 }
 
 /// What a plugin would have sent out in a dry run (`tocsin test`): its outbound HTTP requests,
@@ -93,14 +96,27 @@ impl HostAllowList {
             Some(_) => return false,
         };
         let port = port.unwrap_or(default_port);
-        self.hosts
-            .iter()
-            .any(|granted| match granted.rsplit_once(':') {
-                Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => {
-                    h == host && p.parse::<u16>().ok() == Some(port)
-                }
-                _ => *granted == host && (port == 80 || port == 443),
-            })
+        self.hosts.iter().any(|granted| {
+            let (h, p) = parse_grant(granted);
+            // A grant without a port is the scheme's own: https to port 80 is not granted.
+            h == host && p.unwrap_or(default_port) == port
+        })
+    }
+}
+
+/// A granted `host`, `host:port`, `[v6]`, `[v6]:port` or bare `v6` address: (host, port).
+fn parse_grant(granted: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = granted.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match granted.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (granted, None),
+        },
+        _ => (granted, None),
     }
 }
 
@@ -116,6 +132,9 @@ impl WasiHttpHooks for HostAllowList {
             .host()
             .is_some_and(|host| self.allows(uri.scheme_str(), host, uri.port_u16()));
         if !allowed {
+            if !self.log.admit() {
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            }
             tracing::warn!(
                 stage = %self.who,
                 uri = %format!("{}://{}", uri.scheme_str().unwrap_or("?"), uri.authority().map_or("", |a| a.as_str())),
@@ -189,13 +208,37 @@ mod tests {
                 Arc::new(crate::outbound::TlsContext::new(&Default::default()).unwrap()),
                 String::new(),
             )),
+            log: crate::log_budget::LogBudget::new("p", "s"),
         };
         assert!(list.allows(Some("https"), "matrix.example.org", None));
         assert!(list.allows(Some("http"), "MATRIX.example.org", Some(80)));
+        // The scheme's own port only: https to port 80, or http to 443, is not granted.
+        assert!(!list.allows(Some("https"), "matrix.example.org", Some(80)));
+        assert!(!list.allows(Some("http"), "matrix.example.org", Some(443)));
         assert!(!list.allows(Some("https"), "matrix.example.org", Some(8448)));
         assert!(list.allows(Some("http"), "127.0.0.1", Some(8008)));
         assert!(!list.allows(Some("http"), "127.0.0.1", Some(8009)));
         assert!(!list.allows(Some("https"), "evil.example.org", None));
         assert!(!list.allows(Some("ftp"), "matrix.example.org", None));
+    }
+
+    #[test]
+    fn ipv6_grants_match_with_and_without_a_port() {
+        let list = HostAllowList {
+            hosts: vec!["[::1]:8008".into(), "[fd00::7]".into(), "fd00::8".into()],
+            who: String::new(),
+            recorder: None,
+            outbound: Arc::new(OutboundPool::new(
+                Arc::new(crate::outbound::TlsContext::new(&Default::default()).unwrap()),
+                String::new(),
+            )),
+            log: crate::log_budget::LogBudget::new("p", "s"),
+        };
+        // wasi:http hands the host over in brackets, as URLs write it.
+        assert!(list.allows(Some("http"), "[::1]", Some(8008)));
+        assert!(!list.allows(Some("http"), "[::1]", Some(8009)));
+        assert!(list.allows(Some("https"), "[fd00::7]", None));
+        assert!(list.allows(Some("https"), "fd00::8", None));
+        assert!(!list.allows(Some("https"), "fd00::9", None));
     }
 }

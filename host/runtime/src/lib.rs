@@ -24,11 +24,14 @@
 pub mod bindings;
 pub mod cache;
 mod convert;
+pub mod guest_text;
 pub mod host_api;
 pub mod http_policy;
+pub mod log_budget;
 mod log_stream;
 pub mod outbound;
 pub mod plugin;
+pub mod proc_view;
 pub mod stage;
 pub mod store;
 

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
+
+use crate::guest_text::GuestText;
+use crate::log_budget::LogBudget;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Bytes of stderr an instance may log over its lifetime; the rest is dropped (a flood of
@@ -19,14 +22,19 @@ pub(crate) struct LogStream {
     pipeline: Arc<str>,
     stage: Arc<str>,
     budget: Arc<AtomicUsize>,
+    /// The stage's lines per second.
+    lines: LogBudget,
+    text: GuestText,
 }
 
 impl LogStream {
-    pub(crate) fn new(pipeline: &str, stage: &str) -> Self {
+    pub(crate) fn new(pipeline: &str, stage: &str, lines: LogBudget, text: GuestText) -> Self {
         LogStream {
             pipeline: pipeline.into(),
             stage: stage.into(),
             budget: Arc::new(AtomicUsize::new(STDERR_BUDGET)),
+            lines,
+            text,
         }
     }
 }
@@ -55,16 +63,20 @@ impl LineWriter {
     fn emit(&mut self, line: &[u8]) {
         let left = self.stream.budget.load(Ordering::Relaxed);
         if left == 0 {
+            self.stream.lines.count_dropped();
+            return;
+        }
+        if !self.stream.lines.admit() {
             return;
         }
         let take = line.len().min(left);
         self.stream.budget.fetch_sub(take, Ordering::Relaxed);
         let text = String::from_utf8_lossy(&line[..take]);
+        let text = self.stream.text.clean(text.trim_end());
         tracing::warn!(
             pipeline = %self.stream.pipeline,
             stage = %self.stream.stage,
-            "plugin stderr: {}",
-            text.trim_end()
+            "plugin stderr: {text}"
         );
         if take < line.len() || self.stream.budget.load(Ordering::Relaxed) == 0 {
             tracing::warn!(

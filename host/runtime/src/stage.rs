@@ -8,8 +8,11 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::{decoder, filter, sink, source, wit_types};
 use crate::convert::{from_wit, into_wit, to_wit};
+use crate::guest_text::GuestText;
+use crate::log_budget::LogBudget;
 use crate::outbound::OutboundPool;
 use crate::plugin::{Plugin, PluginKind, Pre, Runtime};
+use crate::proc_view::{self, ProcGrant, ProcView};
 use crate::store::PluginState;
 
 /// The guest yields to the async runtime every this much fuel (about a millisecond of guest
@@ -178,15 +181,26 @@ pub struct Stage {
     live: Option<Live>,
     traps: u64,
     instantiations: u64,
+    /// What a granted `/proc` shows, refreshed before each call and during it.
+    proc_view: Option<Arc<ProcView>>,
+    /// A grant the sandbox refuses (inside `/proc`): every start fails with it.
+    refused_grant: Option<String>,
+    /// Cleans the plugin's error texts (secrets redacted, one line).
+    text: GuestText,
+    /// The host log lines its plugin may cause.
+    log: LogBudget,
 }
 
 impl Stage {
     /// A stage of `plugin`; nothing runs until the first call (or [`Stage::start`]).
-    pub fn new(runtime: &Runtime, plugin: Arc<Plugin>, ctx: StageContext) -> Self {
+    pub fn new(runtime: &Runtime, plugin: Arc<Plugin>, mut ctx: StageContext) -> Self {
         let outbound = Arc::new(OutboundPool::new(
             runtime.tls().clone(),
             format!("{}/{}", ctx.pipeline, ctx.stage),
         ));
+        let (proc_view, refused_grant) = sandbox_procfs(&mut ctx.grants);
+        let text = GuestText::new(&ctx.secrets);
+        let log = LogBudget::new(&ctx.pipeline, &ctx.stage);
         Stage {
             engine: runtime.engine().clone(),
             plugin,
@@ -195,7 +209,17 @@ impl Stage {
             live: None,
             traps: 0,
             instantiations: 0,
+            proc_view,
+            refused_grant,
+            text,
+            log,
         }
+    }
+
+    /// Log lines its plugin caused that were dropped (over the stage's log budget, or a
+    /// per-call or byte cap), over the stage's life.
+    pub fn log_lines_dropped(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.log.dropped()
     }
 
     /// The plugin this stage runs.
@@ -230,8 +254,17 @@ impl Stage {
         if self.live.is_some() {
             return Ok(());
         }
-        let state = PluginState::new(&self.ctx, self.outbound.clone())
-            .map_err(|e| CallError::Init(format!("cannot build the sandbox: {e:#}")))?;
+        if let Some(reason) = &self.refused_grant {
+            return Err(CallError::Init(reason.clone()));
+        }
+        self.refresh_proc_view()?;
+        let state = PluginState::new(
+            &self.ctx,
+            self.outbound.clone(),
+            self.log.clone(),
+            self.text.clone(),
+        )
+        .map_err(|e| CallError::Init(format!("cannot build the sandbox: {e:#}")))?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let setup = store
@@ -276,18 +309,25 @@ impl Stage {
         let (exports, init) = match started {
             Err(_) => {
                 self.traps += 1;
-                return Err(CallError::Init(format!(
-                    "init took longer than {:?}",
-                    self.ctx.limits.timeout
-                )));
+                return Err(CallError::Trap {
+                    kind: TrapKind::Timeout,
+                    detail: format!("init took longer than {:?}", self.ctx.limits.timeout),
+                });
             }
             Ok(Err(e)) => {
                 self.traps += 1;
-                return Err(CallError::Init(classify(e, &self.ctx.limits).to_string()));
+                // A trap in `init` is reported as one (and counted as one by the engine).
+                return Err(match classify(e, &self.ctx.limits) {
+                    CallError::Trap { kind, detail } => CallError::Trap {
+                        kind,
+                        detail: format!("in init: {detail}"),
+                    },
+                    other => CallError::Init(other.to_string()),
+                });
             }
             Ok(Ok(r)) => r,
         };
-        init.map_err(CallError::Init)?;
+        init.map_err(|e| CallError::Init(self.text.clean(&e)))?;
         // State written by `init` belongs to no message: it is discarded.
         store.data_mut().host.pending.clear();
         self.live = Some(Live { store, exports });
@@ -301,6 +341,18 @@ impl Stage {
         call: impl AsyncFnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<(R, StateChanges), CallError> {
         self.start().await?;
+        self.refresh_proc_view()?;
+        // A plugin may sample twice within a call (CPU use over 250 ms): the view follows.
+        let _refresher = self.proc_view.clone().map(|view| {
+            AbortOnDrop(tokio::spawn(async move {
+                let mut every = tokio::time::interval(proc_view::REFRESH_INTERVAL);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let _ = view.refresh();
+                }
+            }))
+        });
         let limits = self.ctx.limits;
         let live = self.live.as_mut().expect("started above");
         {
@@ -333,6 +385,16 @@ impl Stage {
         }
     }
 
+    /// Brings a granted `/proc` up to date, so the call reads current figures.
+    fn refresh_proc_view(&self) -> Result<(), CallError> {
+        match &self.proc_view {
+            Some(view) => view
+                .refresh()
+                .map_err(|e| CallError::Init(format!("cannot prepare the granted /proc: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     fn expect(&self, kind: PluginKind) -> Result<(), CallError> {
         if self.plugin.kind == kind {
             Ok(())
@@ -354,7 +416,15 @@ impl Stage {
                 _ => unreachable!("kind checked"),
             })
             .await?;
-        Ok((checked_output(out.map_err(CallError::Guest)?)?, changes))
+        Ok((
+            checked_output(out.map_err(|e| self.guest_error(e))?)?,
+            changes,
+        ))
+    }
+
+    /// A plugin's own error, cleaned.
+    fn guest_error(&self, text: String) -> CallError {
+        CallError::Guest(self.text.clean(&text))
     }
 
     /// Decodes an ingest request.
@@ -379,7 +449,7 @@ impl Stage {
             Ok(messages) => Ok(checked_output(messages)?),
             Err(r) => Err(Rejection {
                 status: r.status.clamp(400, 499),
-                reason: r.reason,
+                reason: self.text.clean(&r.reason),
             }),
         };
         Ok((out, changes))
@@ -400,7 +470,10 @@ impl Stage {
                 _ => unreachable!("kind checked"),
             })
             .await?;
-        Ok((checked_output(out.map_err(CallError::Guest)?)?, changes))
+        Ok((
+            checked_output(out.map_err(|e| self.guest_error(e))?)?,
+            changes,
+        ))
     }
 
     /// Delivers one message through a sink.
@@ -423,8 +496,12 @@ impl Stage {
             .await?;
         let outcome = match out {
             Ok(()) => DeliveryOutcome::Delivered,
-            Err(wit_types::DeliveryError::Retryable(m)) => DeliveryOutcome::Retryable(m),
-            Err(wit_types::DeliveryError::Permanent(m)) => DeliveryOutcome::Permanent(m),
+            Err(wit_types::DeliveryError::Retryable(m)) => {
+                DeliveryOutcome::Retryable(self.text.clean(&m))
+            }
+            Err(wit_types::DeliveryError::Permanent(m)) => {
+                DeliveryOutcome::Permanent(self.text.clean(&m))
+            }
             Err(wit_types::DeliveryError::RateLimited(ms)) => DeliveryOutcome::RateLimited(ms),
         };
         Ok((outcome, changes))
@@ -508,4 +585,42 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> CallError {
         },
     };
     CallError::Trap { kind, detail }
+}
+
+/// Puts a [`ProcView`] in place of a granted `/proc`, and finds a grant inside procfs (read or
+/// write), which the sandbox refuses.
+fn sandbox_procfs(grants: &mut Grants) -> (Option<Arc<ProcView>>, Option<String>) {
+    let mut view = None;
+    for dir in &mut grants.read_dirs {
+        match proc_view::classify(&dir.host) {
+            ProcGrant::Plain => {}
+            ProcGrant::Refused(reason) => return (None, Some(reason)),
+            ProcGrant::View => match ProcView::new() {
+                Ok(v) => {
+                    dir.host = v.path().to_path_buf();
+                    view = Some(Arc::new(v));
+                }
+                Err(e) => return (None, Some(format!("cannot prepare the granted /proc: {e}"))),
+            },
+        }
+    }
+    for dir in &grants.write_dirs {
+        if proc_view::classify(&dir.host) != ProcGrant::Plain {
+            let reason = format!(
+                "{} is in /proc, which is never writable",
+                dir.host.display()
+            );
+            return (None, Some(reason));
+        }
+    }
+    (view, None)
+}
+
+/// Aborts its task when dropped (when the call it serves ends, however it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -10,7 +10,9 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::guest_text::GuestText;
 use crate::http_policy::HostAllowList;
+use crate::log_budget::LogBudget;
 use crate::log_stream::LogStream;
 use crate::outbound::OutboundPool;
 use crate::stage::{StageContext, StateReader};
@@ -45,16 +47,28 @@ pub(crate) struct HostState {
     pub(crate) pending: BTreeMap<String, Option<Vec<u8>>>,
     /// Log lines written in the current call.
     pub(crate) log_lines: u32,
-    /// Log lines dropped over the instance's life (quota).
-    pub(crate) logs_dropped: u64,
+    /// The stage's log budget (dropped lines are counted there).
+    pub(crate) log: LogBudget,
+    /// Cleans what the plugin logs.
+    pub(crate) text: GuestText,
 }
 
 impl PluginState {
     /// Builds the state for a fresh instance of the stage `ctx`: WASI with nothing but the
     /// granted directories (and stdout when granted), the memory cap, the HTTP allow-list.
-    pub(crate) fn new(ctx: &StageContext, outbound: Arc<OutboundPool>) -> wasmtime::Result<Self> {
+    pub(crate) fn new(
+        ctx: &StageContext,
+        outbound: Arc<OutboundPool>,
+        log: LogBudget,
+        text: GuestText,
+    ) -> wasmtime::Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(LogStream::new(&ctx.pipeline, &ctx.stage));
+        wasi.stderr(LogStream::new(
+            &ctx.pipeline,
+            &ctx.stage,
+            log.clone(),
+            text.clone(),
+        ));
         if ctx.grants.stdout {
             match &ctx.dry_run {
                 Some(recorder) => {
@@ -99,6 +113,7 @@ impl PluginState {
                 who: format!("{}/{}", ctx.pipeline, ctx.stage),
                 recorder: ctx.dry_run.clone(),
                 outbound,
+                log: log.clone(),
             },
             host: HostState {
                 pipeline: ctx.pipeline.as_str().into(),
@@ -108,7 +123,8 @@ impl PluginState {
                 state: ctx.state.clone(),
                 pending: BTreeMap::new(),
                 log_lines: 0,
-                logs_dropped: 0,
+                log,
+                text,
             },
         })
     }

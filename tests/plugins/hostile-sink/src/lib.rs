@@ -5,6 +5,8 @@
 //! | --- | --- | --- |
 //! | `http` | sends a GET to `url` (a host not in its grants) | deny it before any connection |
 //! | `secret` | reads the secret `name` (granted to another pipeline, or not at all) | answer "none" |
+//! | `flood-http` | sends `count` GETs to `url` (not granted) in one delivery | refuse each, and log at most its log budget |
+//! | `multiline` | fails with an error whose second line forges a host log line | keep it on one line |
 //!
 //! Whatever it obtains it reports in a permanent error starting with `LEAKED`, so a test
 //! sees any leak in the dead letter.
@@ -20,6 +22,8 @@ struct Config {
     url: String,
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    count: usize,
 }
 
 struct HostileSink(Config);
@@ -45,6 +49,21 @@ impl Sink for HostileSink {
                     self.0.name
                 ))),
             },
+            "flood-http" => {
+                for _ in 0..self.0.count {
+                    if Request::new("GET", &self.0.url).send().is_ok() {
+                        return Err(DeliveryError::Permanent(format!("LEAKED: {}", self.0.url)));
+                    }
+                }
+                Err(DeliveryError::Permanent(format!(
+                    "{} requests refused",
+                    self.0.count
+                )))
+            }
+            "multiline" => Err(DeliveryError::Permanent(
+                "HTTP 400: bad request\n2026-12-05T00:00:00.000000Z ERROR tocsin::server: FORGED"
+                    .into(),
+            )),
             other => Err(DeliveryError::Permanent(format!("unknown mode {other}"))),
         }
     }

@@ -14,6 +14,7 @@
 //! | `env` | passes it on with the environment it sees as the body | nothing: it must see none |
 //! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
+//! | `init-panic` | panics in `init` | count the trap; the pipeline fails with the reason |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
 
 use serde::Deserialize;
@@ -35,6 +36,9 @@ struct Hostile(Config);
 impl Filter for Hostile {
     type Config = Config;
     fn new(c: Config) -> Result<Self, String> {
+        if c.mode == "init-panic" {
+            panic!("hostile plugin panics in init on purpose");
+        }
         Ok(Hostile(c))
     }
     fn process(&mut self, mut msg: Message) -> Result<Vec<Message>, String> {

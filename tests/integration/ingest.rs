@@ -162,6 +162,21 @@ async fn bad_requests_get_their_status_and_a_reason_and_nothing_is_queued() {
             401,
             "wrong bearer token",
         ),
+        // A timestamp in seconds, or u64::MAX, would mute time windows: refused with why.
+        case(
+            "alerts",
+            &[BEARER],
+            json!({"body": "x", "timestamp_ms": u64::MAX}).to_string(),
+            422,
+            "outside 2000-01-01 to a day from now",
+        ),
+        case(
+            "alerts",
+            &[BEARER],
+            json!({"body": "x", "id": "a\r\nb"}).to_string(),
+            422,
+            "control or bidirectional-formatting characters",
+        ),
         case(
             "alerts",
             &[BEARER],

@@ -453,3 +453,35 @@ async fn log_mentions(env: &Env, text: &str) -> bool {
     }
     false
 }
+
+/// A plugin's output is checked before it is queued: a timestamp of `u64::MAX` ms (which
+/// would mute its key in the `rate-limit` filter for ever) and an id with CR LF and NUL
+/// (which would reach keys, headers and logs) are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_timestamps_and_ids_from_a_plugin_are_refused() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    for (name, mode) in [("future", "far-future"), ("crlf", "crlf-id")] {
+        env.write_pipeline(
+            name,
+            &hostile_pipeline(&env, name, &format!(r#"{{ mode = "{mode}" }}"#), "{}"),
+        );
+    }
+    let server = env.start().await;
+    for (name, reason) in [
+        ("future", "outside 2000-01-01 to a day from now"),
+        ("crlf", "control or bidirectional-formatting characters"),
+    ] {
+        wait_until(Duration::from_secs(30), "a dead letter", || {
+            dead_letter_error(&server, name).is_some()
+        })
+        .await;
+        let error = dead_letter_error(&server, name).unwrap();
+        assert!(error.contains(reason), "{name}: {error}");
+        assert!(!error.contains('\n') && !error.contains('\0'), "{error:?}");
+        assert!(env.read_lines(&format!("out/{name}.jsonl")).is_empty());
+    }
+    server.stop().await;
+}

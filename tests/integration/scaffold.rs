@@ -296,3 +296,30 @@ fn a_decoder_runs_on_a_request_body_and_gets_the_ids_the_host_would_give() {
     assert_eq!(lines[1]["id"], "mine");
     assert_eq!(lines[1]["body"], "b");
 }
+
+/// `tocsin test --plugin` runs a plugin under the limits a pipeline gives its kind: a filter
+/// that takes 1.5 s passes as a sink would (30 s) but fails here as it would in a pipeline
+/// (filters get 1 s).
+#[test]
+fn a_trial_uses_the_limits_of_the_plugins_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hostile = plugins_dir().join("hostile.wasm");
+    std::fs::write(d.join("msg.json"), r#"{"body": "x"}"#).unwrap();
+    let out = tocsin(
+        d,
+        &[
+            "test",
+            "--plugin",
+            hostile.to_str().unwrap(),
+            "--config",
+            r#"{"mode": "sleep", "ms": 1500}"#,
+            "--input",
+            "msg.json",
+        ],
+    );
+    let seen = text(&out);
+    assert!(!out.status.success(), "{seen}");
+    assert!(seen.contains("timeout 1s"), "{seen}");
+    assert!(seen.contains("plugin stopped (timeout)"), "{seen}");
+}

@@ -12,6 +12,32 @@ pub const PIPELINE_FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
 /// Default fuel per call of a source or filter: a few hundred ms of guest CPU at most.
 pub const DEFAULT_FUEL: u64 = 2_000_000_000;
+/// The role a stage plays, for its default limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRole {
+    /// A source (polled, or decoding ingest requests).
+    Source,
+    /// A filter.
+    Filter,
+    /// A sink.
+    Sink,
+}
+
+/// The fuel and timeout a stage gets when its file sets none: filters are on every message's
+/// way and get a second, sinks wait on the network and get more of both.
+pub fn default_limits(role: StageRole) -> Limits {
+    let (fuel, timeout) = match role {
+        StageRole::Source => (DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT),
+        StageRole::Filter => (DEFAULT_FUEL, DEFAULT_FILTER_TIMEOUT),
+        StageRole::Sink => (DEFAULT_SINK_FUEL, DEFAULT_SINK_TIMEOUT),
+    };
+    Limits {
+        memory: DEFAULT_MEMORY,
+        fuel,
+        timeout,
+    }
+}
+
 /// Default fuel per call of a sink (sinks format and parse more).
 pub const DEFAULT_SINK_FUEL: u64 = 5_000_000_000;
 /// Default wall-clock bound of a filter call.

@@ -258,7 +258,7 @@ pub fn parse_pipeline(
         src.config.as_ref(),
         &src.grants,
         &src.limits,
-        (DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT),
+        default_limits(StageRole::Source),
     );
     let trigger = match &src.schedule {
         None => {
@@ -336,7 +336,7 @@ pub fn parse_pipeline(
                 f.config.as_ref(),
                 &f.grants,
                 &f.limits,
-                (DEFAULT_FUEL, DEFAULT_FILTER_TIMEOUT),
+                default_limits(StageRole::Filter),
             )
         })
         .collect();
@@ -417,8 +417,9 @@ impl Checker<'_> {
         config: Option<&toml::Table>,
         grants: &GrantsTable,
         limits: &LimitsTable,
-        (default_fuel, default_timeout): (u64, std::time::Duration),
+        defaults: Limits,
     ) -> Option<StageSpec> {
+        let (default_fuel, default_timeout) = (defaults.fuel, defaults.timeout);
         let errors_before = self.diags.len();
         let path = self
             .resolver
@@ -838,7 +839,7 @@ impl Checker<'_> {
             s.config.as_ref(),
             &s.grants,
             &s.limits,
-            (DEFAULT_SINK_FUEL, DEFAULT_SINK_TIMEOUT),
+            default_limits(StageRole::Sink),
         );
         let retry = self.retry(&format!("{field}.retry"), &s.retry, RetryPolicy::default());
         let concurrency = match &s.concurrency {

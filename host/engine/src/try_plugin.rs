@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use tocsin::dry_run::SampleMessage;
-use tocsin_config::{Grants, Limits};
+use tocsin_config::spec::StageRole;
+use tocsin_config::Grants;
 use tocsin_message::{idempotency_key, Message};
 use tocsin_runtime::http_policy::DryRunRecorder;
 use tocsin_runtime::{
@@ -57,11 +58,18 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
     let plugin = runtime.load(trial.plugin, None)?;
     let kind = plugin.kind;
     let recorder = Arc::new(DryRunRecorder::default());
-    let limits = Limits {
-        memory: tocsin_config::spec::DEFAULT_MEMORY,
-        fuel: tocsin_config::spec::DEFAULT_SINK_FUEL,
-        timeout: tocsin_config::spec::DEFAULT_SINK_TIMEOUT,
-    };
+    // The limits a pipeline would give this kind of plugin, so what passes here does not
+    // time out in a pipeline (a filter gets 1 s, not a sink's 30 s).
+    let limits = tocsin_config::spec::default_limits(match kind {
+        PluginKind::Source | PluginKind::Decoder => StageRole::Source,
+        PluginKind::Filter => StageRole::Filter,
+        PluginKind::Sink => StageRole::Sink,
+    });
+    println!(
+        "note: the {kind} runs with a pipeline's default limits for it: fuel {}, timeout {}",
+        limits.fuel,
+        humantime::format_duration(limits.timeout)
+    );
     let mut stage = Stage::new(
         &runtime,
         plugin,

@@ -110,12 +110,58 @@ impl Message {
     }
 }
 
+/// The earliest timestamp a message may carry: 2000-01-01T00:00:00Z. Older ones are a bug or a
+/// forgery (a `timestamp_ms` of 0, or one in seconds).
+pub const MIN_TIMESTAMP_MS: u64 = 946_684_800_000;
+/// How far ahead of the host's clock a message's timestamp may be (clock skew). A timestamp
+/// far in the future would mute its key in time-window filters (`rate-limit`) for ever.
+pub const MAX_TIMESTAMP_AHEAD_MS: u64 = 24 * 3600 * 1000;
+/// The longest message id, in bytes. Ids become parts of keys, paths, headers and log lines.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Whether a message that leaves a plugin may enter a queue: a timestamp between
+/// [`MIN_TIMESTAMP_MS`] and `now_ms` + [`MAX_TIMESTAMP_AHEAD_MS`], and an id of at most
+/// [`MAX_ID_BYTES`] without control or bidirectional-formatting characters. The reason says
+/// which rule and what came (shortened and escaped).
+pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
+    let latest = now_ms.saturating_add(MAX_TIMESTAMP_AHEAD_MS);
+    if m.timestamp_ms < MIN_TIMESTAMP_MS || m.timestamp_ms > latest {
+        return Err(format!(
+            "message `{}` has timestamp_ms {}, outside 2000-01-01 to a day from now ({} ms \
+             since the epoch): timestamps are milliseconds since 1970-01-01 UTC",
+            one_line(&shorten(&m.id, 64)),
+            m.timestamp_ms,
+            latest
+        ));
+    }
+    if m.id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "message id `{}…` is {} bytes long; the most is {MAX_ID_BYTES}",
+            one_line(&shorten(&m.id, 64)),
+            m.id.len()
+        ));
+    }
+    if m.id.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(format!(
+            "message id `{}` holds control or bidirectional-formatting characters",
+            one_line(&shorten(&m.id, 64))
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` characters of `text`.
+fn shorten(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// The longest idempotency key handed to a sink; longer keys are replaced by a hash.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// The idempotency key of a message for one sink of one pipeline:
 /// `<pipeline>/<sink>/<message id>`, or `sha256:<hex>` of that when it is longer than
-/// [`MAX_IDEMPOTENCY_KEY_LEN`] or contains characters a URL path segment would need escaped.
+/// [`MAX_IDEMPOTENCY_KEY_LEN`], contains characters a URL path segment would need escaped, or
+/// contains `..` (a sink that used it as a file or URL path would climb out of it).
 /// The same on every retry, so services that remember keys (Matrix txnId, Mastodon
 /// Idempotency-Key) post once.
 pub fn idempotency_key(pipeline: &str, sink: &str, message_id: &str) -> String {
@@ -123,7 +169,7 @@ pub fn idempotency_key(pipeline: &str, sink: &str, message_id: &str) -> String {
     let plain = key
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':'));
-    if key.len() <= MAX_IDEMPOTENCY_KEY_LEN && plain {
+    if key.len() <= MAX_IDEMPOTENCY_KEY_LEN && plain && !key.contains("..") {
         key
     } else {
         format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
@@ -233,6 +279,51 @@ fn is_bidi_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_with_absurd_timestamps_or_ids_are_refused_with_the_reason() {
+        let now = 1_800_000_000_000;
+        let ok = Message {
+            timestamp_ms: now,
+            ..sample()
+        };
+        assert_eq!(check_message(&ok, now), Ok(()));
+        for (ts, why) in [
+            (u64::MAX, "outside"),
+            (0, "outside"),
+            (1_800_000_000, "outside"),
+        ] {
+            let m = Message {
+                timestamp_ms: ts,
+                ..ok.clone()
+            };
+            assert!(check_message(&m, now).unwrap_err().contains(why), "{ts}");
+        }
+        let tomorrow = Message {
+            timestamp_ms: now + 3_600_000,
+            ..ok.clone()
+        };
+        assert_eq!(check_message(&tomorrow, now), Ok(()));
+        for id in [
+            "a\r\nb",
+            "nul\0",
+            "rtl\u{202e}txt",
+            &"x".repeat(MAX_ID_BYTES + 1),
+        ] {
+            let m = Message {
+                id: id.to_string(),
+                ..ok.clone()
+            };
+            let why = check_message(&m, now).unwrap_err();
+            assert!(!why.contains('\n') && why.len() < 300, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_could_climb_a_path_is_hashed() {
+        assert!(idempotency_key("p", "s", "../../../../etc/passwd").starts_with("sha256:"));
+        assert_eq!(idempotency_key("p", "s", "a.b"), "p/s/a.b");
+    }
 
     #[test]
     fn one_line_escapes_breaks_controls_and_bidi_and_borrows_plain_text() {

@@ -537,6 +537,12 @@ fn checked_output(out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallErro
         )));
     }
     let messages: Vec<Message> = out.into_iter().map(from_wit).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for m in &messages {
+        tocsin_message::check_message(m, now).map_err(CallError::Output)?;
+    }
     let bytes: usize = messages.iter().map(Message::approx_size).sum();
     if bytes > MAX_OUTPUT_BYTES {
         return Err(CallError::Output(format!(

@@ -19,8 +19,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::error::Category;
 use tocsin_sdk::{
-    export_decoder, severity_from_str, Decoder, HttpRequest, Message, OutputBudget, Rejection,
-    Severity,
+    check_message, export_decoder, severity_from_str, Decoder, HttpRequest, Message, OutputBudget,
+    Rejection, Severity,
 };
 
 #[derive(Deserialize)]
@@ -133,6 +133,7 @@ impl Decoder for Json {
                     metrics: m.metrics.into_iter().collect(),
                     payload: m.payload,
                 };
+                check_message(&message, now).map_err(|reason| reject(422, reason))?;
                 budget.admit(&message).map_err(too_large)?;
                 Ok(message)
             })

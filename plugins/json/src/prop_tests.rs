@@ -33,8 +33,16 @@ fn decode(content_type: &Option<String>, body: Vec<u8>) -> Result<Vec<Message>, 
 fn valid_message() -> impl Strategy<Value = Value> {
     (
         fuzz::text(),
-        prop::option::of(fuzz::text()),
-        prop::option::of(any::<u64>()),
+        // Ids and timestamps the host takes (see `check_message`); others are refused (422).
+        prop::option::of(fuzz::text().prop_filter("an id the host takes", |id| {
+            let m = <tocsin_sdk::Message as tocsin_sdk::MessageExt>::new(
+                id.clone(),
+                tocsin_sdk::MIN_TIMESTAMP_MS,
+                "",
+            );
+            tocsin_sdk::check_message(&m, tocsin_sdk::MIN_TIMESTAMP_MS).is_ok()
+        })),
+        prop::option::of(tocsin_sdk::MIN_TIMESTAMP_MS..1_700_000_000_000u64),
         prop::option::of(prop::sample::select(&SEVERITIES[..])),
         prop::option::of(fuzz::text()),
         prop::option::of(prop::collection::btree_map(

@@ -53,7 +53,8 @@ pub use bindings::source::tocsin::plugin::types::{
     DeliveryError, HttpRequest, Message, Rejection, Severity,
 };
 pub use message::{
-    rank, severity_emoji, severity_from_str, severity_name, MessageExt, OutputBudget,
+    check_message, rank, severity_emoji, severity_from_str, severity_name, MessageExt,
+    OutputBudget, MAX_ID_BYTES, MAX_TIMESTAMP_AHEAD_MS, MIN_TIMESTAMP_MS,
 };
 pub use serde;
 pub use serde_json;

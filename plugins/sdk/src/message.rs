@@ -123,6 +123,40 @@ impl MessageExt for Message {
     }
 }
 
+/// The earliest timestamp the host takes: 2000-01-01T00:00:00Z (the host refuses older ones).
+pub const MIN_TIMESTAMP_MS: u64 = 946_684_800_000;
+/// How far ahead of the host's clock a timestamp may be: one day.
+pub const MAX_TIMESTAMP_AHEAD_MS: u64 = 24 * 3600 * 1000;
+/// The longest message id the host takes, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// The host's rules for a message leaving a plugin, checked here so a decoder can refuse the
+/// client's request with a 4xx and the reason (the host would fail the call instead): a
+/// timestamp between [`MIN_TIMESTAMP_MS`] and `now_ms` + [`MAX_TIMESTAMP_AHEAD_MS`], an id
+/// of at most [`MAX_ID_BYTES`] without control characters.
+pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
+    if m.timestamp_ms < MIN_TIMESTAMP_MS
+        || m.timestamp_ms > now_ms.saturating_add(MAX_TIMESTAMP_AHEAD_MS)
+    {
+        return Err(format!(
+            "timestamp_ms {} is outside 2000-01-01 to a day from now (milliseconds since \
+             1970-01-01 UTC)",
+            m.timestamp_ms
+        ));
+    }
+    if m.id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "an id is {} bytes long; the most is {MAX_ID_BYTES}",
+            m.id.len()
+        ));
+    }
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{2028}' | '\u{2029}');
+    if m.id.chars().any(|c| c.is_control() || bidi(c)) {
+        return Err("an id holds control or bidirectional-formatting characters".into());
+    }
+    Ok(())
+}
+
 /// Counts what a call is about to return against the host's output caps
 /// ([`crate::MAX_OUTPUT_MESSAGES`], [`crate::MAX_OUTPUT_BYTES`]).
 ///

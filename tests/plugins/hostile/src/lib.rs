@@ -15,6 +15,8 @@
 //! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
 //! | `init-panic` | panics in `init` | count the trap; the pipeline fails with the reason |
+//! | `far-future` | passes it on dated `u64::MAX` ms | refuse the output (it would mute time windows) |
+//! | `crlf-id` | passes it on with an id holding CR LF and a NUL | refuse the output |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
 
 use serde::Deserialize;
@@ -64,6 +66,14 @@ impl Filter for Hostile {
                 Err(e) => Err(format!("read {} failed: {e}", self.0.path)),
             },
             "panic" => panic!("hostile plugin panics on purpose"),
+            "far-future" => {
+                msg.timestamp_ms = u64::MAX;
+                Ok(vec![msg])
+            }
+            "crlf-id" => {
+                msg.id = "a\r\nX-Injected: 1\0".into();
+                Ok(vec![msg])
+            }
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(self.0.ms));
                 Ok(vec![msg])

@@ -2,7 +2,7 @@
 //! SIGKILL or stopped with SIGTERM, its log appended to `tocsin.log` of the environment across
 //! restarts.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, plugins_dir, tocsin_bin, Env};
@@ -27,7 +27,8 @@ impl Port {
 
 impl Tocsin {
     /// Starts `tocsin run` on the environment's pipelines and data, listening on `port`, with
-    /// `extra` arguments; stdout and stderr are appended to `tocsin.log`.
+    /// `extra` arguments; stderr (the log) is appended to `tocsin.log`, stdout (what plugins
+    /// granted it print) to `tocsin.stdout`.
     pub fn spawn(env: &Env, port: &Port, extra: &[&str]) -> Tocsin {
         Self::spawn_command(env, port, extra, Command::new(tocsin_bin()))
     }
@@ -59,7 +60,13 @@ impl Tocsin {
             .arg(plugins_dir())
             .args(["--listen", &format!("127.0.0.1:{}", port.0)])
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(env.path("tocsin.stdout"))
+                    .expect("stdout file"),
+            )
             .stderr(log)
             .spawn()
             .expect("tocsin starts");

@@ -485,3 +485,42 @@ async fn absurd_timestamps_and_ids_from_a_plugin_are_refused() {
     }
     server.stop().await;
 }
+
+/// A plugin granted stdout that prints 200 MiB per call gets through at most its bounds
+/// (1 MiB per call, 1 MiB per second); the rest is dropped and counted, and it delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_stdout_is_bounded_per_call_and_per_second() {
+    use tocsin_tests::process::{Port, Tocsin};
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    env.write_pipeline(
+        "shouter",
+        &hostile_pipeline(
+            &env,
+            "shouter",
+            r#"{ mode = "shout", count = 200 }"#,
+            "{ memory = \"64MiB\", timeout = \"10s\", fuel = 100000000000 }\ngrants = { stdout = true }",
+        ),
+    );
+    let started = std::time::Instant::now();
+    let mut server = Tocsin::spawn(&env, &Port::free(), &[]);
+    server.wait_serving(&env, Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(60), "three deliveries", || {
+        env.read_lines("out/shouter.jsonl").len() >= 3
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    server.terminate(Duration::from_secs(20));
+    let printed = std::fs::metadata(env.path("tocsin.stdout")).unwrap().len();
+    let bound = (seconds + 1.0) * (1 << 20) as f64;
+    assert!(
+        (printed as f64) <= bound,
+        "{printed} bytes printed in {seconds:.1} s"
+    );
+    assert!(
+        printed >= 1 << 20,
+        "the first call's share got through: {printed}"
+    );
+}

@@ -33,6 +33,7 @@ pub mod outbound;
 pub mod plugin;
 pub mod proc_view;
 pub mod stage;
+mod stdout_cap;
 pub mod store;
 
 pub use outbound::TlsTrust;

@@ -13,6 +13,7 @@ use crate::log_budget::LogBudget;
 use crate::outbound::OutboundPool;
 use crate::plugin::{Plugin, PluginKind, Pre, Runtime};
 use crate::proc_view::{self, ProcGrant, ProcView};
+use crate::stdout_cap::CappedStdout;
 use crate::store::PluginState;
 
 /// The guest yields to the async runtime every this much fuel (about a millisecond of guest
@@ -189,6 +190,8 @@ pub struct Stage {
     text: GuestText,
     /// The host log lines its plugin may cause.
     log: LogBudget,
+    /// Its granted stdout, bounded per call and per second.
+    stdout: CappedStdout,
 }
 
 impl Stage {
@@ -201,6 +204,7 @@ impl Stage {
         let (proc_view, refused_grant) = sandbox_procfs(&mut ctx.grants);
         let text = GuestText::new(&ctx.secrets);
         let log = LogBudget::new(&ctx.pipeline, &ctx.stage);
+        let stdout = CappedStdout::new(&ctx.pipeline, &ctx.stage, log.clone());
         Stage {
             engine: runtime.engine().clone(),
             plugin,
@@ -213,6 +217,7 @@ impl Stage {
             refused_grant,
             text,
             log,
+            stdout,
         }
     }
 
@@ -263,6 +268,7 @@ impl Stage {
             self.outbound.clone(),
             self.log.clone(),
             self.text.clone(),
+            self.stdout.clone(),
         )
         .map_err(|e| CallError::Init(format!("cannot build the sandbox: {e:#}")))?;
         let mut store = Store::new(&self.engine, state);
@@ -342,6 +348,7 @@ impl Stage {
     ) -> Result<(R, StateChanges), CallError> {
         self.start().await?;
         self.refresh_proc_view()?;
+        self.stdout.new_call();
         // A plugin may sample twice within a call (CPU use over 250 ms): the view follows.
         let _refresher = self.proc_view.clone().map(|view| {
             AbortOnDrop(tokio::spawn(async move {

@@ -16,6 +16,7 @@ use crate::log_budget::LogBudget;
 use crate::log_stream::LogStream;
 use crate::outbound::OutboundPool;
 use crate::stage::{StageContext, StateReader};
+use crate::stdout_cap::CappedStdout;
 
 /// Component instances, tables and memories one plugin instance may create. A wasm32-wasip2
 /// Rust guest needs a handful; the caps stop a component from multiplying them.
@@ -61,6 +62,7 @@ impl PluginState {
         outbound: Arc<OutboundPool>,
         log: LogBudget,
         text: GuestText,
+        stdout: CappedStdout,
     ) -> wasmtime::Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(LogStream::new(
@@ -75,7 +77,7 @@ impl PluginState {
                     wasi.stdout(recorder.stdout_pipe());
                 }
                 None => {
-                    wasi.inherit_stdout();
+                    wasi.stdout(stdout);
                 }
             }
         }

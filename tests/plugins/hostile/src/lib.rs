@@ -15,6 +15,7 @@
 //! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
 //! | `init-panic` | panics in `init` | count the trap; the pipeline fails with the reason |
+//! | `shout` | prints `count` MiB to its granted stdout | pass at most the stdout bounds |
 //! | `far-future` | passes it on dated `u64::MAX` ms | refuse the output (it would mute time windows) |
 //! | `crlf-id` | passes it on with an id holding CR LF and a NUL | refuse the output |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
@@ -66,6 +67,16 @@ impl Filter for Hostile {
                 Err(e) => Err(format!("read {} failed: {e}", self.0.path)),
             },
             "panic" => panic!("hostile plugin panics on purpose"),
+            "shout" => {
+                use std::io::Write;
+                let chunk = vec![b'x'; 1 << 20];
+                let mut out = std::io::stdout().lock();
+                for _ in 0..self.0.count {
+                    let _ = out.write_all(&chunk);
+                }
+                let _ = out.flush();
+                Ok(vec![msg])
+            }
             "far-future" => {
                 msg.timestamp_ms = u64::MAX;
                 Ok(vec![msg])

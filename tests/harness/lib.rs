@@ -132,6 +132,7 @@ impl Env {
             store_check_timeout: tocsin::settings::DEFAULT_STORE_CHECK_TIMEOUT,
             tls_ca_file: None,
             http: tocsin::settings::HttpLimits::default(),
+            max_plugin_memory: None,
         }
     }
 

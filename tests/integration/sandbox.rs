@@ -248,7 +248,9 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
             "{pipeline}: `{reason}` not in `{error}`"
         );
     }
-    for pipeline in ["looping", "bomb", "slow", "panicky", "recursive"] {
+    // An output over the caps discards the instance that built it (and the memory it holds),
+    // like a trap.
+    for pipeline in ["looping", "bomb", "slow", "panicky", "recursive", "huge"] {
         assert!(
             server.counter(pipeline, |c| &c.plugin_traps) >= 2,
             "{pipeline} traps counted"
@@ -523,4 +525,53 @@ async fn a_granted_stdout_is_bounded_per_call_and_per_second() {
         printed >= 1 << 20,
         "the first call's share got through: {printed}"
     );
+}
+
+/// The plugins' memory caps are budgeted together: with a budget of 200 MiB, a pipeline of
+/// three 64 MiB instances starts, a second one of two more does not (with the figures), and
+/// the first keeps delivering; deleting the first frees its share, so the second starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_memory_caps_are_budgeted_across_pipelines() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    env.write_pipeline(
+        "first",
+        &hostile_pipeline(&env, "first", r#"{ mode = "pass" }"#, "{}"),
+    );
+    let second = format!(
+        "{}\n[[sink]]\nname = \"more\"\nplugin = \"file\"\nconfig = {{ path = \"{}/more.jsonl\" }}\n\
+         grants = {{ write_dirs = [\"{}\"] }}\n",
+        every_second_backup_source(&env, "host = \"second\""),
+        env.path("out").display(),
+        env.path("out").display()
+    );
+    let server = env
+        .start_with(|s| s.max_plugin_memory = Some(200 << 20))
+        .await;
+    env.write_pipeline("second", &second);
+    wait_until(Duration::from_secs(30), "the second refused", || {
+        matches!(
+            server.state("second"),
+            Some(tocsin::status::PipelineState::Failed(_))
+        )
+    })
+    .await;
+    let Some(tocsin::status::PipelineState::Failed(reason)) = server.state("second") else {
+        unreachable!()
+    };
+    assert!(reason.contains("over the budget of 200 MiB"), "{reason}");
+    assert!(reason.contains("192 MiB"), "{reason}");
+    let delivered = env.read_lines("out/first.jsonl").len();
+    wait_until(Duration::from_secs(20), "the first delivers on", || {
+        env.read_lines("out/first.jsonl").len() > delivered
+    })
+    .await;
+    std::fs::remove_file(env.path("pipelines/first.toml")).unwrap();
+    wait_until(Duration::from_secs(60), "the second starts", || {
+        server.state("second") == Some(tocsin::status::PipelineState::Running)
+    })
+    .await;
+    server.stop().await;
 }

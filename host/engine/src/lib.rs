@@ -34,6 +34,7 @@ pub mod ingest;
 pub mod manager;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin_memory;
 pub mod schedule;
 pub mod server;
 pub mod settings;

@@ -131,6 +131,10 @@ enum Command {
         /// it, ingest answers 503 + Retry-After before reading a body.
         #[arg(long, env = "TOCSIN_MAX_BODY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
         max_body_memory: u64,
+        /// The memory caps (`limits.memory`) of all plugin instances together, e.g. 8GiB; a
+        /// pipeline that would pass it does not start. Default: half of this machine's memory.
+        #[arg(long, env = "TOCSIN_MAX_PLUGIN_MEMORY", value_parser = parse_size)]
+        max_plugin_memory: Option<u64>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -320,6 +324,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             header_timeout,
             body_timeout,
             max_body_memory,
+            max_plugin_memory,
         } => {
             tocsin::http_serve::raise_descriptor_limit();
             let queue_budget = queue_budget
@@ -355,6 +360,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     body_timeout,
                     max_body_memory,
                 },
+                max_plugin_memory,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let shutdown_grace = settings.shutdown_grace;

@@ -34,6 +34,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The queues' disk budget.
     pub budget: Arc<crate::budget::DiskBudget>,
+    /// The memory all plugin instances may claim together.
+    pub plugin_memory: Arc<crate::plugin_memory::PluginMemory>,
 }
 
 /// A pipeline whose tasks are running.
@@ -45,6 +47,8 @@ pub struct RunningPipeline {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     ingest: Option<(IngestTable, Arc<IngestEndpoint>)>,
+    /// Its plugins' memory caps, held against the process-wide budget until it stops.
+    _memory: crate::plugin_memory::Reservation,
 }
 
 impl RunningPipeline {
@@ -141,6 +145,7 @@ pub async fn start(
     status: Arc<PipelineStatus>,
 ) -> Result<RunningPipeline, String> {
     let name = spec.name.clone();
+    let memory = shared.plugin_memory.reserve(&spec)?;
     let expected_source = source_kind(&spec.source.trigger);
     let mut source =
         build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
@@ -269,6 +274,7 @@ pub async fn start(
         cancel,
         tasks,
         ingest,
+        _memory: memory,
     })
 }
 

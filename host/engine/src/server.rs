@@ -124,6 +124,11 @@ impl Server {
                 settings.queue_dir(),
                 queue.clone(),
             ),
+            plugin_memory: crate::plugin_memory::PluginMemory::new(
+                settings
+                    .max_plugin_memory
+                    .unwrap_or_else(crate::plugin_memory::default_limit),
+            ),
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);

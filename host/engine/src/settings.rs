@@ -36,6 +36,9 @@ pub struct Settings {
     pub tls_ca_file: Option<PathBuf>,
     /// Bounds of the HTTP surface against slow, idle and oversized clients.
     pub http: HttpLimits,
+    /// The memory caps of all plugin instances together, in bytes; `None` for half of this
+    /// machine's memory.
+    pub max_plugin_memory: Option<u64>,
 }
 
 /// Bounds of the HTTP listeners (each listener has its own connection cap).

@@ -154,9 +154,10 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether the instance was discarded.
+    /// Whether the host stopped the plugin and discarded the instance: a trap, or an output
+    /// over the caps (the instance that built it holds that much memory; it is not kept).
     pub fn is_trap(&self) -> bool {
-        matches!(self, CallError::Trap { .. })
+        matches!(self, CallError::Trap { .. } | CallError::Output(_))
     }
 }
 
@@ -424,9 +425,18 @@ impl Stage {
             })
             .await?;
         Ok((
-            checked_output(out.map_err(|e| self.guest_error(e))?)?,
+            self.checked(out.map_err(|e| self.guest_error(e))?)?,
             changes,
         ))
+    }
+
+    /// The call's output, if it is within the caps; otherwise the instance that built it is
+    /// discarded (with the memory it holds) and the refusal counted as the host stopping it.
+    fn checked(&mut self, out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallError> {
+        checked_output(out).inspect_err(|_| {
+            self.live = None;
+            self.traps += 1;
+        })
     }
 
     /// A plugin's own error, cleaned.
@@ -453,7 +463,7 @@ impl Stage {
             })
             .await?;
         let out = match out {
-            Ok(messages) => Ok(checked_output(messages)?),
+            Ok(messages) => Ok(self.checked(messages)?),
             Err(r) => Err(Rejection {
                 status: r.status.clamp(400, 499),
                 reason: self.text.clean(&r.reason),
@@ -478,7 +488,7 @@ impl Stage {
             })
             .await?;
         Ok((
-            checked_output(out.map_err(|e| self.guest_error(e))?)?,
+            self.checked(out.map_err(|e| self.guest_error(e))?)?,
             changes,
         ))
     }

@@ -133,6 +133,7 @@ impl Env {
             tls_ca_file: None,
             http: tocsin::settings::HttpLimits::default(),
             max_plugin_memory: None,
+            metrics_token: None,
         }
     }
 

@@ -253,3 +253,38 @@ async fn sinks_take_only_what_their_match_routes_to_them() {
     assert_eq!(ids("out/all.jsonl"), ["1", "2", "3", "4"]);
     server.stop().await;
 }
+
+/// 20 messages of one request behind a filter that takes 300 ms each: the first is handed
+/// over (and delivered) as soon as it is filtered, not after the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_filter_does_not_hold_back_the_messages_it_has_finished() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "slow",
+        &pipeline(
+            &env,
+            "plugin = \"hostile\"\nconfig = { mode = \"sleep\", ms = 300 }",
+            "slow.jsonl",
+        ),
+    );
+    let server = env.start().await;
+    let batch: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"id": format!("m{i}"), "body": "x"}))
+        .collect();
+    send(&server.base_url, "slow", serde_json::Value::Array(batch)).await;
+    wait_until(Duration::from_secs(30), "the first delivery", || {
+        !env.read_lines("out/slow.jsonl").is_empty()
+    })
+    .await;
+    let handed = server.counter("slow", |c| &c.handed_over);
+    assert!(
+        handed < 20,
+        "{handed} were handed over before the first was delivered"
+    );
+    wait_until(Duration::from_secs(30), "all twenty", || {
+        env.read_lines("out/slow.jsonl").len() == 20
+    })
+    .await;
+    server.stop().await;
+}

@@ -306,3 +306,40 @@ async fn over_the_disk_budget_ingest_answers_503_and_queues_nothing() {
     );
     server.stop().await;
 }
+
+/// With `--metrics-token`, `/metrics` (which names every pipeline) answers only the bearer
+/// of the token; `/healthz` stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_ask_for_a_bearer_token() {
+    let env = setup();
+    std::fs::write(env.path("metrics-token"), "scrape-me\n").unwrap();
+    let token = tocsin_config::SecretRef::File(env.path("metrics-token"));
+    let server = env.start_with(|s| s.metrics_token = Some(token)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", server.base_url);
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body = anonymous.text().await.unwrap();
+    assert!(!body.contains("alerts"), "{body}");
+    let wrong = client.get(&url).bearer_auth("guess").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let scraped = client
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped
+        .text()
+        .await
+        .unwrap()
+        .contains("pipeline=\"alerts\""));
+    let health = client
+        .get(format!("{}/healthz", server.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}

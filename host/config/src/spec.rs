@@ -209,6 +209,16 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
+    /// Parses `env:NAME` or `file:PATH` (a relative path against `base`). The error never
+    /// repeats the text: it may be the secret itself, pasted by mistake.
+    pub fn parse(text: &str, base: &std::path::Path) -> Result<SecretRef, String> {
+        match text.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => Ok(SecretRef::Env(var.to_string())),
+            Some(("file", path)) if !path.is_empty() => Ok(SecretRef::File(base.join(path))),
+            _ => Err("a secret must be `env:NAME` or `file:/path` (the value is not shown)".into()),
+        }
+    }
+
     /// Reads the secret's value now.
     pub fn resolve(&self) -> Result<String, String> {
         match self {

@@ -728,15 +728,10 @@ impl Checker<'_> {
     /// Parses `env:NAME` / `file:/path`, checking it resolves when machine checks are on.
     /// The value is never echoed in an error: it may be the secret itself, pasted by mistake.
     fn secret_ref(&mut self, source: &Spanned<String>, field: &str) -> Option<SecretRef> {
-        let reference = match source.get_ref().split_once(':') {
-            Some(("env", var)) if !var.is_empty() => SecretRef::Env(var.to_string()),
-            Some(("file", path)) if !path.is_empty() => SecretRef::File(self.base_dir.join(path)),
-            _ => {
-                self.error(
-                    Some(source.span()),
-                    field,
-                    "a secret must be `env:NAME` or `file:/path` (the value is not shown)".into(),
-                );
+        let reference = match SecretRef::parse(source.get_ref(), &self.base_dir) {
+            Ok(reference) => reference,
+            Err(message) => {
+                self.error(Some(source.span()), field, message);
                 return None;
             }
         };

@@ -629,6 +629,10 @@ fn dir() -> impl Strategy<Value = String> {
         prop::collection::vec("[a-z0-9_]{1,8}", 1..4),
         any::<bool>(),
     )
+        // `/proc/…` is refused (per-process files expose the host's secrets).
+        .prop_filter("not inside /proc", |(lead, segs, _)| {
+            !(*lead == "/" && segs[0] == "proc" && segs.len() > 1)
+        })
         .prop_map(|(lead, segs, trailing)| {
             format!(
                 "{lead}{}{}",
@@ -998,7 +1002,8 @@ fn auth() -> impl Strategy<Value = GenAuth> {
     let jwks = prop_oneof![
         "[a-z0-9_./-]{1,20}"
             .prop_map(move |p| (format!("file:{p}"), JwksSource::File(base.join(&p)))),
-        ("(https|http)://[a-z0-9.]{1,20}(/[a-z0-9]{0,8})?")
+        // Plain HTTP only to this machine (keys in the clear could be swapped on the way).
+        ("https://[a-z0-9.]{1,20}(/[a-z0-9]{0,8})?|http://(127\\.0\\.0\\.1|localhost)(:[1-9][0-9]{0,3})?(/[a-z0-9]{0,8})?")
             .prop_map(|u| (u.clone(), JwksSource::Url(u))),
     ];
     prop_oneof![

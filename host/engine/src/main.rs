@@ -135,6 +135,11 @@ enum Command {
         /// pipeline that would pass it does not start. Default: half of this machine's memory.
         #[arg(long, env = "TOCSIN_MAX_PLUGIN_MEMORY", value_parser = parse_size)]
         max_plugin_memory: Option<u64>,
+        /// `GET /metrics` asks for this bearer token, `env:NAME` or `file:/path` (Prometheus:
+        /// `authorization: { credentials_file: … }`). Without it the metrics, which name every
+        /// pipeline, are open to whoever reaches --listen.
+        #[arg(long, env = "TOCSIN_METRICS_TOKEN")]
+        metrics_token: Option<String>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -325,7 +330,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             body_timeout,
             max_body_memory,
             max_plugin_memory,
+            metrics_token,
         } => {
+            let metrics_token = metrics_token
+                .map(|text| {
+                    tocsin_config::SecretRef::parse(&text, Path::new("."))
+                        .map_err(|e| anyhow::anyhow!("--metrics-token: {e}"))
+                })
+                .transpose()?;
             tocsin::http_serve::raise_descriptor_limit();
             let queue_budget = queue_budget
                 .as_deref()
@@ -361,6 +373,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     max_body_memory,
                 },
                 max_plugin_memory,
+                metrics_token,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let shutdown_grace = settings.shutdown_grace;

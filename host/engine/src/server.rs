@@ -43,6 +43,9 @@ pub enum ServerError {
     /// The queue store failed while running; a restart reopens it.
     #[error("the queue store failed: {0}; restart tocsin once the disk is writable and has space (systemd's Restart=on-failure does so)")]
     StoreFailed(String),
+    /// A setting cannot be used (a secret that does not resolve, say).
+    #[error("{0}")]
+    Settings(String),
     /// The pipelines directory is missing or unreadable.
     #[error("pipelines directory {path}: {error}")]
     PipelinesDir {
@@ -66,6 +69,8 @@ pub struct Server {
     metrics: Arc<crate::metrics::Metrics>,
     shutdown_grace: Duration,
     http_limits: crate::settings::HttpLimits,
+    /// The bearer token `/metrics` asks for, if any.
+    metrics_token: Option<String>,
 }
 
 impl Server {
@@ -99,6 +104,14 @@ impl Server {
         }
         let janitor_pipeline = settings.janitor_pipeline.clone();
         let shutdown_grace = settings.shutdown_grace;
+        let metrics_token = match &settings.metrics_token {
+            None => None,
+            Some(secret) => match secret.resolve() {
+                Ok(token) if !token.trim().is_empty() => Some(token),
+                Ok(_) => return Err(ServerError::Settings("--metrics-token is empty".into())),
+                Err(e) => return Err(ServerError::Settings(format!("--metrics-token: {e}"))),
+            },
+        };
         let mut http_limits = settings.http;
         let nofile = crate::http_serve::descriptor_limit();
         http_limits.max_connections =
@@ -152,6 +165,7 @@ impl Server {
             metrics,
             shutdown_grace,
             http_limits,
+            metrics_token,
         })
     }
 
@@ -194,6 +208,7 @@ impl Server {
                 self.metrics.clone(),
                 self.janitor_pipeline.clone(),
                 &self.http_limits,
+                self.metrics_token.take(),
             );
             (listener, app)
         });

@@ -39,6 +39,9 @@ pub struct Settings {
     /// The memory caps of all plugin instances together, in bytes; `None` for half of this
     /// machine's memory.
     pub max_plugin_memory: Option<u64>,
+    /// When set, `GET /metrics` asks for `Authorization: Bearer <this secret>` (the metrics
+    /// name every pipeline).
+    pub metrics_token: Option<tocsin_config::SecretRef>,
 }
 
 /// Bounds of the HTTP listeners (each listener has its own connection cap).

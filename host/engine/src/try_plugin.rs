@@ -65,7 +65,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
         PluginKind::Filter => StageRole::Filter,
         PluginKind::Sink => StageRole::Sink,
     });
-    println!(
+    eprintln!(
         "note: the {kind} runs with a pipeline's default limits for it: fuel {}, timeout {}",
         limits.fuel,
         humantime::format_duration(limits.timeout)
@@ -109,7 +109,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
         PluginKind::Source => stage.poll(tocsin_queue::now_ms()).await?.0,
         PluginKind::Decoder => {
             let (body, content_type) = tocsin::dry_run::as_posted(read_input()?);
-            println!("note: the input is sent as `{content_type}`, which it looks like");
+            eprintln!("note: the input is sent as `{content_type}`, which it looks like");
             let request = IngestRequest {
                 method: "POST".into(),
                 path: "/ingest/test".into(),

@@ -167,6 +167,12 @@ impl Decoder for AlertmanagerWebhook {
                 if !alert.generator_url.is_empty() {
                     m.set_label("generator-url", alert.generator_url.clone());
                 }
+                // A startsAt before 2000 or an unprintable fingerprint: say so (the host would
+                // refuse the output, and Alertmanager retry a 500 for ever).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                tocsin_sdk::check_message(&m, now).map_err(|reason| reject(422, reason))?;
                 budget.admit(&m).map_err(|reason| reject(413, reason))?;
                 Ok(m)
             })

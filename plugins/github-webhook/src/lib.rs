@@ -187,6 +187,8 @@ impl Decoder for GithubWebhook {
         if self.keep_payload {
             m.payload = Some(raw);
         }
+        // An id the host would refuse (a delivery header with control characters): say so.
+        tocsin_sdk::check_message(&m, now).map_err(|reason| reject(400, reason))?;
         // Past the host's cap on one call's output (possible with a `body_limit` over 16 MiB),
         // the host would fail the call with a 500: refuse the request instead.
         OutputBudget::default()

@@ -118,6 +118,7 @@ impl Decoder for Janitor {
         m.set_label("source", "janitor");
         // Past the host's cap on one call's output (possible with a `body_limit` over 16 MiB),
         // the host would answer 500: refuse the request instead.
+        tocsin_sdk::check_message(&m, now).map_err(|reason| reject(400, reason))?;
         OutputBudget::default()
             .admit(&m)
             .map_err(|reason| reject(413, reason))?;

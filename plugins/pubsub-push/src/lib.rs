@@ -83,12 +83,22 @@ impl Decoder for PubsubPush {
                 .decode(b64)
                 .map_err(|e| reject(422, format!("message.data is not base64: {e}")))?,
         };
+        // Without a (sane) publish time, the time it arrived: the host refuses timestamps
+        // before 2000 or more than a day ahead, and Pub/Sub would redeliver a refusal for ever.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let published_ms = m
             .publish_time
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64);
+            .map(|d| d.as_millis() as u64)
+            .filter(|ms| {
+                (tocsin_sdk::MIN_TIMESTAMP_MS..=now + tocsin_sdk::MAX_TIMESTAMP_AHEAD_MS)
+                    .contains(ms)
+            })
+            .unwrap_or(now);
         let text = String::from_utf8(data.clone()).ok();
         let storage = (
             m.attributes.get("bucketId"),
@@ -119,6 +129,7 @@ impl Decoder for PubsubPush {
             msg.set_label("event-type", event.clone());
         }
         msg.payload = text;
+        tocsin_sdk::check_message(&msg, now).map_err(|reason| reject(422, reason))?;
         // Text data is both body and payload: past the host's cap on one call's output
         // (possible with a `body_limit` over 11 MiB) the host would answer 500; refuse instead.
         OutputBudget::default()

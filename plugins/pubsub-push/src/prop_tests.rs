@@ -50,8 +50,17 @@ fn valid_envelope() -> impl Strategy<Value = (Value, Vec<u8>, String, u64)> {
         prop::option::of(data()),
         attributes(),
         prop_oneof!["[0-9]{1,20}", "[^\u{0}]{1,32}"]
-            .prop_filter("1 to 128 bytes", |id: &String| id.len() <= 128),
-        prop::option::of((0..253_402_300_799u64, 0..1000u64)),
+            .prop_filter("1 to 128 bytes", |id: &String| id.len() <= 128)
+            .prop_filter("an id the host takes", |id: &String| {
+                let m = <tocsin_sdk::Message as tocsin_sdk::MessageExt>::new(
+                    id.clone(),
+                    tocsin_sdk::MIN_TIMESTAMP_MS,
+                    "",
+                );
+                tocsin_sdk::check_message(&m, tocsin_sdk::MIN_TIMESTAMP_MS).is_ok()
+            }),
+        // Publish times the host takes: 2000-01-01 to 2023.
+        prop::option::of((946_684_800..1_700_000_000u64, 0..1000u64)),
         prop::option::of(fuzz::text()),
         any::<bool>(),
     )
@@ -108,7 +117,12 @@ proptest! {
         prop_assert_eq!(decoded.len(), 1);
         let m = &decoded[0];
         prop_assert_eq!(&m.id, &id);
-        prop_assert_eq!(m.timestamp_ms, ms);
+        if ms == 0 {
+            // No publish time: the time it arrived.
+            prop_assert!(m.timestamp_ms >= tocsin_sdk::MIN_TIMESTAMP_MS);
+        } else {
+            prop_assert_eq!(m.timestamp_ms, ms);
+        }
         prop_assert_eq!(m.severity, Severity::Info);
         let text = String::from_utf8(data.clone()).ok();
         prop_assert_eq!(&m.payload, &text);

@@ -147,10 +147,15 @@ pub fn router(
     metrics: Arc<crate::metrics::Metrics>,
     janitor_pipeline: Option<String>,
     limits: &HttpLimits,
+    metrics_token: Option<String>,
 ) -> Router {
-    let metrics_route = get(move || {
-        let metrics = metrics.clone();
+    let metrics_auth = Arc::new(metrics_token.map_or(Authenticator::None, Authenticator::Bearer));
+    let metrics_route = get(move |headers: HeaderMap| {
+        let (metrics, auth) = (metrics.clone(), metrics_auth.clone());
         async move {
+            if let Err(reason) = auth.check_headers(&headers).await {
+                return unauthorized(&auth, reason);
+            }
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
@@ -158,6 +163,7 @@ pub fn router(
                 )],
                 metrics.render(),
             )
+                .into_response()
         }
     });
     Router::new()
@@ -413,7 +419,15 @@ mod tests {
         let queue: Arc<dyn QueueStore> = tocsin_queue::SledStore::open(dir.path()).unwrap();
         let metrics = crate::metrics::Metrics::new(crate::manager::new_board(), queue);
         let table = IngestTable::default();
-        let app = || router(table.clone(), metrics.clone(), None, &HttpLimits::default());
+        let app = || {
+            router(
+                table.clone(),
+                metrics.clone(),
+                None,
+                &HttpLimits::default(),
+                None,
+            )
+        };
         assert_eq!(
             post(app(), "/ingest/hooks").await,
             (StatusCode::NOT_FOUND, None)

@@ -49,15 +49,20 @@ impl GuestText {
             }
         }
         let mut text = tocsin_message::one_line(&text).into_owned();
-        if text.len() > MAX_GUEST_TEXT {
-            let mut cut = MAX_GUEST_TEXT;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
-        }
+        cut(&mut text, MAX_GUEST_TEXT);
         text
+    }
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), marking the cut with `…`.
+pub(crate) fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
     }
 }
 

@@ -40,14 +40,7 @@ impl wit_host::Host for PluginState {
             return Ok(());
         }
         let mut text = h.text.clean(&text);
-        if text.len() > MAX_LOG_LINE_BYTES {
-            let mut cut = MAX_LOG_LINE_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
-        }
+        crate::guest_text::cut(&mut text, MAX_LOG_LINE_BYTES);
         let (pipeline, stage) = (&*h.pipeline, &*h.stage);
         match level {
             Level::Trace => tracing::trace!(pipeline, stage, "{text}"),

@@ -198,10 +198,9 @@ async fn record(
 mod tests {
     use super::*;
 
-    #[test]
-    fn host_grants_cover_default_ports_and_host_port_grants_one_port() {
-        let list = HostAllowList {
-            hosts: vec!["matrix.example.org".into(), "127.0.0.1:8008".into()],
+    fn granting(hosts: &[&str]) -> HostAllowList {
+        HostAllowList {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
             who: String::new(),
             recorder: None,
             outbound: Arc::new(OutboundPool::new(
@@ -209,7 +208,12 @@ mod tests {
                 String::new(),
             )),
             log: crate::log_budget::LogBudget::new("p", "s"),
-        };
+        }
+    }
+
+    #[test]
+    fn host_grants_cover_default_ports_and_host_port_grants_one_port() {
+        let list = granting(&["matrix.example.org", "127.0.0.1:8008"]);
         assert!(list.allows(Some("https"), "matrix.example.org", None));
         assert!(list.allows(Some("http"), "MATRIX.example.org", Some(80)));
         // The scheme's own port only: https to port 80, or http to 443, is not granted.
@@ -224,16 +228,7 @@ mod tests {
 
     #[test]
     fn ipv6_grants_match_with_and_without_a_port() {
-        let list = HostAllowList {
-            hosts: vec!["[::1]:8008".into(), "[fd00::7]".into(), "fd00::8".into()],
-            who: String::new(),
-            recorder: None,
-            outbound: Arc::new(OutboundPool::new(
-                Arc::new(crate::outbound::TlsContext::new(&Default::default()).unwrap()),
-                String::new(),
-            )),
-            log: crate::log_budget::LogBudget::new("p", "s"),
-        };
+        let list = granting(&["[::1]:8008", "[fd00::7]", "fd00::8"]);
         // wasi:http hands the host over in brackets, as URLs write it.
         assert!(list.allows(Some("http"), "[::1]", Some(8008)));
         assert!(!list.allows(Some("http"), "[::1]", Some(8009)));

@@ -575,3 +575,39 @@ async fn the_plugins_memory_caps_are_budgeted_across_pipelines() {
     .await;
     server.stop().await;
 }
+
+/// A plugin that creates `planted-rel → ../../../../../../../../etc` in its writable grant
+/// (harmless inside the sandbox, a trap for host tools that later walk the directory): the
+/// link is gone once the call returns. The plugin passes its message on only if the link was
+/// made, so a delivery proves there was one to remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_a_plugin_plants_in_a_writable_grant_are_removed() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    let garden = env.mkdir("garden");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    env.write_pipeline(
+        "planter",
+        &hostile_pipeline(
+            &env,
+            "planter",
+            &format!(r#"{{ mode = "plant", path = "{}" }}"#, garden.display()),
+            &format!(
+                "{{}}\ngrants = {{ write_dirs = [\"{}\"] }}",
+                garden.display()
+            ),
+        ),
+    );
+    let server = env.start().await;
+    wait_until(Duration::from_secs(30), "two deliveries", || {
+        env.read_lines("out/planter.jsonl").len() >= 2
+    })
+    .await;
+    server.stop().await;
+    let left: Vec<_> = std::fs::read_dir(&garden)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?} left in the grant");
+}

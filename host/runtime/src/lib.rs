@@ -30,6 +30,7 @@ pub mod http_policy;
 pub mod log_budget;
 mod log_stream;
 pub mod outbound;
+mod planted_links;
 pub mod plugin;
 pub mod proc_view;
 pub mod stage;

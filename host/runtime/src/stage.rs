@@ -313,6 +313,7 @@ impl Stage {
         })
         .await;
         self.instantiations += 1;
+        self.remove_planted_links();
         let (exports, init) = match started {
             Err(_) => {
                 self.traps += 1;
@@ -372,6 +373,8 @@ impl Stage {
             return Err(CallError::Init(format!("{e:#}")));
         }
         let outcome = within(limits.timeout, call(&live.exports, &mut live.store)).await;
+        self.remove_planted_links();
+        let live = self.live.as_mut().expect("started above");
         let result = match outcome {
             Err(_) => Err(CallError::Trap {
                 kind: TrapKind::Timeout,
@@ -390,6 +393,29 @@ impl Stage {
                 self.traps += 1;
                 Err(e)
             }
+        }
+    }
+
+    /// Removes the symlinks the plugin left in its writable grants (see `planted_links`).
+    fn remove_planted_links(&self) {
+        if self.ctx.grants.write_dirs.is_empty() {
+            return;
+        }
+        let dirs: Vec<&std::path::Path> = self
+            .ctx
+            .grants
+            .write_dirs
+            .iter()
+            .map(|d| d.host.as_path())
+            .collect();
+        let cleanup = crate::planted_links::remove_planted_links(&dirs);
+        for path in &cleanup.removed {
+            if self.log.admit() {
+                tracing::warn!(pipeline = %self.ctx.pipeline, stage = %self.ctx.stage, path = %path.display(), "removed a symlink the plugin created in its writable grant");
+            }
+        }
+        if cleanup.cut_short && self.log.admit() {
+            tracing::warn!(pipeline = %self.ctx.pipeline, stage = %self.ctx.stage, "a writable grant holds more than {} entries; only that many were checked for planted symlinks", crate::planted_links::MAX_ENTRIES);
         }
     }
 

@@ -15,6 +15,7 @@
 //! | `flood` | writes `count` distinct state keys in one call | stop it at the state quota |
 //! | `pass` | passes the message on | nothing |
 //! | `init-panic` | panics in `init` | count the trap; the pipeline fails with the reason |
+//! | `plant` | creates the symlink `path/planted-rel → ../../../../../../../../etc` in its writable grant | remove it after the call |
 //! | `shout` | prints `count` MiB to its granted stdout | pass at most the stdout bounds |
 //! | `far-future` | passes it on dated `u64::MAX` ms | refuse the output (it would mute time windows) |
 //! | `crlf-id` | passes it on with an id holding CR LF and a NUL | refuse the output |
@@ -67,6 +68,18 @@ impl Filter for Hostile {
                 Err(e) => Err(format!("read {} failed: {e}", self.0.path)),
             },
             "panic" => panic!("hostile plugin panics on purpose"),
+            "plant" => {
+                // `soft_link` is the stable spelling of WASI's `symlink-at`.
+                #[allow(deprecated)]
+                let planted = std::fs::soft_link(
+                    "../../../../../../../../etc",
+                    format!("{}/planted-rel", self.0.path),
+                );
+                match planted {
+                    Ok(()) => Ok(vec![msg]),
+                    Err(e) => Err(format!("cannot plant a link: {e}")),
+                }
+            }
             "shout" => {
                 use std::io::Write;
                 let chunk = vec![b'x'; 1 << 20];

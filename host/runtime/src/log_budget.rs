@@ -99,8 +99,9 @@ mod tests {
     fn a_flood_is_cut_to_the_burst_and_counted() {
         let budget = LogBudget::new("p", "sink.s");
         let admitted = (0..10_000).filter(|_| budget.admit()).count();
-        // The burst, and whatever the clock earned while the loop ran.
-        assert!((100..=110).contains(&admitted), "{admitted}");
+        // The burst, and whatever the clock earned while the loop ran (well under a second,
+        // even on a loaded machine).
+        assert!((100..=120).contains(&admitted), "{admitted}");
         assert_eq!(
             budget.dropped().load(Ordering::Relaxed),
             10_000 - admitted as u64

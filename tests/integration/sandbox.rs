@@ -473,7 +473,7 @@ async fn absurd_timestamps_and_ids_from_a_plugin_are_refused() {
     }
     let server = env.start().await;
     for (name, reason) in [
-        ("future", "outside 2000-01-01 to a day from now"),
+        ("future", "outside 2000-01-01 to 86400 s from now"),
         ("crlf", "control or bidirectional-formatting characters"),
     ] {
         wait_until(Duration::from_secs(30), "a dead letter", || {
@@ -610,4 +610,44 @@ async fn symlinks_a_plugin_plants_in_a_writable_grant_are_removed() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?} left in the grant");
+}
+
+/// The window of acceptable timestamps is the operator's: with `max_timestamp_ahead` of one
+/// minute, an output dated an hour ahead (fine by the default day) is refused, one dated ten
+/// seconds ahead is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_far_ahead_a_timestamp_may_be_is_configurable() {
+    let env = Env::new();
+    env.mkdir("backups");
+    env.mkdir("out");
+    std::fs::write(env.path("backups/x.tar"), b"x").unwrap();
+    for (name, ms) in [("hour", 3_600_000), ("seconds", 10_000)] {
+        env.write_pipeline(
+            name,
+            &hostile_pipeline(
+                &env,
+                name,
+                &format!(r#"{{ mode = "dated", ms = {ms} }}"#),
+                "{}",
+            ),
+        );
+    }
+    let server = env
+        .start_with(|s| s.max_timestamp_ahead = Some(Duration::from_secs(60)))
+        .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the hour-ahead one refused",
+        || dead_letter_error(&server, "hour").is_some(),
+    )
+    .await;
+    let error = dead_letter_error(&server, "hour").unwrap();
+    assert!(error.contains("to 60 s from now"), "{error}");
+    wait_until(
+        Duration::from_secs(30),
+        "the seconds-ahead one delivered",
+        || !env.read_lines("out/seconds.jsonl").is_empty(),
+    )
+    .await;
+    server.stop().await;
 }

@@ -140,6 +140,10 @@ enum Command {
         /// pipeline, are open to whoever reaches --listen.
         #[arg(long, env = "TOCSIN_METRICS_TOKEN")]
         metrics_token: Option<String>,
+        /// How far ahead of this machine's clock a message's timestamp may be, e.g. 1h; a
+        /// plugin output dated later (or before 2000-01-01) is refused. Default: a day.
+        #[arg(long, env = "TOCSIN_MAX_TIMESTAMP_AHEAD", value_parser = parse_duration)]
+        max_timestamp_ahead: Option<std::time::Duration>,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -331,6 +335,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_body_memory,
             max_plugin_memory,
             metrics_token,
+            max_timestamp_ahead,
         } => {
             let metrics_token = metrics_token
                 .map(|text| {
@@ -374,6 +379,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 max_plugin_memory,
                 metrics_token,
+                max_timestamp_ahead,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let shutdown_grace = settings.shutdown_grace;

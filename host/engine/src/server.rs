@@ -92,6 +92,7 @@ impl Server {
             tls: tocsin_runtime::TlsTrust {
                 extra_ca_file: settings.tls_ca_file.clone(),
             },
+            max_timestamp_ahead: settings.max_timestamp_ahead,
         })
         .map_err(ServerError::Runtime)?;
         let http = bind(settings.listen).await?;

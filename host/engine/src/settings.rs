@@ -42,6 +42,9 @@ pub struct Settings {
     /// When set, `GET /metrics` asks for `Authorization: Bearer <this secret>` (the metrics
     /// name every pipeline).
     pub metrics_token: Option<tocsin_config::SecretRef>,
+    /// How far ahead of this machine's clock a message's timestamp may be (clock skew of the
+    /// senders); `None` for a day. Earlier than 2000-01-01 is always refused.
+    pub max_timestamp_ahead: Option<Duration>,
 }
 
 /// Bounds of the HTTP listeners (each listener has its own connection cap).

@@ -120,17 +120,19 @@ pub const MAX_TIMESTAMP_AHEAD_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_ID_BYTES: usize = 512;
 
 /// Whether a message that leaves a plugin may enter a queue: a timestamp between
-/// [`MIN_TIMESTAMP_MS`] and `now_ms` + [`MAX_TIMESTAMP_AHEAD_MS`], and an id of at most
+/// [`MIN_TIMESTAMP_MS`] and `now_ms` + `ahead_ms` (by default [`MAX_TIMESTAMP_AHEAD_MS`];
+/// `tocsin run --max-timestamp-ahead`), and an id of at most
 /// [`MAX_ID_BYTES`] without control or bidirectional-formatting characters. The reason says
 /// which rule and what came (shortened and escaped).
-pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
-    let latest = now_ms.saturating_add(MAX_TIMESTAMP_AHEAD_MS);
+pub fn check_message(m: &Message, now_ms: u64, ahead_ms: u64) -> Result<(), String> {
+    let latest = now_ms.saturating_add(ahead_ms);
     if m.timestamp_ms < MIN_TIMESTAMP_MS || m.timestamp_ms > latest {
         return Err(format!(
-            "message `{}` has timestamp_ms {}, outside 2000-01-01 to a day from now ({} ms \
+            "message `{}` has timestamp_ms {}, outside 2000-01-01 to {} s from now ({} ms \
              since the epoch): timestamps are milliseconds since 1970-01-01 UTC",
             one_line(&shorten(&m.id, 64)),
             m.timestamp_ms,
+            ahead_ms / 1000,
             latest
         ));
     }
@@ -287,7 +289,7 @@ mod tests {
             timestamp_ms: now,
             ..sample()
         };
-        assert_eq!(check_message(&ok, now), Ok(()));
+        assert_eq!(check_message(&ok, now, MAX_TIMESTAMP_AHEAD_MS), Ok(()));
         for (ts, why) in [
             (u64::MAX, "outside"),
             (0, "outside"),
@@ -297,13 +299,21 @@ mod tests {
                 timestamp_ms: ts,
                 ..ok.clone()
             };
-            assert!(check_message(&m, now).unwrap_err().contains(why), "{ts}");
+            assert!(
+                check_message(&m, now, MAX_TIMESTAMP_AHEAD_MS)
+                    .unwrap_err()
+                    .contains(why),
+                "{ts}"
+            );
         }
         let tomorrow = Message {
             timestamp_ms: now + 3_600_000,
             ..ok.clone()
         };
-        assert_eq!(check_message(&tomorrow, now), Ok(()));
+        assert_eq!(
+            check_message(&tomorrow, now, MAX_TIMESTAMP_AHEAD_MS),
+            Ok(())
+        );
         for id in [
             "a\r\nb",
             "nul\0",
@@ -314,7 +324,7 @@ mod tests {
                 id: id.to_string(),
                 ..ok.clone()
             };
-            let why = check_message(&m, now).unwrap_err();
+            let why = check_message(&m, now, MAX_TIMESTAMP_AHEAD_MS).unwrap_err();
             assert!(!why.contains('\n') && why.len() < 300, "{why}");
         }
     }

@@ -65,6 +65,9 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// The authorities sinks' HTTPS requests trust.
     pub tls: crate::outbound::TlsTrust,
+    /// How far ahead of this machine's clock a message's timestamp may be; `None` for
+    /// [`tocsin_message::MAX_TIMESTAMP_AHEAD_MS`] (a day).
+    pub max_timestamp_ahead: Option<std::time::Duration>,
 }
 
 /// The engine and linker every plugin runs on. Cheap to clone.
@@ -74,6 +77,8 @@ pub struct Runtime {
     linker: Arc<Linker<PluginState>>,
     cache: Option<CompileCache>,
     tls: Arc<crate::outbound::TlsContext>,
+    /// See [`RuntimeConfig::max_timestamp_ahead`], in ms.
+    timestamp_ahead_ms: u64,
 }
 
 /// A compiled, linked plugin, ready to instantiate many times.
@@ -127,7 +132,17 @@ impl Runtime {
             linker: Arc::new(linker),
             cache,
             tls: Arc::new(tls),
+            timestamp_ahead_ms: config
+                .max_timestamp_ahead
+                .map_or(tocsin_message::MAX_TIMESTAMP_AHEAD_MS, |d| {
+                    d.as_millis() as u64
+                }),
         })
+    }
+
+    /// How far ahead of the clock, in ms, a plugin's output may be dated.
+    pub fn timestamp_ahead_ms(&self) -> u64 {
+        self.timestamp_ahead_ms
     }
 
     fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {

@@ -193,6 +193,8 @@ pub struct Stage {
     log: LogBudget,
     /// Its granted stdout, bounded per call and per second.
     stdout: CappedStdout,
+    /// How far ahead of the clock its outputs may be dated, in ms.
+    timestamp_ahead_ms: u64,
 }
 
 impl Stage {
@@ -219,6 +221,7 @@ impl Stage {
             text,
             log,
             stdout,
+            timestamp_ahead_ms: runtime.timestamp_ahead_ms(),
         }
     }
 
@@ -459,7 +462,7 @@ impl Stage {
     /// The call's output, if it is within the caps; otherwise the instance that built it is
     /// discarded (with the memory it holds) and the refusal counted as the host stopping it.
     fn checked(&mut self, out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallError> {
-        checked_output(out).inspect_err(|_| {
+        checked_output(out, self.timestamp_ahead_ms).inspect_err(|_| {
             self.live = None;
             self.traps += 1;
         })
@@ -572,7 +575,10 @@ async fn within<F: std::future::Future>(
     }
 }
 
-fn checked_output(out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallError> {
+fn checked_output(
+    out: Vec<wit_types::Message>,
+    timestamp_ahead_ms: u64,
+) -> Result<Vec<Message>, CallError> {
     if out.len() > MAX_OUTPUT_MESSAGES {
         return Err(CallError::Output(format!(
             "{} messages in one call; the cap is {MAX_OUTPUT_MESSAGES}",
@@ -584,7 +590,7 @@ fn checked_output(out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallErro
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     for m in &messages {
-        tocsin_message::check_message(m, now).map_err(CallError::Output)?;
+        tocsin_message::check_message(m, now, timestamp_ahead_ms).map_err(CallError::Output)?;
     }
     let bytes: usize = messages.iter().map(Message::approx_size).sum();
     if bytes > MAX_OUTPUT_BYTES {

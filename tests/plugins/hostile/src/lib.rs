@@ -17,6 +17,7 @@
 //! | `init-panic` | panics in `init` | count the trap; the pipeline fails with the reason |
 //! | `plant` | creates the symlink `path/planted-rel → ../../../../../../../../etc` in its writable grant | remove it after the call |
 //! | `shout` | prints `count` MiB to its granted stdout | pass at most the stdout bounds |
+//! | `dated` | passes it on dated `ms` milliseconds ahead of now | refuse it past the host's window |
 //! | `far-future` | passes it on dated `u64::MAX` ms | refuse the output (it would mute time windows) |
 //! | `crlf-id` | passes it on with an id holding CR LF and a NUL | refuse the output |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
@@ -88,6 +89,13 @@ impl Filter for Hostile {
                     let _ = out.write_all(&chunk);
                 }
                 let _ = out.flush();
+                Ok(vec![msg])
+            }
+            "dated" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                msg.timestamp_ms = now + self.0.ms;
                 Ok(vec![msg])
             }
             "far-future" => {

@@ -127,8 +127,8 @@ enum Command {
         /// A request's body must arrive within this, or the answer is 408.
         #[arg(long, env = "TOCSIN_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
         body_timeout: std::time::Duration,
-        /// Request bodies held in memory at once, all requests together, e.g. 256MiB; past
-        /// it, ingest answers 503 + Retry-After before reading a body.
+        /// Request bodies held in memory at once, all requests of a listener together, e.g.
+        /// 256MiB; past it, ingest answers 503 + Retry-After before reading a body.
         #[arg(long, env = "TOCSIN_MAX_BODY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
         max_body_memory: u64,
         /// The memory caps (`limits.memory`) of all plugin instances together, e.g. 8GiB; a

@@ -58,7 +58,7 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// A request's body must arrive within this (408 otherwise).
     pub body_timeout: Duration,
-    /// Request bodies held in memory at once, all requests together; past it, 503 with
+    /// Request bodies held in memory at once, all requests of a listener together; past it, 503 with
     /// `Retry-After` before the body is read.
     pub max_body_memory: u64,
 }

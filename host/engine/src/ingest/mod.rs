@@ -115,7 +115,7 @@ struct HttpState {
     janitor_pipeline: Option<String>,
     /// A body must arrive within this.
     body_timeout: Duration,
-    /// KiB of request bodies that may be held at once, all requests together.
+    /// KiB of request bodies that may be held at once, all requests of a listener together.
     body_memory: Arc<Semaphore>,
     /// Its size.
     body_memory_total: usize,

@@ -117,26 +117,21 @@ struct HttpState {
     body_timeout: Duration,
     /// KiB of request bodies that may be held at once, all requests of a listener together.
     body_memory: Arc<Semaphore>,
-    /// Its size.
-    body_memory_total: usize,
+    /// Its size in KiB (at most `u32::MAX`, so one request can always ask for all of it).
+    body_memory_kib: u32,
 }
 
 impl HttpState {
-    /// The whole memory budget for bodies, in KiB (a request never asks for more).
-    fn body_memory_kib(&self) -> usize {
-        self.body_memory_total
-    }
-
     fn new(table: IngestTable, janitor_pipeline: Option<String>, limits: &HttpLimits) -> Self {
-        let kib = usize::try_from(limits.max_body_memory >> 10)
-            .unwrap_or(usize::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS);
+        let kib = u32::try_from(limits.max_body_memory >> 10)
+            .unwrap_or(u32::MAX)
+            .max(1);
         HttpState {
             table,
             janitor_pipeline,
             body_timeout: limits.body_timeout,
-            body_memory: Arc::new(Semaphore::new(kib)),
-            body_memory_total: kib,
+            body_memory: Arc::new(Semaphore::new(kib as usize)),
+            body_memory_kib: kib,
         }
     }
 }
@@ -291,13 +286,10 @@ async fn accept(
     if let Some(why) = endpoint.budget.refusal() {
         return unavailable(&format!("{why}; nothing was accepted, try again later"));
     }
-    let need_kib = declared
-        .unwrap_or(endpoint.body_limit)
-        .div_ceil(1024)
-        .max(1);
-    let need_kib = u32::try_from(need_kib.min(Semaphore::MAX_PERMITS))
+    // A request never asks for more than the whole budget (then it waits for nothing else).
+    let need_kib = u32::try_from(declared.unwrap_or(endpoint.body_limit).div_ceil(1024))
         .unwrap_or(u32::MAX)
-        .min(u32::try_from(state.body_memory_kib()).unwrap_or(u32::MAX));
+        .clamp(1, state.body_memory_kib);
     let Ok(_body_memory) = state.body_memory.clone().try_acquire_many_owned(need_kib) else {
         return unavailable(
             "too many request bodies are being read at once; nothing was accepted, try again",

@@ -44,13 +44,10 @@ impl Tocsin {
         Self::spawn_command(env, port, extra, command)
     }
 
-    fn spawn_command(env: &Env, port: &Port, extra: &[&str], mut command: Command) -> Tocsin {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(env.path("tocsin.log"))
-            .expect("log file");
-        let child = command
+    /// Adds `run` and the environment's pipelines, data and plugins, listening on `port`, to
+    /// `command` (the binary, or a wrapper running it).
+    pub fn run_args<'c>(command: &'c mut Command, env: &Env, port: &Port) -> &'c mut Command {
+        command
             .arg("run")
             .arg("--pipelines")
             .arg(env.path("pipelines"))
@@ -59,6 +56,15 @@ impl Tocsin {
             .arg("--plugin-dir")
             .arg(plugins_dir())
             .args(["--listen", &format!("127.0.0.1:{}", port.0)])
+    }
+
+    fn spawn_command(env: &Env, port: &Port, extra: &[&str], mut command: Command) -> Tocsin {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(env.path("tocsin.log"))
+            .expect("log file");
+        let child = Self::run_args(&mut command, env, port)
             .args(extra)
             .stdout(
                 std::fs::File::options()

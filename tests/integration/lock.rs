@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tocsin_tests::process::{Port, Tocsin};
-use tocsin_tests::{free_port, plugins_dir, tocsin_bin, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{tocsin_bin, Env, OPEN_JSON_SOURCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_data_is_refused_as_in_use_not_as_damaged() {
@@ -23,15 +23,7 @@ async fn a_second_process_on_the_same_data_is_refused_as_in_use_not_as_damaged()
     first.wait_serving(&env, Duration::from_secs(60)).await;
     let in_use = format!("is in use by another tocsin process (pid {})", first.pid());
 
-    let second = Command::new(tocsin_bin())
-        .arg("run")
-        .arg("--pipelines")
-        .arg(env.path("pipelines"))
-        .arg("--data")
-        .arg(env.path("data"))
-        .arg("--plugin-dir")
-        .arg(plugins_dir())
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+    let second = Tocsin::run_args(&mut Command::new(tocsin_bin()), &env, &Port::free())
         .output()
         .expect("tocsin runs");
     let dlq = Command::new(tocsin_bin())

@@ -210,33 +210,8 @@ async fn a_jwks_from_a_url_is_fetched_and_refetched_for_a_new_key() {
             async move { axum::Json(keys.lock().unwrap().clone()) }
         }),
     );
-    let port = serve_on_loopback(app).await;
-    let env = Env::new();
-    env.mkdir("out");
-    env.write_pipeline(
-        "storage",
-        &format!(
-            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"http://127.0.0.1:{port}/certs\", audience = \"{AUDIENCE}\" }} }}\n\n{}",
-            file_sink(&env, "out", "storage.jsonl")
-        ),
-    );
-    let server = env.start().await;
-    let post = |token: String, id: &str| {
-        let url = format!("{}/ingest/storage", server.base_url);
-        let body =
-            json!({"message": {"data": "aGk=", "messageId": id}, "subscription": "s"}).to_string();
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let (env, server) = storage_with_jwks_at(serve_on_loopback(app).await).await;
+    let post = |token: String, id: &str| push(&server.base_url, token, id.to_string());
     let bearer =
         |signer: &Signer, kid: &str| token(signer, kid, claims(AUDIENCE, now() + 600, ACCOUNT));
     assert_eq!(post(bearer(&first, "old"), "1").await, 202);
@@ -279,33 +254,9 @@ async fn a_slow_key_refetch_does_not_hold_back_tokens_with_known_keys() {
             }
         }),
     );
-    let port = serve_on_loopback(app).await;
-    let env = Env::new();
-    env.mkdir("out");
-    env.write_pipeline(
-        "storage",
-        &format!(
-            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"http://127.0.0.1:{port}/certs\", audience = \"{AUDIENCE}\" }} }}\n\n{}",
-            file_sink(&env, "out", "storage.jsonl")
-        ),
-    );
-    let server = env.start().await;
-    let url = format!("{}/ingest/storage", server.base_url);
-    let post = move |token: String, id: &str| {
-        let (url, body) = (
-            url.clone(),
-            json!({"message": {"data": "aGk=", "messageId": id}, "subscription": "s"}).to_string(),
-        );
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .body(body)
-                .send()
-                .await
-                .map_or(0, |r| r.status().as_u16())
-        }
-    };
+    let (_env, server) = storage_with_jwks_at(serve_on_loopback(app).await).await;
+    let base = server.base_url.clone();
+    let post = move |token: String, id: &str| push(&base, token, id.to_string());
     let stranger = signer("stranger");
     let unknown = tokio::spawn(post(
         token(
@@ -330,4 +281,37 @@ async fn a_slow_key_refetch_does_not_hold_back_tokens_with_known_keys() {
     release.notify_one();
     assert_eq!(unknown.await.unwrap(), 401);
     server.stop().await;
+}
+
+/// An environment with the `storage` pipeline: `pubsub-push` checking OIDC tokens against the
+/// JWKS served on loopback `port` at `/certs`, into `out/storage.jsonl`; started.
+async fn storage_with_jwks_at(port: u16) -> (Env, tocsin_tests::Running) {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "storage",
+        &format!(
+            "[source]\nplugin = \"pubsub-push\"\nauth = {{ oidc = {{ jwks = \"http://127.0.0.1:{port}/certs\", audience = \"{AUDIENCE}\" }} }}\n\n{}",
+            file_sink(&env, "out", "storage.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    (env, server)
+}
+
+/// Pushes a Pub/Sub message with id `id` to `storage` as the bearer of `token`; the answer's
+/// status (0 when there was none).
+fn push(base: &str, token: String, id: String) -> impl std::future::Future<Output = u16> {
+    let url = format!("{base}/ingest/storage");
+    let body =
+        json!({"message": {"data": "aGk=", "messageId": id}, "subscription": "s"}).to_string();
+    async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
 }

@@ -203,7 +203,8 @@ fn the_storage_guard_refuses_a_read_only_filesystem_and_accepts_when_writable() 
         return;
     };
     let store = tocsin_queue::SledStore::open(&env.path("data/queue")).unwrap();
-    let guard = tocsin::budget::DiskBudget::new(None, 1 << 20, env.path("queues-fs"), store);
+    let guard = tocsin::budget::DiskBudget::new(None, 1 << 20, env.path("queues-fs"), store)
+        .for_pipeline("p", None);
     assert_eq!(guard.refusal(), None);
     disk.read_only(true);
     std::thread::sleep(tocsin::budget::MEASURE_EVERY);

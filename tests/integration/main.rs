@@ -36,6 +36,7 @@
 
 mod alertmanager;
 mod backup_alerts;
+mod budgets;
 mod corrupt;
 mod disk;
 mod filters;

@@ -22,6 +22,9 @@ pub struct PipelineFile {
     /// `@filters` dead letters (default: 5 attempts, 1 s doubling to 1 m).
     #[serde(default)]
     pub filter_retry: RetryTable,
+    /// The most this pipeline's queues, dead letters and plugin state may hold, e.g.
+    /// `"256MiB"`; past it, its ingest answers 503 and its cron source skips ticks.
+    pub queue_budget: Option<Spanned<String>>,
     /// Where messages come from.
     pub source: SourceTable,
     /// Steps between source and sinks, in order.

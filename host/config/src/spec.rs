@@ -62,6 +62,9 @@ pub struct PipelineSpec {
     pub filters: Vec<StageSpec>,
     /// Retry policy of the filter chain.
     pub filter_retry: RetryPolicy,
+    /// The most its queues, dead letters and plugin state may hold, in bytes; `None`: the
+    /// server's default share (see the engine's `budget` module).
+    pub queue_budget: Option<u64>,
     /// Where messages go.
     pub sinks: Vec<SinkSpec>,
 }

@@ -16,6 +16,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. \"64MiB\""))
 }
 
+/// Writes a size the way pipeline files do: `64MiB`, `1GiB`, `1500B` (the largest binary unit
+/// that divides it).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +38,10 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
         assert!(parse_size("lots").is_err());
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(4 << 30), "4GiB");
+        assert_eq!(format_size(1), "1B");
+        assert_eq!(format_size(1536), "1536B");
+        assert_eq!(parse_size(&format_size(3 << 10)).unwrap(), 3 << 10);
     }
 }

@@ -12,7 +12,7 @@ use toml::Spanned;
 use crate::file::{GrantsTable, LimitsTable, MatchTable, PipelineFile, RetryTable, SinkTable};
 use crate::schedule::parse_cron;
 use crate::spec::*;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{format_size, parse_duration, parse_size};
 use tocsin_message::Severity;
 
 /// One problem in a pipeline file.
@@ -362,6 +362,11 @@ pub fn parse_pipeline(
         RetryPolicy::FILTER_DEFAULT,
     );
 
+    let queue_budget = raw
+        .queue_budget
+        .as_ref()
+        .map(|text| cx.size_within(text, "queue_budget", 64 << 10, u64::MAX));
+
     if !cx.diags.is_empty() {
         return Err(cx.diags);
     }
@@ -376,6 +381,7 @@ pub fn parse_pipeline(
         },
         filters: filters.into_iter().map(|f| f.expect("checked")).collect(),
         filter_retry: filter_retry.expect("checked"),
+        queue_budget: queue_budget.map(|b| b.expect("checked")),
         sinks: sinks.into_iter().map(|s| s.expect("checked")).collect(),
     })
 }
@@ -641,21 +647,7 @@ impl Checker<'_> {
         };
         let body_limit = match body_limit {
             None => DEFAULT_BODY_LIMIT,
-            Some(text) => match parse_size(text.get_ref()) {
-                Ok(n) if (1..=64 << 20).contains(&n) => n,
-                Ok(_) => {
-                    self.error(
-                        Some(text.span()),
-                        "source.body_limit",
-                        format!("`{}` is outside 1B..64MiB", text.get_ref()),
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    self.error(Some(text.span()), "source.body_limit", e);
-                    return None;
-                }
-            },
+            Some(text) => self.size_within(text, "source.body_limit", 1, 64 << 20)?,
         };
         Some(IngestSpec { auth, body_limit })
     }
@@ -743,6 +735,36 @@ impl Checker<'_> {
         Some(reference)
     }
 
+    /// A size such as `"64KiB"` within `min..=max` bytes; else an error on `field`.
+    fn size_within(
+        &mut self,
+        text: &Spanned<String>,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        match parse_size(text.get_ref()) {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(_) => {
+                let range = if max == u64::MAX {
+                    format!("under the least of {}", format_size(min))
+                } else {
+                    format!("outside {}..{}", format_size(min), format_size(max))
+                };
+                self.error(
+                    Some(text.span()),
+                    field,
+                    format!("`{}` is {range}", text.get_ref()),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(Some(text.span()), field, e);
+                None
+            }
+        }
+    }
+
     fn limits(
         &mut self,
         field: &str,
@@ -752,21 +774,7 @@ impl Checker<'_> {
     ) -> Option<Limits> {
         let memory = match &l.memory {
             None => Some(DEFAULT_MEMORY),
-            Some(m) => match parse_size(m.get_ref()) {
-                Ok(bytes) if (1 << 20..=4 << 30).contains(&bytes) => Some(bytes),
-                Ok(_) => {
-                    self.error(
-                        Some(m.span()),
-                        &format!("{field}.limits.memory"),
-                        format!("`{}` is outside 1MiB..4GiB", m.get_ref()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.error(Some(m.span()), &format!("{field}.limits.memory"), e);
-                    None
-                }
-            },
+            Some(m) => self.size_within(m, &format!("{field}.limits.memory"), 1 << 20, 4 << 30),
         };
         let fuel = match &l.fuel {
             Some(f) if *f.get_ref() == 0 => {

@@ -230,6 +230,8 @@ const TOKENS: &[&str] = &[
     "version = 2\n",
     "version = 1\n",
     "disabled = true\n",
+    "queue_budget = \"1KiB\"\n",
+    "queue_budget = \"64MiB\"\n",
     "filter_retry = { max_attempts = 0 }\n",
     "retry = { initial = \"2m\", max = \"1s\" }\n",
     "retry = { initial = \"20m\" }\n",
@@ -1061,6 +1063,7 @@ struct GenPipeline {
     version: bool,
     disabled: Option<bool>,
     filter_retry: Option<GenRetry>,
+    queue_budget: Option<(String, u64)>,
     source: GenStage,
     trigger: GenTrigger,
     filters: Vec<GenStage>,
@@ -1073,18 +1076,30 @@ fn pipeline() -> impl Strategy<Value = GenPipeline> {
         any::<bool>(),
         prop::option::of(any::<bool>()),
         prop::option::of(retry(RetryPolicy::FILTER_DEFAULT)),
+        prop::option::of(size(64 << 10..=1 << 40)),
         stage(),
         trigger(),
         prop::collection::vec(stage(), 0..3),
         sinks(),
     )
         .prop_map(
-            |(name, version, disabled, filter_retry, source, trigger, filters, sinks)| {
+            |(
+                name,
+                version,
+                disabled,
+                filter_retry,
+                queue_budget,
+                source,
+                trigger,
+                filters,
+                sinks,
+            )| {
                 GenPipeline {
                     name,
                     version,
                     disabled,
                     filter_retry,
+                    queue_budget,
                     source,
                     trigger,
                     filters,
@@ -1109,6 +1124,9 @@ impl GenPipeline {
         }
         if let Some(r) = &self.filter_retry {
             out += &format!("filter_retry = {}\n", r.toml());
+        }
+        if let Some((b, _)) = &self.queue_budget {
+            out += &format!("queue_budget = {}\n", toml_str(b));
         }
         out += "\n[source]\n";
         out += &self.source.toml();
@@ -1223,6 +1241,7 @@ impl GenPipeline {
             name: self.name.clone(),
             file: self.path(),
             disabled: self.disabled.unwrap_or(false),
+            queue_budget: self.queue_budget.as_ref().map(|(_, b)| *b),
             source: SourceSpec {
                 stage: self.source.spec(DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT),
                 trigger,

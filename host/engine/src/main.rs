@@ -96,8 +96,9 @@ enum Command {
         /// A second listener for Janitor clients only (they expect port 5000), e.g. 0.0.0.0:5000.
         #[arg(long, env = "TOCSIN_JANITOR_LISTEN")]
         janitor_listen: Option<String>,
-        /// Disk budget of the queues, e.g. 2GiB: past it, ingest answers 503 and cron sources
-        /// skip ticks until deliveries free space.
+        /// Budget of the queues, e.g. 2GiB, for what they hold and what their files take: past
+        /// it, ingest answers 503 and cron sources skip ticks until deliveries free space. Each
+        /// pipeline may hold at most half of it, or its own `queue_budget`.
         #[arg(long, env = "TOCSIN_QUEUE_BUDGET")]
         queue_budget: Option<String>,
         /// Free space kept on the queues' filesystem, e.g. 64MiB: below it (or when the

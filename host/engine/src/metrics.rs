@@ -250,6 +250,55 @@ impl Collector for PipelineCollector {
             let labels = vec![("pipeline", pipeline), ("queue", queue)];
             ConstGauge::new(n as i64).encode(dead.encode_family(&labels)?)?;
         }
+        self.encode_storage(&mut encoder, &statuses)
+    }
+}
+
+impl PipelineCollector {
+    /// What the queues hold and take on disk, against their budgets.
+    fn encode_storage(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        statuses: &[(String, Arc<PipelineStatus>)],
+    ) -> Result<(), std::fmt::Error> {
+        let mut pipelines: BTreeMap<String, Option<u64>> = statuses
+            .iter()
+            .map(|(name, status)| (name.clone(), status.queue_budget()))
+            .collect();
+        for name in self.queue.pipelines().unwrap_or_default() {
+            pipelines.entry(name).or_default();
+        }
+        let mut stored = encoder.encode_descriptor(
+            "tocsin_queue_stored_bytes",
+            "Bytes of messages and plugin state a pipeline's queues hold (what its queue budget counts)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for name in pipelines.keys() {
+            let bytes = self.queue.stored_bytes(name).unwrap_or(0);
+            ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX))
+                .encode(stored.encode_family(&vec![("pipeline", name.clone())])?)?;
+        }
+        let mut budgets = encoder.encode_descriptor(
+            "tocsin_queue_budget_bytes",
+            "A pipeline's queue budget (`queue_budget`, or its share of --queue-budget), when it has one",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, budget) in &pipelines {
+            if let Some(budget) = budget {
+                ConstGauge::new(i64::try_from(*budget).unwrap_or(i64::MAX))
+                    .encode(budgets.encode_family(&vec![("pipeline", name.clone())])?)?;
+            }
+        }
+        let files = encoder.encode_descriptor(
+            "tocsin_queue_disk_bytes",
+            "Bytes the queue store's files take on disk (held to --queue-budget with what they hold)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let size = self.queue.size_on_disk().unwrap_or(0);
+        ConstGauge::new(i64::try_from(size).unwrap_or(i64::MAX)).encode(files)?;
         Ok(())
     }
 }

@@ -145,6 +145,8 @@ pub async fn start(
     status: Arc<PipelineStatus>,
 ) -> Result<RunningPipeline, String> {
     let name = spec.name.clone();
+    let queue_budget = spec.queue_budget;
+    status.set_queue_budget(shared.budget.budget_of(queue_budget));
     let memory = shared.plugin_memory.reserve(&spec)?;
     let expected_source = source_kind(&spec.source.trigger);
     let mut source =
@@ -216,7 +218,7 @@ pub async fn start(
                 schedule: (**schedule).clone(),
                 source,
                 queue: shared.queue.clone(),
-                budget: shared.budget.clone(),
+                budget: shared.budget.for_pipeline(&name, queue_budget),
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
                 cancel: cancel.clone(),
@@ -224,6 +226,11 @@ pub async fn start(
             tasks.push(tokio::spawn(scheduler.run()));
         }
         Trigger::Ingest(spec) => {
+            if spec.auth == tocsin_config::IngestAuth::None
+                && shared.budget.budget_of(queue_budget).is_none()
+            {
+                tracing::warn!(pipeline = %name, "this pipeline accepts requests from anyone who can reach it and has no queue budget: a flood can fill the queues' disk for every pipeline. Set `queue_budget` in its file, or --queue-budget");
+            }
             let endpoint = Arc::new(IngestEndpoint {
                 pipeline: name.clone(),
                 decoder: tokio::sync::Mutex::new(source),
@@ -232,7 +239,7 @@ pub async fn start(
                     .map_err(|e| format!("source.auth: {e}"))?,
                 body_limit: usize::try_from(spec.body_limit).unwrap_or(usize::MAX),
                 queue: shared.queue.clone(),
-                budget: shared.budget.clone(),
+                budget: shared.budget.for_pipeline(&name, queue_budget),
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
             });

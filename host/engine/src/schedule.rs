@@ -27,8 +27,8 @@ pub struct Scheduler {
     pub source: Stage,
     /// Where polled messages go.
     pub queue: Arc<dyn QueueStore>,
-    /// Past it, ticks are skipped.
-    pub budget: Arc<crate::budget::DiskBudget>,
+    /// The storage checks and the pipeline's queue budget: past it, ticks are skipped.
+    pub budget: crate::budget::PipelineBudget,
     /// Woken after each append.
     pub ingress_ready: Arc<Notify>,
     /// Counters.
@@ -87,11 +87,20 @@ impl Scheduler {
         if messages.is_empty() && state.is_empty() {
             return;
         }
-        match self
-            .queue
-            .append_ingress(&self.pipeline, &messages, &state)
-            .await
-        {
+        // The poll's output is weighed before it is written: a source that produced more than
+        // its pipeline has room for loses this tick (its state is not written either, so a
+        // cursor is read again at the next one), as a tick skipped by the check above would.
+        let size = self.queue.append_size_bound(&messages, &state);
+        let reserved = match self.budget.admit(size) {
+            Ok(reservation) => reservation,
+            Err(why) => {
+                tracing::warn!(pipeline = %self.pipeline, reason = %why, messages = messages.len(), "this tick's messages are not stored; the next tick polls again");
+                return;
+            }
+        };
+        let commit = self.queue.append_ingress(&self.pipeline, &messages, &state);
+        drop(reserved); // the store counts the messages now
+        match commit.await {
             Ok(()) => {
                 c.produced
                     .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);

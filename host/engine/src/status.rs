@@ -94,6 +94,8 @@ pub struct PipelineStatus {
     stage_events: Mutex<BTreeMap<(String, StageEvent), u64>>,
     /// The names of its sinks, as its file declares them (empty until the file was read).
     sinks: Mutex<Vec<String>>,
+    /// Its queue budget in bytes; 0 for none.
+    queue_budget: AtomicU64,
     /// Per stage, the counters of log lines its plugin caused that were dropped (one per
     /// instance: a sink with `concurrency` has several).
     log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
@@ -107,6 +109,7 @@ impl PipelineStatus {
             counters: Counters::default(),
             stage_events: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(Vec::new()),
+            queue_budget: AtomicU64::new(0),
             log_drops: Mutex::new(BTreeMap::new()),
         })
     }
@@ -138,6 +141,17 @@ impl PipelineStatus {
     /// before anything was queued in them.
     pub fn set_sinks(&self, sinks: Vec<String>) {
         *self.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sinks;
+    }
+
+    /// Records the pipeline's queue budget (for the metrics).
+    pub fn set_queue_budget(&self, bytes: Option<u64>) {
+        self.queue_budget
+            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The pipeline's queue budget in bytes, if it has one.
+    pub fn queue_budget(&self) -> Option<u64> {
+        Some(self.queue_budget.load(std::sync::atomic::Ordering::Relaxed)).filter(|&b| b > 0)
     }
 
     /// The names of the pipeline's sinks.

@@ -91,6 +91,23 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
     }
 }
 
+/// At most how many bytes [`encode`] makes of `messages` as fresh envelopes in one record (a
+/// bound, not an estimate: a budget checked against it is never passed by surprise).
+pub fn encoded_size_bound(messages: &[tocsin_message::Message]) -> usize {
+    // A fresh envelope adds to its message: no attempts, no error, not-before 0 (one byte
+    // each) and the enqueue time (a varint of at most 10); the entry adds its offset (a varint
+    // of at most 3 under MAX_ENTRIES); the entry list its length (at most 3).
+    const PER_ENTRY: usize = 3 + 10 + 3;
+    HEADER_LEN
+        + 3
+        + messages
+            .iter()
+            .map(|m| {
+                postcard::experimental::serialized_size(m).unwrap_or(usize::MAX / 2) + PER_ENTRY
+            })
+            .sum::<usize>()
+}
+
 /// Encodes entries (offsets increasing, at most [`MAX_ENTRIES`]) as a record.
 pub fn encode<E: std::borrow::Borrow<Envelope>>(entries: &[(u32, E)]) -> Vec<u8> {
     #[derive(Serialize)]

@@ -19,6 +19,7 @@
 
 pub mod ingress_batch;
 pub mod sled_store;
+mod sled_writes;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -263,6 +264,18 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Bytes the store takes on disk (for the disk budget).
     fn size_on_disk(&self) -> Result<u64>;
+
+    /// Bytes of what a pipeline's queues, dead letters and plugin state hold (keys and
+    /// values as stored), kept up to date by every write — counted once the call that writes
+    /// returns, before its [`Commit`] resolves: what its queue budget is checked against.
+    fn stored_bytes(&self, pipeline: &str) -> Result<u64>;
+
+    /// [`QueueStore::stored_bytes`] of every pipeline together.
+    fn stored_bytes_total(&self) -> u64;
+
+    /// At most how many bytes [`QueueStore::append_ingress`] of these would add to
+    /// [`QueueStore::stored_bytes`] (checked against the budgets before the append).
+    fn append_size_bound(&self, messages: &[Message], state: &[StateWrite]) -> u64;
 
     /// A failure after which the store refuses every write until it is reopened (a sled
     /// database that hit `ENOSPC` or `EROFS` while syncing stays in that state); `None` while

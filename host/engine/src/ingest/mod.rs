@@ -49,8 +49,9 @@ pub struct IngestEndpoint {
     pub body_limit: usize,
     /// The store.
     pub queue: Arc<dyn QueueStore>,
-    /// Past it, requests are refused with 503.
-    pub budget: Arc<crate::budget::DiskBudget>,
+    /// The storage checks and the pipeline's queue budget: past it, requests are refused
+    /// with 503.
+    pub budget: crate::budget::PipelineBudget,
     /// Woken after each append.
     pub ingress_ready: Arc<Notify>,
     /// Counters.
@@ -353,11 +354,14 @@ async fn accept(
     };
     derive_missing_ids(&body, &mut messages);
     let state = state_writes("source", changes);
-    match endpoint
-        .queue
-        .append_ingress(&name, &messages, &state)
-        .await
-    {
+    let size = endpoint.queue.append_size_bound(&messages, &state);
+    let reserved = match endpoint.budget.admit(size) {
+        Ok(reservation) => reservation,
+        Err(why) => return unavailable(&format!("{why}; nothing was accepted, try again later")),
+    };
+    let commit = endpoint.queue.append_ingress(&name, &messages, &state);
+    drop(reserved); // the store counts the messages now
+    match commit.await {
         Ok(()) => {
             c.produced
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,161 @@
+//! Queue budgets against the real binary, a sink that does not answer, and a flood from
+//! concurrent clients: an open pipeline stops at its own `queue_budget` while an authenticated
+//! one goes on; the server's `--queue-budget` stops everyone; neither is passed by more than
+//! one request — in what the queues hold, and in what their files take on disk.
+
+use std::time::Duration;
+
+use tocsin_tests::process::{Port, Tocsin};
+use tocsin_tests::receiver::{Behaviour, Receiver};
+use tocsin_tests::{Env, OPEN_JSON_SOURCE};
+
+/// The body of every flooding request: one message of about 8 KiB.
+const MESSAGE_BYTES: usize = 8 << 10;
+
+/// Posts `clients` concurrent streams of 8 KiB messages to `pipeline` until one is refused;
+/// returns the refusal's status and reason, and how many were accepted.
+async fn flood(base: &str, pipeline: &str, token: Option<&str>, clients: usize) -> (u16, String) {
+    let refusal = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (url, refusal) = (format!("{base}/ingest/{pipeline}"), refusal.clone());
+        let token = token.map(str::to_string);
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0.. {
+                if refusal.lock().await.is_some() {
+                    return;
+                }
+                let body = serde_json::json!({
+                    "id": format!("{client}-{n}"),
+                    "body": "x".repeat(MESSAGE_BYTES),
+                });
+                let mut request = http.post(&url).json(&body);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.expect("tocsin answers");
+                let status = response.status().as_u16();
+                if status != 202 {
+                    let reason = response.text().await.unwrap_or_default();
+                    refusal.lock().await.get_or_insert((status, reason));
+                    return;
+                }
+                assert!(n < 10_000, "never refused");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let refusal = refusal.lock().await.take();
+    refusal.expect("a refusal")
+}
+
+/// The value of the metric line starting with `prefix` (name and labels).
+async fn metric(base: &str, prefix: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_pipeline_stops_at_its_budget_and_the_server_budget_holds_for_all() {
+    let env = Env::new();
+    // Deliveries hang, so what is accepted stays queued (and no failure is recorded on it).
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Hold(Duration::from_secs(600)));
+    let sink = receiver.sink_toml("out", "{ max_attempts = 100, initial = \"10m\" }");
+    std::fs::write(env.path("token"), "let-me-in\n").unwrap();
+    env.write_pipeline(
+        "open",
+        &format!("queue_budget = \"256KiB\"\n\n{OPEN_JSON_SOURCE}{sink}"),
+    );
+    env.write_pipeline(
+        "authed",
+        &format!(
+            "queue_budget = \"64MiB\"\n\n[source]\nplugin = \"json\"\n\
+             auth = {{ bearer = \"file:{}\" }}\n\n{sink}",
+            env.path("token").display()
+        ),
+    );
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &["--queue-budget", "8MiB"]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+    let held = |pipeline: &'static str| {
+        let base = base.clone();
+        async move {
+            metric(
+                &base,
+                &format!("tocsin_queue_stored_bytes{{pipeline=\"{pipeline}\"}}"),
+            )
+            .await
+        }
+    };
+    // What one request adds to the queues: measured, not assumed.
+    let (status, _) = post_one(&base, "authed", Some("let-me-in")).await;
+    assert_eq!(status, 202);
+    let one_request = held("authed").await;
+    assert!(one_request > MESSAGE_BYTES as u64, "{one_request}");
+
+    // Anyone floods the open pipeline: refused at its own budget, passed by one request at
+    // most, while the authenticated pipeline still accepts.
+    let (status, reason) = flood(&base, "open", None, 8).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.contains("pipeline `open`") && reason.contains("queue budget of 262144"),
+        "{reason}"
+    );
+    let open = held("open").await;
+    assert!(
+        (262_144 - one_request..=262_144 + one_request).contains(&open),
+        "the open pipeline holds {open} bytes under a budget of 262144 (one request: {one_request})"
+    );
+    assert_eq!(post_one(&base, "authed", Some("let-me-in")).await.0, 202);
+    assert_eq!(
+        metric(&base, "tocsin_queue_budget_bytes{pipeline=\"open\"}").await,
+        262_144
+    );
+
+    // The authenticated pipeline's own budget is larger than the server's: the server's
+    // holds, for what the queues hold and for what their files take.
+    let (status, reason) = flood(&base, "authed", Some("let-me-in"), 8).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("--queue-budget"), "{reason}");
+
+    let total = held("open").await + held("authed").await;
+    let files = metric(&base, "tocsin_queue_disk_bytes").await;
+    let budget = 8u64 << 20;
+    assert!(
+        total <= budget + one_request,
+        "the queues hold {total} bytes under a budget of {budget}"
+    );
+    assert!(
+        files <= budget + one_request,
+        "the queues' files take {files} bytes under a budget of {budget} (they hold {total})"
+    );
+    // Nothing else is accepted, for anyone.
+    assert_eq!(post_one(&base, "open", None).await.0, 503);
+    tocsin.kill();
+}
+
+async fn post_one(base: &str, pipeline: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/ingest/{pipeline}"))
+        .json(&serde_json::json!({"body": "x".repeat(MESSAGE_BYTES)}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("tocsin answers");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}

@@ -134,6 +134,7 @@ impl Env {
             http: tocsin::settings::HttpLimits::default(),
             max_plugin_memory: None,
             metrics_token: None,
+            api_tokens: None,
             max_timestamp_ahead: None,
         }
     }

@@ -343,3 +343,67 @@ async fn metrics_can_ask_for_a_bearer_token() {
     assert_eq!(health.status(), 200);
     server.stop().await;
 }
+
+/// A known pipeline that is not running answers 503 with its state, which a sender retries
+/// (GitHub never retries a 404); requests answered with an error are counted per pipeline and
+/// status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_failed_to_start_answers_503_and_rejections_are_counted() {
+    let env = setup();
+    env.write_pipeline(
+        "broken",
+        "[source]\nplugin = \"no-such-decoder\"\nauth = { none = true }\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n",
+    );
+    let server = env.start().await;
+    let (status, answer) = post(&server, "broken", &[], "{}").await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("failed to start"),
+        "{answer}"
+    );
+    let (status, _) = post(&server, "nowhere", &[], "{}").await;
+    assert_eq!(status, 404, "an unknown pipeline is still 404");
+
+    assert_eq!(post(&server, "alerts", &[], "{}").await.0, 401);
+    assert_eq!(
+        post(
+            &server,
+            "alerts",
+            &[("authorization", "Bearer wrong")],
+            "{}"
+        )
+        .await
+        .0,
+        401
+    );
+    let json = ("content-type", "application/json");
+    assert_eq!(
+        post(&server, "alerts", &[BEARER, json], "not json").await.0,
+        400
+    );
+    assert_eq!(
+        post(&server, "alerts", &[BEARER, json], r#"{"body": "ok"}"#)
+            .await
+            .0,
+        202
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tocsin_ingest_rejected_total{pipeline=\"alerts\",status=\"401\"} 2",
+        "tocsin_ingest_rejected_total{pipeline=\"alerts\",status=\"400\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+    server.stop().await;
+}

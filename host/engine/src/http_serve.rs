@@ -27,6 +27,9 @@ use crate::settings::HttpLimits;
 /// files, plugin directories, outbound connections, the pipelines directory watch).
 pub const RESERVED_DESCRIPTORS: u64 = 256;
 
+/// At most one "connections at their cap" line this often.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// How long the accept loop pauses after an accept error (`EMFILE`, `ENFILE`, `ENOBUFS`),
 /// so it does not spin while descriptors are short.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -79,7 +82,18 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_headers(100);
     let mut last_error_log = None::<tokio::time::Instant>;
+    let mut last_cap_log = None::<tokio::time::Instant>;
     loop {
+        if permits.available_permits() == 0 {
+            let now = tokio::time::Instant::now();
+            if last_cap_log.is_none_or(|at| now - at > CAP_LOG_EVERY) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "HTTP connections at their cap (--max-connections); new ones wait in the backlog"
+                );
+                last_cap_log = Some(now);
+            }
+        }
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
             permit = permits.clone().acquire_owned() => match permit {
@@ -87,7 +101,7 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -106,7 +120,17 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that log who called (the admin API's access log) read the peer's address.
+        let with_peer = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let service = TowerToHyperService::new(with_peer);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

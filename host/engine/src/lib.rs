@@ -15,15 +15,18 @@
 //! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
+//! - [`admin`]: the admin API, `/api/v1/…` (tokens, access log), over the views and actions of
+//!   [`operator`], which the `dlq` and `queue` commands print too.
 //! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
 //! - [`dry_run`]: `tocsin test PIPELINE` — one input through the whole pipeline, sinks recorded
 //!   instead of sent; [`behaviour`] runs the `NAME.test.toml` cases written next to a pipeline.
-//! - [`status`]: counters and states shown by logs (and later the HTTP status API).
+//! - [`status`]: counters and states shown by logs, `/metrics` and the admin API.
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
 //! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
 //! names sled), `tocsin-message` (the message model).
 
+pub mod admin;
 pub mod behaviour;
 pub mod budget;
 pub mod delivery;
@@ -33,6 +36,7 @@ pub mod http_serve;
 pub mod ingest;
 pub mod manager;
 pub mod metrics;
+pub mod operator;
 pub mod pipeline;
 pub mod plugin_memory;
 pub mod schedule;

@@ -12,6 +12,7 @@ mod try_plugin;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use tocsin::operator;
 use tocsin::Settings;
 use tocsin_config::{load_dir, MachineCheck, PluginResolver};
 use tocsin_queue::{QueueStore, SledStore};
@@ -79,6 +80,18 @@ struct DataDir {
     data: PathBuf,
 }
 
+/// How a command reaches a running server's admin API (used when a server holds the store).
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// The server's URL, e.g. http://127.0.0.1:8470 [default: what the server running on
+    /// --data announced in DATA/server.json]; its admin API must be on (docs/api.md).
+    #[arg(long, env = "TOCSIN_SERVER")]
+    server: Option<String>,
+    /// A file holding the API token [default: the TOCSIN_API_TOKEN variable].
+    #[arg(long, env = "TOCSIN_API_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every pipeline of the pipelines directory until SIGINT or SIGTERM.
@@ -141,6 +154,10 @@ enum Command {
         /// pipeline, are open to whoever reaches --listen.
         #[arg(long, env = "TOCSIN_METRICS_TOKEN")]
         metrics_token: Option<String>,
+        /// Turns the admin API (/api/v1: pipelines, queues, dead letters; replay and purge
+        /// while running) on with the named tokens of this TOML file; see docs/api.md.
+        #[arg(long, env = "TOCSIN_API_TOKENS")]
+        api_tokens: Option<PathBuf>,
         /// How far ahead of this machine's clock a message's timestamp may be, e.g. 1h; a
         /// plugin output dated later (or before 2000-01-01) is refused. Default: a day.
         #[arg(long, env = "TOCSIN_MAX_TIMESTAMP_AHEAD", value_parser = parse_duration)]
@@ -162,10 +179,13 @@ enum Command {
         )]
         plugin_dirs: Vec<PathBuf>,
     },
-    /// Inspect, replay or purge dead letters (run while the server is stopped).
+    /// Inspect, replay or purge dead letters: through the admin API of the server running on
+    /// --data (or --server), or in the store when none runs.
     Dlq {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -217,10 +237,13 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
-    /// Show queue depths of every pipeline, deleted ones included (server stopped).
+    /// Show queue depths of every pipeline, deleted ones included: through the admin API of
+    /// the server running on --data (or --server), or in the store when none runs.
     Queue {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
         #[command(subcommand)]
         action: QueueAction,
     },
@@ -287,7 +310,8 @@ enum PluginAction {
 enum QueueAction {
     /// Queue depths per pipeline.
     Ls,
-    /// Remove everything stored for a pipeline (queues, dead letters, plugin state).
+    /// Remove everything stored for a pipeline (queues, dead letters, plugin state); the
+    /// server must be stopped.
     Purge { pipeline: String },
 }
 
@@ -336,6 +360,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_body_memory,
             max_plugin_memory,
             metrics_token,
+            api_tokens,
             max_timestamp_ahead,
         } => {
             let metrics_token = metrics_token
@@ -380,6 +405,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 max_plugin_memory,
                 metrics_token,
+                api_tokens,
                 max_timestamp_ahead,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -408,8 +434,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             env,
             plugin_dirs,
         } => validate(&path, env, plugin_dirs),
-        Command::Dlq { data, action } => dlq(&data.data, action),
-        Command::Queue { data, action } => queue(&data.data, action),
+        Command::Dlq {
+            data,
+            server,
+            action,
+        } => dlq(&data.data, &server, action),
+        Command::Queue {
+            data,
+            server,
+            action,
+        } => queue(&data.data, &server, action),
         Command::Test {
             path,
             plugin,
@@ -562,47 +596,118 @@ fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
     Ok(store)
 }
 
-fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
-    let store = open_store(data)?;
-    match action {
-        DlqAction::Ls { pipeline } => {
-            let pipelines = match pipeline {
-                Some(p) => vec![p],
-                None => store.pipelines()?,
-            };
-            println!(
-                "{:<24} {:<16} {:>20} {:>8}  {:<24} last error",
-                "pipeline", "queue", "seq", "attempts", "message"
-            );
-            for p in pipelines {
-                for (queue, _) in store.depths(&p)?.dead {
-                    for (seq, env) in store.dead_letters(&p, &queue)? {
-                        println!(
-                            "{:<24} {:<16} {:>20} {:>8}  {:<24} {}",
-                            p,
-                            queue,
-                            seq,
-                            env.attempts,
-                            tocsin_message::one_line(&env.message.id),
-                            tocsin_message::one_line(env.last_error.as_deref().unwrap_or_default())
-                        );
-                    }
+/// Where `dlq` and `queue` act: the store itself, or the admin API of the server holding it.
+enum Target {
+    Store(std::sync::Arc<SledStore>),
+    Server(tocsin::admin::client::ApiClient, tokio::runtime::Runtime),
+}
+
+impl Target {
+    /// The server named by `--server`; else the store, opened here; else, when a server
+    /// holds it, that server as it announced itself in the data directory.
+    fn find(data: &Path, server: &ServerArgs) -> anyhow::Result<Target> {
+        if let Some(url) = &server.server {
+            return Target::server(url, server);
+        }
+        match open_store(data) {
+            Ok(store) => Ok(Target::Store(store)),
+            Err(e) => {
+                let in_use = e
+                    .downcast_ref::<tocsin_queue::QueueError>()
+                    .is_some_and(|e| matches!(e, tocsin_queue::QueueError::InUse { .. }));
+                match tocsin::admin::client::announced(data) {
+                    Some(info) if in_use => Target::server(&info.url, server).with_context(|| {
+                        format!("a server (pid {}) runs on {}", info.pid, data.display())
+                    }),
+                    _ => Err(e),
                 }
             }
+        }
+    }
+
+    fn server(url: &str, args: &ServerArgs) -> anyhow::Result<Target> {
+        let token = match &args.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?,
+            None => std::env::var("TOCSIN_API_TOKEN").map_err(|_| {
+                anyhow::anyhow!(
+                    "its admin API at {url} needs a token: set TOCSIN_API_TOKEN or give                      --token-file (see docs/api.md)"
+                )
+            })?,
+        };
+        let client = tocsin::admin::client::ApiClient::new(url, token.trim().to_string());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        Ok(Target::Server(client, rt))
+    }
+
+    fn dead_letters(&self, pipeline: Option<&str>) -> anyhow::Result<Vec<operator::DeadLetterRow>> {
+        Ok(match self {
+            Target::Store(store) => operator::dead_letters(store.as_ref(), pipeline)?,
+            Target::Server(api, rt) => rt
+                .block_on(api.dead_letters(pipeline))
+                .map_err(anyhow::Error::msg)?,
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        pipeline: &str,
+        queue: &str,
+        seq: u64,
+    ) -> anyhow::Result<tocsin_queue::Envelope> {
+        Ok(match self {
+            Target::Store(store) => operator::dead_letter(store.as_ref(), pipeline, queue, seq)?,
+            Target::Server(api, rt) => rt
+                .block_on(api.dead_letter(pipeline, queue, seq))
+                .map_err(anyhow::Error::msg)?,
+        })
+    }
+
+    fn act(
+        &self,
+        replay: bool,
+        pipeline: &str,
+        queue: &str,
+        selection: &operator::Selection,
+    ) -> anyhow::Result<usize> {
+        Ok(match self {
+            Target::Store(store) if replay => {
+                operator::replay(store.as_ref(), pipeline, queue, selection)?
+            }
+            Target::Store(store) => operator::purge(store.as_ref(), pipeline, queue, selection)?,
+            Target::Server(api, rt) => {
+                let action = if replay { "replay" } else { "purge" };
+                rt.block_on(api.act(action, pipeline, queue, selection))
+                    .map_err(anyhow::Error::msg)?
+            }
+        })
+    }
+
+    fn queues(&self) -> anyhow::Result<Vec<operator::QueueRow>> {
+        Ok(match self {
+            Target::Store(store) => operator::queues(store.as_ref())?,
+            Target::Server(api, rt) => rt.block_on(api.queues()).map_err(anyhow::Error::msg)?,
+        })
+    }
+}
+
+fn dlq(data: &Path, server: &ServerArgs, action: DlqAction) -> anyhow::Result<ExitCode> {
+    let target = Target::find(data, server)?;
+    match action {
+        DlqAction::Ls { pipeline } => {
+            let rows = target.dead_letters(pipeline.as_deref())?;
+            print!("{}", operator::format_dead_letters(&rows));
         }
         DlqAction::Show {
             pipeline,
             queue,
             seq,
         } => {
-            let found = store
-                .dead_letters(&pipeline, &queue)?
-                .into_iter()
-                .find(|(s, _)| *s == seq);
-            match found {
-                Some((_, env)) => println!("{}", serde_json::to_string_pretty(&env)?),
-                None => anyhow::bail!("no dead letter {seq} in {pipeline}/{queue}"),
-            }
+            let envelope = target.dead_letter(&pipeline, &queue, seq)?;
+            println!("{}", serde_json::to_string_pretty(&envelope)?);
         }
         DlqAction::Replay {
             pipeline,
@@ -610,8 +715,7 @@ fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
             seq,
             all,
         } => {
-            require_target(seq, all)?;
-            let n = store.replay(&pipeline, &queue, seq)?;
+            let n = target.act(true, &pipeline, &queue, &selection(seq, all)?)?;
             println!("replayed {n} message(s) to {pipeline}/{queue}");
         }
         DlqAction::Purge {
@@ -620,47 +724,31 @@ fn dlq(data: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
             seq,
             all,
         } => {
-            require_target(seq, all)?;
-            let n = store.purge_dead(&pipeline, &queue, seq)?;
+            let n = target.act(false, &pipeline, &queue, &selection(seq, all)?)?;
             println!("purged {n} dead letter(s) of {pipeline}/{queue}");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn require_target(seq: Option<u64>, all: bool) -> anyhow::Result<()> {
+fn selection(seq: Option<u64>, all: bool) -> anyhow::Result<operator::Selection> {
     if seq.is_none() && !all {
         anyhow::bail!("name a dead letter by its seq, or pass --all");
     }
-    Ok(())
+    Ok(operator::Selection {
+        seqs: seq.into_iter().collect(),
+        all,
+    })
 }
 
-fn queue(data: &Path, action: QueueAction) -> anyhow::Result<ExitCode> {
-    let store = open_store(data)?;
+fn queue(data: &Path, server: &ServerArgs, action: QueueAction) -> anyhow::Result<ExitCode> {
     match action {
         QueueAction::Ls => {
-            println!(
-                "{:<24} {:>8} {:<32} dead letters",
-                "pipeline", "ingress", "sinks"
-            );
-            for p in store.pipelines()? {
-                let d = store.depths(&p)?;
-                let fmt = |v: &[(String, usize)]| {
-                    v.iter()
-                        .map(|(n, c)| format!("{n}={c}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                println!(
-                    "{:<24} {:>8} {:<32} {}",
-                    p,
-                    d.ingress,
-                    fmt(&d.sinks),
-                    fmt(&d.dead)
-                );
-            }
+            let rows = Target::find(data, server)?.queues()?;
+            print!("{}", operator::format_queues(&rows));
         }
         QueueAction::Purge { pipeline } => {
+            let store = open_store(data)?;
             store.purge_pipeline(&pipeline)?;
             println!("removed every queue, dead letter and plugin state of {pipeline}");
         }

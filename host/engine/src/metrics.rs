@@ -218,6 +218,18 @@ impl Collector for PipelineCollector {
                 ConstCounter::new(n).encode(dropped.encode_family(&labels)?)?;
             }
         }
+        let mut rejected = encoder.encode_descriptor(
+            "tocsin_ingest_rejected",
+            "Ingest requests to a pipeline answered with an error, per status (401 auth, 413 too large, 415 and 400 from the decoder, 408 slow body, 503 budget or storage)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (pipeline, status) in &statuses {
+            for (code, n) in status.rejections() {
+                let labels = vec![("pipeline", pipeline.clone()), ("status", code.to_string())];
+                ConstCounter::new(n).encode(rejected.encode_family(&labels)?)?;
+            }
+        }
         let mut up = encoder.encode_descriptor(
             "tocsin_pipeline_up",
             "1 when the pipeline runs, 0 when it failed, is disabled or stopped",

@@ -71,6 +71,11 @@ pub struct Server {
     http_limits: crate::settings::HttpLimits,
     /// The bearer token `/metrics` asks for, if any.
     metrics_token: Option<String>,
+    /// The admin API's tokens; `None`: the API is off.
+    api_tokens: Option<Arc<crate::admin::tokens::ApiTokens>>,
+    board: StatusBoard,
+    /// `server.json` in the data directory, removed when the server is dropped.
+    _announcement: Option<crate::admin::client::ServerFileGuard>,
 }
 
 impl Server {
@@ -99,6 +104,11 @@ impl Server {
         if let Some((addr, _)) = &http {
             tracing::info!(addr = %addr, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz, GET /metrics)");
         }
+        let announcement = http.as_ref().and_then(|(addr, _)| {
+            crate::admin::client::announce(&settings.data_dir, *addr)
+                .map_err(|e| tracing::warn!(error = %e, "cannot write server.json into the data directory; `tocsin dlq` and `tocsin queue` will need --server"))
+                .ok()
+        });
         let janitor_http = bind(settings.janitor_listen).await?;
         if let Some((addr, _)) = &janitor_http {
             tracing::info!(addr = %addr, pipeline = ?settings.janitor_pipeline, "listening for Janitor clients (POST /message)");
@@ -113,6 +123,22 @@ impl Server {
                 Err(e) => return Err(ServerError::Settings(format!("--metrics-token: {e}"))),
             },
         };
+        let api_tokens = match &settings.api_tokens {
+            None => {
+                tracing::info!("the admin API (/api/v1) is off: no --api-tokens");
+                None
+            }
+            Some(path) => {
+                let tokens = crate::admin::tokens::ApiTokens::load(path)
+                    .map_err(|e| ServerError::Settings(format!("--api-tokens: {e}")))?;
+                tracing::info!(
+                    admin_tokens = tokens.count(crate::admin::tokens::Role::Admin),
+                    read_tokens = tokens.count(crate::admin::tokens::Role::Read),
+                    "the admin API (/api/v1) is on"
+                );
+                Some(Arc::new(tokens))
+            }
+        };
         let mut http_limits = settings.http;
         let nofile = crate::http_serve::descriptor_limit();
         http_limits.max_connections =
@@ -124,8 +150,8 @@ impl Server {
                 "the open-files limit leaves room for fewer HTTP connections than configured; raise LimitNOFILE"
             );
         }
-        let ingest = IngestTable::default();
         let board = crate::manager::new_board();
+        let ingest = IngestTable::with_board(board.clone());
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
         let shared = Shared {
             queue: queue.clone(),
@@ -146,7 +172,7 @@ impl Server {
         };
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = watch(&settings, tx);
-        let mut manager = Manager::new(shared, settings, board);
+        let mut manager = Manager::new(shared, settings, board.clone());
         let report = manager.reconcile().await;
         tracing::info!(
             started = report.started.len(),
@@ -167,6 +193,9 @@ impl Server {
             shutdown_grace,
             http_limits,
             metrics_token,
+            api_tokens,
+            board,
+            _announcement: announcement,
         })
     }
 
@@ -210,7 +239,12 @@ impl Server {
                 self.janitor_pipeline.clone(),
                 &self.http_limits,
                 self.metrics_token.take(),
-            );
+            )
+            .merge(crate::admin::router(
+                self.api_tokens.take(),
+                self.board.clone(),
+                self.queue.clone(),
+            ));
             (listener, app)
         });
         let janitor_app = self.janitor_http.take().map(|(_, listener)| {

@@ -42,6 +42,8 @@ pub struct Settings {
     /// When set, `GET /metrics` asks for `Authorization: Bearer <this secret>` (the metrics
     /// name every pipeline).
     pub metrics_token: Option<tocsin_config::SecretRef>,
+    /// The admin API's tokens file (`/api/v1`, see `docs/api.md`); `None`: the API is off.
+    pub api_tokens: Option<PathBuf>,
     /// How far ahead of this machine's clock a message's timestamp may be (clock skew of the
     /// senders); `None` for a day. Earlier than 2000-01-01 is always refused.
     pub max_timestamp_ahead: Option<Duration>,

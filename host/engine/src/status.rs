@@ -57,6 +57,23 @@ impl Counters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Every counter by name (`messages_in`, `delivered`, …), as the admin API shows them.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        [
+            ("polls", &self.polls),
+            ("messages_in", &self.produced),
+            ("handed_over", &self.handed_over),
+            ("delivered", &self.delivered),
+            ("retries", &self.retries),
+            ("dead_lettered", &self.dead_lettered),
+            ("plugin_traps", &self.plugin_traps),
+            ("plugin_errors", &self.plugin_errors),
+        ]
+        .into_iter()
+        .map(|(name, counter)| (name.to_string(), Counters::get(counter)))
+        .collect()
+    }
 }
 
 /// What happened at one stage, counted per stage for `/metrics`.
@@ -96,6 +113,8 @@ pub struct PipelineStatus {
     sinks: Mutex<Vec<String>>,
     /// Its queue budget in bytes; 0 for none.
     queue_budget: AtomicU64,
+    /// Ingest requests answered with an error, per status code.
+    rejections: Mutex<BTreeMap<u16, u64>>,
     /// Per stage, the counters of log lines its plugin caused that were dropped (one per
     /// instance: a sink with `concurrency` has several).
     log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
@@ -110,6 +129,7 @@ impl PipelineStatus {
             stage_events: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(Vec::new()),
             queue_budget: AtomicU64::new(0),
+            rejections: Mutex::new(BTreeMap::new()),
             log_drops: Mutex::new(BTreeMap::new()),
         })
     }
@@ -141,6 +161,24 @@ impl PipelineStatus {
     /// before anything was queued in them.
     pub fn set_sinks(&self, sinks: Vec<String>) {
         *self.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sinks;
+    }
+
+    /// Counts an ingest request answered with `status` (an error).
+    pub fn record_rejection(&self, status: u16) {
+        *self
+            .rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// Ingest requests answered with an error so far, per status code.
+    pub fn rejections(&self) -> BTreeMap<u16, u64> {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records the pipeline's queue budget (for the metrics).

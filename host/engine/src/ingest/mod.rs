@@ -65,9 +65,26 @@ pub struct IngestTable {
     /// Pipelines between their old version's stop and their new version's start: requests
     /// get 503 + Retry-After (a sender retries), not 404 (GitHub, for one, would not).
     reloading: Arc<RwLock<HashSet<String>>>,
+    /// Every known pipeline's state: one that is not running (failed to start, disabled)
+    /// answers 503 with its state, not 404.
+    board: crate::manager::StatusBoard,
 }
 
 impl IngestTable {
+    /// An empty table that tells pipelines of `board` that are not running from unknown ones.
+    pub fn with_board(board: crate::manager::StatusBoard) -> Self {
+        IngestTable {
+            board,
+            ..IngestTable::default()
+        }
+    }
+
+    /// The state of a known pipeline.
+    fn state_of(&self, name: &str) -> Option<crate::status::PipelineState> {
+        let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+        board.get(name).map(|status| status.state())
+    }
+
     /// Makes a pipeline reachable at `/ingest/{name}` (replacing an older version).
     pub fn register(&self, endpoint: Arc<IngestEndpoint>) {
         let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
@@ -260,11 +277,47 @@ async fn accept(
         if table.is_reloading(&name) {
             return unavailable("the pipeline is being reloaded; nothing was accepted, try again");
         }
+        // A known pipeline that is not running says so (a sender retries a 503, and GitHub,
+        // for one, never retries a 404). The reason is the operator's to read, in the log or
+        // the admin API: it may name files and settings.
+        use crate::status::PipelineState;
+        let not_running = match table.state_of(&name) {
+            // Running without an endpoint: a scheduled pipeline. Stopped: its file is gone.
+            None | Some(PipelineState::Running | PipelineState::Stopped) => None,
+            Some(PipelineState::Starting) => Some("is starting"),
+            Some(PipelineState::Failed(_)) => Some(
+                "failed to start (its file is invalid or a plugin did not start; see the \
+                 server's log)",
+            ),
+            Some(PipelineState::Disabled) => Some("is disabled"),
+        };
+        if let Some(state) = not_running {
+            return unavailable(&format!(
+                "pipeline `{name}` {state}; nothing was accepted, try again later"
+            ));
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!("no ingest pipeline named `{name}`"),
         );
     };
+    let response = accept_known(state, &endpoint, method, uri, headers, body).await;
+    if !response.status().is_success() {
+        endpoint.status.record_rejection(response.status().as_u16());
+    }
+    response
+}
+
+/// [`accept`] once the pipeline is found.
+async fn accept_known(
+    state: &HttpState,
+    endpoint: &IngestEndpoint,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = endpoint.pipeline.clone();
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,

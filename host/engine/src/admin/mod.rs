@@ -1,0 +1,267 @@
+//! The admin API, `/api/v1/…` on the main listener: pipelines, queues and dead letters of the
+//! running server, as JSON; replay and purge while it runs.
+//!
+//! Every request needs a token of `--api-tokens` ([`tokens`]): a `read` token for `GET`, an
+//! `admin` token for anything that changes state. Without `--api-tokens` the API is off and
+//! says so. Every request to it — let in or not — is written to the access log (target
+//! `tocsin::access`): time, token name, client address, method, path, status. The routes and
+//! what they answer are listed in [`routes::ROUTES`], from which `docs/api.md` is generated.
+
+pub mod client;
+pub mod routes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use tocsin_queue::{QueueError, QueueStore};
+
+use crate::manager::StatusBoard;
+use crate::operator::{self, Selection};
+use tokens::{ApiTokens, Denial, Role};
+
+/// The path every route of this version starts with.
+pub const PREFIX: &str = "/api/v1";
+
+/// The most entries a peek at a queue returns.
+pub const MAX_PEEK: usize = 1000;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AdminState {
+    tokens: Arc<ApiTokens>,
+    board: StatusBoard,
+    queue: Arc<dyn QueueStore>,
+}
+
+/// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
+/// every request is answered 404 with how to turn the API on.
+pub fn router(
+    tokens: Option<Arc<ApiTokens>>,
+    board: StatusBoard,
+    queue: Arc<dyn QueueStore>,
+) -> Router {
+    let Some(tokens) = tokens else {
+        let off = || async {
+            error(
+                StatusCode::NOT_FOUND,
+                "the admin API is off: start tocsin with --api-tokens FILE (see docs/api.md)",
+            )
+        };
+        return Router::new()
+            .route(PREFIX, axum::routing::any(off))
+            .route(&format!("{PREFIX}/{{*rest}}"), axum::routing::any(off));
+    };
+    let state = AdminState {
+        tokens,
+        board,
+        queue,
+    };
+    let api = Router::new()
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{pipeline}", get(pipeline))
+        .route("/queues", get(queues))
+        .route("/pipelines/{pipeline}/queues/{queue}", get(peek))
+        .route("/dead-letters", get(dead_letters))
+        .route(
+            "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
+            get(dead_letter),
+        )
+        .route(
+            "/pipelines/{pipeline}/dead-letters/{queue}/replay",
+            post(replay),
+        )
+        .route(
+            "/pipelines/{pipeline}/dead-letters/{queue}/purge",
+            post(purge),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see docs/api.md") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state);
+    Router::new().nest(PREFIX, api)
+}
+
+/// Lets a request in with a token of the role its method needs, and writes the access log
+/// line once it is answered.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        Role::Read
+    } else {
+        Role::Admin
+    };
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "-".to_string(), |c| c.0.to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let (token, response) = match state.tokens.check(request.headers(), needs) {
+        Ok(name) => (name, next.run(request).await),
+        Err(Denial::Unknown(why)) => ("-".to_string(), error(StatusCode::UNAUTHORIZED, why)),
+        Err(Denial::Forbidden(name)) => {
+            let why = format!(
+                "token `{name}` may read only; {method} needs an {} token",
+                Role::Admin.as_str()
+            );
+            (name, error(StatusCode::FORBIDDEN, why))
+        }
+    };
+    tracing::info!(
+        target: "tocsin::access",
+        token = %token,
+        client = %client,
+        method = %method,
+        path = %tocsin_message::one_line(&path),
+        status = response.status().as_u16(),
+        "admin API request"
+    );
+    response
+}
+
+/// `{"error": why}` with `status`.
+fn error(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": why.into() }))).into_response()
+}
+
+/// A store error as an answer: 404 for what is not there, 500 otherwise.
+fn store_error(e: QueueError) -> Response {
+    match e {
+        QueueError::NotFound { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Runs a store call off the async workers (replay and purge sync the store).
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(store_error),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn pipelines(State(state): State<AdminState>) -> Response {
+    let (board, queue) = (state.board.clone(), state.queue.clone());
+    match blocking(move || operator::pipelines(&board, queue.as_ref())).await {
+        Ok(views) => Json(views).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let (board, queue) = (state.board.clone(), state.queue.clone());
+    let found = blocking(move || {
+        Ok(operator::pipelines(&board, queue.as_ref())?
+            .into_iter()
+            .find(|p| p.name == name))
+    })
+    .await;
+    match found {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such pipeline"),
+        Err(response) => response,
+    }
+}
+
+async fn queues(State(state): State<AdminState>) -> Response {
+    let queue = state.queue.clone();
+    match blocking(move || operator::queues(queue.as_ref())).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct PeekQuery {
+    limit: Option<usize>,
+}
+
+async fn peek(
+    State(state): State<AdminState>,
+    Path((pipeline, queue_name)): Path<(String, String)>,
+    Query(query): Query<PeekQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(10).min(MAX_PEEK);
+    let queue = state.queue.clone();
+    match blocking(move || operator::peek(queue.as_ref(), &pipeline, &queue_name, limit)).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct DeadLettersQuery {
+    pipeline: Option<String>,
+}
+
+async fn dead_letters(
+    State(state): State<AdminState>,
+    Query(query): Query<DeadLettersQuery>,
+) -> Response {
+    let queue = state.queue.clone();
+    let rows = blocking(move || operator::dead_letters(queue.as_ref(), query.pipeline.as_deref()));
+    match rows.await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn dead_letter(
+    State(state): State<AdminState>,
+    Path((pipeline, queue_name, seq)): Path<(String, String, u64)>,
+) -> Response {
+    let queue = state.queue.clone();
+    let found =
+        blocking(move || operator::dead_letter(queue.as_ref(), &pipeline, &queue_name, seq));
+    match found.await {
+        Ok(envelope) => Json(envelope).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn replay(
+    State(state): State<AdminState>,
+    Path((pipeline, queue_name)): Path<(String, String)>,
+    Json(selection): Json<Selection>,
+) -> Response {
+    if let Err(why) = selection.target() {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let queue = state.queue.clone();
+    let moved =
+        blocking(move || operator::replay(queue.as_ref(), &pipeline, &queue_name, &selection));
+    match moved.await {
+        Ok(n) => Json(json!({ "replayed": n })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn purge(
+    State(state): State<AdminState>,
+    Path((pipeline, queue_name)): Path<(String, String)>,
+    Json(selection): Json<Selection>,
+) -> Response {
+    if let Err(why) = selection.target() {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let queue = state.queue.clone();
+    let gone =
+        blocking(move || operator::purge(queue.as_ref(), &pipeline, &queue_name, &selection));
+    match gone.await {
+        Ok(n) => Json(json!({ "purged": n })).into_response(),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,259 @@
+//! The admin API's routes as documentation: `docs/api.md` is generated from [`ROUTES`] by the
+//! test below, and another test sends each route to the router, so the table, the page and the
+//! router cannot drift apart.
+
+use super::tokens::Role;
+
+/// One route of the API.
+pub struct RouteDoc {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path under [`super::PREFIX`], with `{placeholders}`.
+    pub path: &'static str,
+    /// The role a token needs.
+    pub role: Role,
+    /// What it does.
+    pub summary: &'static str,
+    /// What it answers with (a JSON shape in words).
+    pub answer: &'static str,
+}
+
+/// Every route of `/api/v1`.
+pub const ROUTES: &[RouteDoc] = &[
+    RouteDoc {
+        method: "GET",
+        path: "/pipelines",
+        role: Role::Read,
+        summary: "every pipeline: its state (`starting`, `running`, `failed` with the reason, \
+                  `disabled`, `stopped`, `no_file` for stored data without a file), counters \
+                  since start, each queue's depth and oldest message's age, dead letters per \
+                  queue, bytes held and queue budget",
+        answer: "an array of `{name, state, reason, counters, queues: [{queue, depth, \
+                 oldest_age_seconds}], dead_letters, stored_bytes, queue_budget}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/pipelines/{pipeline}",
+        role: Role::Read,
+        summary: "one pipeline, as above",
+        answer: "one object as above; 404 for an unknown pipeline",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/queues",
+        role: Role::Read,
+        summary: "the depths of every pipeline with anything stored (what `tocsin queue ls` prints)",
+        answer: "an array of `{pipeline, ingress, sinks: {name: depth}, dead_letters: {queue: count}}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/pipelines/{pipeline}/queues/{queue}?limit=N",
+        role: Role::Read,
+        summary: "the oldest messages of a queue (`ingress` or a sink's name), left in place; \
+                  `limit` defaults to 10, at most 1000",
+        answer: "an array of `{seq, envelope: {message, attempts, last_error, not_before_ms, \
+                 enqueued_ms}}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/dead-letters?pipeline=P",
+        role: Role::Read,
+        summary: "the dead letters of one pipeline, or of all (what `tocsin dlq ls` prints)",
+        answer: "an array of `{pipeline, queue, seq, attempts, id, last_error}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
+        role: Role::Read,
+        summary: "one dead letter whole (`queue` is a sink's name, or `@filters`)",
+        answer: "`{message, attempts, last_error, not_before_ms, enqueued_ms}`; 404 when not there",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/pipelines/{pipeline}/dead-letters/{queue}/replay",
+        role: Role::Admin,
+        summary: "moves dead letters back to the tail of their queue with a fresh attempt count, \
+                  while the server runs: body `{\"seqs\": [..]}` for some, `{\"all\": true}` for all",
+        answer: "`{\"replayed\": n}`; 400 for a body naming neither or both; 404 for a seq not \
+                 there (those named before it moved)",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/pipelines/{pipeline}/dead-letters/{queue}/purge",
+        role: Role::Admin,
+        summary: "deletes dead letters: body as for replay",
+        answer: "`{\"purged\": n}` (a seq not there counts 0)",
+    },
+];
+
+/// `docs/api.md`: how to turn the API on, then [`ROUTES`] as a table.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "<!-- Generated from host/engine/src/admin/routes.rs by the test `api_reference_is_current`; \
+         do not edit. Regenerate: TOCSIN_BLESS=1 cargo test -p tocsin --lib api_reference -->\n\n\
+         # The admin API\n\n\
+         `/api/v1/…` on the main listener (`--listen`) shows the running server's pipelines, \
+         queues and dead letters as JSON, and replays or purges dead letters **while it runs**. \
+         `tocsin dlq` and `tocsin queue` use it when a server runs on their data directory.\n\n\
+         ## Turning it on\n\n\
+         The API is off until `tocsin run` is given `--api-tokens FILE`, a TOML file of named \
+         tokens; at start tocsin logs whether it is on and how many tokens of each role it \
+         has. Each token has a role — `read` may call every `GET`, `admin` may also replay \
+         and purge — and its value from the environment or a file, as every secret:\n\n\
+         ```toml\n\
+         [[token]]\n\
+         name   = \"dashboard\"\n\
+         role   = \"read\"\n\
+         secret = \"file:dashboard.token\"   # relative to this file\n\n\
+         [[token]]\n\
+         name   = \"alice\"\n\
+         role   = \"admin\"\n\
+         secret = \"env:TOCSIN_ALICE_TOKEN\"\n\
+         ```\n\n\
+         Make a value with `openssl rand -hex 32`; values shorter than 16 characters, two \
+         tokens with one value and names other than letters, digits, `.`, `_` and `-` are \
+         refused at start. A request carries the value as `Authorization: Bearer <value>`; \
+         every token is compared in constant time. Without a token or with an unknown one \
+         the answer is 401, with a `read` token on an `admin` route 403, and every request \
+         to the API — let in or not — is written to the log under the target \
+         `tocsin::access` with the time, the token's **name** (never its value), the \
+         client's address, the method, the path and the status.\n\n\
+         ```sh\n\
+         curl -H \"Authorization: Bearer $(cat alice.token)\" http://127.0.0.1:8470/api/v1/dead-letters\n\
+         curl -H \"Authorization: Bearer $(cat alice.token)\" -H 'Content-Type: application/json' \\\n\
+         \x20    -d '{\"seqs\": [42]}' http://127.0.0.1:8470/api/v1/pipelines/backups/dead-letters/matrix/replay\n\
+         ```\n\n\
+         Errors are `{\"error\": \"…\"}` with their status; a malformed body is a 4xx with \
+         the reason.\n\n\
+         ## Routes\n\n\
+         | method | path under `/api/v1` | token | what it does | answer |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for route in ROUTES {
+        out += &format!(
+            "| `{}` | `{}` | {} | {} | {} |\n",
+            route.method,
+            route.path,
+            route.role.as_str(),
+            route
+                .summary
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            route
+                .answer
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::super::tokens::{ApiTokens, Role};
+    use super::*;
+
+    /// `docs/api.md` is generated from [`ROUTES`]: regenerate it with
+    /// `TOCSIN_BLESS=1 cargo test -p tocsin --lib api_reference`.
+    #[test]
+    fn api_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+        let generated = reference();
+        if std::env::var_os("TOCSIN_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/api.md is out of date: TOCSIN_BLESS=1 cargo test -p tocsin --lib api_reference"
+        );
+    }
+
+    /// Every documented route is served (not the fallback's "no such API route"), and a token
+    /// of the documented role is enough for it while one below is not.
+    #[tokio::test]
+    async fn every_documented_route_is_routed_with_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn tocsin_queue::QueueStore> =
+            tocsin_queue::SledStore::open(dir.path()).unwrap();
+        let tokens = ApiTokens::from_values(vec![
+            ("reader".into(), Role::Read, "r".repeat(16)),
+            ("admin".into(), Role::Admin, "a".repeat(16)),
+        ]);
+        let app = super::super::router(Some(Arc::new(tokens)), crate::manager::new_board(), queue);
+        let send = |method: &str, path: &str, token: &str| {
+            let path = path
+                .split('?')
+                .next()
+                .unwrap()
+                .replace("{pipeline}", "p")
+                .replace("{queue}", "out")
+                .replace("{seq}", "1");
+            let request = Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", super::super::PREFIX))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"all": true}"#))
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        for route in ROUTES {
+            let token = match route.role {
+                Role::Read => "r".repeat(16),
+                Role::Admin => "a".repeat(16),
+            };
+            let (status, body) = send(route.method, route.path, &token).await;
+            assert!(
+                !body.contains("no such API route") && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{} {} is not routed: {status} {body}",
+                route.method,
+                route.path
+            );
+            assert_ne!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{} {}",
+                route.method,
+                route.path
+            );
+            if route.role == Role::Admin {
+                let (status, _) = send(route.method, route.path, &"r".repeat(16)).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{} {}",
+                    route.method,
+                    route.path
+                );
+            }
+            let (status, _) = send(route.method, route.path, "not-a-token").await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+        let (status, body) = send("GET", "/nothing-here", &"r".repeat(16)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no such API route"), "{body}");
+    }
+}

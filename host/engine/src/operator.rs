@@ -1,0 +1,369 @@
+//! What an operator sees and does, over a [`QueueStore`]: the listings of queues and dead
+//! letters, a peek at a queue's head, replay and purge.
+//!
+//! The admin API answers with these views as JSON, and the CLI prints them — from the running
+//! server's API, or from the store when no server runs — with one formatter each, so
+//! `tocsin dlq ls` reads the same either way.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use tocsin_queue::{Envelope, QueueError, QueueStore, Seq, FILTERS_QUEUE};
+
+use crate::manager::StatusBoard;
+use crate::status::PipelineState;
+
+/// The queue name of a pipeline's ingress (what its source produced, waiting for the filters).
+pub const INGRESS_QUEUE: &str = "ingress";
+
+/// One dead letter, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The queue it was taken from: a sink's name, or `@filters`.
+    pub queue: String,
+    /// Its sequence number in that queue (what `show`, `replay` and `purge` name).
+    pub seq: Seq,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The message's id.
+    pub id: String,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// One pipeline's queues, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRow {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Messages waiting for the filters.
+    pub ingress: usize,
+    /// Messages waiting for delivery, per sink.
+    pub sinks: BTreeMap<String, usize>,
+    /// Dead letters, per queue (sinks and `@filters`).
+    pub dead_letters: BTreeMap<String, usize>,
+}
+
+/// An entry of a queue, left in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedEntry {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// The message and its delivery history.
+    pub envelope: Envelope,
+}
+
+/// Which dead letters a replay or purge takes: `{"seqs": [..]}` or `{"all": true}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// These, by sequence number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seqs: Vec<Seq>,
+    /// Every dead letter of the queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Selection {
+    /// The named ones (`Some`), or every one (`None`); an error unless exactly one of the two
+    /// is asked for.
+    pub fn target(&self) -> Result<Option<&[Seq]>, String> {
+        match (self.all, self.seqs.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(&self.seqs)),
+            (true, false) => Err("give `seqs` or `all`, not both".into()),
+            (false, true) => {
+                Err("name the dead letters: `{\"seqs\": [..]}`, or `{\"all\": true}`".into())
+            }
+        }
+    }
+}
+
+/// A pipeline as the status page and `GET /api/v1/pipelines` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineView {
+    /// Its name (its file's stem).
+    pub name: String,
+    /// `starting`, `running`, `failed`, `disabled`, `stopped`, or `no_file` (its file is gone
+    /// and its queues are kept).
+    pub state: String,
+    /// Why it is not running, when it failed.
+    pub reason: Option<String>,
+    /// Its counters since this process started (`messages_in`, `delivered`, …).
+    pub counters: BTreeMap<String, u64>,
+    /// Its queues: ingress, then each sink's.
+    pub queues: Vec<QueueView>,
+    /// Dead letters per queue (sinks and `@filters`).
+    pub dead_letters: BTreeMap<String, usize>,
+    /// Bytes its queues, dead letters and plugin state hold.
+    pub stored_bytes: u64,
+    /// Its queue budget in bytes, if it has one.
+    pub queue_budget: Option<u64>,
+}
+
+/// One queue of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// `ingress`, or a sink's name.
+    pub queue: String,
+    /// Messages waiting.
+    pub depth: usize,
+    /// How long the oldest has waited since it entered the pipeline, in seconds.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+/// Every pipeline of the board, then those with only stored data left.
+pub fn pipelines(
+    board: &StatusBoard,
+    store: &dyn QueueStore,
+) -> Result<Vec<PipelineView>, QueueError> {
+    let statuses: Vec<_> = board
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(name, status)| (name.clone(), status.clone()))
+        .collect();
+    let now = tocsin_queue::now_ms();
+    let age = |env: Option<(Seq, Envelope)>| {
+        env.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0)
+    };
+    let view = |name: &str, state: String, reason, counters, sinks: Vec<String>, budget| {
+        let depths = store.depths(name)?;
+        let depth_of = |sink: &str| {
+            depths
+                .sinks
+                .iter()
+                .find_map(|(s, n)| (s == sink).then_some(*n))
+                .unwrap_or(0)
+        };
+        let mut queues = vec![QueueView {
+            queue: INGRESS_QUEUE.into(),
+            depth: depths.ingress,
+            oldest_age_seconds: age(store.ingress_head(name)?),
+        }];
+        let mut sink_names = sinks;
+        for (sink, _) in &depths.sinks {
+            if !sink_names.contains(sink) {
+                sink_names.push(sink.clone());
+            }
+        }
+        for sink in sink_names {
+            queues.push(QueueView {
+                depth: depth_of(&sink),
+                oldest_age_seconds: age(store.sink_head(name, &sink)?),
+                queue: sink,
+            });
+        }
+        Ok::<_, QueueError>(PipelineView {
+            name: name.to_string(),
+            state,
+            reason,
+            counters,
+            queues,
+            dead_letters: depths.dead.into_iter().collect(),
+            stored_bytes: store.stored_bytes(name)?,
+            queue_budget: budget,
+        })
+    };
+    let mut views = Vec::new();
+    for (name, status) in &statuses {
+        let (state, reason) = match status.state() {
+            PipelineState::Starting => ("starting", None),
+            PipelineState::Running => ("running", None),
+            PipelineState::Failed(why) => ("failed", Some(why)),
+            PipelineState::Disabled => ("disabled", None),
+            PipelineState::Stopped => ("stopped", None),
+        };
+        views.push(view(
+            name,
+            state.into(),
+            reason,
+            status.counters.snapshot(),
+            status.sinks(),
+            status.queue_budget(),
+        )?);
+    }
+    for name in store.pipelines()? {
+        if !statuses.iter().any(|(n, _)| *n == name) {
+            views.push(view(
+                &name,
+                "no_file".into(),
+                None,
+                BTreeMap::new(),
+                Vec::new(),
+                None,
+            )?);
+        }
+    }
+    Ok(views)
+}
+
+/// The dead letters of `pipeline` (or of every pipeline with anything stored), by queue and
+/// age.
+pub fn dead_letters(
+    store: &dyn QueueStore,
+    pipeline: Option<&str>,
+) -> Result<Vec<DeadLetterRow>, QueueError> {
+    let pipelines = match pipeline {
+        Some(p) => vec![p.to_string()],
+        None => store.pipelines()?,
+    };
+    let mut rows = Vec::new();
+    for p in pipelines {
+        for (queue, _) in store.depths(&p)?.dead {
+            for (seq, env) in store.dead_letters(&p, &queue)? {
+                rows.push(DeadLetterRow {
+                    pipeline: p.clone(),
+                    queue: queue.clone(),
+                    seq,
+                    attempts: env.attempts,
+                    id: env.message.id,
+                    last_error: env.last_error,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// One dead letter whole.
+pub fn dead_letter(
+    store: &dyn QueueStore,
+    pipeline: &str,
+    queue: &str,
+    seq: Seq,
+) -> Result<Envelope, QueueError> {
+    store
+        .dead_letters(pipeline, queue)?
+        .into_iter()
+        .find_map(|(s, env)| (s == seq).then_some(env))
+        .ok_or_else(|| QueueError::NotFound {
+            queue: format!("dead letters of {pipeline}/{queue}"),
+            seq,
+        })
+}
+
+/// The queues of every pipeline with anything stored (deleted ones included).
+pub fn queues(store: &dyn QueueStore) -> Result<Vec<QueueRow>, QueueError> {
+    store
+        .pipelines()?
+        .into_iter()
+        .map(|pipeline| {
+            let d = store.depths(&pipeline)?;
+            Ok(QueueRow {
+                pipeline,
+                ingress: d.ingress,
+                sinks: d.sinks.into_iter().collect(),
+                dead_letters: d.dead.into_iter().collect(),
+            })
+        })
+        .collect()
+}
+
+/// Up to `limit` of the oldest entries of `queue` ([`INGRESS_QUEUE`] or a sink's name).
+pub fn peek(
+    store: &dyn QueueStore,
+    pipeline: &str,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<QueuedEntry>, QueueError> {
+    let entries = if queue == INGRESS_QUEUE {
+        let mut heads = store.ingress_heads(pipeline, limit)?;
+        heads.truncate(limit);
+        heads
+    } else {
+        store.sink_heads(pipeline, queue, limit)?
+    };
+    Ok(entries
+        .into_iter()
+        .map(|(seq, envelope)| QueuedEntry { seq, envelope })
+        .collect())
+}
+
+/// Moves the selected dead letters back to their queue; returns how many moved. A named one
+/// that is not there is an error, after the ones before it moved.
+pub fn replay(
+    store: &dyn QueueStore,
+    pipeline: &str,
+    queue: &str,
+    selection: &Selection,
+) -> Result<usize, QueueError> {
+    match selection.target().map_err(QueueError::Storage)? {
+        None => store.replay(pipeline, queue, None),
+        Some(seqs) => seqs
+            .iter()
+            .map(|&seq| store.replay(pipeline, queue, Some(seq)))
+            .sum(),
+    }
+}
+
+/// Deletes the selected dead letters; returns how many went (a named one not there counts 0).
+pub fn purge(
+    store: &dyn QueueStore,
+    pipeline: &str,
+    queue: &str,
+    selection: &Selection,
+) -> Result<usize, QueueError> {
+    match selection.target().map_err(QueueError::Storage)? {
+        None => store.purge_dead(pipeline, queue, None),
+        Some(seqs) => seqs
+            .iter()
+            .map(|&seq| store.purge_dead(pipeline, queue, Some(seq)))
+            .sum(),
+    }
+}
+
+/// The dead-letter table as `tocsin dlq ls` prints it.
+pub fn format_dead_letters(rows: &[DeadLetterRow]) -> String {
+    let mut out = format!(
+        "{:<24} {:<16} {:>20} {:>8}  {:<24} last error\n",
+        "pipeline", "queue", "seq", "attempts", "message"
+    );
+    for row in rows {
+        out += &format!(
+            "{:<24} {:<16} {:>20} {:>8}  {:<24} {}\n",
+            row.pipeline,
+            row.queue,
+            row.seq,
+            row.attempts,
+            tocsin_message::one_line(&row.id),
+            tocsin_message::one_line(row.last_error.as_deref().unwrap_or_default())
+        );
+    }
+    out
+}
+
+/// The queue table as `tocsin queue ls` prints it.
+pub fn format_queues(rows: &[QueueRow]) -> String {
+    let fmt = |counts: &BTreeMap<String, usize>| {
+        counts
+            .iter()
+            .map(|(n, c)| format!("{n}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        "{:<24} {:>8} {:<32} dead letters\n",
+        "pipeline", "ingress", "sinks"
+    );
+    for row in rows {
+        out += &format!(
+            "{:<24} {:>8} {:<32} {}\n",
+            row.pipeline,
+            row.ingress,
+            fmt(&row.sinks),
+            fmt(&row.dead_letters)
+        );
+    }
+    out
+}
+
+/// Whether `queue` names a dead-letter queue a pipeline can have: a sink's name or
+/// [`FILTERS_QUEUE`].
+pub fn is_dead_letter_queue(queue: &str, sinks: &[String]) -> bool {
+    queue == FILTERS_QUEUE || sinks.iter().any(|s| s == queue)
+}

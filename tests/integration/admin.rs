@@ -1,0 +1,250 @@
+//! The admin API against the real binary: a dead letter is replayed while the server runs and
+//! delivered once; tokens are checked by role and logged by name; `tocsin dlq ls` prints the
+//! same listing through the running server as from the store once it stopped.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use tocsin_tests::process::{log_tail, Port, Tocsin};
+use tocsin_tests::receiver::{Behaviour, Receiver};
+use tocsin_tests::{tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
+
+const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
+const READ_TOKEN: &str = "reader-0123456789abcdef";
+
+/// A tokens file with an `admin` token named `alice` and a `read` token named `board`.
+fn write_tokens(env: &Env) -> std::path::PathBuf {
+    std::fs::write(env.path("alice.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    std::fs::write(env.path("board.token"), READ_TOKEN).unwrap();
+    let path = env.path("api-tokens.toml");
+    std::fs::write(
+        &path,
+        "[[token]]\nname = \"alice\"\nrole = \"admin\"\nsecret = \"file:alice.token\"\n\n\
+         [[token]]\nname = \"board\"\nrole = \"read\"\nsecret = \"file:board.token\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// `tocsin ARGS --data DATA` with `TOCSIN_API_TOKEN` set to `token`: (success, stdout, stderr).
+fn cli(env: &Env, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(tocsin_bin());
+    command.args(args).arg("--data").arg(env.path("data"));
+    command.env_remove("TOCSIN_API_TOKEN");
+    if let Some(token) = token {
+        command.env("TOCSIN_API_TOKEN", token);
+    }
+    let out = command.output().expect("tocsin runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn api(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/v1{path}");
+    let mut request = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    };
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("tocsin answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn dead_letters(base: &str) -> Vec<Value> {
+    let (status, rows) = api(base, "GET", "/dead-letters", Some(READ_TOKEN), None).await;
+    assert_eq!(status, 200, "{rows}");
+    rows.as_array().unwrap().clone()
+}
+
+async fn post_message(base: &str, id: &str) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/ingest/alerts"))
+        .json(&json!({"id": id, "body": format!("message {id}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_replayed_through_the_api_while_running_and_delivered_once() {
+    let env = Env::new();
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Fail(503));
+    // One attempt: a refused message is dead-lettered at once.
+    let sink = receiver.sink_toml("hook", "{ max_attempts = 1 }");
+    env.write_pipeline("alerts", &format!("{OPEN_JSON_SOURCE}{sink}"));
+    let tokens = write_tokens(&env);
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &["--api-tokens", tokens.to_str().unwrap()]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+
+    post_message(&base, "disk-full").await;
+    post_message(&base, "cpu-hot").await;
+    let mut letters = Vec::new();
+    for _ in 0..300 {
+        letters = dead_letters(&base).await;
+        if letters.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(letters.len(), 2, "{letters:?}\n{}", log_tail(&env));
+    let disk_full = letters.iter().find(|l| l["id"] == "disk-full").unwrap();
+    assert_eq!(disk_full["queue"], "hook");
+    assert!(
+        disk_full["last_error"].as_str().unwrap().contains("503"),
+        "{disk_full}"
+    );
+    let seq = disk_full["seq"].as_u64().unwrap();
+
+    // The CLI, with the server running, goes through the API.
+    let (ok, running_listing, stderr) = cli(&env, Some(READ_TOKEN), &["dlq", "ls"]);
+    assert!(ok, "{stderr}");
+    assert!(running_listing.contains("disk-full") && running_listing.contains("cpu-hot"));
+    let (ok, _, stderr) = cli(&env, None, &["dlq", "ls"]);
+    assert!(!ok && stderr.contains("TOCSIN_API_TOKEN"), "{stderr}");
+
+    // Who may do what.
+    let replay_path = "/pipelines/alerts/dead-letters/hook/replay";
+    let body = json!({"seqs": [seq]});
+    let (status, _) = api(&base, "POST", replay_path, None, Some(body.clone())).await;
+    assert_eq!(status, 401);
+    let (status, answer) = api(
+        &base,
+        "POST",
+        replay_path,
+        Some(READ_TOKEN),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = api(
+        &base,
+        "POST",
+        replay_path,
+        Some(ADMIN_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // Replayed while running: delivered, once.
+    receiver.set(Behaviour::Accept);
+    let (status, answer) = api(&base, "POST", replay_path, Some(ADMIN_TOKEN), Some(body)).await;
+    assert_eq!((status, answer), (200, json!({"replayed": 1})));
+    wait_until(
+        Duration::from_secs(10),
+        "the replayed message is delivered",
+        || receiver.visible_ids().contains("disk-full"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deliveries = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.id == "disk-full" && (200..300).contains(&r.answered))
+        .count();
+    assert_eq!(deliveries, 1, "delivered once");
+    let left: Vec<Value> = dead_letters(&base).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], "cpu-hot");
+
+    // The pipeline view shows the state and the dead letter left.
+    let (status, view) = api(&base, "GET", "/pipelines/alerts", Some(READ_TOKEN), None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["state"], "running");
+    assert_eq!(view["dead_letters"]["hook"], 1);
+    assert!(
+        view["counters"]["delivered"].as_u64().unwrap() >= 1,
+        "{view}"
+    );
+
+    // The access log names the tokens, never their values.
+    let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap();
+    assert!(log.contains("admin API request"), "{}", log_tail(&env));
+    let replays: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("admin API request") && l.contains(replay_path))
+        .collect();
+    assert!(
+        replays
+            .iter()
+            .any(|l| l.contains("token=alice") && l.contains("status=200")),
+        "{replays:#?}"
+    );
+    assert!(
+        replays
+            .iter()
+            .any(|l| l.contains("token=board") && l.contains("status=403")),
+        "{replays:#?}"
+    );
+    assert!(!log.contains(ADMIN_TOKEN) && !log.contains(READ_TOKEN));
+
+    // The same listing with the server stopped, read from the store.
+    let (ok, running_listing, stderr) = cli(&env, Some(READ_TOKEN), &["dlq", "ls"]);
+    assert!(ok, "{stderr}");
+    let (status, _) = tocsin.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        !Path::new(&env.path("data/server.json")).exists(),
+        "server.json is removed at stop"
+    );
+    let (ok, stopped_listing, stderr) = cli(&env, None, &["dlq", "ls"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(running_listing, stopped_listing);
+    assert!(stopped_listing.contains("cpu-hot"));
+}
+
+/// Without `--api-tokens` the API is off and says how to turn it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_the_api_is_off_and_says_so() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "alerts",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}",
+            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    let (status, answer) = api(
+        &server.base_url,
+        "GET",
+        "/pipelines",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        answer["error"].as_str().unwrap().contains("--api-tokens"),
+        "{answer}"
+    );
+    server.stop().await;
+}

@@ -248,3 +248,124 @@ async fn without_tokens_the_api_is_off_and_says_so() {
     );
     server.stop().await;
 }
+
+/// Pause keeps a pipeline stopped across a restart without touching its file; resume starts
+/// it again; run-now polls a scheduled source at once; `tocsin status` shows all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.mkdir("backups");
+    env.write_pipeline(
+        "alerts",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}",
+            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
+        ),
+    );
+    // Once a year at most: only "run now" makes it poll during the test. The backups
+    // directory is empty, which backup-check reports as an error alert.
+    let yearly = tocsin_tests::every_second_backup_source(&env, "")
+        .replace("\"* * * * * *\"", "\"0 0 0 1 1 *\"");
+    env.write_pipeline(
+        "backups",
+        &format!(
+            "{yearly}\n{}",
+            tocsin_tests::file_sink(&env, "out", "backups.jsonl")
+        ),
+    );
+    let file_before = std::fs::read_to_string(env.path("pipelines/alerts.toml")).unwrap();
+    let tokens = write_tokens(&env);
+    let args = ["--api-tokens", tokens.to_str().unwrap()];
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &args);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+
+    let (status, answer) = api(
+        &base,
+        "POST",
+        "/pipelines/backups/run",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    wait_until(Duration::from_secs(10), "the polled alert", || {
+        env.read_lines("out/backups.jsonl").len() == 1
+    })
+    .await;
+    let (status, _) = api(
+        &base,
+        "POST",
+        "/pipelines/alerts/run",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "an ingest pipeline has no schedule");
+
+    let (status, answer) = api(
+        &base,
+        "POST",
+        "/pipelines/alerts/pause",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let refused = reqwest::Client::new()
+        .post(format!("{base}/ingest/alerts"))
+        .json(&json!({"body": "while paused"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("is paused"));
+    let (status, _) = api(
+        &base,
+        "POST",
+        "/pipelines/nothing/pause",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Across a restart: still paused, and the file is as it was.
+    let (status, _) = tocsin.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    let mut tocsin = Tocsin::spawn(&env, &port, &args);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let (_, view) = api(&base, "GET", "/pipelines/alerts", Some(READ_TOKEN), None).await;
+    assert_eq!(view["state"], "paused", "{view}");
+    assert_eq!(
+        std::fs::read_to_string(env.path("pipelines/alerts.toml")).unwrap(),
+        file_before
+    );
+    let (ok, status_text, stderr) = cli(&env, Some(READ_TOKEN), &["status"]);
+    assert!(ok, "{stderr}");
+    let alerts_line = status_text
+        .lines()
+        .find(|l| l.starts_with("alerts "))
+        .unwrap();
+    assert!(alerts_line.contains("paused"), "{status_text}");
+
+    let (ok, done, stderr) = cli(&env, Some(ADMIN_TOKEN), &["pipeline", "resume", "alerts"]);
+    assert!(ok, "{stderr}");
+    assert!(done.contains("resumed"), "{done}");
+    let accepted = reqwest::Client::new()
+        .post(format!("{base}/ingest/alerts"))
+        .json(&json!({"id": "after-resume", "body": "resumed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    wait_until(Duration::from_secs(10), "delivered after resume", || {
+        env.read_lines("out/alerts.jsonl").len() == 1
+    })
+    .await;
+    let (ok, _, stderr) = cli(&env, Some(ADMIN_TOKEN), &["pipeline", "resume", "alerts"]);
+    assert!(!ok && stderr.contains("not paused"), "{stderr}");
+    tocsin.terminate(Duration::from_secs(20));
+}

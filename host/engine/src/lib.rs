@@ -37,6 +37,7 @@ pub mod ingest;
 pub mod manager;
 pub mod metrics;
 pub mod operator;
+pub mod paused;
 pub mod pipeline;
 pub mod plugin_memory;
 pub mod schedule;

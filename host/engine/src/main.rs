@@ -237,6 +237,23 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// Every pipeline: state, counters, queues with their oldest message's age, dead letters
+    /// — from the server running on --data (or --server); from the store when none runs.
+    Status {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Pause, resume or poll now a pipeline of the running server (through its admin API).
+    Pipeline {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: PipelineAction,
+    },
     /// Show queue depths of every pipeline, deleted ones included: through the admin API of
     /// the server running on --data (or --server), or in the store when none runs.
     Queue {
@@ -304,6 +321,17 @@ enum PluginAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PipelineAction {
+    /// Stop it between messages and keep it stopped, across restarts, until resumed (its file
+    /// is not touched; ingest answers 503 meanwhile).
+    Pause { pipeline: String },
+    /// Start a paused pipeline from its file as it is now.
+    Resume { pipeline: String },
+    /// Have a scheduled source poll now, besides its schedule.
+    Run { pipeline: String },
 }
 
 #[derive(Subcommand)]
@@ -444,6 +472,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             server,
             action,
         } => queue(&data.data, &server, action),
+        Command::Status { data, server } => status(&data.data, &server),
+        Command::Pipeline {
+            data,
+            server,
+            action,
+        } => pipeline_command(&data.data, &server, action),
         Command::Test {
             path,
             plugin,
@@ -739,6 +773,51 @@ fn selection(seq: Option<u64>, all: bool) -> anyhow::Result<operator::Selection>
         seqs: seq.into_iter().collect(),
         all,
     })
+}
+
+fn status(data: &Path, server: &ServerArgs) -> anyhow::Result<ExitCode> {
+    let views = match Target::find(data, server)? {
+        Target::Server(api, rt) => rt.block_on(api.pipelines()).map_err(anyhow::Error::msg)?,
+        Target::Store(store) => {
+            println!(
+                "no server runs on {}; what its store holds:",
+                data.display()
+            );
+            let mut views = operator::pipelines(&tocsin::manager::new_board(), store.as_ref())?;
+            for view in &mut views {
+                view.state = "stopped".into();
+            }
+            views
+        }
+    };
+    print!("{}", operator::format_pipelines(&views));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pipeline_command(
+    data: &Path,
+    server: &ServerArgs,
+    action: PipelineAction,
+) -> anyhow::Result<ExitCode> {
+    let (verb, name) = match &action {
+        PipelineAction::Pause { pipeline } => ("pause", pipeline),
+        PipelineAction::Resume { pipeline } => ("resume", pipeline),
+        PipelineAction::Run { pipeline } => ("run", pipeline),
+    };
+    match Target::find(data, server)? {
+        Target::Server(api, rt) => {
+            let done = rt
+                .block_on(api.command(verb, name))
+                .map_err(anyhow::Error::msg)?;
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Target::Store(_) => anyhow::bail!(
+            "no server runs on {}: `tocsin pipeline {verb}` acts on a running server (to keep a \
+             pipeline from starting, set `disabled = true` in its file)",
+            data.display()
+        ),
+    }
 }
 
 fn queue(data: &Path, server: &ServerArgs, action: QueueAction) -> anyhow::Result<ExitCode> {

@@ -48,7 +48,27 @@ pub struct Manager {
     settings: Settings,
     entries: BTreeMap<String, Entry>,
     board: StatusBoard,
+    paused: crate::paused::Paused,
 }
+
+/// What an operator asks of the running pipelines (through the admin API); the server's loop
+/// hands each to [`Manager::command`] and sends the answer back.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop a pipeline and keep it stopped, across restarts, until resumed.
+    Pause(String),
+    /// Start a paused pipeline from its file.
+    Resume(String),
+    /// Have a scheduled source poll now.
+    RunNow(String),
+}
+
+/// A command and where its answer goes: what was done, or why not (the HTTP status to
+/// answer with, and the reason).
+pub type CommandRequest = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<String, (u16, String)>>,
+);
 
 /// What one reconcile did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -69,6 +89,7 @@ impl Manager {
     /// A manager with nothing running yet, reporting to `board`.
     pub fn new(shared: Shared, settings: Settings, board: StatusBoard) -> Self {
         Manager {
+            paused: crate::paused::Paused::load(&settings.data_dir),
             shared,
             settings,
             entries: BTreeMap::new(),
@@ -183,10 +204,14 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), status.clone());
-        let spec_disabled = spec.disabled;
+        let spec_disabled = spec.disabled || self.paused.contains(name);
         let running = if spec.disabled {
             status.set(PipelineState::Disabled);
             tracing::info!(pipeline = %name, "pipeline is disabled");
+            None
+        } else if self.paused.contains(name) {
+            status.set(PipelineState::Paused);
+            tracing::info!(pipeline = %name, "pipeline is paused (resume it through the admin API)");
             None
         } else {
             match start(&self.shared, spec, status.clone()).await {
@@ -225,6 +250,73 @@ impl Manager {
                 retry,
             },
         );
+    }
+
+    /// Carries out an operator's command; `Ok` says what was done.
+    pub async fn command(&mut self, command: Command) -> Result<String, (u16, String)> {
+        let known = |name: &str| self.entries.contains_key(name);
+        match command {
+            Command::Pause(name) => {
+                if !known(&name) {
+                    return Err((404, format!("no pipeline named `{name}`")));
+                }
+                if self.paused.contains(&name) {
+                    return Ok(format!("pipeline `{name}` was paused already"));
+                }
+                self.paused
+                    .set(&name, true)
+                    .map_err(|e| (500, format!("cannot record the pause: {e}")))?;
+                if let Some(running) = self.entries.get_mut(&name).and_then(|e| e.running.take()) {
+                    running.stop().await;
+                }
+                if let Some(entry) = self.entries.get_mut(&name) {
+                    entry.retry = None;
+                }
+                self.board_status(&name).set(PipelineState::Paused);
+                tracing::info!(pipeline = %name, "pipeline paused; its queues are kept");
+                Ok(format!("pipeline `{name}` paused"))
+            }
+            Command::Resume(name) => {
+                if !self.paused.contains(&name) {
+                    return Err((409, format!("pipeline `{name}` is not paused")));
+                }
+                self.paused
+                    .set(&name, false)
+                    .map_err(|e| (500, format!("cannot record the resume: {e}")))?;
+                // Read its file again, as it is now.
+                if let Some(entry) = self.entries.get_mut(&name) {
+                    entry.digest = 0;
+                }
+                self.reconcile().await;
+                let state = self.board_get(&name).map(|s| s.state());
+                tracing::info!(pipeline = %name, state = ?state, "pipeline resumed");
+                match state {
+                    Some(PipelineState::Running) => Ok(format!("pipeline `{name}` resumed")),
+                    Some(PipelineState::Failed(why)) => Err((
+                        409,
+                        format!("pipeline `{name}` is resumed but failed to start: {why}"),
+                    )),
+                    other => Ok(format!("pipeline `{name}` resumed; it is {other:?}")),
+                }
+            }
+            Command::RunNow(name) => {
+                let Some(entry) = self.entries.get(&name) else {
+                    return Err((404, format!("no pipeline named `{name}`")));
+                };
+                match &entry.running {
+                    None => Err((409, format!("pipeline `{name}` is not running"))),
+                    Some(running) if running.run_now() => {
+                        Ok(format!("pipeline `{name}` polls its source now"))
+                    }
+                    Some(_) => Err((
+                        409,
+                        format!(
+                            "pipeline `{name}` has no schedule: it is fed by POST /ingest/{name}"
+                        ),
+                    )),
+                }
+            }
+        }
     }
 
     fn board_get(&self, name: &str) -> Option<Arc<PipelineStatus>> {

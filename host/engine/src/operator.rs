@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use tocsin_queue::{Envelope, QueueError, QueueStore, Seq, FILTERS_QUEUE};
+use tocsin_queue::{Envelope, QueueError, QueueStore, Seq};
 
 use crate::manager::StatusBoard;
 use crate::status::PipelineState;
@@ -88,8 +88,8 @@ impl Selection {
 pub struct PipelineView {
     /// Its name (its file's stem).
     pub name: String,
-    /// `starting`, `running`, `failed`, `disabled`, `stopped`, or `no_file` (its file is gone
-    /// and its queues are kept).
+    /// `starting`, `running`, `failed`, `disabled`, `paused`, `stopped`, or `no_file` (its
+    /// file is gone and its queues are kept).
     pub state: String,
     /// Why it is not running, when it failed.
     pub reason: Option<String>,
@@ -176,6 +176,7 @@ pub fn pipelines(
             PipelineState::Running => ("running", None),
             PipelineState::Failed(why) => ("failed", Some(why)),
             PipelineState::Disabled => ("disabled", None),
+            PipelineState::Paused => ("paused", None),
             PipelineState::Stopped => ("stopped", None),
         };
         views.push(view(
@@ -337,6 +338,52 @@ pub fn format_dead_letters(rows: &[DeadLetterRow]) -> String {
     out
 }
 
+/// The pipelines as `tocsin status` prints them: state, counters, queues with the age of their
+/// oldest message, dead letters.
+pub fn format_pipelines(views: &[PipelineView]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:>8} {:>9} {:>5}  queues (depth, oldest)\n",
+        "pipeline", "state", "in", "delivered", "dead"
+    );
+    for view in views {
+        let counter = |name: &str| view.counters.get(name).copied().unwrap_or(0);
+        let queues: Vec<String> = view
+            .queues
+            .iter()
+            .map(|q| match q.oldest_age_seconds {
+                Some(age) if q.depth > 0 => {
+                    format!("{}={} ({})", q.queue, q.depth, format_age(age))
+                }
+                _ => format!("{}={}", q.queue, q.depth),
+            })
+            .collect();
+        out += &format!(
+            "{:<24} {:<10} {:>8} {:>9} {:>5}  {}\n",
+            view.name,
+            view.state,
+            counter("messages_in"),
+            counter("delivered"),
+            view.dead_letters.values().sum::<usize>(),
+            queues.join(" ")
+        );
+        if let Some(reason) = &view.reason {
+            out += &format!("    {}\n", tocsin_message::one_line(reason));
+        }
+    }
+    out
+}
+
+/// An age for a person: `42s`, `7m`, `3h`, `2d`.
+fn format_age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 /// The queue table as `tocsin queue ls` prints it.
 pub fn format_queues(rows: &[QueueRow]) -> String {
     let fmt = |counts: &BTreeMap<String, usize>| {
@@ -360,10 +407,4 @@ pub fn format_queues(rows: &[QueueRow]) -> String {
         );
     }
     out
-}
-
-/// Whether `queue` names a dead-letter queue a pipeline can have: a sink's name or
-/// [`FILTERS_QUEUE`].
-pub fn is_dead_letter_queue(queue: &str, sinks: &[String]) -> bool {
-    queue == FILTERS_QUEUE || sinks.iter().any(|s| s == queue)
 }

@@ -47,6 +47,8 @@ pub struct RunningPipeline {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     ingest: Option<(IngestTable, Arc<IngestEndpoint>)>,
+    /// A scheduled source's "poll now".
+    run_now: Option<Arc<Notify>>,
     /// Its plugins' memory caps, held against the process-wide budget until it stops.
     _memory: crate::plugin_memory::Reservation,
 }
@@ -59,6 +61,11 @@ impl RunningPipeline {
         self.begin_stop();
         self.finish_stop(tokio::time::Instant::now() + STOP_GRACE)
             .await;
+    }
+
+    /// Has a scheduled source poll now, besides its schedule; `false` for an ingest source.
+    pub fn run_now(&self) -> bool {
+        self.run_now.as_ref().map(|n| n.notify_one()).is_some()
     }
 
     /// Stops taking requests and asks every task to stop after its current message.
@@ -211,6 +218,7 @@ pub async fn start(
         .collect();
     let mut tasks = Vec::new();
     let mut ingest = None;
+    let mut run_now = None;
     match &spec.source.trigger {
         Trigger::Schedule(schedule) => {
             let scheduler = Scheduler {
@@ -220,6 +228,7 @@ pub async fn start(
                 queue: shared.queue.clone(),
                 budget: shared.budget.for_pipeline(&name, queue_budget),
                 ingress_ready: ingress_ready.clone(),
+                run_now: run_now.insert(Arc::new(Notify::new())).clone(),
                 status: status.clone(),
                 cancel: cancel.clone(),
             };
@@ -281,6 +290,7 @@ pub async fn start(
         cancel,
         tasks,
         ingest,
+        run_now,
         _memory: memory,
     })
 }

@@ -31,6 +31,8 @@ pub struct Scheduler {
     pub budget: crate::budget::PipelineBudget,
     /// Woken after each append.
     pub ingress_ready: Arc<Notify>,
+    /// Notified to poll now, besides the schedule (the admin API's "run now").
+    pub run_now: Arc<Notify>,
     /// Counters.
     pub status: Arc<PipelineStatus>,
     /// Stops the loop.
@@ -51,10 +53,19 @@ impl Scheduler {
                 return;
             };
             let wait = (next - now).to_std().unwrap_or_default();
-            if !sleep_or_cancel(wait, &self.cancel).await {
-                return;
+            tokio::select! {
+                go_on = sleep_or_cancel(wait, &self.cancel) => {
+                    if !go_on {
+                        return;
+                    }
+                    self.tick(next.timestamp_millis().max(0) as u64).await;
+                }
+                () = self.run_now.notified() => {
+                    tracing::info!(pipeline = %self.pipeline, "polling now, as asked");
+                    let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+                    self.tick(now_ms).await;
+                }
             }
-            self.tick(next.timestamp_millis().max(0) as u64).await;
         }
     }
 

@@ -74,6 +74,11 @@ pub struct Server {
     /// The admin API's tokens; `None`: the API is off.
     api_tokens: Option<Arc<crate::admin::tokens::ApiTokens>>,
     board: StatusBoard,
+    /// Operators' commands from the admin API, to the manager.
+    commands: (
+        mpsc::Sender<crate::manager::CommandRequest>,
+        mpsc::Receiver<crate::manager::CommandRequest>,
+    ),
     /// `server.json` in the data directory, removed when the server is dropped.
     _announcement: Option<crate::admin::client::ServerFileGuard>,
 }
@@ -195,6 +200,7 @@ impl Server {
             metrics_token,
             api_tokens,
             board,
+            commands: mpsc::channel(16),
             _announcement: announcement,
         })
     }
@@ -244,6 +250,7 @@ impl Server {
                 self.api_tokens.take(),
                 self.board.clone(),
                 self.queue.clone(),
+                self.commands.0.clone(),
             ));
             (listener, app)
         });
@@ -283,6 +290,10 @@ impl Server {
                     self.manager.reconcile().await;
                 }
                 _ = rescan.tick() => { self.manager.reconcile().await; }
+                Some((command, reply)) = self.commands.1.recv() => {
+                    let answer = self.manager.command(command).await;
+                    let _ = reply.send(answer);
+                }
             }
         }
         let grace = self.shutdown_grace;

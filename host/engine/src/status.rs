@@ -17,6 +17,8 @@ pub enum PipelineState {
     Failed(String),
     /// Its file says `disabled = true`.
     Disabled,
+    /// An operator paused it (through the admin API); kept across restarts.
+    Paused,
     /// Stopped (shutdown, or its file was removed; its queues are kept).
     Stopped,
 }

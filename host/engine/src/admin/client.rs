@@ -13,7 +13,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use tocsin_queue::{Envelope, Seq};
 
-use crate::operator::{DeadLetterRow, QueueRow, Selection};
+use crate::operator::{DeadLetterRow, PipelineView, QueueRow, Selection};
 
 /// The file a running server writes into its data directory.
 pub const SERVER_FILE: &str = "server.json";
@@ -149,6 +149,22 @@ impl ApiClient {
             .and_then(serde_json::Value::as_u64)
             .map(|n| n as usize)
             .ok_or_else(|| format!("the server's answer has no `{key}`"))
+    }
+
+    /// `GET /pipelines`.
+    pub async fn pipelines(&self) -> Result<Vec<PipelineView>, String> {
+        self.call(self.http.get(self.url(&["pipelines"])?)).await
+    }
+
+    /// `POST /pipelines/{p}/pause`, `…/resume` or `…/run`; returns what the server did.
+    pub async fn command(&self, action: &str, pipeline: &str) -> Result<String, String> {
+        let url = self.url(&["pipelines", pipeline, action])?;
+        let answer: serde_json::Value = self.call(self.http.post(url)).await?;
+        answer
+            .get("done")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| "the server's answer has no `done`".into())
     }
 
     /// `GET /queues`.

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use tocsin_queue::{QueueError, QueueStore};
 
-use crate::manager::StatusBoard;
+use crate::manager::{Command, CommandRequest, StatusBoard};
 use crate::operator::{self, Selection};
 use tokens::{ApiTokens, Denial, Role};
 
@@ -41,14 +41,18 @@ struct AdminState {
     tokens: Arc<ApiTokens>,
     board: StatusBoard,
     queue: Arc<dyn QueueStore>,
+    /// To the server's loop, which owns the running pipelines.
+    commands: tokio::sync::mpsc::Sender<CommandRequest>,
 }
 
 /// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
-/// every request is answered 404 with how to turn the API on.
+/// every request is answered 404 with how to turn the API on. Pause, resume and run-now go to
+/// `commands`, served by the server's loop.
 pub fn router(
     tokens: Option<Arc<ApiTokens>>,
     board: StatusBoard,
     queue: Arc<dyn QueueStore>,
+    commands: tokio::sync::mpsc::Sender<CommandRequest>,
 ) -> Router {
     let Some(tokens) = tokens else {
         let off = || async {
@@ -65,10 +69,14 @@ pub fn router(
         tokens,
         board,
         queue,
+        commands,
     };
     let api = Router::new()
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{pipeline}", get(pipeline))
+        .route("/pipelines/{pipeline}/pause", post(pause))
+        .route("/pipelines/{pipeline}/resume", post(resume))
+        .route("/pipelines/{pipeline}/run", post(run_now))
         .route("/queues", get(queues))
         .route("/pipelines/{pipeline}/queues/{queue}", get(peek))
         .route("/dead-letters", get(dead_letters))
@@ -174,6 +182,34 @@ async fn pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> 
         Ok(None) => error(StatusCode::NOT_FOUND, "no such pipeline"),
         Err(response) => response,
     }
+}
+
+/// Hands `command` to the server's loop and answers with what it did.
+async fn command(state: &AdminState, command: Command) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state.commands.send((command, reply)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
+    }
+    match answer.await {
+        Ok(Ok(done)) => Json(json!({ "done": done })).into_response(),
+        Ok(Err((status, why))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            why,
+        ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
+    }
+}
+
+async fn pause(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    command(&state, Command::Pause(name)).await
+}
+
+async fn resume(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    command(&state, Command::Resume(name)).await
+}
+
+async fn run_now(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    command(&state, Command::RunNow(name)).await
 }
 
 async fn queues(State(state): State<AdminState>) -> Response {

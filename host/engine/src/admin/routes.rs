@@ -39,6 +39,29 @@ pub const ROUTES: &[RouteDoc] = &[
         answer: "one object as above; 404 for an unknown pipeline",
     },
     RouteDoc {
+        method: "POST",
+        path: "/pipelines/{pipeline}/pause",
+        role: Role::Admin,
+        summary: "stops a pipeline between messages and keeps it stopped, across restarts, until \
+                  resumed (kept in `DATA/paused.json`; its file is not touched): its ingest \
+                  answers 503, its schedule does not fire, its queues wait",
+        answer: "`{\"done\": \"…\"}`; 404 for an unknown pipeline",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/pipelines/{pipeline}/resume",
+        role: Role::Admin,
+        summary: "starts a paused pipeline from its file as it is now",
+        answer: "`{\"done\": \"…\"}`; 409 when it is not paused, or when it failed to start (with why)",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/pipelines/{pipeline}/run",
+        role: Role::Admin,
+        summary: "has a scheduled source poll now, besides its schedule",
+        answer: "`{\"done\": \"…\"}`; 409 for an ingest pipeline or one not running",
+    },
+    RouteDoc {
         method: "GET",
         path: "/queues",
         role: Role::Read,
@@ -188,7 +211,20 @@ mod tests {
             ("reader".into(), Role::Read, "r".repeat(16)),
             ("admin".into(), Role::Admin, "a".repeat(16)),
         ]);
-        let app = super::super::router(Some(Arc::new(tokens)), crate::manager::new_board(), queue);
+        // Commands are answered as the server's loop would for an unknown pipeline.
+        let (commands, mut requests) =
+            tokio::sync::mpsc::channel::<crate::manager::CommandRequest>(4);
+        tokio::spawn(async move {
+            while let Some((_, reply)) = requests.recv().await {
+                let _ = reply.send(Err((404, "no pipeline named `p`".into())));
+            }
+        });
+        let app = super::super::router(
+            Some(Arc::new(tokens)),
+            crate::manager::new_board(),
+            queue,
+            commands,
+        );
         let send = |method: &str, path: &str, token: &str| {
             let path = path
                 .split('?')

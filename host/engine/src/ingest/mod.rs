@@ -290,6 +290,7 @@ async fn accept(
                  server's log)",
             ),
             Some(PipelineState::Disabled) => Some("is disabled"),
+            Some(PipelineState::Paused) => Some("is paused"),
         };
         if let Some(state) = not_running {
             return unavailable(&format!(

@@ -135,6 +135,8 @@ impl Env {
             max_plugin_memory: None,
             metrics_token: None,
             api_tokens: None,
+            trace_retention: tocsin::trace::DEFAULT_RETENTION,
+            trace_max: tocsin::trace::DEFAULT_MAX_PER_PIPELINE,
             max_timestamp_ahead: None,
         }
     }

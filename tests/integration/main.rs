@@ -64,5 +64,6 @@ mod secrets;
 mod shutdown;
 mod sysmetrics;
 mod torture;
+mod trace;
 mod validate;
 mod wit_docs;

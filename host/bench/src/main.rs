@@ -39,6 +39,8 @@ pub enum Section {
     Queued,
     /// By message size and by pipeline count.
     Scaling,
+    /// What recording each message's steps (`tocsin trace`) costs: on and off, same run.
+    Trace,
 }
 
 /// The command line.
@@ -169,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(Section::Scaling) {
         bench.scaling(&mut report).await?;
+    }
+    if wanted(Section::Trace) {
+        bench.trace_cost(&mut report).await?;
     }
     let markdown = report.markdown();
     if let Some(parent) = args.out.parent() {

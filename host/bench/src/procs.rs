@@ -79,6 +79,8 @@ pub struct Tocsin {
     pub plugin_dir: PathBuf,
     /// Holds `pipelines/` and `data/`.
     pub dir: PathBuf,
+    /// Environment of `tocsin run` besides the defaults (settings by their `TOCSIN_…` twins).
+    pub env: Vec<(String, String)>,
 }
 
 impl Tocsin {
@@ -90,6 +92,7 @@ impl Tocsin {
             bin: bin.to_path_buf(),
             plugin_dir: std::fs::canonicalize(plugin_dir)?,
             dir: dir.to_path_buf(),
+            env: Vec::new(),
         })
     }
 
@@ -116,6 +119,7 @@ impl Tocsin {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

@@ -26,6 +26,7 @@ use tocsin_runtime::{CallError, DeliveryOutcome, Stage, StateChanges};
 
 use crate::pipeline::{next_due, state_writes};
 use crate::status::{Counters, PipelineStatus, StageEvent};
+use crate::trace::Step;
 
 /// Delivers one sink's queue.
 pub struct DeliveryWorker {
@@ -48,6 +49,8 @@ pub struct DeliveryWorker {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Stops the loop between deliveries.
     pub cancel: CancellationToken,
+    /// Where each message's steps are recorded.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 impl DeliveryWorker {
@@ -103,6 +106,14 @@ impl DeliveryWorker {
                 match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {
                     Ok(()) => {
                         Counters::bump(&c.delivered);
+                        self.tracer.record(
+                            &self.pipeline,
+                            &envelope.message.id,
+                            Step::Delivered {
+                                sink: self.sink.clone(),
+                                attempt: envelope.attempts + 1,
+                            },
+                        );
                         let latency_ms = now_ms().saturating_sub(envelope.enqueued_ms);
                         self.metrics.observe_delivery(
                             &self.pipeline,
@@ -154,6 +165,16 @@ impl DeliveryWorker {
             .jittered_delay(envelope.attempts, rand::random::<f64>());
         let delay = retry_after.unwrap_or(backoff);
         envelope.not_before_ms = now_ms() + delay.as_millis() as u64;
+        self.tracer.record(
+            &self.pipeline,
+            &envelope.message.id,
+            Step::AttemptFailed {
+                sink: self.sink.clone(),
+                attempt: envelope.attempts,
+                error: error.clone(),
+                retry_at_ms: envelope.not_before_ms,
+            },
+        );
         tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
         envelope.last_error = Some(error);
         self.status
@@ -168,6 +189,14 @@ impl DeliveryWorker {
 
     async fn dead_letter(&mut self, seq: Seq, mut envelope: Envelope, error: String) {
         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, error = %error, "message moved to dead letters");
+        self.tracer.record(
+            &self.pipeline,
+            &envelope.message.id,
+            Step::DeadLettered {
+                queue: self.sink.clone(),
+                error: error.clone(),
+            },
+        );
         envelope.last_error = Some(error);
         match self
             .queue

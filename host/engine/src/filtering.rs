@@ -44,6 +44,10 @@ pub struct FilterWorker {
     pub cancel: CancellationToken,
     /// State written by the current batch, read by the filters before committed state.
     pub pending: Arc<PendingState>,
+    /// Where each message's steps are recorded.
+    pub tracer: Arc<crate::trace::Tracer>,
+    /// How the trace names each filter: `filter.0 (dedup)`.
+    pub filter_names: Vec<String>,
 }
 
 /// The most ingress entries one hand-over commit takes: filters run on each in turn, then one
@@ -160,6 +164,9 @@ impl FilterWorker {
                             woken[i] = true;
                         }
                     }
+                    if self.tracer.enabled() {
+                        self.trace_routes(&outputs);
+                    }
                     hand_overs.push(hand_over);
                 }
                 Err(e) => {
@@ -194,12 +201,39 @@ impl FilterWorker {
         }
     }
 
+    /// Records which sinks' routes took each output.
+    fn trace_routes(&self, outputs: &[Message]) {
+        for m in outputs {
+            let (to, not_to): (Vec<&SinkRoute>, Vec<&SinkRoute>) =
+                self.sinks.iter().partition(|s| s.route.matches(m));
+            let names = |routes: Vec<&SinkRoute>| routes.iter().map(|r| r.name.clone()).collect();
+            let step = crate::trace::Step::Routed {
+                to: names(to),
+                not_to: names(not_to),
+            };
+            self.tracer.record(&self.pipeline, &m.id, step);
+        }
+    }
+
     /// Records a failed filter run: retry with backoff, or dead letters after the last attempt.
     async fn failed(&mut self, seq: u64, mut envelope: Envelope, stage: String, e: CallError) {
         let status = self.status.clone();
         status.call_failed(&stage, &e);
         envelope.attempts += 1;
         envelope.last_error = Some(e.to_string());
+        let filter = stage
+            .strip_prefix("filter.")
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.filter_names.get(i).cloned())
+            .unwrap_or_else(|| stage.clone());
+        self.tracer.record(
+            &self.pipeline,
+            &envelope.message.id,
+            crate::trace::Step::FilterFailed {
+                filter,
+                error: e.to_string(),
+            },
+        );
         if envelope.attempts >= self.retry.max_attempts {
             tracing::error!(pipeline = %self.pipeline, message_id = %envelope.message.id, attempts = envelope.attempts, error = %e, "filters failed; message moved to dead letters");
             match self
@@ -207,7 +241,17 @@ impl FilterWorker {
                 .dead_letter(&self.pipeline, FILTERS_QUEUE, seq, &envelope)
                 .await
             {
-                Ok(()) => status.record(&stage, StageEvent::DeadLetter),
+                Ok(()) => {
+                    status.record(&stage, StageEvent::DeadLetter);
+                    self.tracer.record(
+                        &self.pipeline,
+                        &envelope.message.id,
+                        crate::trace::Step::DeadLettered {
+                            queue: FILTERS_QUEUE.into(),
+                            error: e.to_string(),
+                        },
+                    );
+                }
                 Err(e) => {
                     tracing::error!(pipeline = %self.pipeline, error = %e, "cannot dead-letter")
                 }
@@ -237,11 +281,17 @@ impl FilterWorker {
             let mut next = Vec::with_capacity(current.len());
             for m in current {
                 let input_id = m.id.clone();
+                let before = self.tracer.enabled().then(|| m.clone());
                 let (out, changes) = stage
                     .process(m)
                     .await
                     .map_err(|e| (format!("filter.{i}"), e))?;
-                next.extend(number_outputs(&input_id, out));
+                let out = number_outputs(&input_id, out);
+                if let Some(before) = before {
+                    let name = self.filter_names.get(i).map_or("filter", String::as_str);
+                    trace_verdict(&self.tracer, &self.pipeline, name, &before, &out);
+                }
+                next.extend(out);
                 if !changes.is_empty() {
                     let writes = state_writes(&format!("filter.{i}"), changes);
                     // Visible to the next call at once (the next output of a split, the next
@@ -254,6 +304,28 @@ impl FilterWorker {
         }
         Ok((current, state))
     }
+}
+
+/// Records what `filter` did with `input` of `pipeline`.
+fn trace_verdict(
+    tracer: &crate::trace::Tracer,
+    pipeline: &str,
+    filter: &str,
+    input: &Message,
+    out: &[Message],
+) {
+    use crate::trace::Step;
+    let filter = filter.to_string();
+    let step = match out {
+        [] => Step::Dropped { filter },
+        [one] if one == input => Step::Passed { filter },
+        [_] => Step::Rewritten { filter },
+        many => Step::Split {
+            filter,
+            into: many.iter().map(|m| m.id.clone()).collect(),
+        },
+    };
+    tracer.record(pipeline, &input.id, step);
 }
 
 /// Gives a split's outputs distinct ids: kept when the filter made them distinct, else

@@ -44,6 +44,7 @@ pub mod schedule;
 pub mod server;
 pub mod settings;
 pub mod status;
+pub mod trace;
 pub mod watchdog;
 
 pub use settings::Settings;

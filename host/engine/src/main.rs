@@ -154,6 +154,13 @@ enum Command {
         /// pipeline, are open to whoever reaches --listen.
         #[arg(long, env = "TOCSIN_METRICS_TOKEN")]
         metrics_token: Option<String>,
+        /// How long each message's steps (accepted, filtered, routed, delivery attempts) are
+        /// kept for `tocsin trace`, e.g. 7d; 0 turns tracing off.
+        #[arg(long, env = "TOCSIN_TRACE_RETENTION", value_parser = parse_duration, default_value = "7d")]
+        trace_retention: std::time::Duration,
+        /// The most trace records kept per pipeline; the oldest go first.
+        #[arg(long, env = "TOCSIN_TRACE_MAX", default_value_t = tocsin::trace::DEFAULT_MAX_PER_PIPELINE)]
+        trace_max: usize,
         /// Turns the admin API (/api/v1: pipelines, queues, dead letters; replay and purge
         /// while running) on with the named tokens of this TOML file; see docs/api.md.
         #[arg(long, env = "TOCSIN_API_TOKENS")]
@@ -240,6 +247,19 @@ enum Command {
     /// Every pipeline: state, counters, queues with their oldest message's age, dead letters
     /// — from the server running on --data (or --server); from the store when none runs.
     Status {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Every step a message took: accepted, each filter's verdict, the sinks it was routed to,
+    /// each delivery attempt, delivered or dead-lettered, replayed.
+    Trace {
+        /// The message's id (as the 202 answer or the sink's output shows it).
+        id: String,
+        /// Only this pipeline's steps.
+        #[arg(long)]
+        pipeline: Option<String>,
         #[command(flatten)]
         data: DataDir,
         #[command(flatten)]
@@ -389,6 +409,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_plugin_memory,
             metrics_token,
             api_tokens,
+            trace_retention,
+            trace_max,
             max_timestamp_ahead,
         } => {
             let metrics_token = metrics_token
@@ -434,6 +456,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_plugin_memory,
                 metrics_token,
                 api_tokens,
+                trace_retention,
+                trace_max,
                 max_timestamp_ahead,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -473,6 +497,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             action,
         } => queue(&data.data, &server, action),
         Command::Status { data, server } => status(&data.data, &server),
+        Command::Trace {
+            id,
+            pipeline,
+            data,
+            server,
+        } => trace(&data.data, &server, pipeline.as_deref(), &id),
         Command::Pipeline {
             data,
             server,
@@ -791,6 +821,38 @@ fn status(data: &Path, server: &ServerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print!("{}", operator::format_pipelines(&views));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trace(
+    data: &Path,
+    server: &ServerArgs,
+    pipeline: Option<&str>,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
+    let events: Vec<(String, tocsin::trace::TraceEvent)> = match Target::find(data, server)? {
+        Target::Server(api, rt) => rt
+            .block_on(api.trace(pipeline, id))
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|e| (e.pipeline, e.event))
+            .collect(),
+        Target::Store(store) => {
+            let tracer = tocsin::trace::Tracer::new(
+                store,
+                tocsin::trace::DEFAULT_RETENTION,
+                tocsin::trace::DEFAULT_MAX_PER_PIPELINE,
+            );
+            tracer.trace(pipeline, id)?
+        }
+    };
+    if events.is_empty() {
+        anyhow::bail!(
+            "nothing is known of message `{id}`: the id is wrong, or its steps are older than \
+             the trace keeps (--trace-retention, --trace-max)"
+        );
+    }
+    print!("{}", tocsin::trace::format_trace(&events));
     Ok(ExitCode::SUCCESS)
 }
 

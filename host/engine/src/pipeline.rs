@@ -36,6 +36,8 @@ pub struct Shared {
     pub budget: Arc<crate::budget::DiskBudget>,
     /// The memory all plugin instances may claim together.
     pub plugin_memory: Arc<crate::plugin_memory::PluginMemory>,
+    /// Where the steps of each message are recorded.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 /// A pipeline whose tasks are running.
@@ -229,6 +231,7 @@ pub async fn start(
                 budget: shared.budget.for_pipeline(&name, queue_budget),
                 ingress_ready: ingress_ready.clone(),
                 run_now: run_now.insert(Arc::new(Notify::new())).clone(),
+                tracer: shared.tracer.clone(),
                 status: status.clone(),
                 cancel: cancel.clone(),
             };
@@ -251,6 +254,7 @@ pub async fn start(
                 budget: shared.budget.for_pipeline(&name, queue_budget),
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
+                tracer: shared.tracer.clone(),
             });
             ingest = Some((shared.ingest.clone(), endpoint));
         }
@@ -265,6 +269,13 @@ pub async fn start(
         status: status.clone(),
         cancel: cancel.clone(),
         pending,
+        tracer: shared.tracer.clone(),
+        filter_names: spec
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("filter.{i} ({})", f.plugin.name))
+            .collect(),
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, stages), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
@@ -278,6 +289,7 @@ pub async fn start(
             status: status.clone(),
             metrics: shared.metrics.clone(),
             cancel: cancel.clone(),
+            tracer: shared.tracer.clone(),
         };
         tasks.push(tokio::spawn(worker.run()));
     }

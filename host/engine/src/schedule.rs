@@ -33,6 +33,8 @@ pub struct Scheduler {
     pub ingress_ready: Arc<Notify>,
     /// Notified to poll now, besides the schedule (the admin API's "run now").
     pub run_now: Arc<Notify>,
+    /// Where each message's steps are recorded.
+    pub tracer: Arc<crate::trace::Tracer>,
     /// Counters.
     pub status: Arc<PipelineStatus>,
     /// Stops the loop.
@@ -115,6 +117,17 @@ impl Scheduler {
             Ok(()) => {
                 c.produced
                     .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if self.tracer.enabled() {
+                    let via = format!(
+                        "poll of the tick at {}",
+                        chrono::DateTime::from_timestamp_millis(tick_ms as i64)
+                            .map_or_else(|| tick_ms.to_string(), |t| t.to_rfc3339())
+                    );
+                    for m in &messages {
+                        let step = crate::trace::Step::Accepted { via: via.clone() };
+                        self.tracer.record(&self.pipeline, &m.id, step);
+                    }
+                }
                 self.ingress_ready.notify_one();
             }
             Err(e) => {

@@ -74,6 +74,8 @@ pub struct Server {
     /// The admin API's tokens; `None`: the API is off.
     api_tokens: Option<Arc<crate::admin::tokens::ApiTokens>>,
     board: StatusBoard,
+    /// Records each message's steps; written to the store by a task of its own.
+    tracer: Arc<crate::trace::Tracer>,
     /// Operators' commands from the admin API, to the manager.
     commands: (
         mpsc::Sender<crate::manager::CommandRequest>,
@@ -158,7 +160,10 @@ impl Server {
         let board = crate::manager::new_board();
         let ingest = IngestTable::with_board(board.clone());
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
+        let tracer =
+            crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
         let shared = Shared {
+            tracer: tracer.clone(),
             queue: queue.clone(),
             runtime,
             ingest: ingest.clone(),
@@ -201,6 +206,7 @@ impl Server {
             api_tokens,
             board,
             commands: mpsc::channel(16),
+            tracer,
             _announcement: announcement,
         })
     }
@@ -251,6 +257,7 @@ impl Server {
                 self.board.clone(),
                 self.queue.clone(),
                 self.commands.0.clone(),
+                self.tracer.clone(),
             ));
             (listener, app)
         });
@@ -269,6 +276,8 @@ impl Server {
                 listener, app, limits, stop,
             )));
         }
+        let trace_stop = tokio_util::sync::CancellationToken::new();
+        let trace_task = tokio::spawn(self.tracer.clone().run(trace_stop.clone()));
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
         let mut store_watch = tokio::time::interval(STORE_WATCH_INTERVAL);
@@ -307,6 +316,8 @@ impl Server {
             }
         }
         self.manager.stop_all(deadline).await;
+        trace_stop.cancel();
+        let _ = trace_task.await;
         if let Err(e) = self.queue.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

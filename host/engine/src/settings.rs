@@ -42,6 +42,10 @@ pub struct Settings {
     /// When set, `GET /metrics` asks for `Authorization: Bearer <this secret>` (the metrics
     /// name every pipeline).
     pub metrics_token: Option<tocsin_config::SecretRef>,
+    /// How long each message's steps are kept for `tocsin trace`; zero turns tracing off.
+    pub trace_retention: Duration,
+    /// The most trace records kept per pipeline (the oldest go first).
+    pub trace_max: usize,
     /// The admin API's tokens file (`/api/v1`, see `docs/api.md`); `None`: the API is off.
     pub api_tokens: Option<PathBuf>,
     /// How far ahead of this machine's clock a message's timestamp may be (clock skew of the

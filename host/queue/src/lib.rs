@@ -277,6 +277,31 @@ pub trait QueueStore: Send + Sync + 'static {
     /// [`QueueStore::stored_bytes`] (checked against the budgets before the append).
     fn append_size_bound(&self, messages: &[Message], state: &[StateWrite]) -> u64;
 
+    /// Appends message-trace records `(time in ms, bytes)` of `pipeline`, apart from its
+    /// queues (not counted in [`QueueStore::stored_bytes`]). Durable with the next commit.
+    fn trace_append(&self, pipeline: &str, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        let _ = (pipeline, records);
+        Ok(())
+    }
+
+    /// Every trace record of `pipeline`, oldest first.
+    fn trace_scan(&self, pipeline: &str, visit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let _ = (pipeline, visit);
+        Ok(())
+    }
+
+    /// Pipelines with trace records.
+    fn traced_pipelines(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes the trace records of `pipeline` older than `before_ms`, then the oldest of the
+    /// rest beyond the newest `keep`. Returns how many went.
+    fn trace_prune(&self, pipeline: &str, before_ms: u64, keep: usize) -> Result<usize> {
+        let _ = (pipeline, before_ms, keep);
+        Ok(0)
+    }
+
     /// A failure after which the store refuses every write until it is reopened (a sled
     /// database that hit `ENOSPC` or `EROFS` while syncing stays in that state); `None` while
     /// healthy. What was acknowledged before is on disk; the server restarts to recover.

@@ -167,6 +167,19 @@ impl ApiClient {
             .ok_or_else(|| "the server's answer has no `done`".into())
     }
 
+    /// `GET /trace/{id}`.
+    pub async fn trace(
+        &self,
+        pipeline: Option<&str>,
+        id: &str,
+    ) -> Result<Vec<crate::trace::PipelineEvent>, String> {
+        let mut url = self.url(&["trace", id])?;
+        if let Some(p) = pipeline {
+            url.query_pairs_mut().append_pair("pipeline", p);
+        }
+        self.call(self.http.get(url)).await
+    }
+
     /// `GET /queues`.
     pub async fn queues(&self) -> Result<Vec<QueueRow>, String> {
         self.call(self.http.get(self.url(&["queues"])?)).await

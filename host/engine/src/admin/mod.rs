@@ -43,6 +43,7 @@ struct AdminState {
     queue: Arc<dyn QueueStore>,
     /// To the server's loop, which owns the running pipelines.
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 /// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
@@ -53,6 +54,7 @@ pub fn router(
     board: StatusBoard,
     queue: Arc<dyn QueueStore>,
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
+    tracer: Arc<crate::trace::Tracer>,
 ) -> Router {
     let Some(tokens) = tokens else {
         let off = || async {
@@ -70,6 +72,7 @@ pub fn router(
         board,
         queue,
         commands,
+        tracer,
     };
     let api = Router::new()
         .route("/pipelines", get(pipelines))
@@ -80,6 +83,7 @@ pub fn router(
         .route("/queues", get(queues))
         .route("/pipelines/{pipeline}/queues/{queue}", get(peek))
         .route("/dead-letters", get(dead_letters))
+        .route("/trace/{id}", get(trace))
         .route(
             "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
             get(dead_letter),
@@ -255,6 +259,29 @@ async fn dead_letters(
     }
 }
 
+#[derive(Deserialize)]
+struct TraceQuery {
+    pipeline: Option<String>,
+}
+
+async fn trace(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    Query(query): Query<TraceQuery>,
+) -> Response {
+    let tracer = state.tracer.clone();
+    match blocking(move || tracer.trace(query.pipeline.as_deref(), &id)).await {
+        Ok(events) => Json(
+            events
+                .into_iter()
+                .map(|(pipeline, event)| crate::trace::PipelineEvent { pipeline, event })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
 async fn dead_letter(
     State(state): State<AdminState>,
     Path((pipeline, queue_name, seq)): Path<(String, String, u64)>,
@@ -276,9 +303,24 @@ async fn replay(
     if let Err(why) = selection.target() {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    let queue = state.queue.clone();
-    let moved =
-        blocking(move || operator::replay(queue.as_ref(), &pipeline, &queue_name, &selection));
+    let (queue, tracer) = (state.queue.clone(), state.tracer.clone());
+    let moved = blocking(move || {
+        // The ids first, for the trace: replay moves the letters away.
+        let ids: Vec<String> = queue
+            .dead_letters(&pipeline, &queue_name)?
+            .into_iter()
+            .filter(|(seq, _)| selection.all || selection.seqs.contains(seq))
+            .map(|(_, env)| env.message.id)
+            .collect();
+        let n = operator::replay(queue.as_ref(), &pipeline, &queue_name, &selection)?;
+        for id in ids.iter().take(n) {
+            let step = crate::trace::Step::Replayed {
+                queue: queue_name.clone(),
+            };
+            tracer.record(&pipeline, id, step);
+        }
+        Ok(n)
+    });
     match moved.await {
         Ok(n) => Json(json!({ "replayed": n })).into_response(),
         Err(response) => response,

@@ -86,6 +86,20 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "GET",
+        path: "/trace/{id}?pipeline=P",
+        role: Role::Read,
+        summary: "every step message `id` took (and the messages a filter split it into), oldest \
+                  first: `accepted` (how: the request and its client, or the poll), each \
+                  filter's `passed`, `dropped`, `rewritten` or `split`, `filter_failed`, \
+                  `routed` (which sinks' `match` took it, which not), `attempt_failed` (with the \
+                  error), `delivered`, `dead_lettered`, `replayed`; kept for `--trace-retention` \
+                  (7 days) and `--trace-max` records per pipeline",
+        answer: "an array of `{pipeline, at_ms, id, step, …}` (the fields of each step: `via`, \
+                 `filter`, `into`, `to`, `not_to`, `sink`, `attempt`, `error`, `retry_at_ms`, \
+                 `queue`); empty when nothing is known",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
         role: Role::Read,
         summary: "one dead letter whole (`queue` is a sink's name, or `@filters`)",
@@ -219,11 +233,14 @@ mod tests {
                 let _ = reply.send(Err((404, "no pipeline named `p`".into())));
             }
         });
+        let tracer =
+            crate::trace::Tracer::new(queue.clone(), std::time::Duration::from_secs(60), 10);
         let app = super::super::router(
             Some(Arc::new(tokens)),
             crate::manager::new_board(),
             queue,
             commands,
+            tracer,
         );
         let send = |method: &str, path: &str, token: &str| {
             let path = path

@@ -56,6 +56,8 @@ pub struct IngestEndpoint {
     pub ingress_ready: Arc<Notify>,
     /// Counters.
     pub status: Arc<PipelineStatus>,
+    /// Where each message's steps are recorded.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 /// The ingest pipelines currently running, by name, and those being replaced.
@@ -224,21 +226,27 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(json!({ "error": reason.into() }))).into_response()
 }
 
+/// The client's address, when the listener recorded it (`http_serve` does).
+type Client = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
 async fn ingest(
     State(state): State<HttpState>,
     Path(name): Path<String>,
+    client: Client,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    accept(&state, &name, method, uri, headers, body).await
+    let client = client.map(|c| c.0 .0);
+    accept(&state, &name, client, method, uri, headers, body).await
 }
 
 /// `POST /message`, Janitor's endpoint: the same as `POST /ingest/{janitor pipeline}`, but
 /// answered `200 OK` as Janitor's own server did.
 async fn message(
     State(state): State<HttpState>,
+    client: Client,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -250,7 +258,8 @@ async fn message(
             "POST /message is not routed anywhere: start tocsin with --janitor-pipeline NAME",
         );
     };
-    let mut response = accept(&state, name, method, uri, headers, body).await;
+    let client = client.map(|c| c.0 .0);
+    let mut response = accept(&state, name, client, method, uri, headers, body).await;
     if response.status() == StatusCode::ACCEPTED {
         *response.status_mut() = StatusCode::OK;
     }
@@ -266,6 +275,7 @@ async fn message(
 async fn accept(
     state: &HttpState,
     name: &str,
+    client: Option<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -302,7 +312,7 @@ async fn accept(
             format!("no ingest pipeline named `{name}`"),
         );
     };
-    let response = accept_known(state, &endpoint, method, uri, headers, body).await;
+    let response = accept_known(state, &endpoint, client, method, uri, headers, body).await;
     if !response.status().is_success() {
         endpoint.status.record_rejection(response.status().as_u16());
     }
@@ -313,6 +323,7 @@ async fn accept(
 async fn accept_known(
     state: &HttpState,
     endpoint: &IngestEndpoint,
+    client: Option<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -420,6 +431,14 @@ async fn accept_known(
             c.produced
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
             endpoint.ingress_ready.notify_one();
+            if endpoint.tracer.enabled() {
+                let client = client.map_or_else(String::new, |a| format!(" from {a}"));
+                let via = format!("{} {}{client}", request.method, request.path);
+                for m in &messages {
+                    let step = crate::trace::Step::Accepted { via: via.clone() };
+                    endpoint.tracer.record(&name, &m.id, step);
+                }
+            }
             let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
             (
                 StatusCode::ACCEPTED,

@@ -369,3 +369,115 @@ async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
     assert!(!ok && stderr.contains("not paused"), "{stderr}");
     tocsin.terminate(Duration::from_secs(20));
 }
+
+/// The numbers messages carry are kept per host and metric, and the API answers with the
+/// series and their points — across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_messages_carry_are_kept_as_series_per_host() {
+    let env = Env::new();
+    env.mkdir("out");
+    // A threshold-like filter would drop healthy samples; the history takes them before.
+    env.write_pipeline(
+        "agents",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}match = {{ severity = \">= error\" }}\n",
+            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
+        ),
+    );
+    let tokens = write_tokens(&env);
+    let args = ["--api-tokens", tokens.to_str().unwrap()];
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &args);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (i, host) in ["web1", "web1", "web1", "db1"].into_iter().enumerate() {
+        let sample = json!({
+            "id": format!("sample-{i}"),
+            "body": "a sample",
+            "timestamp_ms": now_ms - 60_000 * (3 - i as u64),
+            "labels": {"host": host},
+            "metrics": {"cpu-percent": 10.0 * (i as f64 + 1.0), "load": 0.5},
+        });
+        let response = reqwest::Client::new()
+            .post(format!("{base}/ingest/agents"))
+            .json(&sample)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+    let series = |base: String| async move {
+        let (status, series) = api(
+            &base,
+            "GET",
+            "/pipelines/agents/history",
+            Some(READ_TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{series}");
+        let mut names: Vec<String> = series
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}/{}",
+                    s["host"].as_str().unwrap(),
+                    s["metric"].as_str().unwrap()
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let mut names = Vec::new();
+    for _ in 0..40 {
+        names = series(base.clone()).await;
+        if names.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        names,
+        [
+            "db1/cpu-percent",
+            "db1/load",
+            "web1/cpu-percent",
+            "web1/load"
+        ]
+    );
+    let path = "/pipelines/agents/history/points?host=web1&metric=cpu-percent&since=1h";
+    let (status, points) = api(&base, "GET", path, Some(READ_TOKEN), None).await;
+    assert_eq!(status, 200, "{points}");
+    let values: Vec<f64> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["avg"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [10.0, 20.0, 30.0]);
+    let (status, answer) = api(
+        &base,
+        "GET",
+        "/pipelines/agents/history/points?metric=x&since=soon",
+        Some(READ_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // Kept across a restart.
+    let (status, _) = tocsin.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    let mut tocsin = Tocsin::spawn(&env, &port, &args);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let (_, points) = api(&base, "GET", path, Some(READ_TOKEN), None).await;
+    assert_eq!(points.as_array().unwrap().len(), 3, "{points}");
+    tocsin.terminate(Duration::from_secs(20));
+}

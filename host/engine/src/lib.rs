@@ -15,6 +15,8 @@
 //! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
+//! - [`history`]: the metrics messages carry, kept as time series per host for graphs.
+//! - [`trace`]: each message's steps, for `tocsin trace` ("where is my alert?").
 //! - [`admin`]: the admin API, `/api/v1/…` (tokens, access log), over the views and actions of
 //!   [`operator`], which the `dlq` and `queue` commands print too.
 //! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
@@ -32,6 +34,7 @@ pub mod budget;
 pub mod delivery;
 pub mod dry_run;
 pub mod filtering;
+pub mod history;
 pub mod http_serve;
 pub mod ingest;
 pub mod manager;

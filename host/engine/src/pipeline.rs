@@ -38,6 +38,8 @@ pub struct Shared {
     pub plugin_memory: Arc<crate::plugin_memory::PluginMemory>,
     /// Where the steps of each message are recorded.
     pub tracer: Arc<crate::trace::Tracer>,
+    /// Where the metrics of messages are kept as time series.
+    pub history: Arc<crate::history::History>,
 }
 
 /// A pipeline whose tasks are running.
@@ -232,6 +234,7 @@ pub async fn start(
                 ingress_ready: ingress_ready.clone(),
                 run_now: run_now.insert(Arc::new(Notify::new())).clone(),
                 tracer: shared.tracer.clone(),
+                history: shared.history.clone(),
                 status: status.clone(),
                 cancel: cancel.clone(),
             };
@@ -255,6 +258,7 @@ pub async fn start(
                 ingress_ready: ingress_ready.clone(),
                 status: status.clone(),
                 tracer: shared.tracer.clone(),
+                history: shared.history.clone(),
             });
             ingest = Some((shared.ingest.clone(), endpoint));
         }

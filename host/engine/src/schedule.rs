@@ -35,6 +35,8 @@ pub struct Scheduler {
     pub run_now: Arc<Notify>,
     /// Where each message's steps are recorded.
     pub tracer: Arc<crate::trace::Tracer>,
+    /// Where the metrics of messages are kept as time series.
+    pub history: Arc<crate::history::History>,
     /// Counters.
     pub status: Arc<PipelineStatus>,
     /// Stops the loop.
@@ -117,6 +119,7 @@ impl Scheduler {
             Ok(()) => {
                 c.produced
                     .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.history.record(&self.pipeline, &messages);
                 if self.tracer.enabled() {
                     let via = format!(
                         "poll of the tick at {}",

@@ -76,6 +76,8 @@ pub struct Server {
     board: StatusBoard,
     /// Records each message's steps; written to the store by a task of its own.
     tracer: Arc<crate::trace::Tracer>,
+    /// Keeps the metrics of messages; written and folded by a task of its own.
+    history: Arc<crate::history::History>,
     /// Operators' commands from the admin API, to the manager.
     commands: (
         mpsc::Sender<crate::manager::CommandRequest>,
@@ -162,7 +164,9 @@ impl Server {
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
         let tracer =
             crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
+        let history = crate::history::History::new(queue.clone());
         let shared = Shared {
+            history: history.clone(),
             tracer: tracer.clone(),
             queue: queue.clone(),
             runtime,
@@ -207,6 +211,7 @@ impl Server {
             board,
             commands: mpsc::channel(16),
             tracer,
+            history,
             _announcement: announcement,
         })
     }
@@ -258,6 +263,7 @@ impl Server {
                 self.queue.clone(),
                 self.commands.0.clone(),
                 self.tracer.clone(),
+                self.history.clone(),
             ));
             (listener, app)
         });
@@ -278,6 +284,7 @@ impl Server {
         }
         let trace_stop = tokio_util::sync::CancellationToken::new();
         let trace_task = tokio::spawn(self.tracer.clone().run(trace_stop.clone()));
+        let history_task = tokio::spawn(self.history.clone().run(trace_stop.clone()));
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
         let mut store_watch = tokio::time::interval(STORE_WATCH_INTERVAL);
@@ -318,6 +325,7 @@ impl Server {
         self.manager.stop_all(deadline).await;
         trace_stop.cancel();
         let _ = trace_task.await;
+        let _ = history_task.await;
         if let Err(e) = self.queue.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

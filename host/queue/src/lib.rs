@@ -277,6 +277,32 @@ pub trait QueueStore: Send + Sync + 'static {
     /// [`QueueStore::stored_bytes`] (checked against the budgets before the append).
     fn append_size_bound(&self, messages: &[Message], state: &[StateWrite]) -> u64;
 
+    /// Writes (`Some`) or removes (`None`) keys of a pipeline's metric history, apart from its
+    /// queues (not counted in [`QueueStore::stored_bytes`]), in one batch. Durable with the
+    /// next commit.
+    fn history_write(&self, pipeline: &str, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let _ = (pipeline, writes);
+        Ok(())
+    }
+
+    /// The metric-history entries of `pipeline` with keys in `from..to`, in key order, until
+    /// `visit` returns `false`.
+    fn history_range(
+        &self,
+        pipeline: &str,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let _ = (pipeline, from, to, visit);
+        Ok(())
+    }
+
+    /// Pipelines with a metric history.
+    fn history_pipelines(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Appends message-trace records `(time in ms, bytes)` of `pipeline`, apart from its
     /// queues (not counted in [`QueueStore::stored_bytes`]). Durable with the next commit.
     fn trace_append(&self, pipeline: &str, records: &[(u64, Vec<u8>)]) -> Result<()> {

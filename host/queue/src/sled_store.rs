@@ -50,6 +50,8 @@ const STATE: u8 = b's';
 const TREE_PREFIX: &str = "p/";
 /// Trees of message-trace records: `t/<pipeline>`, keys `time ms ‖ id`, both big-endian.
 const TRACE_PREFIX: &str = "t/";
+/// Trees of metric history: `h/<pipeline>`, keys and values as `tocsin::history` lays them.
+const HISTORY_PREFIX: &str = "h/";
 
 /// How often the group-commit thread flushes when nobody waits (acks, failure records).
 const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -1031,6 +1033,9 @@ impl QueueStore for SledStore {
         self.db
             .drop_tree(format!("{TRACE_PREFIX}{pipeline}"))
             .map_err(storage)?;
+        self.db
+            .drop_tree(format!("{HISTORY_PREFIX}{pipeline}"))
+            .map_err(storage)?;
         self.sync_now()
     }
 
@@ -1064,6 +1069,51 @@ impl QueueStore for SledStore {
 
     fn stalled(&self) -> Option<Duration> {
         self.durability.stalled()
+    }
+
+    fn history_write(&self, pipeline: &str, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let tree = self
+            .db
+            .open_tree(format!("{HISTORY_PREFIX}{pipeline}"))
+            .map_err(storage)?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        tree.apply_batch(batch).map_err(|e| self.write_failed(e))
+    }
+
+    fn history_range(
+        &self,
+        pipeline: &str,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let tree = self
+            .db
+            .open_tree(format!("{HISTORY_PREFIX}{pipeline}"))
+            .map_err(storage)?;
+        for entry in tree.range(from.to_vec()..to.to_vec()) {
+            let (key, value) = entry.map_err(storage)?;
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn history_pipelines(&self) -> Result<Vec<String>> {
+        Ok(self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| name.strip_prefix(HISTORY_PREFIX.as_bytes()))
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect())
     }
 
     fn trace_append(&self, pipeline: &str, records: &[(u64, Vec<u8>)]) -> Result<()> {
@@ -1622,16 +1672,19 @@ mod tests {
     async fn trace_records_are_kept_apart_and_cut_by_age_and_count() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
-        let records: Vec<(u64, Vec<u8>)> =
-            (0..10u64).map(|t| (1000 + t, format!("r{t}").into_bytes())).collect();
+        let records: Vec<(u64, Vec<u8>)> = (0..10u64)
+            .map(|t| (1000 + t, format!("r{t}").into_bytes()))
+            .collect();
         q.trace_append("p", &records).unwrap();
         assert_eq!(q.stored_bytes("p").unwrap(), 0);
         assert!(q.pipelines().unwrap().is_empty(), "no queued data");
         assert_eq!(q.traced_pipelines().unwrap(), ["p"]);
         let read = |q: &SledStore| {
             let mut seen = Vec::new();
-            q.trace_scan("p", &mut |b| seen.push(String::from_utf8_lossy(b).into_owned()))
-                .unwrap();
+            q.trace_scan("p", &mut |b| {
+                seen.push(String::from_utf8_lossy(b).into_owned())
+            })
+            .unwrap();
             seen
         };
         assert_eq!(read(&q).len(), 10);

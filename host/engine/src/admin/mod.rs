@@ -44,6 +44,7 @@ struct AdminState {
     /// To the server's loop, which owns the running pipelines.
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
     tracer: Arc<crate::trace::Tracer>,
+    history: Arc<crate::history::History>,
 }
 
 /// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
@@ -55,6 +56,7 @@ pub fn router(
     queue: Arc<dyn QueueStore>,
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
     tracer: Arc<crate::trace::Tracer>,
+    history: Arc<crate::history::History>,
 ) -> Router {
     let Some(tokens) = tokens else {
         let off = || async {
@@ -73,6 +75,7 @@ pub fn router(
         queue,
         commands,
         tracer,
+        history,
     };
     let api = Router::new()
         .route("/pipelines", get(pipelines))
@@ -84,6 +87,8 @@ pub fn router(
         .route("/pipelines/{pipeline}/queues/{queue}", get(peek))
         .route("/dead-letters", get(dead_letters))
         .route("/trace/{id}", get(trace))
+        .route("/pipelines/{pipeline}/history", get(history_series))
+        .route("/pipelines/{pipeline}/history/points", get(history_points))
         .route(
             "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
             get(dead_letter),
@@ -255,6 +260,60 @@ async fn dead_letters(
     let rows = blocking(move || operator::dead_letters(queue.as_ref(), query.pipeline.as_deref()));
     match rows.await {
         Ok(rows) => Json(rows).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn history_series(State(state): State<AdminState>, Path(pipeline): Path<String>) -> Response {
+    let history = state.history.clone();
+    match blocking(move || history.series(&pipeline)).await {
+        Ok(series) => Json(series).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct PointsQuery {
+    #[serde(default)]
+    host: String,
+    metric: String,
+    since: Option<String>,
+    step: Option<String>,
+}
+
+/// The most points one query answers with (the step is widened to fit).
+pub const MAX_POINTS: u64 = 2000;
+
+async fn history_points(
+    State(state): State<AdminState>,
+    Path(pipeline): Path<String>,
+    Query(query): Query<PointsQuery>,
+) -> Response {
+    let duration = |text: &Option<String>, default: std::time::Duration| match text.as_deref() {
+        None | Some("") => Ok(default),
+        Some(t) => humantime::parse_duration(t).map_err(|e| format!("`{t}`: {e}")),
+    };
+    let (since, step) = match (
+        duration(&query.since, std::time::Duration::from_secs(24 * 3600)),
+        duration(&query.step, std::time::Duration::ZERO),
+    ) {
+        (Ok(since), Ok(step)) => (since.as_millis() as u64, step.as_millis() as u64),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let until = tocsin_queue::now_ms();
+    let from = until.saturating_sub(since);
+    // Raw points for six hours or less; wider spans in steps that give at most MAX_POINTS.
+    let step = if step == 0 && since <= 6 * 3600 * 1000 {
+        0
+    } else {
+        step.max(since / MAX_POINTS)
+    };
+    let history = state.history.clone();
+    let points = blocking(move || {
+        history.points(&pipeline, &query.host, &query.metric, from, until + 1, step)
+    });
+    match points.await {
+        Ok(points) => Json(points).into_response(),
         Err(response) => response,
     }
 }

@@ -100,6 +100,25 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "GET",
+        path: "/pipelines/{pipeline}/history",
+        role: Role::Read,
+        summary: "the metric series a pipeline's messages carried (per `host` label and metric \
+                  name: sysmetrics' CPU, memory, load, temperature, disk; a backup's age and \
+                  size; any decoder's numbers), taken as messages enter it",
+        answer: "an array of `{host, metric, last_at_ms, last_value}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/pipelines/{pipeline}/history/points?host=H&metric=M&since=24h&step=5m",
+        role: Role::Read,
+        summary: "the points of one series over `since` (default 24h): every point for 6 hours \
+                  or less unless `step` is given, else averages over `step` (at least 5 minutes \
+                  where only 5-minute points are left, and wide enough for at most 2000 \
+                  points). Every point is kept a day, 5-minute averages with min and max 30 days",
+        answer: "an array of `{at_ms, avg, min, max}`",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/pipelines/{pipeline}/dead-letters/{queue}/{seq}",
         role: Role::Read,
         summary: "one dead letter whole (`queue` is a sink's name, or `@filters`)",
@@ -235,12 +254,14 @@ mod tests {
         });
         let tracer =
             crate::trace::Tracer::new(queue.clone(), std::time::Duration::from_secs(60), 10);
+        let history = crate::history::History::new(queue.clone());
         let app = super::super::router(
             Some(Arc::new(tokens)),
             crate::manager::new_board(),
             queue,
             commands,
             tracer,
+            history,
         );
         let send = |method: &str, path: &str, token: &str| {
             let path = path

@@ -58,6 +58,8 @@ pub struct IngestEndpoint {
     pub status: Arc<PipelineStatus>,
     /// Where each message's steps are recorded.
     pub tracer: Arc<crate::trace::Tracer>,
+    /// Where the metrics of messages are kept as time series.
+    pub history: Arc<crate::history::History>,
 }
 
 /// The ingest pipelines currently running, by name, and those being replaced.
@@ -431,6 +433,7 @@ async fn accept_known(
             c.produced
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
             endpoint.ingress_ready.notify_one();
+            endpoint.history.record(&name, &messages);
             if endpoint.tracer.enabled() {
                 let client = client.map_or_else(String::new, |a| format!(" from {a}"));
                 let via = format!("{} {}{client}", request.method, request.path);

@@ -181,3 +181,20 @@ pub fn log_tail(env: &Env) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
+
+/// Runs `tocsin ARGS --data DATA` with `TOCSIN_API_TOKEN` set to `token` (unset for `None`),
+/// as an operator beside a running server would: whether it succeeded, its stdout, its stderr.
+pub fn cli_with_token(env: &Env, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(tocsin_bin());
+    command.args(args).arg("--data").arg(env.path("data"));
+    command.env_remove("TOCSIN_API_TOKEN");
+    if let Some(token) = token {
+        command.env("TOCSIN_API_TOKEN", token);
+    }
+    let out = command.output().expect("tocsin runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

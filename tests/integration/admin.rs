@@ -3,14 +3,13 @@
 //! same listing through the running server as from the store once it stopped.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use tocsin_tests::process::{log_tail, Port, Tocsin};
+use tocsin_tests::process::{cli_with_token as cli, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
 
 const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
 const READ_TOKEN: &str = "reader-0123456789abcdef";
@@ -27,22 +26,6 @@ fn write_tokens(env: &Env) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-/// `tocsin ARGS --data DATA` with `TOCSIN_API_TOKEN` set to `token`: (success, stdout, stderr).
-fn cli(env: &Env, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(tocsin_bin());
-    command.args(args).arg("--data").arg(env.path("data"));
-    command.env_remove("TOCSIN_API_TOKEN");
-    if let Some(token) = token {
-        command.env("TOCSIN_API_TOKEN", token);
-    }
-    let out = command.output().expect("tocsin runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn api(
@@ -71,6 +54,11 @@ async fn api(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// `POST /api/v1{path}` with the admin token and no body.
+async fn admin_post(base: &str, path: &str) -> (u16, Value) {
+    api(base, "POST", path, Some(ADMIN_TOKEN), None).await
 }
 
 async fn dead_letters(base: &str) -> Vec<Value> {
@@ -282,37 +270,16 @@ async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
     tocsin.wait_serving(&env, Duration::from_secs(60)).await;
     let base = tocsin.base_url.clone();
 
-    let (status, answer) = api(
-        &base,
-        "POST",
-        "/pipelines/backups/run",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, answer) = admin_post(&base, "/pipelines/backups/run").await;
     assert_eq!(status, 200, "{answer}");
     wait_until(Duration::from_secs(10), "the polled alert", || {
         env.read_lines("out/backups.jsonl").len() == 1
     })
     .await;
-    let (status, _) = api(
-        &base,
-        "POST",
-        "/pipelines/alerts/run",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, _) = admin_post(&base, "/pipelines/alerts/run").await;
     assert_eq!(status, 409, "an ingest pipeline has no schedule");
 
-    let (status, answer) = api(
-        &base,
-        "POST",
-        "/pipelines/alerts/pause",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, answer) = admin_post(&base, "/pipelines/alerts/pause").await;
     assert_eq!(status, 200, "{answer}");
     let refused = reqwest::Client::new()
         .post(format!("{base}/ingest/alerts"))
@@ -322,14 +289,7 @@ async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
         .unwrap();
     assert_eq!(refused.status(), 503);
     assert!(refused.text().await.unwrap().contains("is paused"));
-    let (status, _) = api(
-        &base,
-        "POST",
-        "/pipelines/nothing/pause",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, _) = admin_post(&base, "/pipelines/nothing/pause").await;
     assert_eq!(status, 404);
 
     // Across a restart: still paused, and the file is as it was.

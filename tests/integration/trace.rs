@@ -2,29 +2,17 @@
 //! filter; a dead-lettered one shows each attempt's error; a replayed one shows the replay and
 //! the delivery; the trace survives a restart.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-use tocsin_tests::process::{log_tail, Port, Tocsin};
+use tocsin_tests::process::{cli_with_token, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{tocsin_bin, wait_until, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
 
 /// `tocsin trace ID` on the environment's data: (success, stdout, stderr).
 fn trace(env: &Env, token: Option<&str>, id: &str) -> (bool, String, String) {
-    let mut command = Command::new(tocsin_bin());
-    command.args(["trace", id, "--data"]).arg(env.path("data"));
-    command.env_remove("TOCSIN_API_TOKEN");
-    if let Some(token) = token {
-        command.env("TOCSIN_API_TOKEN", token);
-    }
-    let out = command.output().expect("tocsin runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli_with_token(env, token, &["trace", id])
 }
 
 async fn post(base: &str, body: serde_json::Value) {

@@ -482,7 +482,7 @@ mod tests {
         let history = History::new(queue);
         let day = RAW_KEEP.as_millis() as u64;
         let t0 = 1_800_000_000_000u64; // on a 5-minute boundary
-        // Two hosts; web1 every minute for 10 minutes (cpu 0..9), db1 once.
+                                       // Two hosts; web1 every minute for 10 minutes (cpu 0..9), db1 once.
         let web1: Vec<Message> = (0..10)
             .map(|i| sample("web1", t0 + i * 60_000, i as f64))
             .collect();

@@ -732,18 +732,20 @@ impl Target {
 
     fn act(
         &self,
-        replay: bool,
+        disposal: operator::Disposal,
         pipeline: &str,
         queue: &str,
         selection: &operator::Selection,
     ) -> anyhow::Result<usize> {
         Ok(match self {
-            Target::Store(store) if replay => {
-                operator::replay(store.as_ref(), pipeline, queue, selection)?
+            Target::Store(store) => {
+                operator::dispose(store.as_ref(), disposal, pipeline, queue, selection)?
             }
-            Target::Store(store) => operator::purge(store.as_ref(), pipeline, queue, selection)?,
             Target::Server(api, rt) => {
-                let action = if replay { "replay" } else { "purge" };
+                let action = match disposal {
+                    operator::Disposal::Replay => "replay",
+                    operator::Disposal::Purge => "purge",
+                };
                 rt.block_on(api.act(action, pipeline, queue, selection))
                     .map_err(anyhow::Error::msg)?
             }
@@ -779,7 +781,8 @@ fn dlq(data: &Path, server: &ServerArgs, action: DlqAction) -> anyhow::Result<Ex
             seq,
             all,
         } => {
-            let n = target.act(true, &pipeline, &queue, &selection(seq, all)?)?;
+            let replay = operator::Disposal::Replay;
+            let n = target.act(replay, &pipeline, &queue, &selection(seq, all)?)?;
             println!("replayed {n} message(s) to {pipeline}/{queue}");
         }
         DlqAction::Purge {
@@ -788,7 +791,8 @@ fn dlq(data: &Path, server: &ServerArgs, action: DlqAction) -> anyhow::Result<Ex
             seq,
             all,
         } => {
-            let n = target.act(false, &pipeline, &queue, &selection(seq, all)?)?;
+            let purge = operator::Disposal::Purge;
+            let n = target.act(purge, &pipeline, &queue, &selection(seq, all)?)?;
             println!("purged {n} dead letter(s) of {pipeline}/{queue}");
         }
     }

@@ -285,36 +285,31 @@ pub fn peek(
         .collect())
 }
 
-/// Moves the selected dead letters back to their queue; returns how many moved. A named one
-/// that is not there is an error, after the ones before it moved.
-pub fn replay(
-    store: &dyn QueueStore,
-    pipeline: &str,
-    queue: &str,
-    selection: &Selection,
-) -> Result<usize, QueueError> {
-    match selection.target().map_err(QueueError::Storage)? {
-        None => store.replay(pipeline, queue, None),
-        Some(seqs) => seqs
-            .iter()
-            .map(|&seq| store.replay(pipeline, queue, Some(seq)))
-            .sum(),
-    }
+/// What to do with dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Move them back to the tail of their queue with a fresh attempt count.
+    Replay,
+    /// Delete them.
+    Purge,
 }
 
-/// Deletes the selected dead letters; returns how many went (a named one not there counts 0).
-pub fn purge(
+/// Replays or purges the selected dead letters; returns how many. A named one that is not
+/// there is an error for a replay (after the ones before it moved), and counts 0 for a purge.
+pub fn dispose(
     store: &dyn QueueStore,
+    disposal: Disposal,
     pipeline: &str,
     queue: &str,
     selection: &Selection,
 ) -> Result<usize, QueueError> {
+    let one = |seq| match disposal {
+        Disposal::Replay => store.replay(pipeline, queue, seq),
+        Disposal::Purge => store.purge_dead(pipeline, queue, seq),
+    };
     match selection.target().map_err(QueueError::Storage)? {
-        None => store.purge_dead(pipeline, queue, None),
-        Some(seqs) => seqs
-            .iter()
-            .map(|&seq| store.purge_dead(pipeline, queue, Some(seq)))
-            .sum(),
+        None => one(None),
+        Some(seqs) => seqs.iter().map(|&seq| one(Some(seq))).sum(),
     }
 }
 

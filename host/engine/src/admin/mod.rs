@@ -371,7 +371,8 @@ async fn replay(
             .filter(|(seq, _)| selection.all || selection.seqs.contains(seq))
             .map(|(_, env)| env.message.id)
             .collect();
-        let n = operator::replay(queue.as_ref(), &pipeline, &queue_name, &selection)?;
+        let replay = operator::Disposal::Replay;
+        let n = operator::dispose(queue.as_ref(), replay, &pipeline, &queue_name, &selection)?;
         for id in ids.iter().take(n) {
             let step = crate::trace::Step::Replayed {
                 queue: queue_name.clone(),
@@ -395,8 +396,10 @@ async fn purge(
         return error(StatusCode::BAD_REQUEST, why);
     }
     let queue = state.queue.clone();
-    let gone =
-        blocking(move || operator::purge(queue.as_ref(), &pipeline, &queue_name, &selection));
+    let purge = operator::Disposal::Purge;
+    let gone = blocking(move || {
+        operator::dispose(queue.as_ref(), purge, &pipeline, &queue_name, &selection)
+    });
     match gone.await {
         Ok(n) => Json(json!({ "purged": n })).into_response(),
         Err(response) => response,

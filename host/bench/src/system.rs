@@ -274,7 +274,7 @@ impl Bench<'_> {
         }
         report.note(
             "Each message records three steps here (accepted, routed, delivered): an \
-             in-memory push each, written to the store in one batch per \
+             in-memory push each, written to the store as one record per \
              pipeline every 250 ms. The two configurations alternate run by run on the same \
              machine, so drift hits both.",
         );

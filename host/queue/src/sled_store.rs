@@ -12,6 +12,7 @@
 //! | --- | --- |
 //! | `i` batch | ingress record: the messages of one append (see [`crate::ingress_batch`]) |
 //! | `q` sink `\0` seq | sink queue [`Envelope`] |
+//! | `f` sink `\0` seq | that sink entry's attempts, last error and next time, once an attempt failed |
 //! | `d` queue `\0` seq | dead letter [`Envelope`] (queue = sink name or `@filters`) |
 //! | `s` stage `\0` key | plugin state bytes |
 //!
@@ -46,6 +47,7 @@ use crate::{
 const INGRESS: u8 = b'i';
 const SINK: u8 = b'q';
 const DEAD: u8 = b'd';
+const FAILED: u8 = b'f';
 const STATE: u8 = b's';
 const TREE_PREFIX: &str = "p/";
 /// Trees of message-trace records: `t/<pipeline>`. One key per append — `time ms ‖ id`, both
@@ -238,21 +240,6 @@ impl SledStore {
 
     fn next_seq(&self) -> Result<Seq> {
         self.db.generate_id().map_err(storage)
-    }
-
-    fn first_with_prefix(
-        &self,
-        tree: &sled::Tree,
-        prefix: &[u8],
-        queue: impl FnOnce() -> String,
-    ) -> Result<Option<(Seq, Envelope)>> {
-        match tree.scan_prefix(prefix).next() {
-            None => Ok(None),
-            Some(entry) => {
-                let (k, v) = entry.map_err(storage)?;
-                Ok(Some((seq_of(&k), decode(&v, queue)?)))
-            }
-        }
     }
 
     /// Adds to `writes` new ingress records holding `envelopes` in order: one record, or
@@ -647,6 +634,9 @@ fn scan(db: &sled::Db) -> Result<ScanReport> {
                     decode_record::<Envelope>(&value).map_err(corrupt)?;
                     report.records += 1;
                 }
+                Some(&FAILED) => {
+                    decode_record::<Attempts>(&value).map_err(corrupt)?;
+                }
                 _ => report.records += 1,
             }
         }
@@ -668,6 +658,30 @@ fn unpack_trace(packed: &[u8]) -> Vec<&[u8]> {
         rest = &rest[4 + len..];
     }
     records
+}
+
+/// What failed attempts changed of a queued sink entry, kept beside it (`f` records).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Attempts {
+    attempts: u32,
+    last_error: Option<String>,
+    not_before_ms: u64,
+}
+
+impl Attempts {
+    fn of(envelope: &Envelope) -> Self {
+        Attempts {
+            attempts: envelope.attempts,
+            last_error: envelope.last_error.clone(),
+            not_before_ms: envelope.not_before_ms,
+        }
+    }
+
+    fn apply(self, envelope: &mut Envelope) {
+        envelope.attempts = self.attempts;
+        envelope.last_error = self.last_error;
+        envelope.not_before_ms = self.not_before_ms;
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> QueueError {
@@ -863,30 +877,48 @@ impl QueueStore for SledStore {
     }
 
     fn sink_head(&self, pipeline: &str, sink: &str) -> Result<Option<(Seq, Envelope)>> {
-        let tree = self.tree(pipeline)?;
-        self.first_with_prefix(&tree, &named_prefix(SINK, sink), || {
-            format!("{pipeline}/{sink}")
-        })
+        Ok(self.sink_heads(pipeline, sink, 1)?.into_iter().next())
     }
 
     fn sink_heads(&self, pipeline: &str, sink: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
-        self.tree(pipeline)?
-            .scan_prefix(named_prefix(SINK, sink))
+        let tree = self.tree(pipeline)?;
+        let queue = || format!("{pipeline}/{sink}");
+        tree.scan_prefix(named_prefix(SINK, sink))
             .take(limit)
             .map(|entry| {
                 let (k, v) = entry.map_err(storage)?;
-                Ok((seq_of(&k), decode(&v, || format!("{pipeline}/{sink}"))?))
+                let seq = seq_of(&k);
+                let mut envelope = decode(&v, queue)?;
+                if let Some(bytes) = tree.get(named_key(FAILED, sink, seq)).map_err(storage)? {
+                    let attempts: Attempts = decode_record(&bytes).map_err(|source| {
+                        QueueError::Corrupt {
+                            queue: queue(),
+                            source,
+                        }
+                    })?;
+                    attempts.apply(&mut envelope);
+                }
+                Ok((seq, envelope))
             })
             .collect()
     }
 
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
+        let tree = self.tree(pipeline)?;
         let mut writes = Writes::default();
         writes.remove(named_key(SINK, sink, seq));
+        // A message delivered at its first attempt has no state record: one remove, no batch.
+        let failed = named_key(FAILED, sink, seq);
+        if tree.contains_key(&failed).map_err(storage)? {
+            writes.remove(failed);
+        }
         add_state(&mut writes, state);
-        writes.apply(&self.tree(pipeline)?).map_err(storage)
+        writes.apply(&tree).map_err(storage)
     }
 
+    /// Writes the attempt count, error and next time in a record of their own: rewriting the
+    /// entry would write the whole message again at every retry (a large one as a new sled
+    /// blob file each time, which took tens of megabytes on disk in a few seconds).
     fn record_failure(
         &self,
         pipeline: &str,
@@ -895,7 +927,10 @@ impl QueueStore for SledStore {
         envelope: &Envelope,
     ) -> Result<()> {
         self.tree(pipeline)?
-            .put(named_key(SINK, sink, seq), encode_record(envelope))
+            .put(
+                named_key(FAILED, sink, seq),
+                encode_record(&Attempts::of(envelope)),
+            )
             .map_err(|e| self.write_failed(e))
     }
 
@@ -912,6 +947,7 @@ impl QueueStore for SledStore {
             }
         } else {
             writes.remove(named_key(SINK, queue, seq));
+            writes.remove(named_key(FAILED, queue, seq));
         }
         writes.insert_new(named_key(DEAD, queue, seq), encode_record(envelope));
         self.batch_result(writes.apply(&tree))
@@ -1730,5 +1766,59 @@ mod tests {
         assert_eq!(q.trace_prune("p", 0, 5).unwrap(), 0);
         q.purge_pipeline("p").unwrap();
         assert!(q.traced_pipelines().unwrap().is_empty());
+    }
+
+    /// A failed attempt writes the attempt count, error and next time beside the queued
+    /// message, never the message again: retries of a large message (kept by sled in a blob
+    /// file) add no blob files. Delivering or dead-lettering it removes that record too.
+    #[tokio::test]
+    async fn retries_of_a_large_message_do_not_write_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledStore::open(dir.path()).unwrap();
+        let blob_bytes = || -> u64 {
+            std::fs::read_dir(dir.path().join("blobs"))
+                .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+                .unwrap_or(0)
+        };
+        let mut big = msg("big");
+        big.body = "x".repeat(300_000);
+        q.append_ingress("p", &[big.clone(), msg("small")], &[]).await.unwrap();
+        let heads = q.ingress_heads("p", 2).unwrap();
+        let hand_overs = heads
+            .iter()
+            .map(|(seq, env)| HandOver {
+                ingress: *seq,
+                outputs: vec![("s".into(), vec![env.clone()])],
+                state: vec![],
+            })
+            .collect();
+        q.hand_over_all("p", hand_overs).await.unwrap();
+        q.flush().await.unwrap();
+        let before = blob_bytes();
+        let (seq, mut env) = q.sink_head("p", "s").unwrap().unwrap();
+        for attempt in 1..=5 {
+            env.attempts = attempt;
+            env.last_error = Some(format!("HTTP 503 at attempt {attempt}"));
+            env.not_before_ms = 1000 + u64::from(attempt);
+            q.record_failure("p", "s", seq, &env).unwrap();
+            q.flush().await.unwrap();
+        }
+        let grew = blob_bytes().saturating_sub(before);
+        assert!(grew < 100_000, "five retries wrote {grew} bytes of blob files");
+        let (head_seq, head) = q.sink_head("p", "s").unwrap().unwrap();
+        assert_eq!(head_seq, seq);
+        assert_eq!((head.attempts, head.not_before_ms), (5, 1005));
+        assert_eq!(head.last_error.as_deref(), Some("HTTP 503 at attempt 5"));
+        assert_eq!(head.message, big);
+        // Dead-lettered: the state record goes with it. The small one fails once and is then
+        // delivered: its state record goes too.
+        q.dead_letter("p", "s", seq, &head).await.unwrap();
+        let (small_seq, mut small) = q.sink_head("p", "s").unwrap().unwrap();
+        small.attempts = 1;
+        q.record_failure("p", "s", small_seq, &small).unwrap();
+        q.ack("p", "s", small_seq, &[]).unwrap();
+        q.purge_dead("p", "s", None).unwrap();
+        assert_eq!(q.stored_bytes("p").unwrap(), 0, "no record is left behind");
+        assert_eq!(tree_bytes(&q.tree("p").unwrap()).unwrap(), 0);
     }
 }

@@ -171,6 +171,19 @@ async fn a_dead_letter_is_replayed_through_the_api_while_running_and_delivered_o
         view["counters"]["delivered"].as_u64().unwrap() >= 1,
         "{view}"
     );
+    let plugins = view["plugins"].as_array().unwrap();
+    let stages: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["sink.hook", "source"], "{view}");
+    let source = &plugins[1];
+    assert_eq!(source["plugin"], "json");
+    let digest = source["sha256"].as_str().unwrap();
+    assert!(
+        digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+        "{digest}"
+    );
 
     // The access log names the tokens, never their values.
     let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap();

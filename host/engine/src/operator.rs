@@ -103,6 +103,21 @@ pub struct PipelineView {
     pub stored_bytes: u64,
     /// Its queue budget in bytes, if it has one.
     pub queue_budget: Option<u64>,
+    /// The plugin of each stage it runs (`source`, `filter.0`, `sink.NAME`): as its file names
+    /// it, and the sha256 of the `.wasm` loaded (pin it with `sha256 = "…"`).
+    #[serde(default)]
+    pub plugins: Vec<PluginView>,
+}
+
+/// One stage's plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginView {
+    /// `source`, `filter.0`, `sink.NAME`.
+    pub stage: String,
+    /// As the pipeline file names it.
+    pub plugin: String,
+    /// The sha256 of the component loaded, hex.
+    pub sha256: String,
 }
 
 /// One queue of a pipeline.
@@ -131,7 +146,13 @@ pub fn pipelines(
     let age = |env: Option<(Seq, Envelope)>| {
         env.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0)
     };
-    let view = |name: &str, state: String, reason, counters, sinks: Vec<String>, budget| {
+    let view = |name: &str,
+                state: String,
+                reason,
+                counters,
+                sinks: Vec<String>,
+                budget,
+                plugins: Vec<PluginView>| {
         let depths = store.depths(name)?;
         let depth_of = |sink: &str| {
             depths
@@ -167,6 +188,7 @@ pub fn pipelines(
             dead_letters: depths.dead.into_iter().collect(),
             stored_bytes: store.stored_bytes(name)?,
             queue_budget: budget,
+            plugins,
         })
     };
     let mut views = Vec::new();
@@ -186,6 +208,15 @@ pub fn pipelines(
             status.counters.snapshot(),
             status.sinks(),
             status.queue_budget(),
+            status
+                .plugins()
+                .into_iter()
+                .map(|(stage, (plugin, sha256))| PluginView {
+                    stage,
+                    plugin,
+                    sha256,
+                })
+                .collect(),
         )?);
     }
     for name in store.pipelines()? {
@@ -197,6 +228,7 @@ pub fn pipelines(
                 BTreeMap::new(),
                 Vec::new(),
                 None,
+                Vec::new(),
             )?);
         }
     }

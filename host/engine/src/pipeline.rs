@@ -160,13 +160,27 @@ pub async fn start(
     status.set_queue_budget(shared.budget.budget_of(queue_budget));
     let memory = shared.plugin_memory.reserve(&spec)?;
     let expected_source = source_kind(&spec.source.trigger);
-    let mut source =
-        build_stage(shared, &name, "source", &spec.source.stage, expected_source).await?;
+    let mut source = build_stage(
+        shared,
+        &status,
+        &name,
+        "source",
+        &spec.source.stage,
+        expected_source,
+    )
+    .await?;
     let pending = Arc::new(PendingState::default());
     let mut filters = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
-        let mut stage =
-            build_stage(shared, &name, &format!("filter.{i}"), f, PluginKind::Filter).await?;
+        let mut stage = build_stage(
+            shared,
+            &status,
+            &name,
+            &format!("filter.{i}"),
+            f,
+            PluginKind::Filter,
+        )
+        .await?;
         stage.set_state_reader(Arc::new(PendingFirst {
             pending: pending.clone(),
             committed: stage.context().state.clone(),
@@ -182,6 +196,7 @@ pub async fn start(
             instances.push(
                 build_stage(
                     shared,
+                    &status,
                     &name,
                     &format!("sink.{}", s.name),
                     &s.stage,
@@ -313,12 +328,14 @@ pub async fn start(
 
 async fn build_stage(
     shared: &Shared,
+    status: &PipelineStatus,
     pipeline: &str,
     stage: &str,
     spec: &StageSpec,
     expected: PluginKind,
 ) -> Result<Stage, String> {
     let plugin = load_stage_plugin(&shared.runtime, stage, spec, expected).await?;
+    status.record_plugin(stage, &spec.plugin.name, &plugin.sha256);
     let mut secrets = Vec::new();
     for (secret_name, reference) in &spec.grants.secrets {
         let value = reference

@@ -117,6 +117,8 @@ pub struct PipelineStatus {
     queue_budget: AtomicU64,
     /// Ingest requests answered with an error, per status code.
     rejections: Mutex<BTreeMap<u16, u64>>,
+    /// Per stage, the plugin it runs and its sha256.
+    plugins: Mutex<BTreeMap<String, (String, String)>>,
     /// Per stage, the counters of log lines its plugin caused that were dropped (one per
     /// instance: a sink with `concurrency` has several).
     log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
@@ -132,6 +134,7 @@ impl PipelineStatus {
             sinks: Mutex::new(Vec::new()),
             queue_budget: AtomicU64::new(0),
             rejections: Mutex::new(BTreeMap::new()),
+            plugins: Mutex::new(BTreeMap::new()),
             log_drops: Mutex::new(BTreeMap::new()),
         })
     }
@@ -163,6 +166,22 @@ impl PipelineStatus {
     /// before anything was queued in them.
     pub fn set_sinks(&self, sinks: Vec<String>) {
         *self.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sinks;
+    }
+
+    /// Records the plugin `stage` runs (as the file names it) and its sha256.
+    pub fn record_plugin(&self, stage: &str, plugin: &str, sha256: &str) {
+        self.plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stage.to_string(), (plugin.to_string(), sha256.to_string()));
+    }
+
+    /// Per stage, the plugin it runs and its sha256.
+    pub fn plugins(&self) -> BTreeMap<String, (String, String)> {
+        self.plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts an ingest request answered with `status` (an error).

@@ -890,12 +890,11 @@ impl QueueStore for SledStore {
                 let seq = seq_of(&k);
                 let mut envelope = decode(&v, queue)?;
                 if let Some(bytes) = tree.get(named_key(FAILED, sink, seq)).map_err(storage)? {
-                    let attempts: Attempts = decode_record(&bytes).map_err(|source| {
-                        QueueError::Corrupt {
+                    let attempts: Attempts =
+                        decode_record(&bytes).map_err(|source| QueueError::Corrupt {
                             queue: queue(),
                             source,
-                        }
-                    })?;
+                        })?;
                     attempts.apply(&mut envelope);
                 }
                 Ok((seq, envelope))
@@ -1782,7 +1781,9 @@ mod tests {
         };
         let mut big = msg("big");
         big.body = "x".repeat(300_000);
-        q.append_ingress("p", &[big.clone(), msg("small")], &[]).await.unwrap();
+        q.append_ingress("p", &[big.clone(), msg("small")], &[])
+            .await
+            .unwrap();
         let heads = q.ingress_heads("p", 2).unwrap();
         let hand_overs = heads
             .iter()
@@ -1804,7 +1805,10 @@ mod tests {
             q.flush().await.unwrap();
         }
         let grew = blob_bytes().saturating_sub(before);
-        assert!(grew < 100_000, "five retries wrote {grew} bytes of blob files");
+        assert!(
+            grew < 100_000,
+            "five retries wrote {grew} bytes of blob files"
+        );
         let (head_seq, head) = q.sink_head("p", "s").unwrap().unwrap();
         assert_eq!(head_seq, seq);
         assert_eq!((head.attempts, head.not_before_ms), (5, 1005));

@@ -27,9 +27,11 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "every pipeline: its state (`starting`, `running`, `failed` with the reason, \
                   `disabled`, `stopped`, `no_file` for stored data without a file), counters \
                   since start, each queue's depth and oldest message's age, dead letters per \
-                  queue, bytes held and queue budget",
+                  queue, bytes held and queue budget, and each stage's plugin with the sha256 \
+                  of the component loaded",
         answer: "an array of `{name, state, reason, counters, queues: [{queue, depth, \
-                 oldest_age_seconds}], dead_letters, stored_bytes, queue_budget}`",
+                 oldest_age_seconds}], dead_letters, stored_bytes, queue_budget, plugins: \
+                 [{stage, plugin, sha256}]}`",
     },
     RouteDoc {
         method: "GET",

@@ -219,6 +219,15 @@ async fn a_dead_letter_is_replayed_through_the_api_while_running_and_delivered_o
     assert!(ok, "{stderr}");
     assert_eq!(running_listing, stopped_listing);
     assert!(stopped_listing.contains("cpu-hot"));
+
+    // Replayed from the store with no server: the trace records it too.
+    let (ok, replayed, stderr) = cli(&env, None, &["dlq", "replay", "alerts", "hook", "--all"]);
+    assert!(ok, "{stderr}");
+    assert!(replayed.contains("replayed 1 message(s)"), "{replayed}");
+    let (ok, trace, stderr) = cli(&env, None, &["trace", "cpu-hot"]);
+    assert!(ok, "{stderr}");
+    let last = trace.lines().last().unwrap_or_default();
+    assert!(last.contains("replayed to hook"), "{trace}");
 }
 
 /// Without `--api-tokens` the API is off and says how to turn it on.

@@ -739,7 +739,13 @@ impl Target {
     ) -> anyhow::Result<usize> {
         Ok(match self {
             Target::Store(store) => {
-                operator::dispose(store.as_ref(), disposal, pipeline, queue, selection)?
+                let tracer = tocsin::trace::Tracer::new(
+                    store.clone(),
+                    tocsin::trace::DEFAULT_RETENTION,
+                    tocsin::trace::DEFAULT_MAX_PER_PIPELINE,
+                );
+                let tracer = Some(tracer.as_ref());
+                operator::dispose(store.as_ref(), tracer, disposal, pipeline, queue, selection)?
             }
             Target::Server(api, rt) => {
                 let action = match disposal {

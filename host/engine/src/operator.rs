@@ -328,21 +328,48 @@ pub enum Disposal {
 
 /// Replays or purges the selected dead letters; returns how many. A named one that is not
 /// there is an error for a replay (after the ones before it moved), and counts 0 for a purge.
+/// A replay is a step of each message's trace, when `tracer` records.
 pub fn dispose(
     store: &dyn QueueStore,
+    tracer: Option<&crate::trace::Tracer>,
     disposal: Disposal,
     pipeline: &str,
     queue: &str,
     selection: &Selection,
 ) -> Result<usize, QueueError> {
+    let target = selection.target().map_err(QueueError::Storage)?;
+    let tracer = tracer.filter(|t| t.enabled() && disposal == Disposal::Replay);
+    // The ids first: a replay moves the letters away.
+    let ids: Vec<String> = match tracer {
+        None => Vec::new(),
+        Some(_) => store
+            .dead_letters(pipeline, queue)?
+            .into_iter()
+            .filter(|(seq, _)| target.is_none_or(|seqs| seqs.contains(seq)))
+            .map(|(_, env)| env.message.id)
+            .collect(),
+    };
     let one = |seq| match disposal {
         Disposal::Replay => store.replay(pipeline, queue, seq),
         Disposal::Purge => store.purge_dead(pipeline, queue, seq),
     };
-    match selection.target().map_err(QueueError::Storage)? {
-        None => one(None),
-        Some(seqs) => seqs.iter().map(|&seq| one(Some(seq))).sum(),
+    let n = match target {
+        None => one(None)?,
+        Some(seqs) => seqs
+            .iter()
+            .map(|&seq| one(Some(seq)))
+            .sum::<Result<usize, _>>()?,
+    };
+    if let Some(tracer) = tracer {
+        for id in ids.iter().take(n) {
+            let step = crate::trace::Step::Replayed {
+                queue: queue.to_string(),
+            };
+            tracer.record(pipeline, id, step);
+        }
+        tracer.flush();
     }
+    Ok(n)
 }
 
 /// The dead-letter table as `tocsin dlq ls` prints it.

@@ -364,22 +364,15 @@ async fn replay(
     }
     let (queue, tracer) = (state.queue.clone(), state.tracer.clone());
     let moved = blocking(move || {
-        // The ids first, for the trace: replay moves the letters away.
-        let ids: Vec<String> = queue
-            .dead_letters(&pipeline, &queue_name)?
-            .into_iter()
-            .filter(|(seq, _)| selection.all || selection.seqs.contains(seq))
-            .map(|(_, env)| env.message.id)
-            .collect();
-        let replay = operator::Disposal::Replay;
-        let n = operator::dispose(queue.as_ref(), replay, &pipeline, &queue_name, &selection)?;
-        for id in ids.iter().take(n) {
-            let step = crate::trace::Step::Replayed {
-                queue: queue_name.clone(),
-            };
-            tracer.record(&pipeline, id, step);
-        }
-        Ok(n)
+        let (store, replay) = (queue.as_ref(), operator::Disposal::Replay);
+        operator::dispose(
+            store,
+            Some(&tracer),
+            replay,
+            &pipeline,
+            &queue_name,
+            &selection,
+        )
     });
     match moved.await {
         Ok(n) => Json(json!({ "replayed": n })).into_response(),
@@ -398,7 +391,14 @@ async fn purge(
     let queue = state.queue.clone();
     let purge = operator::Disposal::Purge;
     let gone = blocking(move || {
-        operator::dispose(queue.as_ref(), purge, &pipeline, &queue_name, &selection)
+        operator::dispose(
+            queue.as_ref(),
+            None,
+            purge,
+            &pipeline,
+            &queue_name,
+            &selection,
+        )
     });
     match gone.await {
         Ok(n) => Json(json!({ "purged": n })).into_response(),

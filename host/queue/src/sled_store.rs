@@ -179,6 +179,16 @@ impl SledStore {
         }
     }
 
+    /// The pipelines with a tree named `prefix` + pipeline.
+    fn pipelines_with_trees(&self, prefix: &str) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| name.strip_prefix(prefix.as_bytes()))
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect()
+    }
+
     fn trace_tree(&self, pipeline: &str) -> Result<sled::Tree> {
         self.db
             .open_tree(format!("{TRACE_PREFIX}{pipeline}"))
@@ -1161,13 +1171,7 @@ impl QueueStore for SledStore {
     }
 
     fn history_pipelines(&self) -> Result<Vec<String>> {
-        Ok(self
-            .db
-            .tree_names()
-            .iter()
-            .filter_map(|name| name.strip_prefix(HISTORY_PREFIX.as_bytes()))
-            .map(|name| String::from_utf8_lossy(name).into_owned())
-            .collect())
+        Ok(self.pipelines_with_trees(HISTORY_PREFIX))
     }
 
     fn trace_append(&self, pipeline: &str, records: &[(u64, Vec<u8>)]) -> Result<()> {
@@ -1198,13 +1202,7 @@ impl QueueStore for SledStore {
     }
 
     fn traced_pipelines(&self) -> Result<Vec<String>> {
-        Ok(self
-            .db
-            .tree_names()
-            .iter()
-            .filter_map(|name| name.strip_prefix(TRACE_PREFIX.as_bytes()))
-            .map(|name| String::from_utf8_lossy(name).into_owned())
-            .collect())
+        Ok(self.pipelines_with_trees(TRACE_PREFIX))
     }
 
     fn trace_prune(&self, pipeline: &str, before_ms: u64, keep: usize) -> Result<usize> {

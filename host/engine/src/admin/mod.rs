@@ -359,25 +359,11 @@ async fn replay(
     Path((pipeline, queue_name)): Path<(String, String)>,
     Json(selection): Json<Selection>,
 ) -> Response {
-    if let Err(why) = selection.target() {
-        return error(StatusCode::BAD_REQUEST, why);
-    }
-    let (queue, tracer) = (state.queue.clone(), state.tracer.clone());
-    let moved = blocking(move || {
-        let (store, replay) = (queue.as_ref(), operator::Disposal::Replay);
-        operator::dispose(
-            store,
-            Some(&tracer),
-            replay,
-            &pipeline,
-            &queue_name,
-            &selection,
-        )
-    });
-    match moved.await {
-        Ok(n) => Json(json!({ "replayed": n })).into_response(),
-        Err(response) => response,
-    }
+    let disposal = operator::Disposal::Replay;
+    dispose(
+        &state, disposal, pipeline, queue_name, selection, "replayed",
+    )
+    .await
 }
 
 async fn purge(
@@ -385,23 +371,36 @@ async fn purge(
     Path((pipeline, queue_name)): Path<(String, String)>,
     Json(selection): Json<Selection>,
 ) -> Response {
+    let disposal = operator::Disposal::Purge;
+    dispose(&state, disposal, pipeline, queue_name, selection, "purged").await
+}
+
+/// Replays or purges dead letters, answering `{answer_key: n}`.
+async fn dispose(
+    state: &AdminState,
+    disposal: operator::Disposal,
+    pipeline: String,
+    queue_name: String,
+    selection: Selection,
+    answer_key: &str,
+) -> Response {
     if let Err(why) = selection.target() {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    let queue = state.queue.clone();
-    let purge = operator::Disposal::Purge;
-    let gone = blocking(move || {
+    let (queue, tracer) = (state.queue.clone(), state.tracer.clone());
+    let done = blocking(move || {
+        let store = queue.as_ref();
         operator::dispose(
-            queue.as_ref(),
-            None,
-            purge,
+            store,
+            Some(&tracer),
+            disposal,
             &pipeline,
             &queue_name,
             &selection,
         )
     });
-    match gone.await {
-        Ok(n) => Json(json!({ "purged": n })).into_response(),
+    match done.await {
+        Ok(n) => Json(json!({ answer_key: n })).into_response(),
         Err(response) => response,
     }
 }

@@ -125,7 +125,7 @@ async fn idle_and_half_sent_requests_are_cut_off_and_cannot_starve_the_server() 
         || env.read_lines("out/alerts.jsonl").len() == 1,
     )
     .await;
-    // Reaching the cap was said, once (at most once a minute).
+    // Reaching the cap was said (at most once a minute).
     let log = std::fs::read_to_string(env.path("tocsin.log")).unwrap();
     let cap_lines = log
         .lines()
@@ -133,7 +133,12 @@ async fn idle_and_half_sent_requests_are_cut_off_and_cannot_starve_the_server() 
             l.contains("HTTP connections at their cap") && l.contains("max_connections=512")
         })
         .count();
-    assert_eq!(cap_lines, 1, "{}", log_tail(&env));
+    // Once, or twice on a machine slow enough for the test to outlast a minute.
+    assert!(
+        (1..=2).contains(&cap_lines),
+        "{cap_lines} lines:\n{}",
+        log_tail(&env)
+    );
     let (status, took) = server.terminate(Duration::from_secs(20));
     assert!(
         status.success(),

@@ -113,6 +113,16 @@ impl Scheduler {
                 return;
             }
         };
+        // Traced before the append: the filters may take the messages as soon as it is applied.
+        if self.tracer.enabled() {
+            let via = format!(
+                "poll of the tick at {}",
+                chrono::DateTime::from_timestamp_millis(tick_ms as i64)
+                    .map_or_else(|| tick_ms.to_string(), |t| t.to_rfc3339())
+            );
+            let step = crate::trace::Step::Accepted { via };
+            self.tracer.record_all(&self.pipeline, &messages, step);
+        }
         let commit = self.queue.append_ingress(&self.pipeline, &messages, &state);
         drop(reserved); // the store counts the messages now
         match commit.await {
@@ -120,20 +130,13 @@ impl Scheduler {
                 c.produced
                     .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.history.record(&self.pipeline, &messages);
-                if self.tracer.enabled() {
-                    let via = format!(
-                        "poll of the tick at {}",
-                        chrono::DateTime::from_timestamp_millis(tick_ms as i64)
-                            .map_or_else(|| tick_ms.to_string(), |t| t.to_rfc3339())
-                    );
-                    for m in &messages {
-                        let step = crate::trace::Step::Accepted { via: via.clone() };
-                        self.tracer.record(&self.pipeline, &m.id, step);
-                    }
-                }
                 self.ingress_ready.notify_one();
             }
             Err(e) => {
+                let step = crate::trace::Step::NotStored {
+                    error: e.to_string(),
+                };
+                self.tracer.record_all(&self.pipeline, &messages, step);
                 tracing::error!(pipeline = %self.pipeline, error = %e, "cannot persist polled messages; they are lost for this tick")
             }
         }

@@ -123,6 +123,12 @@ pub enum Step {
         /// The last error.
         error: String,
     },
+    /// Accepted, but the store could not keep it: the sender was answered 503 (a poll's
+    /// messages are lost for that tick).
+    NotStored {
+        /// Why.
+        error: String,
+    },
     /// Replayed from dead letters by an operator.
     Replayed {
         /// The queue it went back to.
@@ -179,6 +185,16 @@ impl Tracer {
             return;
         }
         pending.push((pipeline.to_string(), event));
+    }
+
+    /// Records `step` for each of `messages`.
+    pub fn record_all(&self, pipeline: &str, messages: &[tocsin_message::Message], step: Step) {
+        if !self.enabled {
+            return;
+        }
+        for m in messages {
+            self.record(pipeline, &m.id, step.clone());
+        }
     }
 
     /// Steps dropped because the store fell behind.
@@ -306,6 +322,9 @@ pub fn format_trace(events: &[(String, TraceEvent)]) -> String {
             } => format!("{sink}: attempt {attempt} failed: {error}"),
             Step::Delivered { sink, attempt } => format!("{sink}: delivered (attempt {attempt})"),
             Step::DeadLettered { queue, error } => format!("dead-lettered in {queue}: {error}"),
+            Step::NotStored { error } => {
+                format!("not stored ({error}); the sender was told to retry")
+            }
             Step::Replayed { queue } => format!("replayed to {queue}"),
         };
         out += &format!(

@@ -94,7 +94,7 @@ pub const ROUTES: &[RouteDoc] = &[
                   first: `accepted` (how: the request and its client, or the poll), each \
                   filter's `passed`, `dropped`, `rewritten` or `split`, `filter_failed`, \
                   `routed` (which sinks' `match` took it, which not), `attempt_failed` (with the \
-                  error), `delivered`, `dead_lettered`, `replayed`; kept for `--trace-retention` \
+                  error), `delivered`, `dead_lettered`, `replayed`, `not_stored` (answered 503); kept for `--trace-retention` \
                   (7 days) and `--trace-max` records per pipeline",
         answer: "an array of `{pipeline, at_ms, id, step, …}` (the fields of each step: `via`, \
                  `filter`, `into`, `to`, `not_to`, `sink`, `attempt`, `error`, `retry_at_ms`, \

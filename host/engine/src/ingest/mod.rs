@@ -426,6 +426,14 @@ async fn accept_known(
         Ok(reservation) => reservation,
         Err(why) => return unavailable(&format!("{why}; nothing was accepted, try again later")),
     };
+    // Traced before the append: the filters may take the messages as soon as it is applied.
+    if endpoint.tracer.enabled() {
+        let client = client.map_or_else(String::new, |a| format!(" from {a}"));
+        let via = format!("{} {}{client}", request.method, request.path);
+        endpoint
+            .tracer
+            .record_all(&name, &messages, crate::trace::Step::Accepted { via });
+    }
     let commit = endpoint.queue.append_ingress(&name, &messages, &state);
     drop(reserved); // the store counts the messages now
     match commit.await {
@@ -434,14 +442,6 @@ async fn accept_known(
                 .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
             endpoint.ingress_ready.notify_one();
             endpoint.history.record(&name, &messages);
-            if endpoint.tracer.enabled() {
-                let client = client.map_or_else(String::new, |a| format!(" from {a}"));
-                let via = format!("{} {}{client}", request.method, request.path);
-                for m in &messages {
-                    let step = crate::trace::Step::Accepted { via: via.clone() };
-                    endpoint.tracer.record(&name, &m.id, step);
-                }
-            }
             let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
             (
                 StatusCode::ACCEPTED,
@@ -450,6 +450,10 @@ async fn accept_known(
                 .into_response()
         }
         Err(e) => {
+            let step = crate::trace::Step::NotStored {
+                error: e.to_string(),
+            };
+            endpoint.tracer.record_all(&name, &messages, step);
             tracing::error!(pipeline = %name, error = %e, "cannot persist ingested messages");
             unavailable("the messages could not be stored; nothing was accepted, try again")
         }

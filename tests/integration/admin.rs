@@ -418,7 +418,8 @@ async fn the_metrics_messages_carry_are_kept_as_series_per_host() {
         names
     };
     let mut names = Vec::new();
-    for _ in 0..40 {
+    // Points are written every second; a loaded machine may take a few.
+    for _ in 0..150 {
         names = series(base.clone()).await;
         if names.len() == 4 {
             break;

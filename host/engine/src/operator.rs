@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tocsin_queue::{Envelope, QueueError, QueueStore, Seq};
 
 use crate::manager::StatusBoard;
-use crate::status::PipelineState;
+use crate::status::{PipelineState, PipelineStatus};
 
 /// The queue name of a pipeline's ingress (what its source produced, waiting for the filters).
 pub const INGRESS_QUEUE: &str = "ingress";
@@ -146,13 +146,8 @@ pub fn pipelines(
     let age = |env: Option<(Seq, Envelope)>| {
         env.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0)
     };
-    let view = |name: &str,
-                state: String,
-                reason,
-                counters,
-                sinks: Vec<String>,
-                budget,
-                plugins: Vec<PluginView>| {
+    // A pipeline on the board has a status; one with only stored data left has none.
+    let view = |name: &str, status: Option<&PipelineStatus>| {
         let depths = store.depths(name)?;
         let depth_of = |sink: &str| {
             depths
@@ -166,7 +161,7 @@ pub fn pipelines(
             depth: depths.ingress,
             oldest_age_seconds: age(store.ingress_head(name)?),
         }];
-        let mut sink_names = sinks;
+        let mut sink_names = status.map(|s| s.sinks()).unwrap_or_default();
         for (sink, _) in &depths.sinks {
             if !sink_names.contains(sink) {
                 sink_names.push(sink.clone());
@@ -179,37 +174,26 @@ pub fn pipelines(
                 queue: sink,
             });
         }
+        let (state, reason) = match status.map(|s| s.state()) {
+            None => ("no_file", None),
+            Some(PipelineState::Starting) => ("starting", None),
+            Some(PipelineState::Running) => ("running", None),
+            Some(PipelineState::Failed(why)) => ("failed", Some(why)),
+            Some(PipelineState::Disabled) => ("disabled", None),
+            Some(PipelineState::Paused) => ("paused", None),
+            Some(PipelineState::Stopped) => ("stopped", None),
+        };
+        let plugins = status.map(|s| s.plugins()).unwrap_or_default();
         Ok::<_, QueueError>(PipelineView {
             name: name.to_string(),
-            state,
+            state: state.into(),
             reason,
-            counters,
+            counters: status.map(|s| s.counters.snapshot()).unwrap_or_default(),
             queues,
             dead_letters: depths.dead.into_iter().collect(),
             stored_bytes: store.stored_bytes(name)?,
-            queue_budget: budget,
-            plugins,
-        })
-    };
-    let mut views = Vec::new();
-    for (name, status) in &statuses {
-        let (state, reason) = match status.state() {
-            PipelineState::Starting => ("starting", None),
-            PipelineState::Running => ("running", None),
-            PipelineState::Failed(why) => ("failed", Some(why)),
-            PipelineState::Disabled => ("disabled", None),
-            PipelineState::Paused => ("paused", None),
-            PipelineState::Stopped => ("stopped", None),
-        };
-        views.push(view(
-            name,
-            state.into(),
-            reason,
-            status.counters.snapshot(),
-            status.sinks(),
-            status.queue_budget(),
-            status
-                .plugins()
+            queue_budget: status.and_then(|s| s.queue_budget()),
+            plugins: plugins
                 .into_iter()
                 .map(|(stage, (plugin, sha256))| PluginView {
                     stage,
@@ -217,19 +201,15 @@ pub fn pipelines(
                     sha256,
                 })
                 .collect(),
-        )?);
+        })
+    };
+    let mut views = Vec::new();
+    for (name, status) in &statuses {
+        views.push(view(name, Some(status))?);
     }
     for name in store.pipelines()? {
         if !statuses.iter().any(|(n, _)| *n == name) {
-            views.push(view(
-                &name,
-                "no_file".into(),
-                None,
-                BTreeMap::new(),
-                Vec::new(),
-                None,
-                Vec::new(),
-            )?);
+            views.push(view(&name, None)?);
         }
     }
     Ok(views)

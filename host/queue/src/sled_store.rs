@@ -1248,6 +1248,13 @@ mod tests {
     use super::*;
     use tocsin_message::Severity;
 
+    /// What sled's blob files in the store at `dir` take.
+    fn blob_file_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir.join("blobs"))
+            .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+            .unwrap_or(0)
+    }
+
     fn msg(id: &str) -> Message {
         Message {
             id: id.into(),
@@ -1699,11 +1706,7 @@ mod tests {
     async fn blob_files_of_messages_gone_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
-        let blob_bytes = || -> u64 {
-            std::fs::read_dir(dir.path().join("blobs"))
-                .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
-                .unwrap_or(0)
-        };
+        let blob_bytes = || blob_file_bytes(dir.path());
         for n in 0..40 {
             let mut big = msg(&format!("big-{n}"));
             big.body = "x".repeat(300_000);
@@ -1772,11 +1775,7 @@ mod tests {
     async fn retries_of_a_large_message_do_not_write_it_again() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
-        let blob_bytes = || -> u64 {
-            std::fs::read_dir(dir.path().join("blobs"))
-                .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
-                .unwrap_or(0)
-        };
+        let blob_bytes = || blob_file_bytes(dir.path());
         let mut big = msg("big");
         big.body = "x".repeat(300_000);
         q.append_ingress("p", &[big.clone(), msg("small")], &[])

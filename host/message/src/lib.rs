@@ -207,6 +207,9 @@ pub enum DecodeError {
     /// The record's parts disagree (a header that does not match the entries after it).
     #[error("malformed record: {0}")]
     Inconsistent(&'static str),
+    /// The file holding a large record's value is missing or is not what the record says.
+    #[error("its value file: {0}")]
+    ValueFile(String),
 }
 
 /// The version byte that starts every record written by this build.

@@ -20,6 +20,7 @@
 pub mod ingress_batch;
 pub mod sled_store;
 mod sled_writes;
+mod value_files;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -314,6 +315,18 @@ pub trait QueueStore: Send + Sync + 'static {
     fn trace_scan(&self, pipeline: &str, visit: &mut dyn FnMut(&[u8])) -> Result<()> {
         let _ = (pipeline, visit);
         Ok(())
+    }
+
+    /// The trace records of `pipeline` written since about `from_ms` (whole appends begun at
+    /// or after it), oldest first.
+    fn trace_scan_since(
+        &self,
+        pipeline: &str,
+        from_ms: u64,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let _ = from_ms;
+        self.trace_scan(pipeline, visit)
     }
 
     /// Pipelines with trace records.

@@ -13,14 +13,24 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use crate::value_files::{spill_over, value_len, Pointer, Unreadable, ValueFiles};
+
+fn storage(e: impl std::fmt::Display) -> crate::QueueError {
+    crate::QueueError::Storage(e.to_string())
+}
+
 /// One pipeline's tree and the bytes it holds.
 #[derive(Clone)]
 pub(crate) struct PipelineTree {
+    /// The pipeline's name.
+    pipeline: Arc<str>,
     tree: sled::Tree,
     /// Bytes of this pipeline's records (keys and values).
     bytes: Arc<AtomicI64>,
     /// Bytes of every pipeline's records, shared by all trees of the store.
     total: Arc<AtomicI64>,
+    /// Where its large message records are kept.
+    pub(crate) values: Arc<ValueFiles>,
 }
 
 impl std::ops::Deref for PipelineTree {
@@ -32,13 +42,21 @@ impl std::ops::Deref for PipelineTree {
 
 impl PipelineTree {
     /// `tree`, which holds `bytes` now; adds them to `total`.
-    pub(crate) fn new(tree: sled::Tree, bytes: u64, total: Arc<AtomicI64>) -> Self {
+    pub(crate) fn new(
+        pipeline: &str,
+        tree: sled::Tree,
+        bytes: u64,
+        total: Arc<AtomicI64>,
+        values: Arc<ValueFiles>,
+    ) -> Self {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         total.fetch_add(bytes, Ordering::Relaxed);
         PipelineTree {
+            pipeline: pipeline.into(),
             tree,
             bytes: Arc::new(AtomicI64::new(bytes)),
             total,
+            values,
         }
     }
 
@@ -60,6 +78,62 @@ impl PipelineTree {
         }
     }
 
+    /// The value the stored record `raw` under `key` holds: its own bytes, or its value file's.
+    /// `None` when the record was removed (or replaced, and then it is read again) while its
+    /// file was being read.
+    pub(crate) fn resolve(&self, key: &[u8], raw: sled::IVec) -> crate::Result<Option<sled::IVec>> {
+        let mut raw = raw;
+        loop {
+            let Some(pointer) = Pointer::read(&raw).filter(|_| holds_message(key)) else {
+                return Ok(Some(raw));
+            };
+            let why = match self.values.read(pointer) {
+                Ok(bytes) => return Ok(Some(bytes.into())),
+                Err(Unreadable::Missing) => match self.tree.get(key).map_err(storage)? {
+                    Some(now) if now != raw => {
+                        raw = now;
+                        continue;
+                    }
+                    Some(_) => format!("{:016x} is missing", pointer.id),
+                    None => return Ok(None),
+                },
+                Err(Unreadable::Damaged(why)) => why,
+                Err(Unreadable::Io(e)) => return Err(storage(e)),
+            };
+            return Err(crate::QueueError::Corrupt {
+                queue: queue_of(&self.pipeline, key),
+                source: tocsin_message::DecodeError::ValueFile(why),
+            });
+        }
+    }
+
+    /// The value of the record under `key`, read from its value file when spilled.
+    pub(crate) fn get_value(&self, key: &[u8]) -> crate::Result<Option<sled::IVec>> {
+        match self.tree.get(key).map_err(storage)? {
+            Some(raw) => self.resolve(key, raw),
+            None => Ok(None),
+        }
+    }
+
+    /// The records under `prefix` in key order, with their values read from their value files
+    /// when spilled; a record removed while it was being read is skipped.
+    pub(crate) fn scan_values(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl Iterator<Item = crate::Result<(sled::IVec, sled::IVec)>> + '_ {
+        self.tree.scan_prefix(prefix).filter_map(move |entry| {
+            let (key, raw) = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(storage(e))),
+            };
+            match self.resolve(&key, raw) {
+                Ok(Some(value)) => Some(Ok((key, value))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
     /// Inserts one record.
     pub(crate) fn put(
         &self,
@@ -72,9 +146,44 @@ impl PipelineTree {
     }
 }
 
-/// The bytes a record takes in the count: its key and its value.
+/// The bytes a record takes in the count: its key and its value (a spilled value's own length,
+/// not its pointer's).
 pub(crate) fn record_bytes(key: &[u8], value_len: usize) -> i64 {
     i64::try_from(key.len() + value_len).unwrap_or(i64::MAX)
+}
+
+/// The bytes a stored record takes in the count.
+pub(crate) fn stored_bytes(key: &[u8], raw: &[u8]) -> i64 {
+    if holds_message(key) {
+        record_bytes(key, value_len(raw))
+    } else {
+        record_bytes(key, raw.len())
+    }
+}
+
+/// Key kinds (first byte) of a pipeline tree; see [`crate::sled_store`] for the layout.
+pub(crate) const INGRESS: u8 = b'i';
+pub(crate) const SINK: u8 = b'q';
+pub(crate) const DEAD: u8 = b'd';
+pub(crate) const FAILED: u8 = b'f';
+pub(crate) const STATE: u8 = b's';
+
+/// How errors name the queue of the record under `key` in `pipeline`: `ingress of p`, `p/out`,
+/// `dead letters of p/out`, or the pipeline.
+pub(crate) fn queue_of(pipeline: &str, key: &[u8]) -> String {
+    let name =
+        || String::from_utf8_lossy(key.get(1..key.len().saturating_sub(9)).unwrap_or_default());
+    match key.first() {
+        Some(&INGRESS) => format!("ingress of {pipeline}"),
+        Some(&SINK) => format!("{pipeline}/{}", name()),
+        Some(&DEAD) => format!("dead letters of {pipeline}/{}", name()),
+        _ => pipeline.to_string(),
+    }
+}
+
+/// Whether the record under `key` holds messages, whose value may be spilled to a value file.
+pub(crate) fn holds_message(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&(INGRESS | SINK | DEAD)))
 }
 
 /// The value a write replaces, as far as the writer knows it.
@@ -83,8 +192,8 @@ enum Old {
     Unknown,
     /// The key is new (a fresh sequence number).
     Absent,
-    /// A value of this many bytes.
-    Len(usize),
+    /// This stored value, which the caller just read.
+    Was(sled::IVec),
 }
 
 /// The writes of one crash-atomic step (an append, a hand-over, an ack, …), applied to one
@@ -97,6 +206,10 @@ enum Old {
 /// few thousand a second. A single-key insert or remove is crash-atomic by itself and does
 /// neither, so a step of one write (one message appended, an ack without state) goes through
 /// it; only steps of several writes pay for a batch.
+///
+/// A message record over [`spill_over`] bytes is written to a value file first and stored as
+/// its pointer; the value files of records a step removes or replaces are deleted once the
+/// step is durable (see [`crate::value_files`]).
 #[derive(Default)]
 pub(crate) struct Writes(Vec<(Vec<u8>, Option<sled::IVec>, Old)>);
 
@@ -111,9 +224,9 @@ impl Writes {
         self.0.push((key, Some(value.into()), Old::Absent));
     }
 
-    /// Replaces a record whose current value, of `old_len` bytes, the caller just read.
-    pub(crate) fn replace(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>, old_len: usize) {
-        self.0.push((key, Some(value.into()), Old::Len(old_len)));
+    /// Replaces a record whose stored value `old` the caller just read.
+    pub(crate) fn replace(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>, old: sled::IVec) {
+        self.0.push((key, Some(value.into()), Old::Was(old)));
     }
 
     /// Removes a record, if there.
@@ -121,26 +234,66 @@ impl Writes {
         self.0.push((key, None, Old::Unknown));
     }
 
-    /// Removes a record whose current value, of `old_len` bytes, the caller just read.
-    pub(crate) fn remove_read(&mut self, key: Vec<u8>, old_len: usize) {
-        self.0.push((key, None, Old::Len(old_len)));
+    /// Removes a record whose stored value `old` the caller just read.
+    pub(crate) fn remove_read(&mut self, key: Vec<u8>, old: sled::IVec) {
+        self.0.push((key, None, Old::Was(old)));
     }
 
     /// Applies the writes, and their change in size to the tree's count.
     pub(crate) fn apply(mut self, tree: &PipelineTree) -> std::result::Result<(), sled::Error> {
+        let mut spilled = Vec::new();
+        for (key, value, _) in &mut self.0 {
+            let Some(v) = value.as_mut().filter(|v| v.len() > spill_over(key.first())) else {
+                continue;
+            };
+            if !holds_message(key) {
+                continue;
+            }
+            match tree.values.spill(v) {
+                Ok(pointer) => {
+                    spilled.push(pointer.clone());
+                    *v = pointer.into();
+                }
+                Err(e) => {
+                    tree.values.discard(&spilled);
+                    return Err(sled::Error::Io(e));
+                }
+            }
+        }
+        match self.apply_stored(tree) {
+            Ok(replaced) => {
+                for (key, raw) in replaced {
+                    if holds_message(&key) {
+                        tree.values.doom(&raw);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tree.values.discard(&spilled);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies the writes as they are to be stored; returns the stored values they replaced.
+    fn apply_stored(
+        mut self,
+        tree: &PipelineTree,
+    ) -> std::result::Result<Vec<(Vec<u8>, sled::IVec)>, sled::Error> {
         if self.0.len() <= 1 {
             let Some((key, value, _)) = self.0.pop() else {
-                return Ok(());
+                return Ok(Vec::new());
             };
-            let new = value.as_ref().map_or(0, |v| record_bytes(&key, v.len()));
+            let new = value.as_ref().map_or(0, |v| stored_bytes(&key, v));
             let old = match value {
                 Some(value) => tree.tree.insert(&key, value)?,
                 None => tree.tree.remove(&key)?,
             };
-            tree.account(new - old.map_or(0, |v| record_bytes(&key, v.len())));
-            return Ok(());
+            tree.account(new - old.as_ref().map_or(0, |v| stored_bytes(&key, v)));
+            return Ok(old.map(|old| (key, old)).into_iter().collect());
         }
-        let delta = self.size_change(tree)?;
+        let (delta, replaced) = self.replaced(tree)?;
         let mut batch = sled::Batch::default();
         for (key, value, _) in self.0 {
             match value {
@@ -150,30 +303,36 @@ impl Writes {
         }
         tree.tree.apply_batch(batch)?;
         tree.account(delta);
-        Ok(())
+        Ok(replaced)
     }
 
-    /// What applying the writes in order changes in the tree's bytes. A key written twice in
-    /// one batch replaces its own earlier write, not what the tree holds.
-    fn size_change(&self, tree: &PipelineTree) -> std::result::Result<i64, sled::Error> {
-        let mut now: HashMap<&[u8], i64> = HashMap::new();
+    /// What applying the writes in order changes in the tree's bytes, and the stored values
+    /// they replace. A key written twice in one batch replaces its own earlier write, not what
+    /// the tree holds.
+    #[allow(clippy::type_complexity)]
+    fn replaced(
+        &self,
+        tree: &PipelineTree,
+    ) -> std::result::Result<(i64, Vec<(Vec<u8>, sled::IVec)>), sled::Error> {
+        let mut now: HashMap<&[u8], Option<sled::IVec>> = HashMap::new();
         let mut delta = 0;
+        let mut replaced = Vec::new();
         for (key, value, old) in &self.0 {
-            let before = match now.get(key.as_slice()) {
-                Some(&bytes) => bytes,
+            let before = match now.remove(key.as_slice()) {
+                Some(value) => value,
                 None => match old {
-                    Old::Absent => 0,
-                    Old::Len(len) => record_bytes(key, *len),
-                    Old::Unknown => tree
-                        .tree
-                        .get(key)?
-                        .map_or(0, |v| record_bytes(key, v.len())),
+                    Old::Absent => None,
+                    Old::Was(raw) => Some(raw.clone()),
+                    Old::Unknown => tree.tree.get(key)?,
                 },
             };
-            let after = value.as_ref().map_or(0, |v| record_bytes(key, v.len()));
-            delta += after - before;
-            now.insert(key, after);
+            delta += value.as_ref().map_or(0, |v| stored_bytes(key, v))
+                - before.as_ref().map_or(0, |v| stored_bytes(key, v));
+            if let Some(before) = before {
+                replaced.push((key.clone(), before));
+            }
+            now.insert(key, value.clone());
         }
-        Ok(delta)
+        Ok((delta, replaced))
     }
 }

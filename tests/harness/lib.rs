@@ -10,6 +10,7 @@
 //! ```
 
 pub mod alertmanager;
+pub mod browser;
 pub mod load;
 pub mod mastodon;
 pub mod process;

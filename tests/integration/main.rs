@@ -31,6 +31,7 @@
 //! - `python_sink`: a sink written in Python (componentize-py) in a real pipeline.
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
+//! - `status_page`: the page at `/` in headless Chromium: replay from a button, graphs per host.
 //! - `shutdown`: SIGTERM: stop accepting, finish or abandon in-flight deliveries, exit in bound.
 //! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
@@ -62,6 +63,7 @@ mod sandbox;
 mod scaffold;
 mod secrets;
 mod shutdown;
+mod status_page;
 mod sysmetrics;
 mod torture;
 mod trace;

@@ -16,7 +16,10 @@
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
 //! - [`history`]: the metrics messages carry, kept as time series per host for graphs.
-//! - [`trace`]: each message's steps, for `tocsin trace` ("where is my alert?").
+//! - [`trace`]: each message's steps, for `tocsin trace` ("where is my alert?"); [`recent`]
+//!   folds them into the latest messages and where each is now.
+//! - [`status_page`]: the page at `/` — pipelines, problems, dead letters, recent messages and
+//!   per-host graphs, drawn in the browser from the admin API.
 //! - [`admin`]: the admin API, `/api/v1/…` (tokens, access log), over the views and actions of
 //!   [`operator`], which the `dlq` and `queue` commands print too.
 //! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
@@ -43,10 +46,12 @@ pub mod operator;
 pub mod paused;
 pub mod pipeline;
 pub mod plugin_memory;
+pub mod recent;
 pub mod schedule;
 pub mod server;
 pub mod settings;
 pub mod status;
+pub mod status_page;
 pub mod trace;
 pub mod watchdog;
 

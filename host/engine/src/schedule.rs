@@ -120,8 +120,7 @@ impl Scheduler {
                 chrono::DateTime::from_timestamp_millis(tick_ms as i64)
                     .map_or_else(|| tick_ms.to_string(), |t| t.to_rfc3339())
             );
-            let step = crate::trace::Step::Accepted { via };
-            self.tracer.record_all(&self.pipeline, &messages, step);
+            self.tracer.record_accepted(&self.pipeline, &messages, &via);
         }
         let commit = self.queue.append_ingress(&self.pipeline, &messages, &state);
         drop(reserved); // the store counts the messages now

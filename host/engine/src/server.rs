@@ -264,7 +264,8 @@ impl Server {
                 self.commands.0.clone(),
                 self.tracer.clone(),
                 self.history.clone(),
-            ));
+            ))
+            .merge(crate::status_page::router());
             (listener, app)
         });
         let janitor_app = self.janitor_http.take().map(|(_, listener)| {

@@ -28,6 +28,17 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_PENDING: usize = 200_000;
 /// The default retention window.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Characters of a message's summary kept with its `accepted` step.
+pub const SUMMARY_CHARS: usize = 120;
+/// The most messages `GET /recent` lists.
+pub const MAX_RECENT: usize = 500;
+/// How far back [`Tracer::recent`] looks, widening until it has found enough.
+const RECENT_WINDOWS: [Duration; 3] = [
+    Duration::from_secs(3600),
+    Duration::from_secs(24 * 3600),
+    Duration::from_secs(30 * 24 * 3600),
+];
+
 /// The default number of records kept per pipeline.
 pub const DEFAULT_MAX_PER_PIPELINE: usize = 100_000;
 
@@ -61,6 +72,13 @@ pub enum Step {
     Accepted {
         /// `POST /ingest/p from 10.0.0.7:51234`, `poll at 2026-12-05T10:00:00Z`, …
         via: String,
+        /// The message's summary, or the first line of its body, cut to [`SUMMARY_CHARS`]
+        /// (absent from records written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+        /// Its severity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        severity: Option<String>,
     },
     /// A filter let it through unchanged.
     Passed {
@@ -187,6 +205,24 @@ impl Tracer {
         pending.push((pipeline.to_string(), event));
     }
 
+    /// Records that `messages` were accepted, `via` a request or a poll, with their summaries.
+    pub fn record_accepted(&self, pipeline: &str, messages: &[tocsin_message::Message], via: &str) {
+        if !self.enabled {
+            return;
+        }
+        for m in messages {
+            let text = m.summary.as_deref().unwrap_or(&m.body);
+            let first_line = text.lines().next().unwrap_or_default();
+            let summary: String = first_line.chars().take(SUMMARY_CHARS).collect();
+            let step = Step::Accepted {
+                via: via.to_string(),
+                summary: (!summary.is_empty()).then_some(summary),
+                severity: Some(m.severity.as_str().to_string()),
+            };
+            self.record(pipeline, &m.id, step);
+        }
+    }
+
     /// Records `step` for each of `messages`.
     pub fn record_all(&self, pipeline: &str, messages: &[tocsin_message::Message], step: Step) {
         if !self.enabled {
@@ -289,6 +325,41 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// The `limit` messages accepted most recently (of `pipeline`, or of all) and where each
+    /// is now, newest first: the last hour's trace first, then wider windows while fewer were
+    /// found.
+    pub fn recent(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::recent::RecentMessage>, tocsin_queue::QueueError> {
+        self.flush();
+        let pipelines = match pipeline {
+            Some(p) => vec![p.to_string()],
+            None => self.queue.traced_pipelines()?,
+        };
+        let now = tocsin_queue::now_ms();
+        let mut found = Vec::new();
+        for window in RECENT_WINDOWS {
+            let from = now.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+            let mut events = Vec::new();
+            for p in &pipelines {
+                self.queue.trace_scan_since(p, from, &mut |bytes| {
+                    if let Ok(event) = serde_json::from_slice::<TraceEvent>(bytes) {
+                        events.push((p.clone(), event));
+                    }
+                })?;
+            }
+            found = crate::recent::recent(&events, limit);
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// A trace as `tocsin trace` prints it: one line per step.
 pub fn format_trace(events: &[(String, TraceEvent)]) -> String {
     let mut out = String::new();
@@ -299,7 +370,7 @@ pub fn format_trace(events: &[(String, TraceEvent)]) -> String {
                 |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
             );
         let what = match &event.step {
-            Step::Accepted { via } => format!("accepted: {via}"),
+            Step::Accepted { via, .. } => format!("accepted: {via}"),
             Step::Passed { filter } => format!("passed {filter}"),
             Step::Dropped { filter } => format!("dropped by {filter}"),
             Step::Rewritten { filter } => format!("rewritten by {filter}"),

@@ -1285,7 +1285,11 @@ impl QueueStore for SledStore {
         from_ms: u64,
         visit: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
-        for entry in self.trace_tree(pipeline)?.range(from_ms.to_be_bytes()..).values() {
+        for entry in self
+            .trace_tree(pipeline)?
+            .range(from_ms.to_be_bytes()..)
+            .values()
+        {
             let packed = entry.map_err(storage)?;
             for record in unpack_trace(&packed) {
                 visit(record);
@@ -1412,7 +1416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
         let message = big("big", 300_000);
-        q.append_ingress("p", &[message.clone()], &[])
+        q.append_ingress("p", std::slice::from_ref(&message), &[])
             .await
             .unwrap();
         assert_eq!(q.values.unsynced(), 0, "not synced");

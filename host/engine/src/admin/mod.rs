@@ -27,7 +27,7 @@ use tocsin_queue::{QueueError, QueueStore};
 
 use crate::manager::{Command, CommandRequest, StatusBoard};
 use crate::operator::{self, Selection};
-use tokens::{ApiTokens, Denial, Role};
+use tokens::{ApiTokens, Caller, Denial, Role};
 
 /// The path every route of this version starts with.
 pub const PREFIX: &str = "/api/v1";
@@ -78,6 +78,8 @@ pub fn router(
         history,
     };
     let api = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/recent", get(recent))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{pipeline}", get(pipeline))
         .route("/pipelines/{pipeline}/pause", post(pause))
@@ -125,7 +127,12 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let (token, response) = match state.tokens.check(request.headers(), needs) {
-        Ok(name) => (name, next.run(request).await),
+        Ok(caller) => {
+            let name = caller.name.clone();
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            (name, next.run(request).await)
+        }
         Err(Denial::Unknown(why)) => ("-".to_string(), error(StatusCode::UNAUTHORIZED, why)),
         Err(Denial::Forbidden(name)) => {
             let why = format!(
@@ -167,6 +174,28 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(call).await {
         Ok(result) => result.map_err(store_error),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The name and role of the token the request carries.
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Response {
+    Json(json!({ "name": caller.name, "role": caller.role.as_str() })).into_response()
+}
+
+/// The query of `GET /recent`.
+#[derive(Deserialize)]
+struct RecentQuery {
+    limit: Option<usize>,
+    pipeline: Option<String>,
+}
+
+/// The most recent messages and where each is now.
+async fn recent(State(state): State<AdminState>, Query(query): Query<RecentQuery>) -> Response {
+    let limit = query.limit.unwrap_or(25).clamp(1, crate::trace::MAX_RECENT);
+    let tracer = state.tracer.clone();
+    match blocking(move || tracer.recent(query.pipeline.as_deref(), limit)).await {
+        Ok(messages) => Json(messages).into_response(),
+        Err(response) => response,
     }
 }
 

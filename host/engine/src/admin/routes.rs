@@ -22,6 +22,26 @@ pub struct RouteDoc {
 pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
+        path: "/whoami",
+        role: Role::Read,
+        summary: "the name and role of the token the request carries (the status page asks, to \
+                  show replay and purge to an admin token only)",
+        answer: "`{name, role}`",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/recent?limit=N&pipeline=P",
+        role: Role::Read,
+        summary: "the messages accepted most recently (of one pipeline, or of all), newest \
+                  first, with where each is now, read from the message trace: `queued`, \
+                  `retrying` (with the last error), `delivered` (to which sinks), `dropped` (by \
+                  which filter), `dead_lettered`, `filter_failed`, `not_stored`, `routed_nowhere`, \
+                  `split`; `limit` defaults to 25, at most 500",
+        answer: "an array of `{pipeline, id, accepted_at_ms, summary, severity, state, detail, \
+                 last_at_ms}`",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/pipelines",
         role: Role::Read,
         summary: "every pipeline: its state (`starting`, `running`, `failed` with the reason, \

@@ -44,6 +44,16 @@ impl Role {
     }
 }
 
+/// Who made a request: the name and role of its token (handlers find it in the request's
+/// extensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
 /// The tokens the API accepts.
 #[derive(Default)]
 pub struct ApiTokens {
@@ -132,8 +142,8 @@ impl ApiTokens {
         self.tokens.iter().filter(|(_, r, _)| *r == role).count()
     }
 
-    /// The name of the token the request carries, if it has at least `needs`.
-    pub fn check(&self, headers: &HeaderMap, needs: Role) -> Result<String, Denial> {
+    /// The token the request carries, if it has at least `needs`.
+    pub fn check(&self, headers: &HeaderMap, needs: Role) -> Result<Caller, Denial> {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -150,7 +160,10 @@ impl ApiTokens {
         match found {
             None => Err(Denial::Unknown("unknown token")),
             Some((name, role)) if role < needs => Err(Denial::Forbidden(name.clone())),
-            Some((name, _)) => Ok(name.clone()),
+            Some((name, role)) => Ok(Caller {
+                name: name.clone(),
+                role,
+            }),
         }
     }
 }
@@ -192,8 +205,20 @@ mod tests {
         );
         let alice = bearer(&"a".repeat(32));
         let board = bearer(&"b".repeat(20));
-        assert_eq!(tokens.check(&alice, Role::Admin), Ok("alice".into()));
-        assert_eq!(tokens.check(&board, Role::Read), Ok("board".into()));
+        let caller = |name: &str, role| {
+            Ok(Caller {
+                name: name.into(),
+                role,
+            })
+        };
+        assert_eq!(
+            tokens.check(&alice, Role::Admin),
+            caller("alice", Role::Admin)
+        );
+        assert_eq!(
+            tokens.check(&board, Role::Read),
+            caller("board", Role::Read)
+        );
         assert_eq!(
             tokens.check(&board, Role::Admin),
             Err(Denial::Forbidden("board".into()))

@@ -430,9 +430,7 @@ async fn accept_known(
     if endpoint.tracer.enabled() {
         let client = client.map_or_else(String::new, |a| format!(" from {a}"));
         let via = format!("{} {}{client}", request.method, request.path);
-        endpoint
-            .tracer
-            .record_all(&name, &messages, crate::trace::Step::Accepted { via });
+        endpoint.tracer.record_accepted(&name, &messages, &via);
     }
     let commit = endpoint.queue.append_ingress(&name, &messages, &state);
     drop(reserved); // the store counts the messages now

@@ -1,0 +1,303 @@
+//! The status page in a real browser (headless Chromium) against the real binary with real
+//! data: an admin signs in with a token, sees the dead letter, the problem it makes, the recent
+//! message and graphs with points for each host; the replay button replays it and it is
+//! delivered once; its trace shows it. A read token sees everything but no buttons. Screenshots
+//! (desktop and phone width) are saved under `target/screenshots/` for review.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use tocsin_tests::browser::Browser;
+use tocsin_tests::process::{Port, Tocsin};
+use tocsin_tests::receiver::{Behaviour, Receiver};
+use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
+
+const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
+const READ_TOKEN: &str = "reader-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn write_tokens(env: &Env) -> std::path::PathBuf {
+    std::fs::write(env.path("alice.token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(env.path("board.token"), READ_TOKEN).unwrap();
+    let path = env.path("api-tokens.toml");
+    std::fs::write(
+        &path,
+        "[[token]]\nname = \"alice\"\nrole = \"admin\"\nsecret = \"file:alice.token\"\n\n\
+         [[token]]\nname = \"board\"\nrole = \"read\"\nsecret = \"file:board.token\"\n",
+    )
+    .unwrap();
+    path
+}
+
+async fn post(base: &str, pipeline: &str, body: Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/ingest/{pipeline}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+}
+
+async fn dead_letter_ids(base: &str) -> Vec<String> {
+    let letters: Vec<Value> = reqwest::Client::new()
+        .get(format!("{base}/api/v1/dead-letters"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    letters
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Signs in with `token` on a fresh load of the page.
+async fn sign_in(browser: &Browser, base: &str, token: &str) {
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.eval("sessionStorage.clear(); return true").await;
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser
+        .wait_for(
+            WAIT,
+            "the sign-in form",
+            "return !document.getElementById('signin').hidden",
+        )
+        .await;
+    let input = browser
+        .client
+        .find(fantoccini::Locator::Id("token"))
+        .await
+        .unwrap();
+    input.send_keys(token).await.unwrap();
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            WAIT,
+            "the page after signing in",
+            "return !document.getElementById('main').hidden && \
+             document.querySelectorAll('#pipelines tbody tr').length > 0",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host() {
+    let env = Env::new();
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Fail(400)); // refused for good: dead-lettered at once
+    env.write_pipeline(
+        "alerts",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}",
+            receiver.sink_toml("chat", "{ max_attempts = 1 }")
+        ),
+    );
+    env.mkdir("out");
+    env.write_pipeline(
+        "agents",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}match = {{ severity = \">= error\" }}\n",
+            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
+        ),
+    );
+    let tokens = write_tokens(&env);
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &["--api-tokens", tokens.to_str().unwrap()]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+
+    // Real data: samples of two hosts over the last hour, and an alert the chat refuses.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for minute in 0..12u64 {
+        for (host, base_cpu) in [("web1", 20.0), ("db1", 55.0)] {
+            post(
+                &base,
+                "agents",
+                json!({
+                    "id": format!("{host}-{minute}"),
+                    "body": "a sample",
+                    "timestamp_ms": now_ms - 5 * 60_000 * (11 - minute),
+                    "labels": {"host": host},
+                    "metrics": {"cpu-percent": base_cpu + (minute % 4) as f64 * 7.5, "load": 0.4},
+                }),
+            )
+            .await;
+        }
+    }
+    post(
+        &base,
+        "alerts",
+        json!({"id": "disk-full-web1", "summary": "Disk full on web1", "body": "/var at 99%"}),
+    )
+    .await;
+    for _ in 0..300 {
+        if dead_letter_ids(&base).await == ["disk-full-web1"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead_letter_ids(&base).await, ["disk-full-web1"]);
+    receiver.set(Behaviour::Accept);
+
+    let browser = Browser::start(1280, 1700).await;
+    sign_in(&browser, &base, ADMIN_TOKEN).await;
+    // What an admin sees: the dead letter with its buttons, the problem it makes, the recent
+    // message in its state, and a graph with points for each host.
+    let replay = "#dead-letters tr[data-id='disk-full-web1'] button.replay";
+    browser
+        .wait_for(
+            WAIT,
+            "the dead letter with a replay button",
+            &format!("return document.querySelector(\"{replay}\") !== null"),
+        )
+        .await;
+    let problems = browser
+        .eval("return document.getElementById('problems').innerText")
+        .await;
+    assert!(
+        problems
+            .as_str()
+            .unwrap()
+            .contains("alerts/chat: 1 dead letter"),
+        "{problems}"
+    );
+    let recent = browser
+        .eval(
+            "const r = document.querySelector(\"#recent tr[data-id='disk-full-web1']\"); \
+             return r ? r.innerText : null",
+        )
+        .await;
+    let recent = recent.as_str().expect("the alert among recent messages");
+    assert!(
+        recent.contains("Disk full on web1") && recent.contains("dead lettered"),
+        "{recent}"
+    );
+    browser
+        .wait_for(
+            WAIT,
+            "a cpu-percent graph with points for web1 and for db1",
+            "return ['web1', 'db1'].every(h => { \
+               const c = document.querySelector(`.host[data-host='${h}'] .chart[data-metric='cpu-percent']`); \
+               const line = c && c.querySelector('polyline'); \
+               return c !== null && Number(c.dataset.points) >= 2 && line !== null && \
+                 line.getAttribute('points').split(' ').length === Number(c.dataset.points); })",
+        )
+        .await;
+    let shot = browser.screenshot("status-page-desktop").await;
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "an empty screenshot"
+    );
+
+    // The replay button replays: the row goes, the message is delivered once.
+    browser
+        .client
+        .find(fantoccini::Locator::Css(replay))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            WAIT,
+            "the dead letter gone from the page",
+            "return document.querySelector(\"#dead-letters tr[data-id='disk-full-web1']\") === null",
+        )
+        .await;
+    wait_until(WAIT, "the replayed alert delivered", || {
+        receiver.visible_ids().contains("disk-full-web1")
+    })
+    .await;
+    assert!(dead_letter_ids(&base).await.is_empty());
+    // Its trace, from the recent list: refused, dead-lettered, replayed, delivered.
+    browser
+        .wait_for(
+            WAIT,
+            "the recent message shown as delivered",
+            "const r = document.querySelector(\"#recent tr[data-id='disk-full-web1']\"); \
+             return r !== null && r.innerText.includes('delivered')",
+        )
+        .await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css(
+            "#recent tr[data-id='disk-full-web1']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            WAIT,
+            "the trace of the alert",
+            "const t = document.getElementById('trace'); \
+             return !t.hidden && ['accepted', 'dead lettered', 'replayed', 'delivered'] \
+               .every(s => t.innerText.includes(s))",
+        )
+        .await;
+    let delivered = receiver
+        .visible()
+        .into_iter()
+        .filter(|r| r.id == "disk-full-web1")
+        .count();
+    assert_eq!(delivered, 1, "delivered once");
+
+    // On a phone: one column, nothing wider than the screen.
+    browser.client.set_window_size(390, 1400).await.unwrap();
+    browser
+        .wait_for(
+            WAIT,
+            "the page fitting a phone's width",
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+        )
+        .await;
+    browser.screenshot("status-page-phone").await;
+
+    // A read token sees the dead letters but no buttons.
+    receiver.set(Behaviour::Fail(400));
+    post(
+        &base,
+        "alerts",
+        json!({"id": "cpu-hot-db1", "summary": "CPU hot on db1", "body": "97% for 10 min"}),
+    )
+    .await;
+    browser.client.set_window_size(1280, 1700).await.unwrap();
+    sign_in(&browser, &base, READ_TOKEN).await;
+    browser
+        .wait_for(
+            WAIT,
+            "the new dead letter, for a reader",
+            "return document.querySelector(\"#dead-letters tr[data-id='cpu-hot-db1']\") !== null",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelectorAll('#dead-letters button').length")
+            .await,
+        json!(0)
+    );
+    let who = browser
+        .eval("return document.getElementById('who').innerText")
+        .await;
+    assert_eq!(who, json!("signed in as board (read)"));
+    browser.close().await;
+    tocsin.kill();
+}

@@ -90,6 +90,17 @@ impl Browser {
         path
     }
 
+    /// Clicks the element `css` selects.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` to click: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click `{css}`: {e}"));
+    }
+
     /// Runs `script` (a function body; `return` its value) in the page.
     pub async fn eval(&self, script: &str) -> serde_json::Value {
         self.client

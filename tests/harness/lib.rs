@@ -346,3 +346,23 @@ pub async fn post_json_message(base: &str, pipeline: &str, id: &str) -> u16 {
         .await
         .map_or(0, |r| r.status().as_u16())
 }
+
+/// The value of the `admin` token (`alice`) of [`write_api_tokens`].
+pub const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
+/// The value of the `read` token (`board`) of [`write_api_tokens`].
+pub const READ_TOKEN: &str = "reader-0123456789abcdef";
+
+/// Writes an `--api-tokens` file with an `admin` token named `alice` and a `read` token named
+/// `board` (values in files beside it); returns its path.
+pub fn write_api_tokens(env: &Env) -> PathBuf {
+    std::fs::write(env.path("alice.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    std::fs::write(env.path("board.token"), READ_TOKEN).unwrap();
+    let path = env.path("api-tokens.toml");
+    std::fs::write(
+        &path,
+        "[[token]]\nname = \"alice\"\nrole = \"admin\"\nsecret = \"file:alice.token\"\n\n\
+         [[token]]\nname = \"board\"\nrole = \"read\"\nsecret = \"file:board.token\"\n",
+    )
+    .unwrap();
+    path
+}

@@ -9,24 +9,9 @@ use serde_json::{json, Value};
 
 use tocsin_tests::process::{cli_with_token as cli, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
-
-const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
-const READ_TOKEN: &str = "reader-0123456789abcdef";
-
-/// A tokens file with an `admin` token named `alice` and a `read` token named `board`.
-fn write_tokens(env: &Env) -> std::path::PathBuf {
-    std::fs::write(env.path("alice.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
-    std::fs::write(env.path("board.token"), READ_TOKEN).unwrap();
-    let path = env.path("api-tokens.toml");
-    std::fs::write(
-        &path,
-        "[[token]]\nname = \"alice\"\nrole = \"admin\"\nsecret = \"file:alice.token\"\n\n\
-         [[token]]\nname = \"board\"\nrole = \"read\"\nsecret = \"file:board.token\"\n",
-    )
-    .unwrap();
-    path
-}
+use tocsin_tests::{
+    wait_until, write_api_tokens as write_tokens, Env, ADMIN_TOKEN, OPEN_JSON_SOURCE, READ_TOKEN,
+};
 
 async fn api(
     base: &str,

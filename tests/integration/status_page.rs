@@ -11,24 +11,9 @@ use serde_json::{json, Value};
 use tocsin_tests::browser::Browser;
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{wait_until, write_api_tokens, Env, ADMIN_TOKEN, OPEN_JSON_SOURCE, READ_TOKEN};
 
-const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
-const READ_TOKEN: &str = "reader-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn write_tokens(env: &Env) -> std::path::PathBuf {
-    std::fs::write(env.path("alice.token"), ADMIN_TOKEN).unwrap();
-    std::fs::write(env.path("board.token"), READ_TOKEN).unwrap();
-    let path = env.path("api-tokens.toml");
-    std::fs::write(
-        &path,
-        "[[token]]\nname = \"alice\"\nrole = \"admin\"\nsecret = \"file:alice.token\"\n\n\
-         [[token]]\nname = \"board\"\nrole = \"read\"\nsecret = \"file:board.token\"\n",
-    )
-    .unwrap();
-    path
-}
 
 async fn post(base: &str, pipeline: &str, body: Value) {
     let response = reqwest::Client::new()
@@ -74,14 +59,7 @@ async fn sign_in(browser: &Browser, base: &str, token: &str) {
         .await
         .unwrap();
     input.send_keys(token).await.unwrap();
-    browser
-        .client
-        .find(fantoccini::Locator::Css("#signin-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#signin-form button").await;
     browser
         .wait_for(
             WAIT,
@@ -112,7 +90,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
             tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
         ),
     );
-    let tokens = write_tokens(&env);
+    let tokens = write_api_tokens(&env);
     let port = Port::free();
     let mut tocsin = Tocsin::spawn(&env, &port, &["--api-tokens", tokens.to_str().unwrap()]);
     tocsin.wait_serving(&env, Duration::from_secs(60)).await;
@@ -205,14 +183,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
     );
 
     // The replay button replays: the row goes, the message is delivered once.
-    browser
-        .client
-        .find(fantoccini::Locator::Css(replay))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(replay).await;
     browser
         .wait_for(
             WAIT,
@@ -234,16 +205,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
              return r !== null && r.innerText.includes('delivered')",
         )
         .await;
-    browser
-        .client
-        .find(fantoccini::Locator::Css(
-            "#recent tr[data-id='disk-full-web1']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#recent tr[data-id='disk-full-web1']").await;
     browser
         .wait_for(
             WAIT,

@@ -220,17 +220,7 @@ impl SledStore {
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         for (pipeline, &bytes) in counted {
             if !trees.contains_key(pipeline) {
-                let tree = self
-                    .db
-                    .open_tree(format!("{TREE_PREFIX}{pipeline}"))
-                    .map_err(storage)?;
-                let tree = PipelineTree::new(
-                    pipeline,
-                    tree,
-                    bytes,
-                    self.total_bytes.clone(),
-                    self.values.clone(),
-                );
+                let tree = self.open_pipeline_tree(pipeline, Some(bytes))?;
                 trees.insert(pipeline.clone(), tree);
             }
         }
@@ -248,20 +238,28 @@ impl SledStore {
         if let Some(t) = trees.get(pipeline) {
             return Ok(t.clone());
         }
+        let tree = self.open_pipeline_tree(pipeline, None)?;
+        trees.insert(pipeline.to_string(), tree.clone());
+        Ok(tree)
+    }
+
+    /// Opens a pipeline's tree, holding `bytes` (counted now when `None`).
+    fn open_pipeline_tree(&self, pipeline: &str, bytes: Option<u64>) -> Result<PipelineTree> {
         let tree = self
             .db
             .open_tree(format!("{TREE_PREFIX}{pipeline}"))
             .map_err(storage)?;
-        let bytes = tree_bytes(&tree)?;
-        let tree = PipelineTree::new(
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => tree_bytes(&tree)?,
+        };
+        Ok(PipelineTree::new(
             pipeline,
             tree,
             bytes,
             self.total_bytes.clone(),
             self.values.clone(),
-        );
-        trees.insert(pipeline.to_string(), tree.clone());
-        Ok(tree)
+        ))
     }
 
     fn commit(&self) -> Commit {

@@ -224,7 +224,7 @@ pub struct Running {
     /// Its queue store.
     pub queue: Arc<dyn QueueStore>,
     /// Its status board.
-    pub board: tocsin::manager::StatusBoard,
+    pub board: tocsin::status::StatusBoard,
     /// `http://127.0.0.1:<port>` of its HTTP surface.
     pub base_url: String,
     /// `http://127.0.0.1:<port>` of its Janitor listener, when started with one.

@@ -1,10 +1,10 @@
-//! Sink queue head → `sink.deliver`, in order, with retry, backoff and dead letters.
+//! Sink queue head → `sink.deliver`, in order per alert, with retry, backoff and dead letters.
 //!
 //! With the default `concurrency = 1`, one message is in flight per sink: a retrying head
-//! blocks the queue, so "resolved" never overtakes "firing". With `concurrency = N`, the worker
-//! takes up to N due messages from the head, delivers them at once on N plugin instances and
-//! settles each outcome in queue order; messages of one round may arrive in any order, and a
-//! retried one after later ones — then the retrying head holds the queue again. Outcomes:
+//! blocks the queue, so "resolved" never overtakes "firing". With `concurrency = N`, up to N
+//! messages are delivered at once on N plugin instances, but never two of one ordering key
+//! (one alert: see [`crate::delivery_order`]): a key's messages go strictly in queue order,
+//! and a retrying message holds back only the later messages of its own key. Outcomes:
 //! - delivered → removed from the queue (with the state the sink wrote);
 //! - retryable, a plugin error or trap → attempt counted, retried after exponential backoff
 //!   with jitter;
@@ -13,9 +13,11 @@
 //!
 //! Every attempt carries the same idempotency key, `<pipeline>/<sink>/<message id>`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -24,9 +26,10 @@ use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
 use tocsin_runtime::{CallError, DeliveryOutcome, Stage, StateChanges};
 
-use crate::pipeline::{next_due, state_writes};
+use crate::delivery_order::{look_ahead, OrderKeys};
 use crate::status::{Counters, PipelineStatus, StageEvent};
 use crate::trace::Step;
+use crate::worker::{state_writes, IDLE_RECHECK};
 
 /// Delivers one sink's queue.
 pub struct DeliveryWorker {
@@ -54,40 +57,61 @@ pub struct DeliveryWorker {
 }
 
 impl DeliveryWorker {
-    /// Runs until cancelled.
+    /// Runs until cancelled, then lets the deliveries in flight finish and settles them.
+    ///
+    /// Whenever an instance is free, it reads the queue's head (a window of it) and starts
+    /// what [`pick`] allows — due entries whose key has nothing earlier in flight or waiting —
+    /// each on a free instance; each outcome is settled as soon as it arrives.
     pub async fn run(mut self) {
         let what = format!("the queue of {}/{}", self.pipeline, self.sink);
-        let (queue, ready, cancel) = (self.queue.clone(), self.ready.clone(), self.cancel.clone());
-        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
-        while let Some((seq, envelope)) =
-            next_due(|| queue.sink_head(&pipeline, &sink), &ready, &cancel, &what).await
-        {
-            let mut round = vec![(seq, envelope)];
-            if self.stages.len() > 1 {
+        let (ready, cancel) = (self.ready.clone(), self.cancel.clone());
+        let concurrency = self.stages.len().max(1);
+        let order = OrderKeys::for_concurrency(concurrency);
+        let window_len = order.window(concurrency);
+        let mut idle: Vec<Stage> = std::mem::take(&mut self.stages);
+        let mut running = FuturesUnordered::new();
+        let mut in_flight: HashMap<Seq, String> = HashMap::new();
+        loop {
+            let mut wake = IDLE_RECHECK;
+            if !cancel.is_cancelled() && !idle.is_empty() {
                 let now = now_ms();
-                if let Ok(heads) = queue.sink_heads(&pipeline, &sink, self.stages.len()) {
-                    let due: Vec<_> = heads
-                        .into_iter()
-                        .take_while(|(_, e)| e.not_before_ms <= now)
-                        .collect();
-                    if due.first().map(|(s, _)| *s) == Some(seq) {
-                        round = due;
+                let read = |limit| self.queue.sink_heads(&self.pipeline, &self.sink, limit);
+                match look_ahead(read, &order, window_len, &in_flight, idle.len(), now) {
+                    Ok((window, picked)) => {
+                        if let Some(due) = picked.next_due_ms {
+                            wake = wake.min(Duration::from_millis(due.saturating_sub(now)));
+                        }
+                        let mut entries: HashMap<Seq, Envelope> = window.into_iter().collect();
+                        for (seq, key) in picked.now {
+                            let (Some(envelope), Some(mut stage)) =
+                                (entries.remove(&seq), idle.pop())
+                            else {
+                                break;
+                            };
+                            let idempotency =
+                                idempotency_key(&self.pipeline, &self.sink, &envelope.message.id);
+                            in_flight.insert(seq, key);
+                            running.push(async move {
+                                let result = stage.deliver(&envelope.message, &idempotency).await;
+                                (stage, seq, envelope, result)
+                            });
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, "cannot read {what}"),
                 }
             }
-            // Deliver the round at once, one instance each; settle in queue order.
-            let (pipeline_name, sink_name) = (&self.pipeline, &self.sink);
-            let calls =
-                self.stages
-                    .iter_mut()
-                    .zip(&round)
-                    .map(|(stage, (_, envelope))| async move {
-                        let key = idempotency_key(pipeline_name, sink_name, &envelope.message.id);
-                        stage.deliver(&envelope.message, &key).await
-                    });
-            let results = futures::future::join_all(calls).await;
-            for ((seq, envelope), result) in round.into_iter().zip(results) {
-                self.settle(seq, envelope, result).await;
+            if cancel.is_cancelled() && running.is_empty() {
+                return;
+            }
+            tokio::select! {
+                Some((stage, seq, envelope, result)) = running.next(), if !running.is_empty() => {
+                    idle.push(stage);
+                    in_flight.remove(&seq);
+                    self.settle(seq, envelope, result).await;
+                }
+                _ = ready.notified(), if !cancel.is_cancelled() => {}
+                _ = tokio::time::sleep(wake), if !cancel.is_cancelled() => {}
+                _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
             }
         }
     }

@@ -16,13 +16,24 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use tocsin_config::RetryPolicy;
+use tocsin_config::{RetryPolicy, Route};
 use tocsin_message::Message;
 use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_QUEUE};
 use tocsin_runtime::{CallError, Stage};
 
-use crate::pipeline::{next_due, sleep_or_cancel, state_writes, SinkRoute, IDLE_RECHECK};
 use crate::status::{Counters, PipelineStatus, StageEvent};
+use crate::worker::{next_due, sleep_or_cancel, state_writes, IDLE_RECHECK};
+
+/// A sink as the filter worker routes to it.
+#[derive(Clone)]
+pub struct SinkRoute {
+    /// The sink's name.
+    pub name: String,
+    /// Which messages it takes.
+    pub route: Route,
+    /// Woken when its queue grows.
+    pub ready: Arc<Notify>,
+}
 
 /// Moves one pipeline's ingress through its filters.
 pub struct FilterWorker {

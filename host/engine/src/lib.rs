@@ -11,7 +11,8 @@
 //!   pipeline registers its decoder with [`ingest`] instead of running a scheduler):
 //!   - [`schedule`]: cron ticks → `source.poll` → ingress queue;
 //!   - [`filtering`]: ingress head → filters → one atomic hand-over to the sink queues;
-//!   - [`delivery`]: each sink queue head → `sink.deliver`, with retry, backoff and dead letters.
+//!   - [`delivery`]: each sink queue head → `sink.deliver`, with retry, backoff and dead letters;
+//!     [`delivery_order`] picks what may go at once (order per alert, not per sink).
 //! - [`ingest`]: the HTTP surface — `POST /ingest/{pipeline}` (auth checked by the host,
 //!   then the pipeline's decoder plugin, then a durable append before 202) and `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, Prometheus text: counters, queue depths, delivery latency.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod behaviour;
 pub mod budget;
 pub mod delivery;
+pub mod delivery_order;
 pub mod dry_run;
 pub mod filtering;
 pub mod history;
@@ -54,5 +56,6 @@ pub mod status;
 pub mod status_page;
 pub mod trace;
 pub mod watchdog;
+pub mod worker;
 
 pub use settings::Settings;

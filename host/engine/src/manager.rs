@@ -16,10 +16,8 @@ use tocsin_config::{load_dir_files, parse_pipeline, MachineCheck, PipelineSpec};
 
 use crate::pipeline::{start, RunningPipeline, Shared};
 use crate::settings::Settings;
+use crate::status::StatusBoard;
 use crate::status::{PipelineState, PipelineStatus};
-
-/// The statuses of every known pipeline, shared with whoever reports them.
-pub type StatusBoard = Arc<Mutex<BTreeMap<String, Arc<PipelineStatus>>>>;
 
 /// An empty status board.
 pub fn new_board() -> StatusBoard {

@@ -20,8 +20,7 @@ use prometheus_client::registry::Registry;
 
 use tocsin_queue::{QueueStore, FILTERS_QUEUE};
 
-use crate::manager::StatusBoard;
-use crate::status::{Counters, PipelineState, PipelineStatus};
+use crate::status::{Counters, PipelineState, PipelineStatus, StatusBoard};
 
 /// Labels of a per-sink series.
 pub type SinkLabels = Vec<(&'static str, String)>;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use tocsin_queue::{Envelope, QueueError, QueueStore, Seq};
 
-use crate::manager::StatusBoard;
+use crate::status::StatusBoard;
 use crate::status::{PipelineState, PipelineStatus};
 
 /// The queue name of a pipeline's ingress (what its source produced, waiting for the filters).

@@ -7,12 +7,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use tocsin_config::{PipelineSpec, Route, StageSpec, Trigger};
-use tocsin_queue::{QueueStore, StateWrite};
-use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateChanges, StateReader};
+use tocsin_config::{PipelineSpec, StageSpec, Trigger};
+use tocsin_queue::QueueStore;
+use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateReader};
 
 use crate::delivery::DeliveryWorker;
-use crate::filtering::{FilterWorker, PendingState};
+use crate::filtering::{FilterWorker, PendingState, SinkRoute};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestEndpoint, IngestTable};
 use crate::schedule::Scheduler;
@@ -123,29 +123,6 @@ impl StateReader for PendingFirst {
             None => self.committed.get(key),
         }
     }
-}
-
-/// Turns a call's state changes into writes owned by `stage`.
-pub fn state_writes(stage: &str, changes: StateChanges) -> Vec<StateWrite> {
-    changes
-        .into_iter()
-        .map(|(key, value)| StateWrite {
-            stage: stage.to_string(),
-            key,
-            value,
-        })
-        .collect()
-}
-
-/// A sink as the filter worker routes to it.
-#[derive(Clone)]
-pub struct SinkRoute {
-    /// The sink's name.
-    pub name: String,
-    /// Which messages it takes.
-    pub route: Route,
-    /// Woken when its queue grows.
-    pub ready: Arc<Notify>,
 }
 
 /// Builds the pipeline's stages (loading, checking and initialising every plugin) and starts
@@ -399,52 +376,4 @@ pub async fn load_stage_plugin(
         ));
     }
     Ok(plugin)
-}
-
-/// Waits until the head of a queue is due and returns it; `None` once cancelled.
-///
-/// `head` reads the queue's oldest entry. An empty queue waits for `ready` (or an idle
-/// recheck); a head whose `not_before_ms` lies ahead waits until then; a read error is logged
-/// as `what` and retried.
-pub async fn next_due(
-    mut head: impl FnMut() -> tocsin_queue::Result<Option<(tocsin_queue::Seq, tocsin_queue::Envelope)>>,
-    ready: &Notify,
-    cancel: &CancellationToken,
-    what: &str,
-) -> Option<(tocsin_queue::Seq, tocsin_queue::Envelope)> {
-    while !cancel.is_cancelled() {
-        match head() {
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read {what}");
-                sleep_or_cancel(IDLE_RECHECK, cancel).await;
-            }
-            Ok(None) => {
-                tokio::select! {
-                    _ = ready.notified() => {}
-                    _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(IDLE_RECHECK) => {}
-                }
-            }
-            Ok(Some((seq, envelope))) => {
-                let now = tocsin_queue::now_ms();
-                if envelope.not_before_ms <= now {
-                    return Some((seq, envelope));
-                }
-                let wait = Duration::from_millis(envelope.not_before_ms - now);
-                sleep_or_cancel(wait, cancel).await;
-            }
-        }
-    }
-    None
-}
-
-/// How often an idle worker looks at its queue even without a wake-up.
-pub const IDLE_RECHECK: Duration = Duration::from_secs(1);
-
-/// Sleeps for `duration` unless cancelled first; returns `false` when cancelled.
-pub async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => true,
-        _ = cancel.cancelled() => false,
-    }
 }

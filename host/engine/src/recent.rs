@@ -6,10 +6,39 @@
 //! durable and as bounded as the trace itself.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::trace::{Step, TraceEvent};
+use crate::trace::{Step, TraceEvent, Tracer};
+
+/// The most messages `GET /recent` lists.
+pub const MAX_RECENT: usize = 500;
+/// How far back [`recent_messages`] looks, widening until it has found enough.
+const WINDOWS: [Duration; 3] = [
+    Duration::from_secs(3600),
+    Duration::from_secs(24 * 3600),
+    Duration::from_secs(30 * 24 * 3600),
+];
+
+/// The `limit` messages accepted most recently (of `pipeline`, or of all) and where each is
+/// now, newest first: the last hour's trace first, then wider windows while fewer were found.
+pub fn recent_messages(
+    tracer: &Tracer,
+    pipeline: Option<&str>,
+    limit: usize,
+) -> Result<Vec<RecentMessage>, tocsin_queue::QueueError> {
+    let now = tocsin_queue::now_ms();
+    let mut found = Vec::new();
+    for window in WINDOWS {
+        let from = now.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        found = recent(&tracer.events_since(pipeline, from)?, limit);
+        if found.len() >= limit {
+            break;
+        }
+    }
+    Ok(found)
+}
 
 /// One recent message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use tocsin_config::ScheduleSpec;
 use tocsin_queue::QueueStore;
 use tocsin_runtime::{CallError, Stage};
 
-use crate::pipeline::{sleep_or_cancel, state_writes};
 use crate::status::{Counters, PipelineStatus};
+use crate::worker::{sleep_or_cancel, state_writes};
 
 /// Runs a scheduled source.
 pub struct Scheduler {

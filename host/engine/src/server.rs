@@ -11,9 +11,10 @@ use tocsin_queue::{QueueStore, SledStore};
 use tocsin_runtime::{Runtime, RuntimeConfig};
 
 use crate::ingest::IngestTable;
-use crate::manager::{Manager, StatusBoard};
+use crate::manager::Manager;
 use crate::pipeline::Shared;
 use crate::settings::Settings;
+use crate::status::StatusBoard;
 
 /// How long file events are collected before the directory is re-read (editors write a file
 /// in several steps).

@@ -265,3 +265,6 @@ impl PipelineStatus {
             .collect()
     }
 }
+
+/// The statuses of every known pipeline, shared with whoever reports them.
+pub type StatusBoard = Arc<Mutex<BTreeMap<String, Arc<PipelineStatus>>>>;

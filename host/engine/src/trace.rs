@@ -30,14 +30,6 @@ pub const MAX_PENDING: usize = 200_000;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Characters of a message's summary kept with its `accepted` step.
 pub const SUMMARY_CHARS: usize = 120;
-/// The most messages `GET /recent` lists.
-pub const MAX_RECENT: usize = 500;
-/// How far back [`Tracer::recent`] looks, widening until it has found enough.
-const RECENT_WINDOWS: [Duration; 3] = [
-    Duration::from_secs(3600),
-    Duration::from_secs(24 * 3600),
-    Duration::from_secs(30 * 24 * 3600),
-];
 
 /// The default number of records kept per pipeline.
 pub const DEFAULT_MAX_PER_PIPELINE: usize = 100_000;
@@ -326,37 +318,27 @@ impl Tracer {
 }
 
 impl Tracer {
-    /// The `limit` messages accepted most recently (of `pipeline`, or of all) and where each
-    /// is now, newest first: the last hour's trace first, then wider windows while fewer were
-    /// found.
-    pub fn recent(
+    /// Every step recorded since about `from_ms` (whole writes begun at or after it), of
+    /// `pipeline` or of all, with their pipelines.
+    pub fn events_since(
         &self,
         pipeline: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<crate::recent::RecentMessage>, tocsin_queue::QueueError> {
+        from_ms: u64,
+    ) -> Result<Vec<(String, TraceEvent)>, tocsin_queue::QueueError> {
         self.flush();
         let pipelines = match pipeline {
             Some(p) => vec![p.to_string()],
             None => self.queue.traced_pipelines()?,
         };
-        let now = tocsin_queue::now_ms();
-        let mut found = Vec::new();
-        for window in RECENT_WINDOWS {
-            let from = now.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
-            let mut events = Vec::new();
-            for p in &pipelines {
-                self.queue.trace_scan_since(p, from, &mut |bytes| {
-                    if let Ok(event) = serde_json::from_slice::<TraceEvent>(bytes) {
-                        events.push((p.clone(), event));
-                    }
-                })?;
-            }
-            found = crate::recent::recent(&events, limit);
-            if found.len() >= limit {
-                break;
-            }
+        let mut events = Vec::new();
+        for p in &pipelines {
+            self.queue.trace_scan_since(p, from_ms, &mut |bytes| {
+                if let Ok(event) = serde_json::from_slice::<TraceEvent>(bytes) {
+                    events.push((p.clone(), event));
+                }
+            })?;
         }
-        Ok(found)
+        Ok(events)
     }
 }
 

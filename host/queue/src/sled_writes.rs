@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use crate::value_files::{spill_over, value_len, Pointer, Unreadable, ValueFiles};
+use crate::value_files::{
+    value_len, Pointer, Unreadable, ValueFiles, SPILL_INGRESS_OVER, SPILL_OVER,
+};
 
 fn storage(e: impl std::fmt::Display) -> crate::QueueError {
     crate::QueueError::Storage(e.to_string())
@@ -181,6 +183,14 @@ pub(crate) fn queue_of(pipeline: &str, key: &[u8]) -> String {
     }
 }
 
+/// The size over which the message record under `key` is kept in a value file.
+pub(crate) fn spill_over(key: &[u8]) -> usize {
+    match key.first() {
+        Some(&INGRESS) => SPILL_INGRESS_OVER,
+        _ => SPILL_OVER,
+    }
+}
+
 /// Whether the record under `key` holds messages, whose value may be spilled to a value file.
 pub(crate) fn holds_message(key: &[u8]) -> bool {
     matches!(key.first(), Some(&(INGRESS | SINK | DEAD)))
@@ -243,7 +253,7 @@ impl Writes {
     pub(crate) fn apply(mut self, tree: &PipelineTree) -> std::result::Result<(), sled::Error> {
         let mut spilled = Vec::new();
         for (key, value, _) in &mut self.0 {
-            let Some(v) = value.as_mut().filter(|v| v.len() > spill_over(key.first())) else {
+            let Some(v) = value.as_mut().filter(|v| v.len() > spill_over(key)) else {
                 continue;
             };
             if !holds_message(key) {

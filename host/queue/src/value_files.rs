@@ -47,14 +47,6 @@ pub(crate) const SPILL_INGRESS_OVER: usize = 64 << 10;
 /// Threads that sync the files of one group commit.
 const SYNC_THREADS: usize = 8;
 
-/// The size over which the record under `key` (of kind `kind`) is kept in a value file.
-pub(crate) fn spill_over(kind: Option<&u8>) -> usize {
-    match kind {
-        Some(&crate::sled_writes::INGRESS) => SPILL_INGRESS_OVER,
-        _ => SPILL_OVER,
-    }
-}
-
 /// First byte of a pointer: never a record format version (those count up from 1).
 const POINTER_TAG: u8 = 0xF5;
 /// Bytes of the value copied into its pointer, so a record's header (an ingress record's

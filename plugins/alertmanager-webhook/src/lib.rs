@@ -161,6 +161,9 @@ impl Decoder for AlertmanagerWebhook {
                     m.set_label(k, v.clone());
                 }
                 m.set_label("status", alert.status.clone());
+                // The alert's identity across its notifications: a sink with `concurrency`
+                // keeps each alert's messages in order by it ("resolved" after "firing").
+                m.set_label("fingerprint", alert.fingerprint.clone());
                 if !payload.receiver.is_empty() {
                     m.set_label("receiver", payload.receiver.clone());
                 }
@@ -221,6 +224,7 @@ mod tests {
         assert_eq!(ms[0].body, "/ is 99 % full");
         assert_eq!(ms[0].label("instance"), Some("db1"));
         assert_eq!(ms[0].label("status"), Some("firing"));
+        assert_eq!(ms[0].label("fingerprint"), Some("c0ffee1234"));
         assert_eq!(ms[1].severity, Severity::Info);
         // No description: the summary is the body, said once.
         assert_eq!(ms[1].summary, None);

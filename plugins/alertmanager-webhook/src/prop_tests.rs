@@ -151,8 +151,9 @@ proptest! {
             };
             prop_assert_eq!(m.severity, expected_severity);
             prop_assert_eq!(m.label("status"), Some(status.as_str()));
+            prop_assert_eq!(m.label("fingerprint"), a["fingerprint"].as_str());
             for (k, v) in a["labels"].as_object().unwrap() {
-                if !matches!(k.as_str(), "status" | "receiver" | "generator-url") {
+                if !matches!(k.as_str(), "status" | "receiver" | "generator-url" | "fingerprint") {
                     prop_assert_eq!(m.label(k), v.as_str());
                 }
             }

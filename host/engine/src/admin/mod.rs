@@ -25,8 +25,9 @@ use serde_json::json;
 
 use tocsin_queue::{QueueError, QueueStore};
 
-use crate::manager::{Command, CommandRequest, StatusBoard};
+use crate::manager::{Command, CommandRequest};
 use crate::operator::{self, Selection};
+use crate::status::StatusBoard;
 use tokens::{ApiTokens, Caller, Denial, Role};
 
 /// The path every route of this version starts with.
@@ -191,9 +192,13 @@ struct RecentQuery {
 
 /// The most recent messages and where each is now.
 async fn recent(State(state): State<AdminState>, Query(query): Query<RecentQuery>) -> Response {
-    let limit = query.limit.unwrap_or(25).clamp(1, crate::trace::MAX_RECENT);
+    let limit = query
+        .limit
+        .unwrap_or(25)
+        .clamp(1, crate::recent::MAX_RECENT);
     let tracer = state.tracer.clone();
-    match blocking(move || tracer.recent(query.pipeline.as_deref(), limit)).await {
+    let recent = move || crate::recent::recent_messages(&tracer, query.pipeline.as_deref(), limit);
+    match blocking(recent).await {
         Ok(messages) => Json(messages).into_response(),
         Err(response) => response,
     }

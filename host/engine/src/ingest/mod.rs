@@ -29,9 +29,9 @@ use tokio::sync::{Mutex, Notify, Semaphore};
 use tocsin_queue::QueueStore;
 use tocsin_runtime::{IngestRequest, Stage};
 
-use crate::pipeline::state_writes;
 use crate::settings::HttpLimits;
 use crate::status::PipelineStatus;
+use crate::worker::state_writes;
 use auth::Authenticator;
 
 /// Seconds a client is asked to wait when its request cannot be persisted.
@@ -71,12 +71,12 @@ pub struct IngestTable {
     reloading: Arc<RwLock<HashSet<String>>>,
     /// Every known pipeline's state: one that is not running (failed to start, disabled)
     /// answers 503 with its state, not 404.
-    board: crate::manager::StatusBoard,
+    board: crate::status::StatusBoard,
 }
 
 impl IngestTable {
     /// An empty table that tells pipelines of `board` that are not running from unknown ones.
-    pub fn with_board(board: crate::manager::StatusBoard) -> Self {
+    pub fn with_board(board: crate::status::StatusBoard) -> Self {
         IngestTable {
             board,
             ..IngestTable::default()

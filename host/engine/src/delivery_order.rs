@@ -1,0 +1,321 @@
+//! Which queued messages a sink may deliver next: order per alert, not per sink.
+//!
+//! Every message has an *ordering key*. Messages of one key are delivered strictly in queue
+//! order — one at a time, and a message waiting for its retry holds back the later messages of
+//! its key — while messages of different keys are delivered side by side, up to the sink's
+//! `concurrency`. So a storm of different alerts goes out at once, and an alert's "resolved"
+//! never overtakes its "firing".
+//!
+//! The key ([`OrderKeys::key`]): with `concurrency = 1`, one key for the whole sink (strict
+//! queue order, as before); otherwise the message's `fingerprint` label — the alert identity
+//! Alertmanager gives, which any decoder may set — and else its id.
+
+use std::collections::{HashMap, HashSet};
+
+use tocsin_queue::{Envelope, Seq};
+
+/// The label holding an alert's identity across its notifications (firing, resolved,
+/// repeats), when a decoder knows one.
+pub const IDENTITY_LABEL: &str = "fingerprint";
+
+/// How a sink's messages are keyed for ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderKeys {
+    /// One key for the whole sink (`concurrency = 1`).
+    whole_sink: bool,
+}
+
+impl OrderKeys {
+    /// The keys of a sink delivering up to `concurrency` messages at once.
+    pub fn for_concurrency(concurrency: usize) -> Self {
+        OrderKeys {
+            whole_sink: concurrency <= 1,
+        }
+    }
+
+    /// The ordering key of `envelope`'s message.
+    pub fn key(&self, envelope: &Envelope) -> String {
+        if self.whole_sink {
+            return String::new();
+        }
+        match envelope.message.label(IDENTITY_LABEL) {
+            Some(identity) => format!("f:{identity}"),
+            None => format!("i:{}", envelope.message.id),
+        }
+    }
+
+    /// Whether the whole sink is one key (nothing can pass a held head).
+    pub fn whole_sink(&self) -> bool {
+        self.whole_sink
+    }
+
+    /// How many queue entries from the head to look at for `concurrency` deliveries: a few
+    /// per slot, so keys held back by a retry do not starve the others; one for the whole
+    /// sink.
+    pub fn window(&self, concurrency: usize) -> usize {
+        if self.whole_sink {
+            1
+        } else {
+            concurrency.saturating_mul(4).max(1)
+        }
+    }
+}
+
+/// What [`pick`] chose.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Picked {
+    /// The entries to deliver now, in queue order, with their keys.
+    pub now: Vec<(Seq, String)>,
+    /// The earliest time (ms since the epoch) an entry of the window that waits for its retry
+    /// becomes due.
+    pub next_due_ms: Option<u64>,
+}
+
+/// The most queue entries a sink's worker reads past its head to find an alert it may deliver.
+pub const MAX_LOOK_AHEAD: usize = 1024;
+
+/// Reads the queue's head with `read(limit)` and picks what may go to `free` instances now: a
+/// window of `window_len` entries past those `in_flight` (seq → key), widened (up to
+/// [`MAX_LOOK_AHEAD`]) while it is all held back by a few alerts' earlier messages and more is
+/// queued — so one alert's backlog waiting for a retry does not hold back the others.
+pub fn look_ahead<E>(
+    mut read: impl FnMut(usize) -> Result<Vec<(Seq, Envelope)>, E>,
+    order: &OrderKeys,
+    window_len: usize,
+    in_flight: &HashMap<Seq, String>,
+    free: usize,
+    now_ms: u64,
+) -> Result<(Vec<(Seq, Envelope)>, Picked), E> {
+    let busy: HashSet<String> = in_flight.values().cloned().collect();
+    let mut len = window_len;
+    loop {
+        let limit = len + in_flight.len();
+        let heads = read(limit)?;
+        let more_queued = heads.len() >= limit;
+        let window: Vec<(Seq, Envelope)> = heads
+            .into_iter()
+            .filter(|(seq, _)| !in_flight.contains_key(seq))
+            .collect();
+        let picked = pick(&window, order, &busy, free, now_ms);
+        let done = picked.now.len() >= free || !more_queued || order.whole_sink();
+        if done || len >= MAX_LOOK_AHEAD {
+            return Ok((window, picked));
+        }
+        len = (len * 4).min(MAX_LOOK_AHEAD);
+    }
+}
+
+/// Chooses up to `free` entries of `window` (the queue's head, in order) to deliver now.
+///
+/// An entry goes when it is due and no earlier entry of its key is in flight (`in_flight`:
+/// the keys being delivered) or still queued before it — whatever that entry waits for.
+pub fn pick(
+    window: &[(Seq, Envelope)],
+    keys: &OrderKeys,
+    in_flight: &HashSet<String>,
+    free: usize,
+    now_ms: u64,
+) -> Picked {
+    let mut held: HashSet<String> = in_flight.clone();
+    let mut picked = Picked::default();
+    for (seq, envelope) in window {
+        if picked.now.len() >= free {
+            break;
+        }
+        let key = keys.key(envelope);
+        if held.contains(&key) {
+            continue;
+        }
+        held.insert(key.clone());
+        if envelope.not_before_ms > now_ms {
+            let due = picked
+                .next_due_ms
+                .map_or(envelope.not_before_ms, |t| t.min(envelope.not_before_ms));
+            picked.next_due_ms = Some(due);
+            continue;
+        }
+        picked.now.push((*seq, key));
+    }
+    picked
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use proptest::prelude::*;
+    use tocsin_message::Message;
+
+    use super::*;
+
+    fn envelope(id: &str, fingerprint: Option<&str>) -> Envelope {
+        let message = Message {
+            id: id.to_string(),
+            timestamp_ms: 1,
+            severity: tocsin_message::Severity::Error,
+            summary: None,
+            body: "body".to_string(),
+            labels: fingerprint
+                .map(|fp| vec![(IDENTITY_LABEL.to_string(), fp.to_string())])
+                .unwrap_or_default(),
+            metrics: vec![],
+            payload: None,
+        };
+        Envelope::new(message, 1)
+    }
+
+    #[test]
+    fn one_key_per_alert_and_one_for_a_sink_of_concurrency_one() {
+        let firing = envelope("fp1-firing", Some("fp1"));
+        let resolved = envelope("fp1-resolved", Some("fp1"));
+        let other = envelope("x", None);
+        let keys = OrderKeys::for_concurrency(8);
+        assert_eq!(keys.key(&firing), keys.key(&resolved));
+        assert_ne!(keys.key(&firing), keys.key(&other));
+        let strict = OrderKeys::for_concurrency(1);
+        assert_eq!(strict.key(&firing), strict.key(&other));
+        assert_eq!(strict.window(1), 1);
+    }
+
+    #[test]
+    fn a_retrying_message_holds_back_its_key_only() {
+        let mut waiting = envelope("a1", Some("a"));
+        waiting.not_before_ms = 500;
+        let window = vec![
+            (1, waiting),
+            (2, envelope("a2", Some("a"))),
+            (3, envelope("b1", Some("b"))),
+            (4, envelope("c1", Some("c"))),
+            (5, envelope("c2", Some("c"))),
+        ];
+        let keys = OrderKeys::for_concurrency(8);
+        let picked = pick(&window, &keys, &HashSet::new(), 8, 100);
+        let seqs: Vec<Seq> = picked.now.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [3, 4], "a2 waits behind a1, c2 behind c1");
+        assert_eq!(picked.next_due_ms, Some(500));
+        // With `b` in flight and one slot free, only c1 goes.
+        let busy = HashSet::from([keys.key(&window[2].1)]);
+        let picked = pick(&window, &keys, &busy, 1, 100);
+        assert_eq!(picked.now.len(), 1);
+        assert_eq!(picked.now[0].0, 4);
+    }
+
+    /// What happens to one delivery attempt in the model.
+    #[derive(Debug, Clone, Copy)]
+    enum Outcome {
+        Delivered,
+        Retry,
+        Refused,
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            6 => Just(Outcome::Delivered),
+            3 => Just(Outcome::Retry),
+            1 => Just(Outcome::Refused),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A model of the worker: a queue of messages of a few keys, deliveries that finish in
+        /// random order with random outcomes, retries that come due later. Whatever happens,
+        /// each key's messages are delivered (or dead-lettered) in queue order, never two of
+        /// one key at once, and every message ends delivered or dead-lettered exactly once.
+        #[test]
+        fn prop_per_key_order_holds_and_nothing_is_lost(
+            keys_of in prop::collection::vec(prop_oneof![8 => Just(0u8), 1 => 1..4u8], 1..60),
+            concurrency in 1..6usize,
+            outcomes in prop::collection::vec(outcome(), 200),
+            finish_order in prop::collection::vec(any::<prop::sample::Index>(), 200),
+        ) {
+            let order = OrderKeys::for_concurrency(concurrency);
+            let mut queue: BTreeMap<Seq, Envelope> = keys_of
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (i as Seq, envelope(&format!("m{i}"), Some(&format!("k{k}")))))
+                .collect();
+            let key_of: HashMap<Seq, u8> =
+                keys_of.iter().enumerate().map(|(i, k)| (i as Seq, *k)).collect();
+            let mut in_flight: HashMap<Seq, String> = HashMap::new();
+            let mut settled: Vec<Seq> = Vec::new();
+            let (mut outcomes, mut finishes) = (outcomes.into_iter().cycle(), finish_order.into_iter().cycle());
+            let mut now = 0u64;
+            for _ in 0..10_000 {
+                if queue.is_empty() {
+                    break;
+                }
+                let read = |limit: usize| -> Result<Vec<(Seq, Envelope)>, ()> {
+                    Ok(queue.iter().take(limit).map(|(s, e)| (*s, e.clone())).collect())
+                };
+                let busy: HashSet<String> = in_flight.values().cloned().collect();
+                let free = concurrency - in_flight.len();
+                let window_len = order.window(concurrency);
+                let (_, picked) = look_ahead(read, &order, window_len, &in_flight, free, now).unwrap();
+                if picked.now.is_empty() && free > 0 {
+                    // Nothing went: then nothing queued may go — every due entry has an
+                    // earlier entry of its alert queued, or its alert in flight.
+                    let mut held = busy.clone();
+                    for (seq, entry) in &queue {
+                        let key = order.key(entry);
+                        let free_to_go = !held.contains(&key)
+                            && !in_flight.contains_key(seq)
+                            && entry.not_before_ms <= now;
+                        prop_assert!(!free_to_go, "{} could go but was not picked", seq);
+                        held.insert(key);
+                    }
+                }
+                for (seq, key) in &picked.now {
+                    prop_assert!(!busy.contains(key), "two of one key in flight");
+                    // Nothing earlier of its key is still queued.
+                    let earlier = queue.keys().take_while(|s| *s < seq).any(|s| {
+                        order.key(&queue[s]) == *key
+                    });
+                    prop_assert!(!earlier, "{seq} overtook an earlier message of its key");
+                }
+                in_flight.extend(picked.now);
+                if in_flight.is_empty() {
+                    // Everything waits for a retry: the clock moves on to the first due.
+                    now = picked.next_due_ms.expect("something is due later");
+                    continue;
+                }
+                // One delivery finishes, not necessarily the oldest.
+                let mut flying: Vec<Seq> = in_flight.keys().copied().collect();
+                flying.sort_unstable();
+                let seq = flying[finishes.next().unwrap().index(flying.len())];
+                in_flight.remove(&seq);
+                match outcomes.next().unwrap() {
+                    Outcome::Delivered | Outcome::Refused => {
+                        queue.remove(&seq);
+                        settled.push(seq);
+                    }
+                    Outcome::Retry => {
+                        let entry = queue.get_mut(&seq).unwrap();
+                        entry.attempts += 1;
+                        if entry.attempts >= 5 {
+                            queue.remove(&seq);
+                            settled.push(seq);
+                        } else {
+                            entry.not_before_ms = now + 10;
+                        }
+                    }
+                }
+                now += 1;
+            }
+            prop_assert!(queue.is_empty(), "left queued: {:?}", queue.keys().collect::<Vec<_>>());
+            prop_assert_eq!(settled.len(), keys_of.len(), "each settled once");
+            for k in 0..4u8 {
+                let of_key: Vec<Seq> = settled.iter().copied().filter(|s| key_of[s] == k).collect();
+                let mut sorted = of_key.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(of_key, sorted, "key k{} out of order", k);
+            }
+            if concurrency == 1 {
+                let mut sorted = settled.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(settled, sorted, "concurrency 1 keeps the whole sink in order");
+            }
+        }
+    }
+}

@@ -32,6 +32,8 @@ pub enum Behaviour {
     },
     /// 200, but only after this long.
     Hold(Duration),
+    /// This status for messages whose id starts with the prefix; 200 for the others.
+    FailIds(&'static str, u16),
 }
 
 /// One request as received.
@@ -249,6 +251,16 @@ async fn receive(
         Behaviour::Hold(how_long) => {
             tokio::time::sleep(how_long).await;
             StatusCode::OK.into_response()
+        }
+        Behaviour::FailIds(prefix, status) => {
+            let id = inner.requests.lock().unwrap()[index].id.clone();
+            if id.starts_with(prefix) {
+                StatusCode::from_u16(status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
         }
     };
     inner.requests.lock().unwrap()[index].answered = response.status().as_u16();

@@ -21,6 +21,7 @@
 //! - `lock`: a second process on a data directory in use is told so, with the holder's pid.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
+//! - `ordering`: order per alert: a resolved never overtakes its firing, other alerts go on.
 //! - `outbound`: sinks' HTTP: one kept-alive connection; Content-Length, never chunked, for
 //!   every sink; HTTPS with an operator's CA, and without.
 //! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
@@ -50,6 +51,7 @@ mod ingest;
 mod janitor;
 mod lock;
 mod matrix;
+mod ordering;
 mod outbound;
 mod packaging;
 mod pipeline_test;

@@ -242,6 +242,9 @@ impl Filter for Threshold {
         }
         out.severity = level.severity();
         out.set_label("previous-level", current.word().to_ascii_lowercase());
+        // The problem's identity across its notifications (firing, reminders, resolved): a
+        // sink with `concurrency` keeps them in order by it.
+        out.set_label("fingerprint", format!("{}/{}", self.name, key.join("/")));
         Ok(vec![out])
     }
 }

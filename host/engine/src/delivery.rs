@@ -26,7 +26,7 @@ use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
 use tocsin_runtime::{CallError, DeliveryOutcome, Stage, StateChanges};
 
-use crate::delivery_order::{look_ahead, OrderKeys};
+use crate::delivery_order::{HeadCache, OrderKeys};
 use crate::status::{Counters, PipelineStatus, StageEvent};
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
@@ -71,22 +71,21 @@ impl DeliveryWorker {
         let mut idle: Vec<Stage> = std::mem::take(&mut self.stages);
         let mut running = FuturesUnordered::new();
         let mut in_flight: HashMap<Seq, String> = HashMap::new();
+        let mut head = HeadCache::new();
         loop {
             let mut wake = IDLE_RECHECK;
             if !cancel.is_cancelled() && !idle.is_empty() {
                 let now = now_ms();
                 let read = |limit| self.queue.sink_heads(&self.pipeline, &self.sink, limit);
-                match look_ahead(read, &order, window_len, &in_flight, idle.len(), now) {
-                    Ok((window, picked)) => {
-                        if let Some(due) = picked.next_due_ms {
+                match head.take(read, &order, window_len, &in_flight, idle.len(), now) {
+                    Ok((taken, next_due_ms)) => {
+                        if let Some(due) = next_due_ms {
                             wake = wake.min(Duration::from_millis(due.saturating_sub(now)));
                         }
-                        let mut entries: HashMap<Seq, Envelope> = window.into_iter().collect();
-                        for (seq, key) in picked.now {
-                            let (Some(envelope), Some(mut stage)) =
-                                (entries.remove(&seq), idle.pop())
-                            else {
-                                break;
+                        for (seq, key, envelope) in taken {
+                            let Some(mut stage) = idle.pop() else {
+                                head.put_back(seq, envelope);
+                                continue;
                             };
                             let idempotency =
                                 idempotency_key(&self.pipeline, &self.sink, &envelope.message.id);
@@ -97,7 +96,10 @@ impl DeliveryWorker {
                             });
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot read {what}"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read {what}");
+                        head.mark_stale();
+                    }
                 }
             }
             if cancel.is_cancelled() && running.is_empty() {
@@ -107,22 +109,26 @@ impl DeliveryWorker {
                 Some((stage, seq, envelope, result)) = running.next(), if !running.is_empty() => {
                     idle.push(stage);
                     in_flight.remove(&seq);
-                    self.settle(seq, envelope, result).await;
+                    if let Some(still_queued) = self.settle(seq, envelope, result).await {
+                        head.put_back(seq, still_queued);
+                    }
                 }
-                _ = ready.notified(), if !cancel.is_cancelled() => {}
-                _ = tokio::time::sleep(wake), if !cancel.is_cancelled() => {}
+                _ = ready.notified(), if !cancel.is_cancelled() => head.mark_stale(),
+                // Also what changed behind the worker (a replay) is read within a second.
+                _ = tokio::time::sleep(wake), if !cancel.is_cancelled() => head.mark_stale(),
                 _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
             }
         }
     }
 
-    /// Records one delivery's outcome: ack, retry later, or dead letters.
+    /// Records one delivery's outcome: ack, retry later, or dead letters. Returns the entry
+    /// when it stays queued (for its retry), as it now is.
     async fn settle(
         &mut self,
         seq: Seq,
         mut envelope: Envelope,
         result: Result<(DeliveryOutcome, StateChanges), CallError>,
-    ) {
+    ) -> Option<Envelope> {
         let c = &self.status.counters;
         let (error, retry_after) = match result {
             Ok((DeliveryOutcome::Delivered, changes)) => {
@@ -149,14 +155,14 @@ impl DeliveryWorker {
                         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot remove a delivered message; it may be delivered again under the same idempotency key")
                     }
                 }
-                return;
+                return None;
             }
             Ok((DeliveryOutcome::Permanent(reason), _)) => {
                 // This attempt counts too: a message refused at its first try shows 1.
                 envelope.attempts += 1;
-                self.dead_letter(seq, envelope, format!("permanent: {reason}"))
+                return self
+                    .dead_letter(seq, envelope, format!("permanent: {reason}"))
                     .await;
-                return;
             }
             Ok((DeliveryOutcome::Retryable(reason), _)) => (reason, None),
             Ok((DeliveryOutcome::RateLimited(ms), _)) => (
@@ -168,21 +174,21 @@ impl DeliveryWorker {
                 (e.to_string(), None)
             }
         };
-        self.failed(seq, envelope, error, retry_after).await;
+        self.failed(seq, envelope, error, retry_after).await
     }
 
+    /// A failed attempt: retried later (the entry is returned), or dead-lettered.
     async fn failed(
         &mut self,
         seq: Seq,
         mut envelope: Envelope,
         error: String,
         retry_after: Option<Duration>,
-    ) {
+    ) -> Option<Envelope> {
         envelope.attempts += 1;
         if envelope.attempts >= self.retry.max_attempts {
             let reason = format!("gave up after {} attempts: {error}", envelope.attempts);
-            self.dead_letter(seq, envelope, reason).await;
-            return;
+            return self.dead_letter(seq, envelope, reason).await;
         }
         let backoff = self
             .retry
@@ -209,9 +215,16 @@ impl DeliveryWorker {
         {
             tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot record the failed attempt");
         }
+        Some(envelope)
     }
 
-    async fn dead_letter(&mut self, seq: Seq, mut envelope: Envelope, error: String) {
+    /// Moves the entry to dead letters; returns it when that failed and it stays queued.
+    async fn dead_letter(
+        &mut self,
+        seq: Seq,
+        mut envelope: Envelope,
+        error: String,
+    ) -> Option<Envelope> {
         tracing::error!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, error = %error, "message moved to dead letters");
         self.tracer.record(
             &self.pipeline,
@@ -227,11 +240,15 @@ impl DeliveryWorker {
             .dead_letter(&self.pipeline, &self.sink, seq, &envelope)
             .await
         {
-            Ok(()) => self
-                .status
-                .record(&format!("sink.{}", self.sink), StageEvent::DeadLetter),
+            Ok(()) => {
+                self.status
+                    .record(&format!("sink.{}", self.sink), StageEvent::DeadLetter);
+                None
+            }
             Err(e) => {
-                tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry")
+                tracing::error!(pipeline = %self.pipeline, sink = %self.sink, error = %e, "cannot dead-letter; will retry");
+                envelope.not_before_ms = now_ms() + IDLE_RECHECK.as_millis() as u64;
+                Some(envelope)
             }
         }
     }

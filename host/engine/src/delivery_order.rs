@@ -228,7 +228,7 @@ mod tests {
     fn a_retrying_message_holds_back_its_key_only() {
         let mut waiting = envelope("a1", Some("a"));
         waiting.not_before_ms = 500;
-        let window = vec![
+        let window = [
             (1, waiting),
             (2, envelope("a2", Some("a"))),
             (3, envelope("b1", Some("b"))),

@@ -347,6 +347,28 @@ pub async fn post_json_message(base: &str, pipeline: &str, id: &str) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+/// Posts `body` as JSON to `<base>/ingest/<pipeline>` and asserts the 202.
+pub async fn post_accepted(base: &str, pipeline: &str, body: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/ingest/{pipeline}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("tocsin answers");
+    let status = response.status();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
+}
+
+/// The `agents` pipeline of the history tests: open JSON ingest, a file sink taking errors
+/// only (so healthy samples are dropped after the history took their numbers).
+pub fn agents_pipeline(env: &Env) -> String {
+    env.mkdir("out");
+    format!(
+        "{OPEN_JSON_SOURCE}{}match = {{ severity = \">= error\" }}\n",
+        file_sink(env, "out", "alerts.jsonl")
+    )
+}
+
 /// The value of the `admin` token (`alice`) of [`write_api_tokens`].
 pub const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
 /// The value of the `read` token (`board`) of [`write_api_tokens`].

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tocsin_tests::process::{cli_with_token as cli, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
 use tocsin_tests::{
-    wait_until, write_api_tokens as write_tokens, Env, ADMIN_TOKEN, OPEN_JSON_SOURCE, READ_TOKEN,
+    agents_pipeline, wait_until, write_api_tokens as write_tokens, Env, ADMIN_TOKEN,
+    OPEN_JSON_SOURCE, READ_TOKEN,
 };
 
 async fn api(
@@ -342,15 +343,8 @@ async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_messages_carry_are_kept_as_series_per_host() {
     let env = Env::new();
-    env.mkdir("out");
     // A threshold-like filter would drop healthy samples; the history takes them before.
-    env.write_pipeline(
-        "agents",
-        &format!(
-            "{OPEN_JSON_SOURCE}{}match = {{ severity = \">= error\" }}\n",
-            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
-        ),
-    );
+    env.write_pipeline("agents", &agents_pipeline(&env));
     let tokens = write_tokens(&env);
     let args = ["--api-tokens", tokens.to_str().unwrap()];
     let port = Port::free();

@@ -5,17 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use tocsin_tests::{file_sink, serve_on_loopback, wait_until, Env};
-
-async fn send(base: &str, pipeline: &str, body: serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/ingest/{pipeline}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-}
+use tocsin_tests::{file_sink, post_accepted, serve_on_loopback, wait_until, Env};
 
 fn pipeline(env: &Env, filter: &str, out: &str) -> String {
     format!(
@@ -49,12 +39,12 @@ async fn state_carries_across_the_messages_of_one_hand_over_batch() {
         .map(|i| serde_json::json!({"id": format!("d{i}"), "body": "disk full", "labels": {"host": "db1"}}))
         .collect();
     deduped.push(serde_json::json!({"id": "d9", "body": "disk fine", "labels": {"host": "db1"}}));
-    send(&base, "deduped", serde_json::Value::Array(deduped)).await;
+    post_accepted(&base, "deduped", serde_json::Value::Array(deduped)).await;
     let mut limited: Vec<serde_json::Value> = (0..4)
         .map(|i| serde_json::json!({"id": format!("a{i}"), "body": format!("a{i}"), "labels": {"host": "a"}}))
         .collect();
     limited.push(serde_json::json!({"id": "b0", "body": "b0", "labels": {"host": "b"}}));
-    send(&base, "limited", serde_json::Value::Array(limited)).await;
+    post_accepted(&base, "limited", serde_json::Value::Array(limited)).await;
     wait_until(Duration::from_secs(20), "every message handed over", || {
         server.counter("deduped", |c| &c.handed_over) == 4
             && server.counter("limited", |c| &c.handed_over) == 5
@@ -99,21 +89,21 @@ async fn template_dedup_and_rate_limit_shape_what_passes() {
     let server = env.start().await;
     let base = server.base_url.clone();
 
-    send(&base, "templated", serde_json::json!({"severity": "warning", "body": "cpu high", "labels": {"host": "db1"}, "metrics": {"cpu-percent": 93.5}})).await;
+    post_accepted(&base, "templated", serde_json::json!({"severity": "warning", "body": "cpu high", "labels": {"host": "db1"}, "metrics": {"cpu-percent": 93.5}})).await;
     for i in 0..3 {
         // Same content three times (distinct ids), then something new.
-        send(&base, "deduped", serde_json::json!({"id": format!("d{i}"), "body": "disk full", "labels": {"host": "db1"}})).await;
+        post_accepted(&base, "deduped", serde_json::json!({"id": format!("d{i}"), "body": "disk full", "labels": {"host": "db1"}})).await;
     }
-    send(
+    post_accepted(
         &base,
         "deduped",
         serde_json::json!({"id": "d9", "body": "disk fine", "labels": {"host": "db1"}}),
     )
     .await;
     for i in 0..4 {
-        send(&base, "limited", serde_json::json!({"id": format!("a{i}"), "body": format!("a{i}"), "labels": {"host": "a"}})).await;
+        post_accepted(&base, "limited", serde_json::json!({"id": format!("a{i}"), "body": format!("a{i}"), "labels": {"host": "a"}})).await;
     }
-    send(
+    post_accepted(
         &base,
         "limited",
         serde_json::json!({"id": "b0", "body": "b0", "labels": {"host": "b"}}),
@@ -197,7 +187,7 @@ grants = {{ hosts = ["127.0.0.1:{port}"], secrets = {{ hook = "file:{token}" }} 
         ),
     );
     let server = env.start().await;
-    send(
+    post_accepted(
         &server.base_url,
         "hooked",
         serde_json::json!({"id": "w1", "severity": "error", "body": "down \"now\""}),
@@ -237,7 +227,7 @@ async fn sinks_take_only_what_their_match_routes_to_them() {
         ("3", "alert", "dev"),
         ("4", "alert", "ops"),
     ] {
-        send(&server.base_url, "routed", serde_json::json!({"id": id, "severity": severity, "body": id, "labels": {"team": team}})).await;
+        post_accepted(&server.base_url, "routed", serde_json::json!({"id": id, "severity": severity, "body": id, "labels": {"team": team}})).await;
     }
     wait_until(Duration::from_secs(20), "deliveries", || {
         server.counter("routed", |c| &c.delivered) == 6
@@ -272,7 +262,7 @@ async fn a_slow_filter_does_not_hold_back_the_messages_it_has_finished() {
     let batch: Vec<serde_json::Value> = (0..20)
         .map(|i| serde_json::json!({"id": format!("m{i}"), "body": "x"}))
         .collect();
-    send(&server.base_url, "slow", serde_json::Value::Array(batch)).await;
+    post_accepted(&server.base_url, "slow", serde_json::Value::Array(batch)).await;
     wait_until(Duration::from_secs(30), "the first delivery", || {
         !env.read_lines("out/slow.jsonl").is_empty()
     })

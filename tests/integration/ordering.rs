@@ -8,7 +8,7 @@ use serde_json::json;
 
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, Env};
+use tocsin_tests::{post_accepted, wait_until, Env};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,16 +28,6 @@ fn payload(alerts: &[(&str, &str)]) -> serde_json::Value {
         })
         .collect();
     json!({"version": "4", "status": "firing", "receiver": "tocsin", "alerts": alerts})
-}
-
-async fn post(base: &str, body: serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/ingest/alerts"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,13 +59,18 @@ async fn an_alerts_resolved_never_overtakes_its_firing_while_other_alerts_go() {
             .count()
     };
 
-    post(&base, payload(&[("aaaa", "firing")])).await;
+    post_accepted(&base, "alerts", payload(&[("aaaa", "firing")])).await;
     wait_until(WAIT, "the first attempt of aaaa's firing refused", || {
         answered("aaaa-firing", 503) >= 1
     })
     .await;
     // While it waits for its retry: its resolution, and another alert.
-    post(&base, payload(&[("aaaa", "resolved"), ("bbbb", "firing")])).await;
+    post_accepted(
+        &base,
+        "alerts",
+        payload(&[("aaaa", "resolved"), ("bbbb", "firing")]),
+    )
+    .await;
     wait_until(WAIT, "bbbb delivered meanwhile", || {
         answered("bbbb-firing", 200) == 1
     })

@@ -11,19 +11,12 @@ use serde_json::{json, Value};
 use tocsin_tests::browser::Browser;
 use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, write_api_tokens, Env, ADMIN_TOKEN, OPEN_JSON_SOURCE, READ_TOKEN};
+use tocsin_tests::{
+    agents_pipeline, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN,
+    OPEN_JSON_SOURCE, READ_TOKEN,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn post(base: &str, pipeline: &str, body: Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/ingest/{pipeline}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-}
 
 async fn dead_letter_ids(base: &str) -> Vec<String> {
     let letters: Vec<Value> = reqwest::Client::new()
@@ -82,14 +75,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
             receiver.sink_toml("chat", "{ max_attempts = 1 }")
         ),
     );
-    env.mkdir("out");
-    env.write_pipeline(
-        "agents",
-        &format!(
-            "{OPEN_JSON_SOURCE}{}match = {{ severity = \">= error\" }}\n",
-            tocsin_tests::file_sink(&env, "out", "alerts.jsonl")
-        ),
-    );
+    env.write_pipeline("agents", &agents_pipeline(&env));
     let tokens = write_api_tokens(&env);
     let port = Port::free();
     let mut tocsin = Tocsin::spawn(&env, &port, &["--api-tokens", tokens.to_str().unwrap()]);
@@ -103,7 +89,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
         .as_millis() as u64;
     for minute in 0..12u64 {
         for (host, base_cpu) in [("web1", 20.0), ("db1", 55.0)] {
-            post(
+            post_accepted(
                 &base,
                 "agents",
                 json!({
@@ -117,7 +103,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
             .await;
         }
     }
-    post(
+    post_accepted(
         &base,
         "alerts",
         json!({"id": "disk-full-web1", "summary": "Disk full on web1", "body": "/var at 99%"}),
@@ -235,7 +221,7 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
 
     // A read token sees the dead letters but no buttons.
     receiver.set(Behaviour::Fail(400));
-    post(
+    post_accepted(
         &base,
         "alerts",
         json!({"id": "cpu-hot-db1", "summary": "CPU hot on db1", "body": "97% for 10 min"}),

@@ -8,21 +8,11 @@ use serde_json::json;
 
 use tocsin_tests::process::{cli_with_token, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{wait_until, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{post_accepted, wait_until, Env, OPEN_JSON_SOURCE};
 
 /// `tocsin trace ID` on the environment's data: (success, stdout, stderr).
 fn trace(env: &Env, token: Option<&str>, id: &str) -> (bool, String, String) {
     cli_with_token(env, token, &["trace", id])
-}
-
-async fn post(base: &str, body: serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/ingest/alerts"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,8 +43,18 @@ async fn a_trace_names_the_filter_that_dropped_and_each_failed_attempt() {
     tocsin.wait_serving(&env, Duration::from_secs(60)).await;
     let base = tocsin.base_url.clone();
 
-    post(&base, json!({"id": "first", "body": "disk full on db1"})).await;
-    post(&base, json!({"id": "again", "body": "disk full on db1"})).await;
+    post_accepted(
+        &base,
+        "alerts",
+        json!({"id": "first", "body": "disk full on db1"}),
+    )
+    .await;
+    post_accepted(
+        &base,
+        "alerts",
+        json!({"id": "again", "body": "disk full on db1"}),
+    )
+    .await;
     wait_until(
         Duration::from_secs(20),
         "the first message dead-lettered",

@@ -9,6 +9,8 @@ const REFRESH_MS = 10000;
 const TOKEN_KEY = "tocsin-token";
 /// A queue whose oldest message waited longer than this is a problem.
 const STALE_SECONDS = 300;
+/// Recent messages listed at most (of the 50 asked for, those no sink took left out).
+const RECENT_SHOWN = 20;
 /// Series drawn per host at most, so a host with hundreds of disks stays readable.
 const MAX_CHARTS_PER_HOST = 12;
 
@@ -111,7 +113,7 @@ async function signIn(token) {
 async function refresh() {
   try {
     const [pipelines, deadLetters, recent] = await Promise.all([
-      api("/pipelines"), api("/dead-letters"), api("/recent?limit=20"),
+      api("/pipelines"), api("/dead-letters"), api("/recent?limit=50"),
     ]);
     $("error").hidden = true;
     drawSummary(pipelines);
@@ -210,14 +212,20 @@ async function dispose(letter, what) {
   await refresh();
 }
 
-function drawRecent(recent) {
+/// States of messages no sink took: listed only when asked, as a metrics pipeline's healthy
+/// samples would fill the list.
+const NOWHERE = new Set(["dropped", "routed_nowhere"]);
+
+function drawRecent(all) {
+  const shown = $("recent-all").checked ? all : all.filter((m) => !NOWHERE.has(m.state));
+  const recent = shown.slice(0, RECENT_SHOWN);
   $("recent-empty").hidden = recent.length > 0;
   $("recent").hidden = recent.length === 0;
   const rows = recent.map((m) => el("tr", {
     class: "clickable", "data-id": m.id, title: "show its trace",
     onclick: () => showTrace(m.pipeline, m.id),
   },
-    el("td", {}, ago(m.accepted_at_ms)),
+    el("td", { class: "when" }, ago(m.accepted_at_ms)),
     el("td", {}, m.pipeline),
     el("td", {}, m.summary ? `${m.summary} ` : "", el("span", { class: "muted" }, m.id)),
     el("td", {}, el("span", { class: `badge ${STATE_CLASS[m.state] || "warn"}` }, m.state.replaceAll("_", " ")),
@@ -280,6 +288,14 @@ async function drawHosts(pipelines) {
 
 const SVG = "http://www.w3.org/2000/svg";
 
+/// A point's time on an axis: the time of day over 24 h, the day over longer ranges.
+function when(ms) {
+  const t = new Date(ms);
+  return range === "24h"
+    ? t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : t.toLocaleDateString([], { month: "short", day: "numeric" });
+}
+
 /// One series as a line (averages) over a band (min to max), with its last value and range.
 function chart(series, points) {
   const box = el("div", { class: "chart", "data-metric": series.metric, "data-points": points.length });
@@ -306,9 +322,9 @@ function chart(series, points) {
     line.setAttribute("points", points.map((p) => `${x(p.at_ms).toFixed(1)},${y(p.avg).toFixed(1)}`).join(" "));
     svg.append(poly, line);
     box.append(svg, el("div", { class: "axis" },
-      el("span", {}, new Date(t0).toLocaleString()),
+      el("span", {}, when(t0)),
       el("span", {}, `${number(lo)} – ${number(hi)}`),
-      el("span", {}, new Date(t1).toLocaleString())));
+      el("span", {}, when(t1))));
   } else {
     box.append(svg, el("div", { class: "axis" }, el("span", {}, `no points in ${range}`)));
   }
@@ -322,6 +338,7 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     signIn($("token").value.trim());
   });
+  $("recent-all").addEventListener("change", refresh);
   for (const b of document.querySelectorAll("[data-range]")) {
     b.addEventListener("click", async () => {
       range = b.dataset.range;

@@ -318,6 +318,11 @@ async fn pause_survives_a_restart_resume_starts_and_run_now_polls() {
         .find(|l| l.starts_with("alerts "))
         .unwrap();
     assert!(alerts_line.contains("paused"), "{status_text}");
+    // What the status page shows as open problems, as text.
+    assert!(
+        status_text.contains("open problems:\n   ! alerts is paused"),
+        "{status_text}"
+    );
 
     let (ok, done, stderr) = cli(&env, Some(ADMIN_TOKEN), &["pipeline", "resume", "alerts"]);
     assert!(ok, "{stderr}");

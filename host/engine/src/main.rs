@@ -244,8 +244,9 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
-    /// Every pipeline: state, counters, queues with their oldest message's age, dead letters
-    /// — from the server running on --data (or --server); from the store when none runs.
+    /// What the status page shows, as text: every pipeline (state, counters, queues with their
+    /// oldest message's age, dead letters), the open problems and the recent messages — from
+    /// the server running on --data (or --server); from the store when none runs.
     Status {
         #[command(flatten)]
         data: DataDir,
@@ -815,9 +816,20 @@ fn selection(seq: Option<u64>, all: bool) -> anyhow::Result<operator::Selection>
     })
 }
 
+/// Recent messages `tocsin status` lists.
+const STATUS_RECENT: usize = 10;
+
 fn status(data: &Path, server: &ServerArgs) -> anyhow::Result<ExitCode> {
-    let views = match Target::find(data, server)? {
-        Target::Server(api, rt) => rt.block_on(api.pipelines()).map_err(anyhow::Error::msg)?,
+    let (views, problems, recent) = match Target::find(data, server)? {
+        Target::Server(api, rt) => rt
+            .block_on(async {
+                Ok::<_, String>((
+                    api.pipelines().await?,
+                    api.problems().await?,
+                    api.recent(50).await?,
+                ))
+            })
+            .map_err(anyhow::Error::msg)?,
         Target::Store(store) => {
             println!(
                 "no server runs on {}; what its store holds:",
@@ -827,10 +839,19 @@ fn status(data: &Path, server: &ServerArgs) -> anyhow::Result<ExitCode> {
             for view in &mut views {
                 view.state = "stopped".into();
             }
-            views
+            let tracer = tocsin::trace::Tracer::new(
+                store.clone(),
+                tocsin::trace::DEFAULT_RETENTION,
+                tocsin::trace::DEFAULT_MAX_PER_PIPELINE,
+            );
+            let recent = tocsin::recent::recent_messages(&tracer, None, 50)?;
+            let problems = operator::problems(&views, &recent);
+            (views, problems, recent)
         }
     };
     print!("{}", operator::format_pipelines(&views));
+    print!("\n{}", operator::format_problems(&problems));
+    print!("\n{}", operator::format_recent(&recent, STATUS_RECENT));
     Ok(ExitCode::SUCCESS)
 }
 

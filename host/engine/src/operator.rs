@@ -442,3 +442,192 @@ pub fn format_queues(rows: &[QueueRow]) -> String {
     }
     out
 }
+
+/// A queue whose oldest message waited longer than this (seconds) is an open problem.
+pub const STALE_QUEUE_SECONDS: f64 = 300.0;
+
+/// Something that needs someone, as the status page and `tocsin status` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `bad` (a pipeline failed, messages dead-lettered) or `warn` (paused, waiting long,
+    /// being retried, data without a pipeline file).
+    pub level: String,
+    /// What it is, in words.
+    pub text: String,
+}
+
+/// The open problems: pipelines that failed or are paused, stored data without a pipeline
+/// file, dead letters, queues whose oldest message waited over [`STALE_QUEUE_SECONDS`], and
+/// recent messages being retried (with their error).
+pub fn problems(views: &[PipelineView], recent: &[crate::recent::RecentMessage]) -> Vec<Problem> {
+    let mut found = Vec::new();
+    let mut add = |level: &str, text: String| {
+        found.push(Problem {
+            level: level.to_string(),
+            text,
+        })
+    };
+    for view in views {
+        let name = &view.name;
+        match view.state.as_str() {
+            "failed" => add(
+                "bad",
+                match &view.reason {
+                    Some(why) => format!("{name} failed: {}", tocsin_message::one_line(why)),
+                    None => format!("{name} failed"),
+                },
+            ),
+            "paused" => add("warn", format!("{name} is paused")),
+            "no_file" => add(
+                "warn",
+                format!("{name} has stored messages but no pipeline file"),
+            ),
+            _ => {}
+        }
+        for (queue, &count) in &view.dead_letters {
+            if count > 0 {
+                let s = if count == 1 { "" } else { "s" };
+                add("bad", format!("{name}/{queue}: {count} dead letter{s}"));
+            }
+        }
+        for q in &view.queues {
+            if let Some(age) = q.oldest_age_seconds.filter(|a| *a > STALE_QUEUE_SECONDS) {
+                add(
+                    "warn",
+                    format!(
+                        "{name}/{}: {} waiting, the oldest for {}",
+                        q.queue,
+                        q.depth,
+                        format_age(age)
+                    ),
+                );
+            }
+        }
+    }
+    for m in recent.iter().filter(|m| m.state == "retrying") {
+        let detail = m.detail.as_deref().unwrap_or_default();
+        add(
+            "warn",
+            format!(
+                "{}: {} is retried: {}",
+                m.pipeline,
+                m.id,
+                tocsin_message::one_line(detail)
+            ),
+        );
+    }
+    found
+}
+
+/// Open problems as `tocsin status` prints them.
+pub fn format_problems(problems: &[Problem]) -> String {
+    if problems.is_empty() {
+        return "open problems: none\n".into();
+    }
+    let mut out = String::from("open problems:\n");
+    for p in problems {
+        let mark = if p.level == "bad" { "!!" } else { " !" };
+        out += &format!("  {mark} {}\n", p.text);
+    }
+    out
+}
+
+/// Recent messages as `tocsin status` prints them: those a sink took (or should have), newest
+/// first, at most `limit`.
+pub fn format_recent(recent: &[crate::recent::RecentMessage], limit: usize) -> String {
+    let shown: Vec<_> = recent
+        .iter()
+        .filter(|m| !matches!(m.state.as_str(), "dropped" | "routed_nowhere"))
+        .take(limit)
+        .collect();
+    if shown.is_empty() {
+        return "recent messages: none\n".into();
+    }
+    let now = tocsin_queue::now_ms();
+    let mut out = String::from("recent messages:\n");
+    for m in shown {
+        let age = now.saturating_sub(m.accepted_at_ms) as f64 / 1000.0;
+        let what = m.summary.as_deref().unwrap_or(&m.id);
+        out += &format!(
+            "  {:>6} ago  {:<16} {:<14} {}{}\n",
+            format_age(age),
+            m.pipeline,
+            m.state,
+            tocsin_message::one_line(what),
+            m.detail
+                .as_deref()
+                .map(|d| format!(" ({})", tocsin_message::one_line(d)))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, state: &str) -> PipelineView {
+        PipelineView {
+            name: name.into(),
+            state: state.into(),
+            reason: (state == "failed").then(|| "filter.0 (dedup): init failed".into()),
+            counters: BTreeMap::new(),
+            queues: vec![],
+            dead_letters: BTreeMap::new(),
+            stored_bytes: 0,
+            queue_budget: None,
+            plugins: vec![],
+        }
+    }
+
+    #[test]
+    fn problems_name_what_needs_someone_and_nothing_else() {
+        let mut backups = view("backups", "running");
+        backups.dead_letters.insert("matrix".into(), 2);
+        backups.queues.push(QueueView {
+            queue: "matrix".into(),
+            depth: 7,
+            oldest_age_seconds: Some(900.0),
+        });
+        backups.queues.push(QueueView {
+            queue: "ingress".into(),
+            depth: 1,
+            oldest_age_seconds: Some(2.0),
+        });
+        let views = [
+            backups,
+            view("web", "failed"),
+            view("night", "paused"),
+            view("fine", "running"),
+            view("stopped", "stopped"),
+        ];
+        let retried = crate::recent::RecentMessage {
+            pipeline: "backups".into(),
+            id: "b-1".into(),
+            accepted_at_ms: 1,
+            summary: None,
+            severity: None,
+            state: "retrying".into(),
+            detail: Some("matrix: HTTP 503".into()),
+            last_at_ms: 2,
+        };
+        let texts: Vec<(String, String)> = problems(&views, &[retried])
+            .into_iter()
+            .map(|p| (p.level, p.text))
+            .collect();
+        let expected = [
+            ("bad", "backups/matrix: 2 dead letters"),
+            ("warn", "backups/matrix: 7 waiting, the oldest for 15m"),
+            ("bad", "web failed: filter.0 (dedup): init failed"),
+            ("warn", "night is paused"),
+            ("warn", "backups: b-1 is retried: matrix: HTTP 503"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(l, t)| (l.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(texts, expected);
+        assert_eq!(format_problems(&[]), "open problems: none\n");
+    }
+}

@@ -180,6 +180,19 @@ impl ApiClient {
         self.call(self.http.get(url)).await
     }
 
+    /// `GET /problems`.
+    pub async fn problems(&self) -> Result<Vec<crate::operator::Problem>, String> {
+        self.call(self.http.get(self.url(&["problems"])?)).await
+    }
+
+    /// `GET /recent?limit=N`.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<crate::recent::RecentMessage>, String> {
+        let mut url = self.url(&["recent"])?;
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string());
+        self.call(self.http.get(url)).await
+    }
+
     /// `GET /queues`.
     pub async fn queues(&self) -> Result<Vec<QueueRow>, String> {
         self.call(self.http.get(self.url(&["queues"])?)).await

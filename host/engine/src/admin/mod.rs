@@ -81,6 +81,7 @@ pub fn router(
     let api = Router::new()
         .route("/whoami", get(whoami))
         .route("/recent", get(recent))
+        .route("/problems", get(problems))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{pipeline}", get(pipeline))
         .route("/pipelines/{pipeline}/pause", post(pause))
@@ -200,6 +201,27 @@ async fn recent(State(state): State<AdminState>, Query(query): Query<RecentQuery
     let recent = move || crate::recent::recent_messages(&tracer, query.pipeline.as_deref(), limit);
     match blocking(recent).await {
         Ok(messages) => Json(messages).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The messages a server's problems are read from: the most recent ones.
+const PROBLEM_WINDOW: usize = 50;
+
+/// The open problems ([`operator::problems`]).
+async fn problems(State(state): State<AdminState>) -> Response {
+    let (board, queue, tracer) = (
+        state.board.clone(),
+        state.queue.clone(),
+        state.tracer.clone(),
+    );
+    let found = blocking(move || {
+        let views = operator::pipelines(&board, queue.as_ref())?;
+        let recent = crate::recent::recent_messages(&tracer, None, PROBLEM_WINDOW)?;
+        Ok(operator::problems(&views, &recent))
+    });
+    match found.await {
+        Ok(problems) => Json(problems).into_response(),
         Err(response) => response,
     }
 }

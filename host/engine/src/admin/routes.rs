@@ -42,6 +42,16 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "GET",
+        path: "/problems",
+        role: Role::Read,
+        summary: "the open problems, as the status page and `tocsin status` list them: a \
+                  pipeline failed (with why) or paused, stored messages without a pipeline \
+                  file, dead letters per queue, a queue whose oldest message waited over 5 \
+                  minutes, a recent message being retried (with its error)",
+        answer: "an array of `{level, text}`, `level` `bad` or `warn`; empty when all is well",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/pipelines",
         role: Role::Read,
         summary: "every pipeline: its state (`starting`, `running`, `failed` with the reason, \

@@ -7,8 +7,6 @@
 const API = "/api/v1";
 const REFRESH_MS = 10000;
 const TOKEN_KEY = "tocsin-token";
-/// A queue whose oldest message waited longer than this is a problem.
-const STALE_SECONDS = 300;
 /// Recent messages listed at most (of the 50 asked for, those no sink took left out).
 const RECENT_SHOWN = 20;
 /// Series drawn per host at most, so a host with hundreds of disks stays readable.
@@ -112,12 +110,12 @@ async function signIn(token) {
 
 async function refresh() {
   try {
-    const [pipelines, deadLetters, recent] = await Promise.all([
-      api("/pipelines"), api("/dead-letters"), api("/recent?limit=50"),
+    const [pipelines, problems, deadLetters, recent] = await Promise.all([
+      api("/pipelines"), api("/problems"), api("/dead-letters"), api("/recent?limit=50"),
     ]);
     $("error").hidden = true;
     drawSummary(pipelines);
-    drawProblems(pipelines, recent);
+    drawProblems(problems);
     drawPipelines(pipelines);
     drawDeadLetters(deadLetters);
     drawRecent(recent);
@@ -135,35 +133,11 @@ function drawSummary(pipelines) {
     `${running} of ${pipelines.length} pipelines running · updated ${new Date().toLocaleTimeString()}`;
 }
 
-/// What needs someone: pipelines not running, dead letters, queues waiting long, messages
-/// being retried.
-function problemsOf(pipelines, recent) {
-  const problems = [];
-  for (const p of pipelines) {
-    if (p.state === "paused") problems.push(["warn", `${p.name} is paused`]);
-    else if (p.state !== "running" && p.state !== "starting") {
-      problems.push(["bad", `${p.name} is ${p.state}${p.reason ? `: ${p.reason}` : ""}`]);
-    }
-    for (const [queue, count] of Object.entries(p.dead_letters || {})) {
-      if (count > 0) problems.push(["bad", `${p.name}/${queue}: ${count} dead letter${count > 1 ? "s" : ""}`]);
-    }
-    for (const q of p.queues || []) {
-      if (q.oldest_age_seconds != null && q.oldest_age_seconds > STALE_SECONDS) {
-        problems.push(["warn", `${p.name}/${q.queue}: ${q.depth} waiting, the oldest for ${Math.round(q.oldest_age_seconds / 60)} min`]);
-      }
-    }
-  }
-  for (const m of recent) {
-    if (m.state === "retrying") problems.push(["warn", `${m.pipeline}: ${m.id} is retried: ${m.detail}`]);
-  }
-  return problems;
-}
-
-function drawProblems(pipelines, recent) {
+/// What needs someone, as the server lists it (`GET /problems`, also `tocsin status`).
+function drawProblems(problems) {
   const list = $("problems");
-  const problems = problemsOf(pipelines, recent);
   list.replaceChildren(...(problems.length
-    ? problems.map(([cls, text]) => el("li", { class: cls }, text))
+    ? problems.map((p) => el("li", { class: p.level }, p.text))
     : [el("li", { class: "none" }, "None: everything runs and nothing waits.")]));
 }
 

@@ -296,28 +296,14 @@ impl Tracer {
         pipeline: Option<&str>,
         id: &str,
     ) -> Result<Vec<(String, TraceEvent)>, tocsin_queue::QueueError> {
-        self.flush();
-        let pipelines = match pipeline {
-            Some(p) => vec![p.to_string()],
-            None => self.queue.traced_pipelines()?,
-        };
         let split_prefix = format!("{id}/");
-        let mut found = Vec::new();
-        for p in pipelines {
-            self.queue.trace_scan(&p, &mut |bytes| {
-                if let Ok(event) = serde_json::from_slice::<TraceEvent>(bytes) {
-                    if event.id == id || event.id.starts_with(&split_prefix) {
-                        found.push((p.clone(), event));
-                    }
-                }
-            })?;
-        }
+        let mut found = self.read(pipeline, 0, &|event| {
+            event.id == id || event.id.starts_with(&split_prefix)
+        })?;
         found.sort_by_key(|(_, e)| e.at_ms);
         Ok(found)
     }
-}
 
-impl Tracer {
     /// Every step recorded since about `from_ms` (whole writes begun at or after it), of
     /// `pipeline` or of all, with their pipelines.
     pub fn events_since(
@@ -325,20 +311,33 @@ impl Tracer {
         pipeline: Option<&str>,
         from_ms: u64,
     ) -> Result<Vec<(String, TraceEvent)>, tocsin_queue::QueueError> {
+        self.read(pipeline, from_ms, &|_| true)
+    }
+
+    /// The steps `keep` takes of those recorded since about `from_ms` (all written so far
+    /// included), of `pipeline` or of all, with their pipelines.
+    fn read(
+        &self,
+        pipeline: Option<&str>,
+        from_ms: u64,
+        keep: &dyn Fn(&TraceEvent) -> bool,
+    ) -> Result<Vec<(String, TraceEvent)>, tocsin_queue::QueueError> {
         self.flush();
         let pipelines = match pipeline {
             Some(p) => vec![p.to_string()],
             None => self.queue.traced_pipelines()?,
         };
-        let mut events = Vec::new();
-        for p in &pipelines {
-            self.queue.trace_scan_since(p, from_ms, &mut |bytes| {
+        let mut found = Vec::new();
+        for p in pipelines {
+            self.queue.trace_scan_since(&p, from_ms, &mut |bytes| {
                 if let Ok(event) = serde_json::from_slice::<TraceEvent>(bytes) {
-                    events.push((p.clone(), event));
+                    if keep(&event) {
+                        found.push((p.clone(), event));
+                    }
                 }
             })?;
         }
-        Ok(events)
+        Ok(found)
     }
 }
 

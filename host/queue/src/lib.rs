@@ -311,22 +311,16 @@ pub trait QueueStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Every trace record of `pipeline`, oldest first.
-    fn trace_scan(&self, pipeline: &str, visit: &mut dyn FnMut(&[u8])) -> Result<()> {
-        let _ = (pipeline, visit);
-        Ok(())
-    }
-
     /// The trace records of `pipeline` written since about `from_ms` (whole appends begun at
-    /// or after it), oldest first.
+    /// or after it; 0 for all), oldest first.
     fn trace_scan_since(
         &self,
         pipeline: &str,
         from_ms: u64,
         visit: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
-        let _ = from_ms;
-        self.trace_scan(pipeline, visit)
+        let _ = (pipeline, from_ms, visit);
+        Ok(())
     }
 
     /// Pipelines with trace records.

@@ -1267,16 +1267,6 @@ impl QueueStore for SledStore {
             .map_err(|e| self.write_failed(e))
     }
 
-    fn trace_scan(&self, pipeline: &str, visit: &mut dyn FnMut(&[u8])) -> Result<()> {
-        for entry in self.trace_tree(pipeline)?.iter().values() {
-            let packed = entry.map_err(storage)?;
-            for record in unpack_trace(&packed) {
-                visit(record);
-            }
-        }
-        Ok(())
-    }
-
     fn trace_scan_since(
         &self,
         pipeline: &str,
@@ -1982,7 +1972,7 @@ mod tests {
         assert_eq!(q.traced_pipelines().unwrap(), ["p"]);
         let read = |q: &SledStore| {
             let mut seen = Vec::new();
-            q.trace_scan("p", &mut |b| {
+            q.trace_scan_since("p", 0, &mut |b| {
                 seen.push(String::from_utf8_lossy(b).into_owned())
             })
             .unwrap();

@@ -243,7 +243,12 @@ async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
     let env = Env::new();
     let patient = r#"{ max_attempts = 1000, initial = "100ms", max = "300ms" }"#;
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let broken = pipeline(&[("chat", &receiver)], patient).replace(&receiver.host(), &nowhere);
+    // Strict order for the whole sink, so "in order" below means queue order.
+    let fixed = format!(
+        "{}concurrency = 1\n",
+        pipeline(&[("chat", &receiver)], patient)
+    );
+    let broken = fixed.replace(&receiver.host(), &nowhere);
     env.write_pipeline("moving", &broken);
     let server = env.start().await;
     for id in ["a", "b", "c"] {
@@ -255,7 +260,7 @@ async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
     })
     .await;
     // The operator fixes the URL: the new version delivers what the old one queued, in order.
-    env.write_pipeline("moving", &pipeline(&[("chat", &receiver)], patient));
+    env.write_pipeline("moving", &fixed);
     wait_until(Duration::from_secs(30), "all three delivered", || {
         receiver.visible().len() == 3
     })
@@ -266,10 +271,17 @@ async fn a_changed_pipeline_keeps_its_queued_messages_for_the_new_version() {
 }
 
 /// `concurrency = N` puts up to N deliveries in flight at once (never more), each message is
-/// delivered once under its own key; the default keeps one in flight.
+/// delivered once under its own key; the default is 8; the plugin memory budget bounds the
+/// instances a sink adds (here room for 3 sink instances beside the source: 3 in flight).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_concurrency_bounds_the_deliveries_in_flight() {
-    for (concurrency, expected) in [(None, 1usize), (Some(4), 4)] {
+    const MIB: u64 = 1 << 20;
+    for (concurrency, budget, expected) in [
+        (None, None, 8usize),
+        (Some(1), None, 1),
+        (Some(4), None, 4),
+        (None, Some(4 * 64 * MIB), 3),
+    ] {
         let receiver = Receiver::start().await;
         receiver.set(Behaviour::Hold(Duration::from_millis(1500)));
         let env = Env::new();
@@ -278,8 +290,8 @@ async fn sink_concurrency_bounds_the_deliveries_in_flight() {
             text.push_str(&format!("concurrency = {n}\n"));
         }
         env.write_pipeline("alerts", &text);
-        let server = env.start().await;
-        let batch: Vec<serde_json::Value> = (0..8)
+        let server = env.start_with(|s| s.max_plugin_memory = budget).await;
+        let batch: Vec<serde_json::Value> = (0..12)
             .map(|i| serde_json::json!({"id": format!("m{i}"), "body": "held"}))
             .collect();
         let status = reqwest::Client::new()
@@ -307,16 +319,19 @@ async fn sink_concurrency_bounds_the_deliveries_in_flight() {
             most = most.max(in_flight());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(most, expected, "concurrency {concurrency:?}");
+        assert_eq!(
+            most, expected,
+            "concurrency {concurrency:?}, budget {budget:?}"
+        );
         receiver.set(Behaviour::Accept);
         wait_until(Duration::from_secs(30), "all delivered", || {
-            receiver.visible_ids().len() == 8
+            receiver.visible_ids().len() == 12
         })
         .await;
         assert!(receiver.visible_duplicates().is_empty());
         let keys: std::collections::BTreeSet<String> =
             receiver.requests().into_iter().map(|r| r.key).collect();
-        assert_eq!(keys.len(), 8, "one idempotency key per message: {keys:?}");
+        assert_eq!(keys.len(), 12, "one idempotency key per message: {keys:?}");
         server.stop().await;
     }
 }

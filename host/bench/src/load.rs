@@ -118,11 +118,39 @@ pub async fn closed_loop(
     clock: Instant,
     body: BodyFn,
 ) -> Outcome {
+    closed_loop_until(target, connections, Stop::After(duration), clock, body).await
+}
+
+/// `connections` clients posting back to back until `requests` were sent (a storm of a fixed
+/// size).
+pub async fn closed_loop_count(
+    target: &Target,
+    connections: usize,
+    requests: u64,
+    clock: Instant,
+    body: BodyFn,
+) -> Outcome {
+    closed_loop_until(target, connections, Stop::Sent(requests), clock, body).await
+}
+
+/// When a closed loop stops.
+#[derive(Clone, Copy)]
+enum Stop {
+    After(Duration),
+    Sent(u64),
+}
+
+async fn closed_loop_until(
+    target: &Target,
+    connections: usize,
+    stop: Stop,
+    clock: Instant,
+    body: BodyFn,
+) -> Outcome {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (target, ok, failed, next, body) = (
@@ -134,8 +162,15 @@ pub async fn closed_loop(
         );
         tasks.push(tokio::spawn(async move {
             let mut conn = None;
-            while Instant::now() < deadline {
+            loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
+                let done = match stop {
+                    Stop::After(duration) => start.elapsed() >= duration,
+                    Stop::Sent(requests) => n >= requests,
+                };
+                if done {
+                    break;
+                }
                 let now_us = clock.elapsed().as_micros() as u64;
                 post_counting(&mut conn, &target, body(n, now_us), &ok, &failed).await;
             }

@@ -8,6 +8,8 @@
 //!   a million queued messages, scaling by message size and pipeline count — and Prometheus
 //!   Alertmanager side by side, through the same webhook receiver ([`receiver`]), driven by the
 //!   same load generator ([`load`]).
+//! - [`storm`]: a storm of unique alerts through Alertmanager alone, tocsin alone with its
+//!   defaults, and Alertmanager → tocsin, side by side.
 //!
 //! Timed assertions do not belong in tests: regressions are caught by comparing reports.
 
@@ -16,6 +18,7 @@ mod micro;
 mod procs;
 mod receiver;
 mod report;
+mod storm;
 mod system;
 
 use std::path::PathBuf;
@@ -41,6 +44,9 @@ pub enum Section {
     Scaling,
     /// What recording each message's steps (`tocsin trace`) costs: on and off, same run.
     Trace,
+    /// A storm of unique alerts: Alertmanager alone, tocsin with its defaults, Alertmanager →
+    /// tocsin, side by side.
+    Storm,
 }
 
 /// The command line.
@@ -67,10 +73,14 @@ pub struct Args {
     /// Offered loads (messages/s) of the latency figures.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,3000")]
     pub loads: Vec<f64>,
-    /// Sink concurrency of the second tocsin in the side-by-side section (0: leave it out,
-    /// e.g. for a binary older than the `concurrency` field).
-    #[arg(long, default_value_t = 8)]
+    /// Sink concurrency of the second tocsin in the side-by-side section (the first keeps the
+    /// default); 1, strict order for the whole sink, unless set; 0 leaves it out (e.g. for a
+    /// binary older than the `concurrency` field).
+    #[arg(long, default_value_t = 1)]
     pub sink_concurrency: u32,
+    /// Unique alerts in one storm (the storm section).
+    #[arg(long, default_value_t = 20_000)]
+    pub storm: u64,
     /// Messages in the backlog-drain figure.
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u64,
@@ -123,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         args.calls = 20_000;
         args.queued = 20_000;
         args.backlog = 5_000;
+        args.storm = 5_000;
     }
     let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
     let mut report = report::Report::default();
@@ -174,6 +185,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(Section::Trace) {
         bench.trace_cost(&mut report).await?;
+    }
+    if wanted(Section::Storm) {
+        bench.storm(&mut report).await?;
     }
     let markdown = report.markdown();
     if let Some(parent) = args.out.parent() {

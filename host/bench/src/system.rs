@@ -41,7 +41,7 @@ fn message_json(n: u64, sent_us: u64, pad: usize) -> String {
     )
 }
 
-fn single(pad: usize) -> BodyFn {
+pub(crate) fn single(pad: usize) -> BodyFn {
     Arc::new(move |n, sent_us| Bytes::from(message_json(n, sent_us, pad)))
 }
 
@@ -55,7 +55,7 @@ fn batch(size: u64) -> BodyFn {
 }
 
 /// One alert for Alertmanager's `POST /api/v2/alerts`, unique, carrying its send time.
-fn alert(n: u64, sent_us: u64) -> Bytes {
+pub(crate) fn alert(n: u64, sent_us: u64) -> Bytes {
     Bytes::from(format!(
         r#"[{{"labels":{{"alertname":"DiskFull","instance":"web-{host}","id":"m-{n}","sent_us":"{sent_us}"}},"annotations":{{"summary":"disk /srv is 93 % full"}}}}]"#,
         host = n % 50
@@ -65,26 +65,27 @@ fn alert(n: u64, sent_us: u64) -> Bytes {
 /// The two systems compared.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum System {
-    /// tocsin, the webhook sink with its default `concurrency = 1` (strict order).
+    /// tocsin, the webhook sink with its defaults (`concurrency = 8`, order per alert).
     Tocsin,
-    /// tocsin, the webhook sink with `concurrency = N` (`--sink-concurrency`).
-    TocsinConcurrent,
+    /// tocsin, the webhook sink with `concurrency = N` (`--sink-concurrency`; 1 by default:
+    /// strict order for the whole sink).
+    TocsinSet(u32),
     Alertmanager,
 }
 
 impl System {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            System::Tocsin => "tocsin",
-            System::TocsinConcurrent => "tocsin with sink concurrency",
-            System::Alertmanager => "Alertmanager",
+            System::Tocsin => "tocsin".into(),
+            System::TocsinSet(n) => format!("tocsin, concurrency = {n}"),
+            System::Alertmanager => "Alertmanager".into(),
         }
     }
 
     /// One message (alert) per request.
     fn single(self) -> BodyFn {
         match self {
-            System::Tocsin | System::TocsinConcurrent => single(0),
+            System::Tocsin | System::TocsinSet(_) => single(0),
             System::Alertmanager => Arc::new(alert),
         }
     }
@@ -92,7 +93,7 @@ impl System {
     /// `size` messages (alerts) per request.
     fn batch(self, size: u64) -> BodyFn {
         match self {
-            System::Tocsin | System::TocsinConcurrent => batch(size),
+            System::Tocsin | System::TocsinSet(_) => batch(size),
             System::Alertmanager => Arc::new(move |n, sent_us| alerts(n, sent_us, size)),
         }
     }
@@ -123,7 +124,7 @@ fn ingest_only_pipeline() -> String {
 }
 
 /// An ingest pipeline delivering every message to `url` through the webhook sink.
-fn delivering_pipeline(url: &str, port: u16) -> String {
+pub(crate) fn delivering_pipeline(url: &str, port: u16) -> String {
     format!(
         "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n\
          [[sink]]\nname = \"hook\"\nplugin = \"webhook\"\n\
@@ -131,7 +132,7 @@ fn delivering_pipeline(url: &str, port: u16) -> String {
     )
 }
 
-fn ingest_target(port: u16, pipeline: &str) -> Target {
+pub(crate) fn ingest_target(port: u16, pipeline: &str) -> Target {
     Target {
         addr: ([127, 0, 0, 1], port).into(),
         path: format!("/ingest/{pipeline}"),
@@ -140,20 +141,20 @@ fn ingest_target(port: u16, pipeline: &str) -> Target {
 }
 
 /// How long a system under test gets to stop on SIGTERM between runs.
-const STOP_BOUND: Duration = Duration::from_secs(15);
+pub(crate) const STOP_BOUND: Duration = Duration::from_secs(15);
 
 impl Bench<'_> {
     fn seconds(&self) -> Duration {
         Duration::from_secs_f64(self.args.seconds)
     }
 
-    fn tocsin(&self, name: &str) -> anyhow::Result<Tocsin> {
+    pub(crate) fn tocsin(&self, name: &str) -> anyhow::Result<Tocsin> {
         let dir = self.work.path().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         Tocsin::new(&self.args.tocsin_bin, &self.args.plugin_dir, &dir)
     }
 
-    async fn start(&self, tocsin: &Tocsin) -> anyhow::Result<Process> {
+    pub(crate) async fn start(&self, tocsin: &Tocsin) -> anyhow::Result<Process> {
         let port = free_port()?;
         let process = tocsin.spawn(port)?;
         wait_ready(port, "/healthz", Instant::now(), Duration::from_secs(120)).await?;
@@ -172,7 +173,12 @@ impl Bench<'_> {
 
     /// Waits until the receiver holds `expected` messages (or `bound` passes); returns when the
     /// last one arrived, measured from `since`.
-    async fn drained(&self, expected: usize, since: Instant, bound: Duration) -> Duration {
+    pub(crate) async fn drained(
+        &self,
+        expected: usize,
+        since: Instant,
+        bound: Duration,
+    ) -> Duration {
         let mut last = (self.receiver.count(), since.elapsed());
         while self.receiver.count() < expected && since.elapsed() < bound {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -291,8 +297,8 @@ impl Bench<'_> {
         tocsins: &[Tocsin; 2],
     ) -> anyhow::Result<(Process, Target)> {
         match system {
-            System::Tocsin | System::TocsinConcurrent => {
-                let tocsin = &tocsins[usize::from(system == System::TocsinConcurrent)];
+            System::Tocsin | System::TocsinSet(_) => {
+                let tocsin = &tocsins[usize::from(system != System::Tocsin)];
                 // Every run starts from empty queues: what a saturated run left queued must
                 // not be delivered (and timed) in the next one.
                 let _ = std::fs::remove_dir_all(tocsin.dir.join("data/queue"));
@@ -333,17 +339,19 @@ impl Bench<'_> {
         tocsin[1].pipeline("bench", &format!("{pipeline}concurrency = {concurrency}\n"))?;
         let all = [
             System::Tocsin,
-            System::TocsinConcurrent,
+            System::TocsinSet(concurrency),
             System::Alertmanager,
         ];
         let systems: Vec<System> = all
             .into_iter()
-            .filter(|s| *s != System::TocsinConcurrent || concurrency > 0)
+            .filter(|s| *s != System::TocsinSet(0))
             .collect();
         // Medians are kept per system in `all`'s order; a left-out system reads as NaN.
         let slot = |s: System| all.iter().position(|a| *a == s).unwrap_or(0);
         report.note(format!(
-            "\"tocsin with sink concurrency\" is the same pipeline with `concurrency = {concurrency}` on its sink."
+            "\"tocsin\" runs the sink with its defaults (`concurrency = 8`, order per alert); \
+             \"tocsin, concurrency = {concurrency}\" is the same pipeline with that set on its sink \
+             (1: strict order for the whole sink)."
         ));
 
         // Throughput: 16 clients post for the run's length; delivered/s counts until the last
@@ -387,8 +395,8 @@ impl Bench<'_> {
             }
         }
         report.note(format!(
-            "Delivered throughput ÷ Alertmanager's (medians): tocsin × {:.2}, with sink \
-             concurrency × {:.2}.",
+            "Delivered throughput ÷ Alertmanager's (medians): tocsin × {:.2}, with concurrency = {concurrency} \
+             × {:.2}.",
             medians[0] / medians[2],
             medians[1] / medians[2]
         ));
@@ -434,7 +442,7 @@ impl Bench<'_> {
             );
         }
         report.note(format!(
-            "Backlog drain ÷ Alertmanager's (medians): tocsin × {:.2}, with sink concurrency \
+            "Backlog drain ÷ Alertmanager's (medians): tocsin × {:.2}, with concurrency = {concurrency} \
              × {:.2}.",
             drains[0] / drains[2],
             drains[1] / drains[2]
@@ -493,8 +501,8 @@ impl Bench<'_> {
                 );
             }
             report.note(format!(
-                "At {rate:.0}/s, p99 ÷ Alertmanager's (medians): tocsin × {:.2}, with sink \
-                 concurrency × {:.2}.",
+                "At {rate:.0}/s, p99 ÷ Alertmanager's (medians): tocsin × {:.2}, with \
+                 concurrency = {concurrency} × {:.2}.",
                 ratio[0] / ratio[2],
                 ratio[1] / ratio[2]
             ));
@@ -828,7 +836,7 @@ async fn queue_depth(port: u16, sink: &str) -> anyhow::Result<u64> {
         .sum::<f64>() as u64)
 }
 
-fn alertmanager_version() -> String {
+pub(crate) fn alertmanager_version() -> String {
     std::process::Command::new(crate::procs::ALERTMANAGER_BIN)
         .arg("--version")
         .output()

@@ -255,9 +255,10 @@ pub struct SinkSpec {
     pub stage: StageSpec,
     /// How to retry.
     pub retry: RetryPolicy,
-    /// Deliveries in flight at once, each on its own plugin instance. 1 (the default) keeps
-    /// strict order: a retrying message holds back the ones behind it. More lets up to that
-    /// many messages overtake each other, and a retried message arrive after later ones.
+    /// Deliveries in flight at once, each on its own plugin instance ([`DEFAULT_SINK_CONCURRENCY`]
+    /// unless the file says). Order is kept per alert: messages of one alert go one at a time
+    /// in queue order, different alerts side by side. 1 keeps strict order for the whole sink:
+    /// a retrying message holds back every one behind it.
     pub concurrency: u32,
     /// Which messages reach it.
     pub route: Route,
@@ -265,6 +266,11 @@ pub struct SinkSpec {
 
 /// The most deliveries a sink may have in flight.
 pub const MAX_SINK_CONCURRENCY: u32 = 64;
+/// Deliveries a sink has in flight at most when its file does not say: enough for a storm of
+/// different alerts to go out at several times Alertmanager's rate (docs/benchmarks.md), while
+/// each alert's messages keep their order. Instances beyond the first are made only when the
+/// queue has work for them.
+pub const DEFAULT_SINK_CONCURRENCY: u32 = 8;
 
 /// Exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]

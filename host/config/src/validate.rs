@@ -855,7 +855,7 @@ impl Checker<'_> {
                 None
             }
             Some(n) => Some(*n.get_ref()),
-            None => Some(1),
+            None => Some(DEFAULT_SINK_CONCURRENCY),
         };
         let route = self.route(&field, s.route.as_ref());
         if self.diags.len() > errors_before {
@@ -1057,11 +1057,11 @@ match = { severity = ">= info" }
     }
 
     #[test]
-    fn sink_concurrency_defaults_to_one_and_is_bounded() {
+    fn sink_concurrency_defaults_to_eight_and_is_bounded() {
         let fx = fixture();
-        assert_eq!(check(&fx, GOOD).unwrap().sinks[0].concurrency, 1);
-        let eight = GOOD.replace("name = \"out\"\n", "name = \"out\"\nconcurrency = 8\n");
-        assert_eq!(check(&fx, &eight).unwrap().sinks[0].concurrency, 8);
+        assert_eq!(check(&fx, GOOD).unwrap().sinks[0].concurrency, 8);
+        let one = GOOD.replace("name = \"out\"\n", "name = \"out\"\nconcurrency = 1\n");
+        assert_eq!(check(&fx, &one).unwrap().sinks[0].concurrency, 1);
         for bad in ["0", "65"] {
             let text = GOOD.replace(
                 "name = \"out\"\n",

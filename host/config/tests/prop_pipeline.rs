@@ -1267,7 +1267,7 @@ impl GenPipeline {
                         .retry
                         .as_ref()
                         .map_or(RetryPolicy::default(), |r| r.spec(RetryPolicy::default())),
-                    concurrency: 1,
+                    concurrency: DEFAULT_SINK_CONCURRENCY,
                     route: Route {
                         severity: s.severity.as_ref().map(|(_, m)| *m),
                         labels: s

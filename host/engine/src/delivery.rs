@@ -1,10 +1,11 @@
 //! Sink queue head → `sink.deliver`, in order per alert, with retry, backoff and dead letters.
 //!
-//! With the default `concurrency = 1`, one message is in flight per sink: a retrying head
-//! blocks the queue, so "resolved" never overtakes "firing". With `concurrency = N`, up to N
-//! messages are delivered at once on N plugin instances, but never two of one ordering key
-//! (one alert: see [`crate::delivery_order`]): a key's messages go strictly in queue order,
-//! and a retrying message holds back only the later messages of its own key. Outcomes:
+//! With `concurrency = N` (8 by default), up to N messages are delivered at once on up to N
+//! plugin instances ([`SinkInstances`]: made when the queue has work for them), but never two
+//! of one ordering key (one alert: see [`crate::delivery_order`]): a key's messages go
+//! strictly in queue order, and a retrying message holds back only the later messages of its
+//! own key, so "resolved" never overtakes its "firing". With `concurrency = 1`, one message
+//! is in flight per sink and a retrying head blocks the whole queue. Outcomes:
 //! - delivered → removed from the queue (with the state the sink wrote);
 //! - retryable, a plugin error or trap → attempt counted, retried after exponential backoff
 //!   with jitter;
@@ -24,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tocsin_config::RetryPolicy;
 use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
-use tocsin_runtime::{CallError, DeliveryOutcome, Stage, StateChanges};
+use tocsin_runtime::{CallError, DeliveryOutcome, StateChanges};
 
 use crate::delivery_order::{HeadCache, OrderKeys};
+use crate::sink_instances::SinkInstances;
 use crate::status::{Counters, PipelineStatus, StageEvent};
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
@@ -37,9 +39,10 @@ pub struct DeliveryWorker {
     pub pipeline: String,
     /// The sink's name.
     pub sink: String,
-    /// The sink's plugin instances: as many as deliveries may be in flight (its
-    /// `concurrency`), at least one.
-    pub stages: Vec<Stage>,
+    /// The sink's plugin instances: one per delivery in flight, up to its `concurrency`.
+    pub instances: SinkInstances,
+    /// Its `concurrency`: deliveries in flight at most.
+    pub concurrency: usize,
     /// How to retry.
     pub retry: RetryPolicy,
     /// The store.
@@ -65,25 +68,25 @@ impl DeliveryWorker {
     pub async fn run(mut self) {
         let what = format!("the queue of {}/{}", self.pipeline, self.sink);
         let (ready, cancel) = (self.ready.clone(), self.cancel.clone());
-        let concurrency = self.stages.len().max(1);
+        let concurrency = self.concurrency;
         let order = OrderKeys::for_concurrency(concurrency);
         let window_len = order.window(concurrency);
-        let mut idle: Vec<Stage> = std::mem::take(&mut self.stages);
         let mut running = FuturesUnordered::new();
         let mut in_flight: HashMap<Seq, String> = HashMap::new();
         let mut head = HeadCache::new();
         loop {
             let mut wake = IDLE_RECHECK;
-            if !cancel.is_cancelled() && !idle.is_empty() {
+            let free = self.instances.free();
+            if !cancel.is_cancelled() && free > 0 {
                 let now = now_ms();
                 let read = |limit| self.queue.sink_heads(&self.pipeline, &self.sink, limit);
-                match head.take(read, &order, window_len, &in_flight, idle.len(), now) {
+                match head.take(read, &order, window_len, &in_flight, free, now) {
                     Ok((taken, next_due_ms)) => {
                         if let Some(due) = next_due_ms {
                             wake = wake.min(Duration::from_millis(due.saturating_sub(now)));
                         }
                         for (seq, key, envelope) in taken {
-                            let Some(mut stage) = idle.pop() else {
+                            let Some(mut stage) = self.instances.take() else {
                                 head.put_back(seq, envelope);
                                 continue;
                             };
@@ -107,7 +110,7 @@ impl DeliveryWorker {
             }
             tokio::select! {
                 Some((stage, seq, envelope, result)) = running.next(), if !running.is_empty() => {
-                    idle.push(stage);
+                    self.instances.put_back(stage);
                     in_flight.remove(&seq);
                     if let Some(still_queued) = self.settle(seq, envelope, result).await {
                         head.put_back(seq, still_queued);

@@ -52,6 +52,7 @@ pub mod recent;
 pub mod schedule;
 pub mod server;
 pub mod settings;
+pub mod sink_instances;
 pub mod status;
 pub mod status_page;
 pub mod trace;

@@ -16,6 +16,7 @@ use crate::filtering::{FilterWorker, PendingState, SinkRoute};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestEndpoint, IngestTable};
 use crate::schedule::Scheduler;
+use crate::sink_instances::SinkInstances;
 use crate::status::PipelineStatus;
 
 /// How long stopping a pipeline waits for its tasks to finish their current call.
@@ -165,29 +166,26 @@ pub async fn start(
         }));
         filters.push(stage);
     }
-    // One plugin instance per delivery in flight.
-    let mut sinks: Vec<Vec<Stage>> = Vec::new();
+    // One instance per sink to start with; more as its deliveries need them (`SinkInstances`).
+    let mut sinks: Vec<Stage> = Vec::new();
     for s in &spec.sinks {
-        let mut instances = Vec::new();
-        for _ in 0..s.concurrency.max(1) {
-            instances.push(
-                build_stage(
-                    shared,
-                    &status,
-                    &name,
-                    &format!("sink.{}", s.name),
-                    &s.stage,
-                    PluginKind::Sink,
-                )
-                .await?,
-            );
-        }
-        sinks.push(instances);
+        let stage_name = format!("sink.{}", s.name);
+        sinks.push(
+            build_stage(
+                shared,
+                &status,
+                &name,
+                &stage_name,
+                &s.stage,
+                PluginKind::Sink,
+            )
+            .await?,
+        );
     }
     // Run every `init` now, so a bad config fails the pipeline at start, not at 3 am.
     for stage in std::iter::once(&mut source)
         .chain(filters.iter_mut())
-        .chain(sinks.iter_mut().flatten())
+        .chain(sinks.iter_mut())
     {
         let stage_name = stage.context().stage.clone();
         status.track_log_drops(&stage_name, stage.log_lines_dropped());
@@ -274,11 +272,13 @@ pub async fn start(
             .collect(),
     };
     tasks.push(tokio::spawn(filter_worker.run()));
-    for ((sink_spec, stages), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
+    for ((sink_spec, first), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
+        let concurrency = sink_spec.concurrency.max(1) as usize;
         let worker = DeliveryWorker {
             pipeline: name.clone(),
             sink: sink_spec.name.clone(),
-            stages,
+            instances: SinkInstances::new(first, concurrency, memory.clone()),
+            concurrency,
             retry: sink_spec.retry,
             queue: shared.queue.clone(),
             ready: route.ready.clone(),

@@ -2,10 +2,12 @@
 //!
 //! Each stage's `limits.memory` caps one instance (up to 4 GiB), but nothing bounded the sum:
 //! one `memory = "4GiB"` stage took the process to 2 GB of RSS. So a pipeline reserves, when it
-//! starts, the caps of every instance it runs (source, filters, each sink times its
-//! `concurrency`) against a process-wide budget (`--max-plugin-memory`, by default half of this
-//! machine's memory); a pipeline that does not fit fails to start with the figures, and the
-//! others go on. The reservation is released when the pipeline stops.
+//! starts, the caps of the instances it starts with (source, filters, one per sink) against a
+//! process-wide budget (`--max-plugin-memory`, by default half of this machine's memory); a
+//! pipeline that does not fit fails to start with the figures, and the others go on. A sink
+//! with `concurrency = N` adds instances only when its queue has work for them, each one
+//! [`Reservation::grow`]n first; when the budget is full it delivers on the instances it has.
+//! The reservation is released when the pipeline stops.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,23 +18,49 @@ use tocsin_config::PipelineSpec;
 #[derive(Debug)]
 pub struct PluginMemory {
     limit: u64,
-    reserved: Mutex<BTreeMap<String, u64>>,
+    /// Per pipeline: the reservation's number and its bytes.
+    reserved: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// The number of the next reservation: a pipeline restarted under the same name gets a
+    /// new one, and the old one's release or growth leaves the new one alone.
+    next: std::sync::atomic::AtomicU64,
 }
 
-/// A pipeline's reservation; released when dropped.
+/// A pipeline's reservation; released when dropped. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Reservation(Arc<Held>);
+
 #[derive(Debug)]
-pub struct Reservation {
+struct Held {
     budget: Arc<PluginMemory>,
     pipeline: String,
+    number: u64,
 }
 
-impl Drop for Reservation {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.budget
-            .reserved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.pipeline);
+        let mut reserved = self.budget.lock();
+        if reserved.get(&self.pipeline).map(|(n, _)| *n) == Some(self.number) {
+            reserved.remove(&self.pipeline);
+        }
+    }
+}
+
+impl Reservation {
+    /// Adds `bytes` (one more instance's cap) if the budget has room; whether it had.
+    pub fn grow(&self, bytes: u64) -> bool {
+        let held = &self.0;
+        let mut reserved = held.budget.lock();
+        let total: u64 = reserved.values().map(|(_, b)| b).sum();
+        if total.saturating_add(bytes) > held.budget.limit {
+            return false;
+        }
+        match reserved.get_mut(&held.pipeline) {
+            Some((number, mine)) if *number == held.number => {
+                *mine += bytes;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -42,7 +70,17 @@ impl PluginMemory {
         Arc::new(PluginMemory {
             limit,
             reserved: Mutex::new(BTreeMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, u64)>> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes reserved by all pipelines together.
+    pub fn reserved(&self) -> u64 {
+        self.lock().values().map(|(_, b)| b).sum()
     }
 
     /// The budget in bytes.
@@ -53,11 +91,11 @@ impl PluginMemory {
     /// Reserves the memory caps of `spec`'s instances, or says why it does not fit.
     pub fn reserve(self: &Arc<Self>, spec: &PipelineSpec) -> Result<Reservation, String> {
         let need = pipeline_memory(spec);
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reserved = self.lock();
         let others: u64 = reserved
             .iter()
             .filter(|(name, _)| **name != spec.name)
-            .map(|(_, bytes)| bytes)
+            .map(|(_, (_, bytes))| bytes)
             .sum();
         if others.saturating_add(need) > self.limit {
             return Err(format!(
@@ -69,11 +107,13 @@ impl PluginMemory {
                 mib(self.limit)
             ));
         }
-        reserved.insert(spec.name.clone(), need);
-        Ok(Reservation {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reserved.insert(spec.name.clone(), (number, need));
+        Ok(Reservation(Arc::new(Held {
             budget: self.clone(),
             pipeline: spec.name.clone(),
-        })
+            number,
+        })))
     }
 }
 
@@ -81,15 +121,11 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
 }
 
-/// The memory caps of every instance `spec` runs.
+/// The memory caps of the instances `spec` starts with: its source, each filter, one per sink.
 pub fn pipeline_memory(spec: &PipelineSpec) -> u64 {
     let source = spec.source.stage.limits.memory;
     let filters: u64 = spec.filters.iter().map(|f| f.limits.memory).sum();
-    let sinks: u64 = spec
-        .sinks
-        .iter()
-        .map(|s| s.stage.limits.memory * u64::from(s.concurrency.max(1)))
-        .sum();
+    let sinks: u64 = spec.sinks.iter().map(|s| s.stage.limits.memory).sum();
     source + filters + sinks
 }
 

@@ -119,8 +119,8 @@ pub struct PipelineStatus {
     rejections: Mutex<BTreeMap<u16, u64>>,
     /// Per stage, the plugin it runs and its sha256.
     plugins: Mutex<BTreeMap<String, (String, String)>>,
-    /// Per stage, the counters of log lines its plugin caused that were dropped (one per
-    /// instance: a sink with `concurrency` has several).
+    /// Per stage, the counters of log lines its plugin caused that were dropped (a stage's
+    /// instances share one).
     log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
 }
 

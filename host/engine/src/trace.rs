@@ -153,6 +153,9 @@ pub struct Tracer {
     retention: Duration,
     max_per_pipeline: usize,
     pending: Mutex<Vec<(String, TraceEvent)>>,
+    /// Held for a whole flush, from taking `pending` to the store's write: a reader's flush
+    /// waits for one in progress, so it never reads between the two and misses those steps.
+    flushing: Mutex<()>,
     dropped: AtomicU64,
 }
 
@@ -170,6 +173,7 @@ impl Tracer {
             retention,
             max_per_pipeline,
             pending: Mutex::new(Vec::new()),
+            flushing: Mutex::new(()),
             dropped: AtomicU64::new(0),
         })
     }
@@ -230,8 +234,10 @@ impl Tracer {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Writes what was recorded so far to the store.
+    /// Writes what was recorded so far to the store; when it returns, everything recorded
+    /// before the call is readable there.
     pub fn flush(&self) {
+        let _whole = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if taken.is_empty() {
             return;

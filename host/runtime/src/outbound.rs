@@ -49,9 +49,10 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 /// An idle pooled connection is closed after this long (many servers close theirs sooner; a
 /// request that finds its connection closed before it was sent is retried on a new one).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per host by one stage. A stage instance makes one request at a
-/// time, so one would do; a few more cover a plugin that overlaps requests.
-const MAX_IDLE_PER_HOST: usize = 4;
+/// Idle connections kept per host by one stage. Its instances (up to a sink's `concurrency`,
+/// at most 64) share the pool and each makes about one request at a time, so a storm keeps one
+/// connection per instance in flight instead of opening and closing the ones over a smaller cap.
+const MAX_IDLE_PER_HOST: usize = 64;
 /// Connecting (TCP) gives up after this long, whatever the guest asked for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// wasmtime-wasi-http's default for each timeout a guest does not set.

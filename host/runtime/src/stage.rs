@@ -178,7 +178,11 @@ pub struct Stage {
     engine: Engine,
     plugin: Arc<Plugin>,
     ctx: StageContext,
-    /// Outbound HTTP connections, kept across calls and across instances.
+    /// The grants as the pipeline wrote them (`ctx.grants` has a granted `/proc` replaced by
+    /// this stage's view of it), for [`Stage::sibling`].
+    granted: Grants,
+    /// Outbound HTTP connections, kept across calls and across instances (and shared with
+    /// its siblings).
     outbound: Arc<OutboundPool>,
     live: Option<Live>,
     traps: u64,
@@ -204,6 +208,7 @@ impl Stage {
             runtime.tls().clone(),
             format!("{}/{}", ctx.pipeline, ctx.stage),
         ));
+        let granted = ctx.grants.clone();
         let (proc_view, refused_grant) = sandbox_procfs(&mut ctx.grants);
         let text = GuestText::new(&ctx.secrets);
         let log = LogBudget::new(&ctx.pipeline, &ctx.stage);
@@ -212,6 +217,7 @@ impl Stage {
             engine: runtime.engine().clone(),
             plugin,
             ctx,
+            granted,
             outbound,
             live: None,
             traps: 0,
@@ -222,6 +228,32 @@ impl Stage {
             log,
             stdout,
             timestamp_ahead_ms: runtime.timestamp_ahead_ms(),
+        }
+    }
+
+    /// Another stage of the same plugin and context, for one more call in flight (a sink's
+    /// `concurrency`): its own instance (built at its first call), its own per-call stdout
+    /// count and, when `/proc` is granted, its own view of it; the same outbound connections,
+    /// log budget and per-second stdout bound as this one, which are the stage's.
+    pub fn sibling(&self) -> Stage {
+        let mut ctx = self.ctx.clone();
+        ctx.grants = self.granted.clone();
+        let (proc_view, refused_grant) = sandbox_procfs(&mut ctx.grants);
+        Stage {
+            engine: self.engine.clone(),
+            plugin: self.plugin.clone(),
+            ctx,
+            granted: self.granted.clone(),
+            outbound: self.outbound.clone(),
+            live: None,
+            traps: 0,
+            instantiations: 0,
+            proc_view,
+            refused_grant,
+            text: self.text.clone(),
+            log: self.log.clone(),
+            stdout: self.stdout.sibling(),
+            timestamp_ahead_ms: self.timestamp_ahead_ms,
         }
     }
 

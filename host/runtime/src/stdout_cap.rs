@@ -45,6 +45,15 @@ impl CappedStdout {
         }
     }
 
+    /// The same stage's stdout for another instance: its own per-call count, the stage's
+    /// per-second bound.
+    pub(crate) fn sibling(&self) -> Self {
+        CappedStdout {
+            call: Arc::new(AtomicUsize::new(0)),
+            ..self.clone()
+        }
+    }
+
     /// Starts a call's count afresh.
     pub(crate) fn new_call(&self) {
         self.call.store(0, Ordering::Relaxed);

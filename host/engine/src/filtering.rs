@@ -5,7 +5,9 @@
 //! filters on each in order (until [`HAND_OVER_MAX_WAIT`] has passed, so slow filters do not
 //! hold finished messages back), then one batch removes those ingress entries, appends their
 //! outputs to every sink whose `match` takes them and writes the plugin state the filters
-//! changed — one commit (one fsync) for the run. State a filter writes is visible to the next
+//! changed — one commit (one fsync) for the run; the sinks are woken as soon as the batch is
+//! applied, not after its fsync (a crash before it leaves the ingress entries in place, to be
+//! filtered and delivered again under the same keys). State a filter writes is visible to the next
 //! call at once through [`PendingState`]. If a filter fails, nothing of that message's run is
 //! kept: the messages before it are handed over, it stays at the head of ingress and is retried
 //! with backoff, and after the pipeline's `filter_retry.max_attempts` goes to the pipeline's
@@ -191,14 +193,20 @@ impl FilterWorker {
         self.pending.clear();
         let handed = hand_overs.len() as u64;
         if handed > 0 {
-            match self.queue.hand_over_all(&self.pipeline, hand_overs).await {
+            let commit = self.queue.hand_over_all(&self.pipeline, hand_overs);
+            if commit.applied() {
+                // The sinks start at once, while the commit's fsync runs: if the process dies
+                // before it is durable, the ingress entries are still there, and are filtered
+                // and delivered again under the same idempotency keys.
+                for (sink, woken) in self.sinks.iter().zip(woken) {
+                    if woken {
+                        sink.ready.notify_one();
+                    }
+                }
+            }
+            match commit.await {
                 Ok(()) => {
                     Counters::add(&c.handed_over, handed);
-                    for (sink, woken) in self.sinks.iter().zip(woken) {
-                        if woken {
-                            sink.ready.notify_one();
-                        }
-                    }
                 }
                 Err(e) => {
                     tracing::error!(pipeline = %self.pipeline, error = %e, "hand-over failed; will retry");

@@ -164,6 +164,12 @@ impl Commit {
         Commit(CommitInner::Waiting(rx))
     }
 
+    /// Whether the write was applied: readers see it from now on, before it is durable. False
+    /// only for a write that failed at once (nothing of it was applied).
+    pub fn applied(&self) -> bool {
+        !matches!(self.0, CommitInner::Ready(Some(Err(_))))
+    }
+
     /// Blocks the current thread until durable (for synchronous callers such as the CLI).
     pub fn wait_blocking(self) -> Result<()> {
         match self.0 {

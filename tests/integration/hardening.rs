@@ -130,7 +130,7 @@ async fn idle_and_half_sent_requests_are_cut_off_and_cannot_starve_the_server() 
     let cap_lines = log
         .lines()
         .filter(|l| {
-            l.contains("HTTP connections at their cap") && l.contains("max_connections=512")
+            l.contains("HTTP connections at their cap") && l.contains("max_connections=768")
         })
         .count();
     // Once, or twice on a machine slow enough for the test to outlast a minute.

@@ -345,9 +345,9 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
     );
     report.note(
         "A sink's call includes its outbound request, sent by the host over the stage's kept-alive \
-         connection (the first call opens it), and the guest's wait for the answer. With the \
-         default concurrency of 1 a sink runs one call at a time, so this bounds one sink's \
-         throughput.",
+         connection (the first call opens it), and the guest's wait for the answer. One \
+         instance runs one call at a time, so this bounds what one instance delivers; a sink \
+         runs up to its `concurrency` (8 by default) side by side.",
     );
 
     report.section("Durable enqueue on the sled store (in process)");

@@ -132,7 +132,8 @@ enum Command {
         tls_ca_file: Option<PathBuf>,
         /// HTTP connections open at once, per listener; more wait in the kernel's backlog.
         /// Lowered at start if the open-files limit (LimitNOFILE) leaves no room for it.
-        #[arg(long, env = "TOCSIN_MAX_CONNECTIONS", default_value_t = 512)]
+        /// Alertmanager in front opens about one connection per notification in flight.
+        #[arg(long, env = "TOCSIN_MAX_CONNECTIONS", default_value_t = 4096)]
         max_connections: usize,
         /// A request's headers must arrive within this; also how long an idle kept-alive
         /// connection stays open.

@@ -30,8 +30,10 @@ use tocsin_runtime::{Runtime, RuntimeConfig};
 /// The parts of the suite.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 pub enum Section {
-    /// In-process filter-stage and enqueue figures.
+    /// In-process filter-stage, sink-stage and enqueue figures.
     Micro,
+    /// The in-process sink figure alone (one `webhook` delivery), e.g. under a profiler.
+    Sink,
     /// Durable ingest over HTTP.
     Ingest,
     /// tocsin and Alertmanager side by side: throughput and latency.
@@ -157,9 +159,13 @@ async fn main() -> anyhow::Result<()> {
         args.runs, args.seconds
     ));
 
-    if wanted(Section::Micro) {
+    if wanted(Section::Micro) || args.only.contains(&Section::Sink) {
         let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
-        micro::run(&mut report, &args, &runtime).await?;
+        if wanted(Section::Micro) {
+            micro::run(&mut report, &args, &runtime).await?;
+        } else {
+            micro::sink(&mut report, &args, &runtime).await?;
+        }
     }
     let clock = Instant::now();
     let bench = system::Bench {

@@ -309,6 +309,32 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
         );
     }
 
+    sink(report, args, runtime).await?;
+
+    report.section("Durable enqueue on the sled store (in process)");
+    for (producers, batch, target) in [
+        (1, 1, "—"),
+        (16, 1, "—"),
+        (64, 1, "≥ 20 k/s"),
+        (16, 32, "≥ 100 k/s"),
+    ] {
+        let mut xs = Vec::new();
+        for _ in 0..args.runs {
+            xs.push(enqueue_rate(producers, batch, args.seconds).await?);
+        }
+        report.row(
+            format!("durable enqueue (fsync, group commit), {producers} producer(s) × {batch} msg per commit: msgs/s"),
+            xs,
+            0,
+            target,
+        );
+    }
+    Ok(())
+}
+
+/// One `webhook` sink instance delivering to the local receiver, one call after another.
+pub async fn sink(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow::Result<()> {
+    let dir = &args.plugin_dir;
     report.section("A sink stage (in process)");
     let receiver = crate::receiver::Receiver::start(Instant::now()).await?;
     let mut sink = stage_with(
@@ -350,24 +376,6 @@ pub async fn run(report: &mut Report, args: &Args, runtime: &Runtime) -> anyhow:
          runs up to its `concurrency` (8 by default) side by side.",
     );
 
-    report.section("Durable enqueue on the sled store (in process)");
-    for (producers, batch, target) in [
-        (1, 1, "—"),
-        (16, 1, "—"),
-        (64, 1, "≥ 20 k/s"),
-        (16, 32, "≥ 100 k/s"),
-    ] {
-        let mut xs = Vec::new();
-        for _ in 0..args.runs {
-            xs.push(enqueue_rate(producers, batch, args.seconds).await?);
-        }
-        report.row(
-            format!("durable enqueue (fsync, group commit), {producers} producer(s) × {batch} msg per commit: msgs/s"),
-            xs,
-            0,
-            target,
-        );
-    }
     Ok(())
 }
 

@@ -90,7 +90,7 @@ async fn produce(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let batch = if n % 4 == 0 { 3 } else { 1 };
+        let batch = if n.is_multiple_of(4) { 3 } else { 1 };
         let ids: Vec<String> = (0..batch).map(|j| format!("{prefix}-{n}-{j}")).collect();
         let messages: Vec<_> = ids
             .iter()

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tocsin::status::PipelineState;
 use tocsin_tests::load::Load;
 use tocsin_tests::receiver::{Behaviour, Receiver};
-use tocsin_tests::{every_second_backup_source, file_sink, wait_until, Env, OPEN_JSON_SOURCE};
+use tocsin_tests::{
+    every_second_backup_source, file_sink, post_json_message, wait_until, Env, OPEN_JSON_SOURCE,
+};
 
 fn pipeline(env: &Env, output: &str) -> String {
     format!(
@@ -74,7 +76,7 @@ async fn pipeline_files_are_applied_without_restart() {
     // Deleted: stops, and the other pipeline is untouched.
     std::fs::remove_file(env.path("pipelines/second.toml")).unwrap();
     wait_until(Duration::from_secs(20), "second stopped", || {
-        server.state("second") == Some(PipelineState::Stopped)
+        server.state("second").is_none()
     })
     .await;
     let frozen = env.read_lines("out/second-v2.jsonl").len();
@@ -214,5 +216,91 @@ async fn a_pipeline_that_could_not_start_is_tried_again_without_a_file_change() 
         || matches!(server.state("later"), Some(PipelineState::Running)),
     )
     .await;
+    server.stop().await;
+}
+
+/// The value of the `/metrics` line that starts with `prefix` (name and labels), if any.
+async fn metric(base: &str, prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Waits until the metric `prefix` reads `value`.
+async fn metric_reaches(base: &str, prefix: &str, value: f64) {
+    for _ in 0..50 {
+        if metric(base, prefix).await == Some(value) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{prefix} never reached {value}: {:?}",
+        metric(base, prefix).await
+    );
+}
+
+/// Counters belong to the process, as Prometheus expects: a reload keeps a pipeline's
+/// counters in step with its latency histogram; a deleted file's series go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_counters_and_a_deleted_pipeline_leaves_the_metrics() {
+    let env = Env::new();
+    env.mkdir("out");
+    let version = |output: &str| format!("{OPEN_JSON_SOURCE}{}", file_sink(&env, "out", output));
+    env.write_pipeline("p", &version("v1.jsonl"));
+    let server = env.start().await;
+    let base = server.base_url.clone();
+    let delivered = "tocsin_delivered_total{pipeline=\"p\"} ";
+    let latencies = "tocsin_delivery_latency_seconds_count{pipeline=\"p\",sink=\"out\"} ";
+    for i in 0..4 {
+        assert_eq!(post_json_message(&base, "p", &format!("m{i}")).await, 202);
+    }
+    wait_until(Duration::from_secs(20), "four delivered", || {
+        env.read_lines("out/v1.jsonl").len() == 4
+    })
+    .await;
+    metric_reaches(&base, delivered, 4.0).await;
+    assert_eq!(metric(&base, latencies).await, Some(4.0));
+
+    // A new version: the counters go on from 4.
+    env.write_pipeline("p", &version("v2.jsonl"));
+    // Until the new version runs, a post may go to the old one (v1) or get a 503.
+    for i in 0.. {
+        let id = format!("after-{i}");
+        post_json_message(&base, "p", &id).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !env.read_lines("out/v2.jsonl").is_empty() {
+            break;
+        }
+        assert!(i < 100, "the new version never delivered");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = env.read_lines("out/v1.jsonl").len() + env.read_lines("out/v2.jsonl").len();
+    metric_reaches(&base, delivered, all as f64).await;
+    assert_eq!(metric(&base, latencies).await, Some(all as f64));
+
+    // Deleted: its series go away.
+    std::fs::remove_file(env.path("pipelines/p.toml")).unwrap();
+    wait_until(Duration::from_secs(20), "p removed", || {
+        server.state("p").is_none()
+    })
+    .await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("tocsin_delivered_total{pipeline=\"p\"}")
+            && !text.contains("tocsin_delivery_latency_seconds_count{pipeline=\"p\""),
+        "{text}"
+    );
     server.stop().await;
 }

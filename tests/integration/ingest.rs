@@ -407,3 +407,143 @@ async fn a_pipeline_that_failed_to_start_answers_503_and_rejections_are_counted(
     }
     server.stop().await;
 }
+
+/// Credentials are for the host: once `auth` is checked, the decoder (third-party code) gets
+/// the request without `Authorization`, `Proxy-Authorization` or `Cookie`; other headers pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decoder_never_sees_the_credentials() {
+    let env = setup();
+    let token = env.path("token");
+    env.write_pipeline(
+        "echo",
+        &format!(
+            "[source]\nplugin = \"header-echo\"\nauth = {{ bearer = \"file:{}\" }}\n\n{}",
+            token.display(),
+            file_sink(&env, "out", "echo.jsonl")
+        ),
+    );
+    env.write_pipeline(
+        "open",
+        &format!(
+            "[source]\nplugin = \"header-echo\"\nauth = {{ none = true }}\n\n{}",
+            file_sink(&env, "out", "open.jsonl")
+        ),
+    );
+    let server = env.start().await;
+    let sent = [
+        BEARER,
+        ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+        ("cookie", "session=s3cr3t"),
+        ("x-request-id", "r-17"),
+    ];
+    for pipeline in ["echo", "open"] {
+        let (status, answer) = post(&server, pipeline, &sent, "hello").await;
+        assert_eq!(status, 202, "{pipeline}: {answer}");
+    }
+    for file in ["out/echo.jsonl", "out/open.jsonl"] {
+        wait_until(Duration::from_secs(20), "delivery", || {
+            !env.read_lines(file).is_empty()
+        })
+        .await;
+        let lines = env.read_json_lines(file);
+        // The file sink writes labels as [name, value] pairs.
+        let pairs: Vec<(String, String)> =
+            serde_json::from_value(lines[0]["labels"].clone()).unwrap();
+        let labels: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
+        assert_eq!(
+            labels.get("header.x-request-id").map(String::as_str),
+            Some("r-17"),
+            "{file}: {labels:?}"
+        );
+        for credential in ["authorization", "proxy-authorization", "cookie"] {
+            assert!(
+                !labels.contains_key(&format!("header.{credential}")),
+                "{file}: the decoder saw {credential}: {labels:?}"
+            );
+        }
+        let stored = lines[0].to_string();
+        for secret in ["tok-123", "cHJveHk6c2VjcmV0", "s3cr3t"] {
+            assert!(!stored.contains(secret), "{file}: {stored}");
+        }
+    }
+    server.stop().await;
+}
+
+/// A body within every limit is never a 500: with `body_limit` at its largest, the decoder's
+/// memory and fuel follow it, so a 60 MB body it can hand on is accepted, and bodies past what
+/// it can hand on or hold are answered 413 with the reason; none counts as a plugin fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_within_the_body_limit_get_413_never_a_plugin_fault() {
+    let env = setup();
+    for (name, plugin) in [("big", "json"), ("am", "alertmanager-webhook")] {
+        env.write_pipeline(
+            name,
+            &format!(
+                "[source]\nplugin = \"{plugin}\"\nauth = {{ none = true }}\n\
+                 body_limit = \"64MiB\"\n\n{}",
+                file_sink(&env, "out", &format!("{name}.jsonl"))
+            ),
+        );
+    }
+    let server = env.start().await;
+    // 60 MB of JSON escapes, 10 MB once decoded: parsing it takes memory and fuel in
+    // proportion to the body (the defaults alone trap: 500 before).
+    let escaped = format!(
+        "{{\"body\": \"{}\", \"id\": \"escaped\"}}",
+        "\\u0041".repeat(10 << 20)
+    );
+    let (status, answer) = post(&server, "big", &[], escaped).await;
+    assert_eq!(status, 202, "{answer}");
+    // Each of these makes a message larger than one request may make.
+    for mb in [30, 50, 60] {
+        let body = json!({"body": "x".repeat(mb << 20)}).to_string();
+        let (status, answer) = post(&server, "big", &[], body).await;
+        assert_eq!(status, 413, "{mb} MB: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("16777216 bytes")),
+            "{answer}"
+        );
+    }
+    // 60 MB of 150 000 alerts: more than the decoder can hold (or take) at once.
+    let alerts: Vec<Value> = (0..150_000)
+        .map(|i| {
+            json!({"status": "firing", "labels": {"alertname": format!("A{i}")},
+                   "annotations": {"summary": "x".repeat(250)},
+                   "startsAt": "2026-12-05T00:00:00Z", "fingerprint": format!("{i:016x}")})
+        })
+        .collect();
+    let notification = json!({"version": "4", "groupKey": "g", "status": "firing",
+        "receiver": "r", "alerts": alerts})
+    .to_string();
+    assert!((50 << 20..64 << 20).contains(&notification.len()));
+    let (status, answer) = post(&server, "am", &[], notification).await;
+    assert_eq!(status, 413, "{answer}");
+    wait_until(
+        Duration::from_secs(20),
+        "the escaped body delivered",
+        || !env.read_lines("out/big.jsonl").is_empty(),
+    )
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for pipeline in ["big", "am"] {
+        assert!(
+            metrics.contains(&format!(
+                "tocsin_plugin_traps_total{{pipeline=\"{pipeline}\"}} 0"
+            )),
+            "{pipeline}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("traps"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    server.stop().await;
+}

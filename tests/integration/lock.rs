@@ -1,6 +1,7 @@
 //! One process per data directory: a second `tocsin run`, or an operator command, on a data
 //! directory a server holds is refused with the holder's pid and the right advice — once, and
-//! without calling the healthy store damaged — and the running server goes on.
+//! without calling the healthy store damaged — and the running server goes on. An operator
+//! command on a directory that holds no tocsin data says so (exit 2) and creates nothing.
 
 use std::process::Command;
 use std::time::Duration;
@@ -55,4 +56,36 @@ async fn a_second_process_on_the_same_data_is_refused_as_in_use_not_as_damaged()
     assert_eq!(health.status(), 200);
     assert!(first.is_running());
     first.terminate(Duration::from_secs(20));
+}
+
+#[test]
+fn operator_commands_on_a_directory_without_tocsin_data_say_so_and_create_nothing() {
+    let env = Env::new();
+    let wrong = env.path("wrong/path");
+    let commands: [&[&str]; 6] = [
+        &["dlq", "ls"],
+        &["dlq", "show", "alerts", "sink-0", "1"],
+        &["queue", "ls"],
+        &["queue", "purge", "alerts"],
+        &["status"],
+        &["trace", "some-id"],
+    ];
+    for args in commands {
+        let out = Command::new(tocsin_bin())
+            .args(args)
+            .arg("--data")
+            .arg(&wrong)
+            .env_remove("TOCSIN_API_TOKEN")
+            .output()
+            .expect("tocsin runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no tocsin data in {}", wrong.display()))
+                && stderr.contains("is --data right?"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed a result");
+        assert!(!wrong.exists(), "{args:?} created {}", wrong.display());
+    }
 }

@@ -18,13 +18,15 @@
 //! - `hot_reload`: adding, changing and deleting pipeline files while running.
 //! - `howto`: every operator how-to in docs/howto/ runs as written and prints what it shows.
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
-//! - `lock`: a second process on a data directory in use is told so, with the holder's pid.
+//! - `lock`: a second process on a data directory in use is told so, with the holder's pid;
+//!   an operator command on a directory without tocsin data says so (exit 2), creating nothing.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
 //! - `ordering`: order per alert: a resolved never overtakes its firing, other alerts go on.
 //! - `outbound`: sinks' HTTP: one kept-alive connection; Content-Length, never chunked, for
 //!   every sink; HTTPS with an operator's CA, and without.
-//! - `packaging`: the systemd unit verifies, is hardened, and its command line runs.
+//! - `packaging`: the systemd unit verifies, is hardened, and its command line runs, saying
+//!   what it uses in one start-up line; the stated Rust toolchain is the one dependencies need.
 //! - `pipeline_test`: `tocsin test PIPELINE` dry runs, and every shipped pipeline's behaviour tests.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.

@@ -99,7 +99,8 @@ async fn the_units_command_line_starts_tocsin_and_sigterm_stops_it() {
     let port = Port::free();
     let mut args = exec_start(&unit());
     args.remove(0); // the binary
-                    // The unit's paths, moved into the test's directory.
+    args.extend(["--queue-budget".to_string(), "3GiB".to_string()]);
+    // The unit's paths, moved into the test's directory.
     for (flag, value) in [
         ("--pipelines", env.path("pipelines").display().to_string()),
         ("--plugin-dir", plugins_dir().display().to_string()),
@@ -143,9 +144,146 @@ async fn the_units_command_line_starts_tocsin_and_sigterm_stops_it() {
     // --log-format json: every line of the log is a JSON object.
     let text = std::fs::read_to_string(env.path("tocsin.log")).unwrap();
     assert!(!text.is_empty());
+    let mut started = Vec::new();
     for line in text.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("level").is_some(), "{line}");
+        let fields = &v["fields"];
+        if fields["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tocsin started"))
+        {
+            started.push(fields.clone());
+        }
+    }
+    // One start-up line says what the process is and uses.
+    assert_eq!(started.len(), 1, "{text}");
+    let fields = &started[0];
+    for (field, expected) in [
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("pipelines", env.path("pipelines").display().to_string()),
+        ("data", env.path("data").display().to_string()),
+        ("plugin_dirs", plugins_dir().display().to_string()),
+        ("listen", format!("127.0.0.1:{}", port.0)),
+        ("queue_budget", "3GiB".to_string()),
+    ] {
+        assert_eq!(fields[field], expected.as_str(), "{field}: {fields}");
+    }
+}
+
+/// `rust-toolchain.toml`, the workspace's `rust-version` and README state one Rust version,
+/// and it is the newest any dependency declares (wasmtime's), so the first command on a
+/// fresh machine is not a toolchain error.
+#[test]
+fn the_stated_toolchain_is_the_one_the_dependencies_need() {
+    let root = repo_root();
+    let toolchain = std::fs::read_to_string(root.join("rust-toolchain.toml")).unwrap();
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .expect("a channel")
+        .trim_matches('"')
+        .to_string();
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc names its host");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .args(["--filter-platform", &host])
+        .current_dir(&root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version =
+        |text: &str| -> Vec<u64> { text.split('.').map(|n| n.parse().unwrap()).collect() };
+    let needed = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["source"].is_null()) // dependencies, not our own crates
+        .filter_map(|p| {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            p["rust_version"].as_str().map(|v| (version(v), name))
+        })
+        .max()
+        .expect("some dependency declares a rust-version");
+    let ours = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tocsin")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .expect("tocsin declares a rust-version");
+    let mut needed_mm = needed.0.clone();
+    needed_mm.resize(2, 0);
+    let mut ours_mm = ours.clone();
+    ours_mm.resize(2, 0);
+    assert_eq!(
+        ours_mm, needed_mm,
+        "rust-version; {} needs {:?}",
+        needed.1, needed.0
+    );
+    assert!(
+        version(&channel) >= needed.0,
+        "rust-toolchain.toml {channel} < {:?}",
+        needed.0
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&channel),
+        "README does not state Rust {channel}"
+    );
+}
+
+/// README's command table names every command of the binary, and `plugin new`'s languages.
+#[test]
+fn readme_names_every_command_and_plugin_language() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let help = |args: &[&str]| {
+        let out = Command::new(tocsin_bin()).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "{top}");
+    for command in commands {
+        assert!(
+            readme.contains(&format!("`tocsin {command} "))
+                || readme.contains(&format!("`tocsin {command}`")),
+            "README's command table lacks `tocsin {command}`"
+        );
+    }
+    let new = help(&["plugin", "new", "--help"]);
+    let languages: Vec<&str> = new
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("--lang"))
+        .filter_map(|l| l.trim_start().strip_prefix("- "))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert!(languages.contains(&"python"), "{new}");
+    for lang in languages.iter().filter(|l| **l != "rust") {
+        assert!(
+            readme.contains(&format!("plugin new --lang {lang}")),
+            "README lacks `plugin new --lang {lang}`"
+        );
     }
 }

@@ -324,6 +324,33 @@ pub fn parse_pipeline(
         }
     };
 
+    // The decoder holds the request body in its memory while it parses it: its memory and
+    // fuel follow `body_limit` unless the file sets them, and a memory cap set too low for
+    // the body is refused.
+    let mut source_stage = source_stage;
+    if let (Some(stage), Some(Trigger::Ingest(ingest))) = (source_stage.as_mut(), &trigger) {
+        let needed = decoder_memory(ingest.body_limit);
+        if src.limits.fuel.is_none() {
+            stage.limits.fuel = stage.limits.fuel.max(decoder_fuel(ingest.body_limit));
+        }
+        match &src.limits.memory {
+            None => stage.limits.memory = stage.limits.memory.max(needed),
+            Some(set) if stage.limits.memory < needed => cx.error(
+                Some(set.span()),
+                "source.limits.memory",
+                format!(
+                    "{} cannot hold a request body of `body_limit` {} while decoding it: the \
+                     decoder needs at least {} (4 × body_limit + 32MiB); raise \
+                     `limits.memory` or lower `body_limit`",
+                    crate::units::format_size(stage.limits.memory),
+                    crate::units::format_size(ingest.body_limit),
+                    crate::units::format_size(needed),
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
     let filters: Vec<Option<StageSpec>> = raw
         .filters
         .iter()
@@ -572,24 +599,13 @@ impl Checker<'_> {
             }
         }
         for host in &g.hosts {
-            let h = host.get_ref().trim().to_ascii_lowercase();
-            let valid = !h.is_empty()
-                && !h.contains(['/', '@', ' ', '?', '#'])
-                && match h.rsplit_once(':') {
-                    Some((name, port)) => !name.is_empty() && port.parse::<u16>().is_ok(),
-                    None => true,
-                };
-            if valid {
-                out.hosts.push(h);
-            } else {
-                self.error(
+            match crate::host_grant::HostGrant::parse(host.get_ref()) {
+                Ok(_) => out.hosts.push(host.get_ref().trim().to_ascii_lowercase()),
+                Err(why) => self.error(
                     Some(host.span()),
                     &format!("{field}.grants.hosts"),
-                    format!(
-                        "`{}` is not `host` or `host:port` (no scheme, path or user)",
-                        host.get_ref()
-                    ),
-                );
+                    format!("`{}`: {why}", host.get_ref()),
+                ),
             }
         }
         for (name, source) in &g.secrets {

@@ -644,12 +644,24 @@ fn dir() -> impl Strategy<Value = String> {
         })
 }
 
+/// A valid `grants.hosts` entry: a DNS name (any case), maybe a `*.` wildcard over a domain of
+/// two labels or more, maybe a port, maybe padded.
 fn host() -> impl Strategy<Value = String> {
     (
-        "[a-zA-Z0-9][a-zA-Z0-9.-]{0,20}",
-        prop::option::of(any::<u16>()),
+        prop::collection::vec("[a-zA-Z0-9]([a-zA-Z0-9_-]{0,6}[a-zA-Z0-9])?", 1..4),
+        any::<bool>(),
+        prop::option::of(1..=u16::MAX),
         any::<bool>(),
     )
+        .prop_map(|(labels, wildcard, port, pad)| {
+            let name = labels.join(".");
+            let name = if wildcard && labels.len() >= 2 {
+                format!("*.{name}")
+            } else {
+                name
+            };
+            (name, port, pad)
+        })
         .prop_map(|(h, port, pad)| {
             let h = match port {
                 Some(p) => format!("{h}:{p}"),
@@ -1094,6 +1106,19 @@ fn pipeline() -> impl Strategy<Value = GenPipeline> {
                 filters,
                 sinks,
             )| {
+                let mut source = source;
+                // An ingest source's memory must hold its body while decoding (a file that
+                // sets less is refused; broken_files_… covers that).
+                if let GenTrigger::Ingest { body_limit, .. } = &trigger {
+                    let limit = body_limit.as_ref().map_or(DEFAULT_BODY_LIMIT, |(_, b)| *b);
+                    if source
+                        .memory
+                        .as_ref()
+                        .is_some_and(|(_, m)| *m < decoder_memory(limit))
+                    {
+                        source.memory = None;
+                    }
+                }
                 GenPipeline {
                     name,
                     version,
@@ -1243,7 +1268,21 @@ impl GenPipeline {
             disabled: self.disabled.unwrap_or(false),
             queue_budget: self.queue_budget.as_ref().map(|(_, b)| *b),
             source: SourceSpec {
-                stage: self.source.spec(DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT),
+                stage: {
+                    let mut stage = self.source.spec(DEFAULT_FUEL, DEFAULT_SOURCE_TIMEOUT);
+                    // An ingest source's memory follows its body limit unless the file sets it.
+                    if let Trigger::Ingest(ingest) = &trigger {
+                        if self.source.memory.is_none() {
+                            stage.limits.memory =
+                                stage.limits.memory.max(decoder_memory(ingest.body_limit));
+                        }
+                        if self.source.fuel.is_none() {
+                            stage.limits.fuel =
+                                stage.limits.fuel.max(decoder_fuel(ingest.body_limit));
+                        }
+                    }
+                    stage
+                },
                 trigger,
             },
             filters: self

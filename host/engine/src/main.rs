@@ -372,7 +372,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<NoData>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -648,7 +652,20 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
     })
 }
 
+/// `--data` names a directory that holds no tocsin store. A usage error (exit code 2):
+/// nothing is created there, so a wrong path is not mistaken for an empty store.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no tocsin data in {}; is --data right? (`tocsin run` creates its store there on its first start)",
+    .0.display()
+)]
+struct NoData(PathBuf);
+
+/// Opens the store of an existing data directory for an operator command.
 fn open_store(data: &Path) -> anyhow::Result<std::sync::Arc<SledStore>> {
+    if !SledStore::exists(&data.join("queue")) {
+        return Err(NoData(data.to_path_buf()).into());
+    }
     let store = match SledStore::open(&data.join("queue")) {
         Ok(store) => store,
         // Says itself who holds the store and what to do.

@@ -137,8 +137,15 @@ impl Manager {
                 if let Some(running) = entry.running {
                     running.stop().await;
                 }
-                if let Some(status) = self.board_get(&name) {
-                    status.set(PipelineState::Stopped);
+                // Its status and counters go with its file; queues it left are still
+                // reported, from the store.
+                let status = self
+                    .board
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+                if let Some(status) = status {
+                    self.shared.metrics.forget_sinks(&name, &status.sinks());
                 }
                 tracing::info!(pipeline = %name, "pipeline file removed; pipeline stopped, its queues are kept");
                 report.removed.push(name);
@@ -196,12 +203,18 @@ impl Manager {
         if let Some(old) = previous {
             old.stop().await;
         }
-        let status = PipelineStatus::new();
-        status.set_sinks(spec.sinks.iter().map(|s| s.name.clone()).collect());
-        self.board
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), status.clone());
+        // Counters belong to the process, as Prometheus expects: a reload keeps the
+        // pipeline's status and its counters; only what described the old version goes.
+        let status = self.board_status(name);
+        status.begin_version();
+        let sinks: Vec<String> = spec.sinks.iter().map(|s| s.name.clone()).collect();
+        let gone: Vec<String> = status
+            .sinks()
+            .into_iter()
+            .filter(|sink| !sinks.contains(sink))
+            .collect();
+        self.shared.metrics.forget_sinks(name, &gone);
+        status.set_sinks(sinks);
         let spec_disabled = spec.disabled || self.paused.contains(name);
         let running = if spec.disabled {
             status.set(PipelineState::Disabled);

@@ -71,6 +71,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Drops the latency series of these sinks of a pipeline: sinks a new version of its file
+    /// no longer has, or all of them when the file was deleted (its counters go with its
+    /// status, off the board).
+    pub fn forget_sinks(&self, pipeline: &str, sinks: &[String]) {
+        for sink in sinks {
+            self.delivery_latency.remove(&vec![
+                ("pipeline", pipeline.to_string()),
+                ("sink", sink.to_string()),
+            ]);
+        }
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();

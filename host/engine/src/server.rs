@@ -88,6 +88,27 @@ pub struct Server {
     _announcement: Option<crate::admin::client::ServerFileGuard>,
 }
 
+/// The one line that says what this process is and uses: its version, its directories, where
+/// it listens and its queue budget (an operator's first question about a running service).
+fn log_start(settings: &Settings, listen: Option<std::net::SocketAddr>) {
+    let plugin_dirs: Vec<String> = settings
+        .plugin_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pipelines = %settings.pipelines_dir.display(),
+        data = %settings.data_dir.display(),
+        plugin_dirs = %plugin_dirs.join(":"),
+        listen = %listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        queue_budget = %settings
+            .queue_budget
+            .map_or_else(|| "none".to_string(), tocsin_config::units::format_size),
+        "tocsin started; HTTP serves POST /ingest/{{pipeline}}, GET /healthz, GET /metrics"
+    );
+}
+
 impl Server {
     /// Opens the store and runtime and starts every valid pipeline of the directory.
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
@@ -111,9 +132,7 @@ impl Server {
         })
         .map_err(ServerError::Runtime)?;
         let http = bind(settings.listen).await?;
-        if let Some((addr, _)) = &http {
-            tracing::info!(addr = %addr, "listening for HTTP (POST /ingest/{{pipeline}}, GET /healthz, GET /metrics)");
-        }
+        log_start(&settings, http.as_ref().map(|(addr, _)| *addr));
         let announcement = http.as_ref().and_then(|(addr, _)| {
             crate::admin::client::announce(&settings.data_dir, *addr)
                 .map_err(|e| tracing::warn!(error = %e, "cannot write server.json into the data directory; `tocsin dlq` and `tocsin queue` will need --server"))

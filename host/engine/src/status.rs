@@ -19,7 +19,8 @@ pub enum PipelineState {
     Disabled,
     /// An operator paused it (through the admin API); kept across restarts.
     Paused,
-    /// Stopped (shutdown, or its file was removed; its queues are kept).
+    /// Stopped by the shutdown. (A pipeline whose file was removed leaves the board; its
+    /// queues are kept and reported as `no_file`.)
     Stopped,
 }
 
@@ -137,6 +138,17 @@ impl PipelineStatus {
             plugins: Mutex::new(BTreeMap::new()),
             log_drops: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Starts a new version of the pipeline (its file changed): back to `Starting`, and the
+    /// plugins of the old version forgotten. Counters, stage events, rejections and dropped
+    /// log lines are kept: they count what this process did, across reloads.
+    pub fn begin_version(&self) {
+        self.set(PipelineState::Starting);
+        self.plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Counts `dropped` (a stage instance's dropped log lines) in the stage's total.

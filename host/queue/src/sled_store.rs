@@ -80,6 +80,12 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Whether `dir` holds a store (sled's data file), without creating anything: commands
+    /// that only read ask this first, so a wrong path is told so, not given an empty store.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").is_file()
+    }
+
     /// Opens (or creates) the store in `dir`.
     ///
     /// sled's own `flush_every_ms` is turned off: durability comes only from the group commit,

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use tocsin_config::host_grant::HostGrant;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::outbound::OutboundPool;
@@ -86,37 +87,18 @@ impl DryRunRecorder {
 impl HostAllowList {
     /// Whether a request to `scheme://host[:port]` may go out.
     pub fn allows(&self, scheme: Option<&str>, host: &str, port: Option<u16>) -> bool {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
         let default_port = match scheme {
             Some("http") => 80,
             Some("https") | None => 443,
             Some(_) => return false,
         };
         let port = port.unwrap_or(default_port);
+        // Entries were checked when the pipeline file was read; one that does not parse
+        // grants nothing. A grant without a port is the scheme's own: https to port 80 is
+        // not granted.
         self.hosts.iter().any(|granted| {
-            let (h, p) = parse_grant(granted);
-            // A grant without a port is the scheme's own: https to port 80 is not granted.
-            h == host && p.unwrap_or(default_port) == port
+            HostGrant::parse(granted).is_ok_and(|g| g.allows(host, port, default_port))
         })
-    }
-}
-
-/// A granted `host`, `host:port`, `[v6]`, `[v6]:port` or bare `v6` address: (host, port).
-fn parse_grant(granted: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = granted.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match granted.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(port) => (host, Some(port)),
-            Err(_) => (granted, None),
-        },
-        _ => (granted, None),
     }
 }
 
@@ -235,5 +217,15 @@ mod tests {
         assert!(list.allows(Some("https"), "[fd00::7]", None));
         assert!(list.allows(Some("https"), "fd00::8", None));
         assert!(!list.allows(Some("https"), "fd00::9", None));
+    }
+
+    #[test]
+    fn a_wildcard_grant_covers_the_names_below_its_domain() {
+        let list = granting(&["*.hooks.example.org"]);
+        assert!(list.allows(Some("https"), "eu.hooks.example.org", None));
+        assert!(!list.allows(Some("https"), "hooks.example.org", None));
+        assert!(!list.allows(Some("https"), "eu.hooks.example.org.evil.net", None));
+        // An entry that could not be checked (`*`) grants nothing.
+        assert!(!granting(&["*"]).allows(Some("https"), "example.org", None));
     }
 }

@@ -56,7 +56,7 @@ pub const ROUTES: &[RouteDoc] = &[
         role: Role::Read,
         summary: "every pipeline: its state (`starting`, `running`, `failed` with the reason, \
                   `disabled`, `stopped`, `no_file` for stored data without a file), counters \
-                  since start, each queue's depth and oldest message's age, dead letters per \
+                  since the process started (kept across reloads), each queue's depth and oldest message's age, dead letters per \
                   queue, bytes held and queue budget, and each stage's plugin with the sha256 \
                   of the component loaded",
         answer: "an array of `{name, state, reason, counters, queues: [{queue, depth, \

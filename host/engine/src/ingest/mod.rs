@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Notify, Semaphore};
 
 use tocsin_queue::QueueStore;
-use tocsin_runtime::{IngestRequest, Stage};
+use tocsin_runtime::{CallError, IngestRequest, Stage, TrapKind};
 
 use crate::settings::HttpLimits;
 use crate::status::PipelineStatus;
@@ -322,6 +322,28 @@ async fn accept(
 }
 
 /// [`accept`] once the pipeline is found.
+/// Headers that carry credentials. The host checks them (`auth`); the decoder, third-party
+/// code, never sees them.
+const CREDENTIAL_HEADERS: [axum::http::HeaderName; 3] = [
+    axum::http::header::AUTHORIZATION,
+    axum::http::header::PROXY_AUTHORIZATION,
+    axum::http::header::COOKIE,
+];
+
+/// The request's headers as the decoder gets them: all but [`CREDENTIAL_HEADERS`].
+fn decoder_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(name))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 async fn accept_known(
     state: &HttpState,
     endpoint: &IngestEndpoint,
@@ -391,15 +413,7 @@ async fn accept_known(
         path: uri
             .path_and_query()
             .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: decoder_headers(&headers),
         body: body.to_vec(),
     };
     let c = &endpoint.status.counters;
@@ -409,6 +423,25 @@ async fn accept_known(
         Ok((Err(rejection), _)) => {
             let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
             return error(status, rejection.reason);
+        }
+        Err(CallError::Trap {
+            kind: TrapKind::Memory,
+            ..
+        }) => {
+            // Its memory follows `body_limit` (validation), so what did not fit is this
+            // body's shape, something parsing into far more than itself: the client's input,
+            // answered 413 and counted as a rejection, not as a plugin fault.
+            let memory = endpoint.decoder.lock().await.context().limits.memory;
+            tracing::warn!(pipeline = %name, bytes = body.len(), "the decoder ran out of its memory on a request; answered 413");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the decoder ran out of its memory (the source's limits.memory, {}) on \
+                     this {}-byte body; nothing was accepted: send it in smaller requests",
+                    tocsin_config::units::format_size(memory),
+                    body.len()
+                ),
+            );
         }
         Err(e) => {
             endpoint.status.call_failed("source", &e);

@@ -323,3 +323,93 @@ fn a_trial_uses_the_limits_of_the_plugins_kind() {
     assert!(seen.contains("timeout 1s"), "{seen}");
     assert!(seen.contains("plugin stopped (timeout)"), "{seen}");
 }
+
+/// A decoder that reads headers can be tried on its own: `--header` goes with its sample, and
+/// the credentials the live endpoint drops are dropped here too.
+#[test]
+fn a_decoder_trial_takes_headers_as_the_live_endpoint_hands_them_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("ping.json"),
+        r#"{"zen": "Keep it logically awesome.", "hook_id": 7}"#,
+    )
+    .unwrap();
+    let github = plugins_dir().join("github_webhook.wasm");
+    let github = github.to_str().unwrap();
+    let trial = |extra: &[&str]| {
+        let mut args = vec!["test", "--plugin", github, "--input", "ping.json"];
+        args.extend_from_slice(extra);
+        tocsin(d, &args)
+    };
+    let without = trial(&[]);
+    assert!(!without.status.success());
+    assert!(
+        text(&without).contains("missing X-GitHub-Event"),
+        "{}",
+        text(&without)
+    );
+    let with = trial(&[
+        "--header",
+        "X-GitHub-Event: ping",
+        "--header",
+        "X-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    ]);
+    assert!(with.status.success(), "{}", text(&with));
+    let message: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&with.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        message["id"], "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "{message}"
+    );
+
+    let echo = plugins_dir().join("header_echo.wasm");
+    let out = tocsin(
+        d,
+        &[
+            "test",
+            "--plugin",
+            echo.to_str().unwrap(),
+            "--input",
+            "ping.json",
+            "--header",
+            "X-Request-Id: r-9",
+            "--header",
+            "Authorization: Bearer not-for-plugins",
+            "--header",
+            "Cookie: session=s3cr3t",
+        ],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("r-9"), "{shown}");
+    assert!(
+        !shown.contains("not-for-plugins") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+
+    let threshold = plugins_dir().join("threshold.wasm");
+    let filter = tocsin(
+        d,
+        &[
+            "test",
+            "--plugin",
+            threshold.to_str().unwrap(),
+            "--input",
+            "ping.json",
+            "--header",
+            "X-A: b",
+        ],
+    );
+    assert!(!filter.status.success());
+    assert!(
+        text(&filter).contains("--header goes with a decoder's sample"),
+        "{}",
+        text(&filter)
+    );
+}

@@ -387,29 +387,16 @@ impl DryRun {
                         SourceStep::Produced(messages)
                     })
             }
-            Input::Request { mut body, headers } => {
+            Input::Request { body, headers } => {
                 if !matches!(self.spec.source.trigger, Trigger::Ingest(_)) {
                     return Err(
                         "a scheduled pipeline's source takes no request: give a message, or poll"
                             .into(),
                     );
                 }
-                let mut headers: Vec<(String, String)> = headers
-                    .into_iter()
-                    .map(|(name, value)| (name.to_ascii_lowercase(), value))
-                    .collect();
-                if !headers.iter().any(|(name, _)| name == "content-type") {
-                    let assumed;
-                    (body, assumed) = as_posted(body);
-                    trace.assumed_content_type = Some(assumed);
-                    headers.push(("content-type".into(), assumed.into()));
-                }
-                let request = IngestRequest {
-                    method: "POST".into(),
-                    path: format!("/ingest/{}", self.spec.name),
-                    headers,
-                    body,
-                };
+                let (request, assumed) =
+                    sample_request(format!("/ingest/{}", self.spec.name), headers, body);
+                trace.assumed_content_type = assumed;
                 source.decode(&request).await.map(|(decoded, changes)| {
                     self.state.apply("source", changes);
                     match decoded {
@@ -424,6 +411,37 @@ impl DryRun {
         };
         result.map_err(|e| e.to_string())
     }
+}
+
+/// The request a decoder gets for a sample body posted to `path` with `headers` (`Name`,
+/// `value`), as the live endpoint would hand it over: names in lower case, without the headers
+/// that carry credentials, and with the content type the body looks like when none was given
+/// (returned, so the caller can say what it assumed).
+pub fn sample_request(
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> (IngestRequest, Option<&'static str>) {
+    let mut headers: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .filter(|(name, _)| !crate::ingest::is_credential_header(name))
+        .collect();
+    let mut body = body;
+    let mut assumed = None;
+    if !headers.iter().any(|(name, _)| name == "content-type") {
+        let content_type;
+        (body, content_type) = as_posted(body);
+        assumed = Some(content_type);
+        headers.push(("content-type".into(), content_type.into()));
+    }
+    let request = IngestRequest {
+        method: "POST".into(),
+        path,
+        headers,
+        body,
+    };
+    (request, assumed)
 }
 
 /// A sample request body that names no content type, as a client would post it: with the

@@ -216,8 +216,10 @@ enum Command {
         /// behaviour tests.
         #[arg(long, conflicts_with_all = ["input", "plugin"])]
         poll: bool,
-        /// A request header sent with the sample to an ingest pipeline, `Name: value` (repeat).
-        #[arg(long = "header", value_parser = try_pipeline::parse_header, conflicts_with = "plugin")]
+        /// A request header sent with the sample to an ingest pipeline or a decoder,
+        /// `Name: value` (repeat). `Authorization`, `Proxy-Authorization` and `Cookie` are
+        /// dropped, as the live endpoint drops them.
+        #[arg(long = "header", value_parser = try_pipeline::parse_header)]
         headers: Vec<(String, String)>,
         /// With --plugin: the stage's `config`, a JSON object or @FILE with JSON or TOML.
         #[arg(long, requires = "plugin")]
@@ -535,6 +537,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                         input: input.as_deref(),
                         hosts,
                         secrets,
+                        headers,
                     };
                     rt.block_on(try_plugin::run(trial))
                 }

@@ -16,8 +16,7 @@ use tocsin_config::Grants;
 use tocsin_message::{idempotency_key, Message};
 use tocsin_runtime::http_policy::DryRunRecorder;
 use tocsin_runtime::{
-    DeliveryOutcome, IngestRequest, PluginKind, Runtime, RuntimeConfig, Stage, StageContext,
-    StateReader,
+    DeliveryOutcome, PluginKind, Runtime, RuntimeConfig, Stage, StageContext, StateReader,
 };
 
 /// What to run and on what.
@@ -32,6 +31,8 @@ pub struct Trial<'a> {
     pub hosts: Vec<String>,
     /// Secrets granted: (name, value).
     pub secrets: Vec<(String, String)>,
+    /// Request headers sent with a decoder's sample: (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 struct NoState;
@@ -105,17 +106,20 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
             })?;
         sample.into_message("sample-1").map_err(anyhow::Error::msg)
     };
+    if !trial.headers.is_empty() && kind != PluginKind::Decoder {
+        bail!("--header goes with a decoder's sample; this plugin is a {kind}");
+    }
     let outputs = match kind {
         PluginKind::Source => stage.poll(tocsin_queue::now_ms()).await?.0,
         PluginKind::Decoder => {
-            let (body, content_type) = tocsin::dry_run::as_posted(read_input()?);
-            eprintln!("note: the input is sent as `{content_type}`, which it looks like");
-            let request = IngestRequest {
-                method: "POST".into(),
-                path: "/ingest/test".into(),
-                headers: vec![("content-type".into(), content_type.into())],
-                body,
-            };
+            let (request, assumed) = tocsin::dry_run::sample_request(
+                "/ingest/test".into(),
+                trial.headers.clone(),
+                read_input()?,
+            );
+            if let Some(content_type) = assumed {
+                eprintln!("note: the input is sent as `{content_type}`, which it looks like");
+            }
             match stage.decode(&request).await?.0 {
                 Ok(mut messages) => {
                     tocsin::ingest::derive_missing_ids(&request.body, &mut messages);

@@ -330,6 +330,11 @@ const CREDENTIAL_HEADERS: [axum::http::HeaderName; 3] = [
     axum::http::header::COOKIE,
 ];
 
+/// Whether the header `name` (lower case) carries credentials, which no decoder gets.
+pub fn is_credential_header(name: &str) -> bool {
+    CREDENTIAL_HEADERS.iter().any(|h| h.as_str() == name)
+}
+
 /// The request's headers as the decoder gets them: all but [`CREDENTIAL_HEADERS`].
 fn decoder_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers

@@ -29,6 +29,7 @@
 //!   what it uses in one start-up line; the stated Rust toolchain is the one dependencies need.
 //! - `pipeline_test`: `tocsin test PIPELINE` dry runs, and every shipped pipeline's behaviour tests.
 //! - `plugin_cli`: `tocsin plugin inspect` on good plugins and on misfits.
+//! - `plugin_reference`: docs/plugins/, a page per shipped plugin generated from its schema.
 //! - `pubsub`: Pub/Sub push with OIDC tokens from a generated key pair; storage labels.
 //! - `runtime`: loading plugins: compile cache, pins, refusals.
 //! - `python_sink`: a sink written in Python (componentize-py) in a real pipeline.
@@ -58,6 +59,7 @@ mod outbound;
 mod packaging;
 mod pipeline_test;
 mod plugin_cli;
+mod plugin_reference;
 mod pubsub;
 mod python_sink;
 mod redelivery;

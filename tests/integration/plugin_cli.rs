@@ -52,6 +52,9 @@ fn inspect_describes_a_plugin_and_refuses_misfits_clearly() {
         "wasi:http/outgoing-handler",
         "verdict   fits this host",
         digest.as_str(),
+        // Its settings, from the schema the component carries.
+        "settings  homeserver    a string; required",
+        "msgtype       a string; default \"m.notice\"",
     ] {
         assert!(out.contains(needle), "`{needle}` not in:\n{out}");
     }
@@ -63,6 +66,14 @@ fn inspect_describes_a_plugin_and_refuses_misfits_clearly() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["kind"], "filter");
     assert_eq!(v["fits"], true);
+    assert_eq!(v["settings"]["required"], serde_json::json!(["metric"]));
+    // A plugin that declares no settings says so.
+    let (ok, out, _) = inspect(&[plugins_dir().join("hostile.wasm").as_os_str()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("settings  none declared: a pipeline's `config` for it is not checked"),
+        "{out}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");

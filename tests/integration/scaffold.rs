@@ -73,12 +73,18 @@ fn new_plugins_build_as_created_and_their_readme_commands_work() {
     for (kind, expect) in [
         (
             "filter",
-            vec!["\"body\":\"disk almost full on db1\"", "fits this host"],
+            vec![
+                "\"body\":\"disk almost full on db1\"",
+                "fits this host",
+                // The settings it declares, from the schema its component carries.
+                "settings  word  a string; required",
+            ],
         ),
         (
             "sink",
             vec![
                 "DRY RUN: would send",
+                "settings  url  a string; required",
                 "POST https://alerts.example.org/hook",
                 "idempotency-key: test/sink/sample-1",
                 "outcome: delivered (dry run: nothing was sent)",

@@ -82,3 +82,32 @@ fn one_bad_file_does_not_hide_the_good_ones() {
     );
     assert!(out.contains("1 valid, 1 invalid"), "{out}");
 }
+
+/// `validate` and `run` agree: every broken fixture that `validate` refuses is refused by a
+/// running server too, with the same error, and the server goes on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_refuses_each_broken_file_as_validate_does() {
+    let env = tocsin_tests::Env::new();
+    let mut expected = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("tests/fixtures/invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text.lines().next().unwrap()["# expect: ".len()..].to_string();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        env.write_pipeline(&name, &text);
+        expected.push((name, expect));
+    }
+    let server = env.start().await;
+    for (name, expect) in expected {
+        match server.state(&name) {
+            Some(tocsin::status::PipelineState::Failed(reason)) => {
+                assert!(
+                    reason.contains(&expect),
+                    "{name}: `{expect}` not in: {reason}"
+                )
+            }
+            other => panic!("{name}: {other:?}, expected a failure saying `{expect}`"),
+        }
+    }
+    server.stop().await;
+}

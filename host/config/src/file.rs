@@ -56,7 +56,7 @@ pub struct SourceTable {
     pub body_limit: Option<Spanned<String>>,
     /// The plugin's own configuration, handed to its `init` as JSON.
     #[serde(default)]
-    pub config: Option<toml::Table>,
+    pub config: Option<Spanned<toml::Table>>,
     /// What the plugin may reach.
     #[serde(default)]
     pub grants: GrantsTable,
@@ -75,7 +75,7 @@ pub struct StageTable {
     pub sha256: Option<Spanned<String>>,
     /// The plugin's own configuration.
     #[serde(default)]
-    pub config: Option<toml::Table>,
+    pub config: Option<Spanned<toml::Table>>,
     /// What the plugin may reach.
     #[serde(default)]
     pub grants: GrantsTable,
@@ -96,7 +96,7 @@ pub struct SinkTable {
     pub sha256: Option<Spanned<String>>,
     /// The plugin's own configuration.
     #[serde(default)]
-    pub config: Option<toml::Table>,
+    pub config: Option<Spanned<toml::Table>>,
     /// What the plugin may reach.
     #[serde(default)]
     pub grants: GrantsTable,

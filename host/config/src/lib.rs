@@ -10,11 +10,13 @@
 //! - [`validate`]: raw → spec, collecting [`Diagnostic`]s with file, line and field.
 //! - [`schedule`]: cron expressions (with seconds; 5-field crontab lines accepted).
 //! - [`units`]: durations (`"1s"`, `"10m"`) and sizes (`"64MiB"`).
+//! - [`settings`]: plugins' settings schemas, read from components; `config` checked.
 //! - [`host_grant`]: `grants.hosts` entries, parsed and matched against requests.
 
 pub mod file;
 pub mod host_grant;
 pub mod schedule;
+pub mod settings;
 pub mod spec;
 pub mod units;
 pub mod validate;

@@ -413,6 +413,34 @@ pub fn parse_pipeline(
     })
 }
 
+/// Where the key at `path` (keys from the top of a `config` table) is written inside `table`
+/// (the table's span in `text`): each key is looked for, bare or quoted and followed by `=`,
+/// after the previous one. The table's own place when a key is not written there (a missing
+/// required key, or a shape this search does not follow).
+fn key_span(text: &str, table: Range<usize>, path: &[String]) -> Range<usize> {
+    let mut at = table.start;
+    for key in path {
+        let inside = &text[at..table.end.min(text.len())];
+        let found = [key.clone(), format!("\"{key}\""), format!("'{key}'")]
+            .iter()
+            .filter_map(|spelled| {
+                inside.match_indices(spelled.as_str()).find(|(i, _)| {
+                    let before = inside[..*i].chars().next_back();
+                    let after = inside[i + spelled.len()..].trim_start();
+                    !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                        && (after.starts_with('=') || after.starts_with('.'))
+                })
+            })
+            .map(|(i, _)| i)
+            .min();
+        match found {
+            Some(i) => at += i,
+            None => return table,
+        }
+    }
+    at..at + 1
+}
+
 /// Accumulates diagnostics while converting one file.
 struct Checker<'a> {
     file: PathBuf,
@@ -447,7 +475,7 @@ impl Checker<'_> {
         field: &str,
         plugin: &Spanned<String>,
         sha256: Option<&Spanned<String>>,
-        config: Option<&toml::Table>,
+        config: Option<&Spanned<toml::Table>>,
         grants: &GrantsTable,
         limits: &LimitsTable,
         defaults: Limits,
@@ -459,6 +487,18 @@ impl Checker<'_> {
             .resolve(plugin.get_ref(), &self.base_dir)
             .map_err(|m| self.error(Some(plugin.span()), &format!("{field}.plugin"), m))
             .ok();
+        // The component's bytes, for its pin and its settings schema.
+        let bytes = path.as_ref().and_then(|path| match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.error(
+                    Some(plugin.span()),
+                    &format!("{field}.plugin"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        });
         let pin = sha256.and_then(|pin| {
             let hex_pin = pin.get_ref().trim().to_ascii_lowercase();
             if hex_pin.len() != 64 || !hex_pin.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -469,41 +509,39 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            if let Some(path) = &path {
-                match std::fs::read(path) {
-                    Ok(bytes) => {
-                        let actual = hex::encode(Sha256::digest(&bytes));
-                        if actual != hex_pin {
-                            self.error(
-                                Some(pin.span()),
-                                &format!("{field}.sha256"),
-                                format!(
-                                    "{} has sha256 {actual}, not the pinned {hex_pin}; refusing to run other code than the pipeline names",
-                                    path.display()
-                                ),
-                            );
-                        }
-                    }
-                    Err(e) => self.error(
-                        Some(plugin.span()),
-                        &format!("{field}.plugin"),
-                        format!("cannot read {}: {e}", path.display()),
-                    ),
+            if let (Some(path), Some(bytes)) = (&path, &bytes) {
+                let actual = hex::encode(Sha256::digest(bytes));
+                if actual != hex_pin {
+                    self.error(
+                        Some(pin.span()),
+                        &format!("{field}.sha256"),
+                        format!(
+                            "{} has sha256 {actual}, not the pinned {hex_pin}; refusing to run other code than the pipeline names",
+                            path.display()
+                        ),
+                    );
                 }
             }
             Some(hex_pin)
         });
-        let config_json = match config {
-            None => "{}".to_string(),
-            Some(table) => serde_json::to_string(table).unwrap_or_else(|e| {
-                self.error(
-                    None,
-                    &format!("{field}.config"),
-                    format!("cannot be expressed as JSON: {e}"),
-                );
-                String::new()
-            }),
+        let config_value = match config {
+            None => Some(serde_json::Value::Object(Default::default())),
+            Some(table) => serde_json::to_value(table.get_ref())
+                .map_err(|e| {
+                    self.error(
+                        Some(table.span()),
+                        &format!("{field}.config"),
+                        format!("cannot be expressed as JSON: {e}"),
+                    )
+                })
+                .ok(),
         };
+        if let (Some(bytes), Some(value)) = (&bytes, &config_value) {
+            self.settings(field, plugin, bytes, config, value);
+        }
+        let config_json = config_value
+            .as_ref()
+            .map_or_else(String::new, serde_json::Value::to_string);
         let grants = self.grants(field, grants);
         let limits = self.limits(field, limits, default_fuel, default_timeout);
         if self.diags.len() > errors_before {
@@ -519,6 +557,35 @@ impl Checker<'_> {
             grants,
             limits: limits?,
         })
+    }
+
+    /// Checks a stage's `config` against the settings schema its component declares (none:
+    /// nothing to check); each error names the key's own line when it can be found.
+    fn settings(
+        &mut self,
+        field: &str,
+        plugin: &Spanned<String>,
+        component: &[u8],
+        config: Option<&Spanned<toml::Table>>,
+        value: &serde_json::Value,
+    ) {
+        let schema = match crate::settings::schema_in(component) {
+            Ok(Some(schema)) => schema,
+            Ok(None) => return,
+            Err(why) => {
+                self.error(Some(plugin.span()), &format!("{field}.plugin"), why);
+                return;
+            }
+        };
+        for error in crate::settings::check(&schema, value) {
+            let span = config.map(|c| key_span(self.text, c.span(), &error.path));
+            let mut name = format!("{field}.config");
+            for key in &error.path {
+                name.push('.');
+                name.push_str(key);
+            }
+            self.error(span, &name, error.message);
+        }
     }
 
     fn grants(&mut self, field: &str, g: &GrantsTable) -> Grants {

@@ -27,6 +27,7 @@
 //! - [`dry_run`]: `tocsin test PIPELINE` — one input through the whole pipeline, sinks recorded
 //!   instead of sent; [`behaviour`] runs the `NAME.test.toml` cases written next to a pipeline.
 //! - [`status`]: counters and states shown by logs, `/metrics` and the admin API.
+//! - [`plugin_reference`]: a plugin's reference page, from its settings schema and its docs.
 //!
 //! The crates below it: `tocsin-config` (pipeline files), `tocsin-runtime` (the sandbox,
 //! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
@@ -48,6 +49,7 @@ pub mod operator;
 pub mod paused;
 pub mod pipeline;
 pub mod plugin_memory;
+pub mod plugin_reference;
 pub mod recent;
 pub mod schedule;
 pub mod server;

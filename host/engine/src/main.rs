@@ -637,6 +637,13 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
     };
     for spec in &report.pipelines {
         println!("ok      {}", spec.file.display());
+        for (field, plugin) in settings_not_declared(spec) {
+            println!(
+                "note    {}: {field}: plugin `{plugin}` declares no settings schema; its config \
+                 is not checked",
+                spec.file.display()
+            );
+        }
     }
     for (_, diags) in &report.failures {
         for d in diags {
@@ -653,6 +660,32 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The stages (field, plugin) whose plugin carries no settings schema, so `validate` could
+/// not check their `config` (plugins built before the SDK declared settings).
+fn settings_not_declared(spec: &tocsin_config::PipelineSpec) -> Vec<(String, String)> {
+    let stages = std::iter::once(("source".to_string(), &spec.source.stage))
+        .chain(
+            spec.filters
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("filter[{i}]"), f)),
+        )
+        .chain(
+            spec.sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("sink[{i}]"), &s.stage)),
+        );
+    stages
+        .filter(|(_, stage)| {
+            std::fs::read(&stage.plugin.path)
+                .ok()
+                .is_some_and(|bytes| matches!(tocsin_config::settings::schema_in(&bytes), Ok(None)))
+        })
+        .map(|(field, stage)| (field, stage.plugin.name.clone()))
+        .collect()
 }
 
 /// `--data` names a directory that holds no tocsin store. A usage error (exit code 2):

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use tocsin_config::settings;
 use tocsin_runtime::{Inspection, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION};
 
 use crate::scaffold::{self, Kind};
@@ -28,10 +29,15 @@ pub fn new(parent: &Path, name: &str, kind: Kind, lang: Lang) -> anyhow::Result<
 pub fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     let found = runtime.inspect(path)?;
+    let bytes = std::fs::read(path)?;
+    let schema = settings::schema_in(&bytes).map_err(anyhow::Error::msg)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&found))?);
+        let mut value = to_json(&found);
+        value["settings"] = schema.unwrap_or(serde_json::Value::Null);
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", to_text(&found));
+        print!("{}", settings_text(schema.as_ref()));
     }
     Ok(match &found.verdict {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +68,37 @@ fn to_text(found: &Inspection) -> String {
         list(&found.exports),
         list(&found.imports),
     )
+}
+
+/// The `settings` lines of `inspect`: each setting with its type, whether it is required or
+/// its default, and its meaning.
+fn settings_text(schema: Option<&serde_json::Value>) -> String {
+    let Some(schema) = schema else {
+        return "settings  none declared: a pipeline's `config` for it is not checked\n".into();
+    };
+    let rows = settings::settings_rows(schema);
+    if rows.is_empty() {
+        return "settings  none: it takes no `config`\n".into();
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let label = if i == 0 { "settings  " } else { "          " };
+        out += &format!("{label}{:width$}  {}; {}\n", row.name, row.kind, need(row),);
+        if !row.description.is_empty() {
+            out += &format!("          {:width$}  {}\n", "", row.description);
+        }
+    }
+    out
+}
+
+/// "required", "default 5", or "optional".
+fn need(row: &settings::SettingRow) -> String {
+    match (&row.default, row.required) {
+        (_, true) => "required".into(),
+        (Some(default), false) => format!("default {default}"),
+        (None, false) => "optional".into(),
+    }
 }
 
 fn to_json(found: &Inspection) -> serde_json::Value {

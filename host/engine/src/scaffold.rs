@@ -20,6 +20,11 @@ const README: &str = include_str!("../templates/rust/README.md");
 const FILTER: &str = include_str!("../templates/rust/filter.rs");
 const SINK: &str = include_str!("../templates/rust/sink.rs");
 const SOURCE: &str = include_str!("../templates/rust/source.rs");
+// The settings schemas of the three templates' `Config`, titled `{{name}}` (what each
+// project's `declare_settings!` test generates; the scaffold test runs it).
+const FILTER_SCHEMA: &str = include_str!("../templates/rust/filter.schema.json");
+const SINK_SCHEMA: &str = include_str!("../templates/rust/sink.schema.json");
+const SOURCE_SCHEMA: &str = include_str!("../templates/rust/source.schema.json");
 const PY_README: &str = include_str!("../templates/python/README.md");
 const PY_FILTER: &str = include_str!("../templates/python/filter.py");
 const PY_SINK: &str = include_str!("../templates/python/sink.py");
@@ -120,6 +125,11 @@ pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<
     let crate_name = name.replace('-', "_");
     let wasm = format!("target/wasm32-wasip2/release/{crate_name}.wasm");
     let try_it = format!("tocsin test --plugin {wasm} {}", kind.try_args(false));
+    let schema = match kind {
+        Kind::Filter => FILTER_SCHEMA,
+        Kind::Sink => SINK_SCHEMA,
+        Kind::Source => SOURCE_SCHEMA,
+    };
     let (source, example) = match kind {
         Kind::Filter => (FILTER, format!(
             "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n[[filter]]\nplugin = \"{name}\"\nconfig = {{ word = \"disk\" }}\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\ngrants = {{ stdout = true }}"
@@ -145,6 +155,7 @@ pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<
     write(".cargo/config.toml", CARGO_CONFIG)?;
     write("README.md", &fill(README))?;
     write("src/lib.rs", &fill(source))?;
+    write("settings.schema.json", &fill(schema))?;
     write("example-pipeline.toml", &format!("{example}\n"))?;
     write("sample.json", SAMPLE)?;
     write(".gitignore", "/target\n")?;

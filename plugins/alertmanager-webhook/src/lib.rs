@@ -20,7 +20,9 @@ use tocsin_sdk::{
     MAX_OUTPUT_MESSAGES,
 };
 
+/// Decodes Prometheus Alertmanager webhook notifications, one message per alert. Takes no settings.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {}
 
@@ -184,6 +186,7 @@ impl Decoder for AlertmanagerWebhook {
 }
 
 export_decoder!(AlertmanagerWebhook);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod prop_tests;

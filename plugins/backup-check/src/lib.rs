@@ -13,7 +13,11 @@
 use serde::Deserialize;
 use tocsin_sdk::{export_source, Message, MessageExt, Severity, Source};
 
+/// Finds the newest file matching `pattern` in a granted directory and reports its age and
+/// size as metrics (`backup-age-seconds`, `backup-size-bytes`); a missing directory or no
+/// matching file is an error.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// The directory to look in (grant it in `read_dirs`).
@@ -110,3 +114,4 @@ impl Source for BackupCheck {
 }
 
 export_source!(BackupCheck);
+tocsin_sdk::declare_settings!(Config);

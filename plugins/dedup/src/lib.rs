@@ -22,10 +22,14 @@ use tocsin_sdk::{export_filter, Filter, Message};
 pub const MAX_KEYS: usize = 2000;
 const DEFAULT_KEY: &str = "{{ labels.host }}|{{ severity }}|{{ summary }}|{{ body }}";
 
+/// Drops a message whose key was already seen within a time window.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// How long a key is remembered, such as `"10m"`.
     window: String,
+    /// A Jinja template making each message's key; default: host label, severity, summary and body.
     key: Option<String>,
 }
 
@@ -70,3 +74,4 @@ impl Filter for Dedup {
 }
 
 export_filter!(Dedup);
+tocsin_sdk::declare_settings!(Config);

@@ -10,7 +10,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use serde::Deserialize;
 use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
 
+/// Appends each message as one JSON line to a file.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// The file to append to; its directory must be granted in `write_dirs`.
@@ -79,6 +81,7 @@ impl Sink for FileSink {
 }
 
 export_sink!(FileSink);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

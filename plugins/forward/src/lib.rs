@@ -21,7 +21,9 @@ use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink};
 
+/// Sends each message to an ingest pipeline of a central tocsin, keeping its id.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the central tocsin.
@@ -110,6 +112,7 @@ impl Sink for Forward {
 }
 
 export_sink!(Forward);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

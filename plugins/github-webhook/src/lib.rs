@@ -14,7 +14,9 @@ use tocsin_sdk::{
     export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
 };
 
+/// Decodes GitHub webhook deliveries; pair it with `auth = { github_secret = … }`.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Keep the delivery's JSON as the message payload (default false: payloads are large).
@@ -199,6 +201,7 @@ impl Decoder for GithubWebhook {
 }
 
 export_decoder!(GithubWebhook);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod prop_tests;

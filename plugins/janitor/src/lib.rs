@@ -14,7 +14,9 @@ use tocsin_sdk::{
     export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
 };
 
+/// Decodes the Janitor bot's `POST /message` requests. Takes no settings.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {}
 
@@ -127,6 +129,7 @@ impl Decoder for Janitor {
 }
 
 export_decoder!(Janitor);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod prop_tests;

@@ -23,7 +23,9 @@ use tocsin_sdk::{
     Rejection, Severity,
 };
 
+/// Decodes ingest requests whose body is one JSON message or an array of them. Takes no settings.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {}
 
@@ -142,6 +144,7 @@ impl Decoder for Json {
 }
 
 export_decoder!(Json);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod prop_tests;

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink};
 
+/// Posts each message as a status on Mastodon (or Pleroma, Akkoma), with the delivery's idempotency key as `Idempotency-Key`.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the instance, such as `https://mastodon.example`.
@@ -174,6 +176,7 @@ impl Sink for Mastodon {
 }
 
 export_sink!(Mastodon);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

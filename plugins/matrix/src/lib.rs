@@ -19,7 +19,9 @@ use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink};
 
+/// Posts each message to a Matrix room, with the delivery's idempotency key as the transaction id.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the homeserver, such as `https://matrix.example.org`.
@@ -160,6 +162,7 @@ impl Sink for Matrix {
 }
 
 export_sink!(Matrix);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

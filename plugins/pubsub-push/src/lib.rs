@@ -16,7 +16,9 @@ use tocsin_sdk::{
     export_decoder, Decoder, HttpRequest, Message, MessageExt, OutputBudget, Rejection, Severity,
 };
 
+/// Decodes Google Cloud Pub/Sub push deliveries, Cloud Storage notifications understood.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Severity of the messages (default `info`); a storage deletion can be made louder with
@@ -140,6 +142,7 @@ impl Decoder for PubsubPush {
 }
 
 export_decoder!(PubsubPush);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod prop_tests;

@@ -21,11 +21,16 @@ use tocsin_sdk::{export_filter, Filter, Message};
 /// Keys remembered at most.
 pub const MAX_KEYS: usize = 500;
 
+/// Passes at most `max` messages per `per` (per key, when `key` is set) and drops the rest.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// The most messages passed per window.
     max: usize,
+    /// The window, such as `"1m"`.
     per: String,
+    /// A Jinja template making the key each limit applies to (one limit per host, say); one limit for all when absent.
     key: Option<String>,
 }
 
@@ -83,3 +88,4 @@ impl Filter for RateLimit {
 }
 
 export_filter!(RateLimit);
+tocsin_sdk::declare_settings!(Config);

@@ -30,6 +30,8 @@
 //! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
 //! - `template` (feature `template`): Jinja templates over a message.
 //! - `fuzz` (feature `fuzz`, for dev-dependencies): property tests of decoders.
+//! - [`declare_settings!`] and `settings` (feature `settings`, for dev-dependencies): the
+//!   plugin's settings as a JSON Schema carried in the component, checked against `Config`.
 //! - [`bindings`]: the generated WIT bindings, if you need them directly.
 
 // Every public item is documented; `make lint` (clippy -D warnings) holds it so.
@@ -43,6 +45,8 @@ pub mod fuzz;
 pub mod host;
 pub mod http;
 mod message;
+#[cfg(feature = "settings")]
+pub mod settings;
 #[cfg(feature = "template")]
 pub mod template;
 
@@ -105,6 +109,38 @@ pub trait Sink: Sized + 'static {
     fn new(config: Self::Config) -> Result<Self, String>;
     /// Delivers one message; pass `idempotency_key` on to the service.
     fn deliver(&mut self, msg: Message, idempotency_key: &str) -> Result<(), DeliveryError>;
+}
+
+/// The name of the custom section that carries a plugin's settings schema (see
+/// [`declare_settings!`]).
+pub const SETTINGS_SECTION: &str = "tocsin-settings";
+
+/// Declares the plugin's settings: embeds `settings.schema.json` (next to `Cargo.toml`) in the
+/// component as the custom section [`SETTINGS_SECTION`], where `tocsin validate`,
+/// `tocsin plugin inspect` and the reference pages read it, and adds a unit test that the file
+/// is the schema of `$config` (which derives `schemars::JsonSchema` in tests; enable the SDK's
+/// `settings` feature in `[dev-dependencies]`). `TOCSIN_BLESS=1 cargo test` writes the file.
+#[macro_export]
+macro_rules! declare_settings {
+    ($config:ty) => {
+        #[cfg(target_family = "wasm")]
+        #[link_section = "tocsin-settings"]
+        #[used]
+        static __TOCSIN_SETTINGS: [u8; include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/settings.schema.json"
+        ))
+        .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/settings.schema.json"));
+
+        #[cfg(test)]
+        #[test]
+        fn settings_schema_is_the_schema_of_the_config() {
+            $crate::settings::check_committed::<$config>(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_MANIFEST_DIR"),
+            );
+        }
+    };
 }
 
 /// Exports a [`Source`] implementation as the plugin's `source` interface.

@@ -4,14 +4,19 @@
 use serde::Deserialize;
 use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
 
+/// Prints each message as one line on the host's standard output (needs `grants = { stdout = true }`).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// `text` (default): one readable line per message; `json`: one JSON object per line.
     #[serde(default)]
     format: Format,
 }
 
+/// How each message is printed.
 #[derive(Deserialize, Default, PartialEq)]
+#[cfg_attr(test, derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 enum Format {
     #[default]
@@ -63,3 +68,4 @@ impl Sink for Stdout {
 }
 
 export_sink!(Stdout);
+tocsin_sdk::declare_settings!(Config);

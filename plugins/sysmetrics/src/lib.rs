@@ -22,7 +22,10 @@ use serde::Deserialize;
 use tocsin_sdk::host::{disk_usage, state_get_json, state_set_json};
 use tocsin_sdk::{export_source, Message, MessageExt, Source};
 
+/// A machine's CPU, load, memory, temperature and disk usage, as the metrics of one message
+/// per poll.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// The `host` label; `"local"` when absent.
@@ -189,6 +192,7 @@ impl Source for Sysmetrics {
 }
 
 export_source!(Sysmetrics);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

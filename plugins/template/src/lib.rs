@@ -14,11 +14,16 @@ use serde::Deserialize;
 use tocsin_sdk::template::Template;
 use tocsin_sdk::{export_filter, severity_emoji, Filter, Message};
 
+/// Rewrites a message's summary and/or body from Jinja templates.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// A Jinja template for the new summary; the summary is kept when absent.
     summary: Option<String>,
+    /// A Jinja template for the new body; the body is kept when absent.
     body: Option<String>,
+    /// Put the severity's emoji before the summary (or the body when there is no summary).
     #[serde(default)]
     emoji: bool,
 }
@@ -67,6 +72,7 @@ impl Filter for Rewrite {
 }
 
 export_filter!(Rewrite);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

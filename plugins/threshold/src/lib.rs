@@ -18,17 +18,23 @@
 
 use serde::Deserialize;
 use tocsin_sdk::host::{state_get_json, state_set_json};
-use tocsin_sdk::{export_filter, Filter, Message, MessageExt, Severity};
+use tocsin_sdk::{declare_settings, export_filter, Filter, Message, MessageExt, Severity};
 
 /// Warn and error levels; either may be left out.
 #[derive(Deserialize, Clone, Copy)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Levels {
+    /// The warning level.
     warn: Option<f64>,
+    /// The error level.
     error: Option<f64>,
 }
 
+/// Compares a metric of each message with warn and error levels and speaks only when the state
+/// changes, with hysteresis and an optional reminder.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// The metric to compare.
@@ -250,6 +256,7 @@ impl Filter for Threshold {
 }
 
 export_filter!(Threshold);
+declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

@@ -20,15 +20,22 @@ use tocsin_sdk::http::Request;
 use tocsin_sdk::template::Template;
 use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink};
 
+/// Sends each message to an HTTP endpoint, as JSON or through a body template.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// The endpoint's URL (its host must be granted in `hosts`).
     url: String,
+    /// The HTTP method: `POST` (default), `PUT` or `PATCH`.
     #[serde(default = "post")]
     method: String,
+    /// A Jinja template for the request body; the message as JSON when absent.
     body: Option<String>,
+    /// The request's `Content-Type` (default `application/json`).
     #[serde(default = "json_type")]
     content_type: String,
+    /// Extra request headers; a value `secret:NAME` is replaced by the granted secret `NAME`.
     #[serde(default)]
     headers: BTreeMap<String, String>,
 }
@@ -100,6 +107,7 @@ impl Sink for Webhook {
 }
 
 export_sink!(Webhook);
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

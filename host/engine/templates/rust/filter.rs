@@ -4,8 +4,10 @@
 use serde::Deserialize;
 use tocsin_sdk::{export_filter, Filter, Message};
 
-/// The stage's `config = { … }` table in the pipeline file.
+/// The stage's `config = { … }` table in the pipeline file. Its schema, settings.schema.json,
+/// travels in the component: `tocsin validate` checks pipelines against it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Messages whose body contains this pass.
@@ -37,6 +39,9 @@ impl Filter for Plugin {
 }
 
 export_filter!(Plugin);
+// Embeds settings.schema.json; its test fails when `Config` changes without it
+// (`TOCSIN_BLESS=1` with the unit tests rewrites it).
+tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,10 @@ use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
 
-/// The stage's `config = { … }` table in the pipeline file.
+/// The stage's `config = { … }` table in the pipeline file. Its schema, settings.schema.json,
+/// travels in the component: `tocsin validate` checks pipelines against it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Where to POST.
@@ -46,3 +48,6 @@ impl Sink for Plugin {
 }
 
 export_sink!(Plugin);
+// Embeds settings.schema.json; its test fails when `Config` changes without it
+// (`TOCSIN_BLESS=1` with the unit tests rewrites it).
+tocsin_sdk::declare_settings!(Config);

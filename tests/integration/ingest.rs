@@ -6,6 +6,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use tocsin_tests::process::{Port, Tocsin};
 use tocsin_tests::{file_sink, wait_until, Env, Running};
 
 fn ingest_pipeline(env: &Env, auth: &str, out: &str) -> String {
@@ -21,8 +22,17 @@ async fn post(
     headers: &[(&str, &str)],
     body: impl Into<reqwest::Body>,
 ) -> (u16, Value) {
+    post_to(&server.base_url, pipeline, headers, body).await
+}
+
+async fn post_to(
+    base_url: &str,
+    pipeline: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/ingest/{pipeline}", server.base_url))
+        .post(format!("{base_url}/ingest/{pipeline}"))
         .body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -410,6 +420,7 @@ async fn a_pipeline_that_failed_to_start_answers_503_and_rejections_are_counted(
 
 /// Credentials are for the host: once `auth` is checked, the decoder (third-party code) gets
 /// the request without `Authorization`, `Proxy-Authorization` or `Cookie`; other headers pass.
+/// The real binary, as an operator runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoder_never_sees_the_credentials() {
     let env = setup();
@@ -429,7 +440,9 @@ async fn the_decoder_never_sees_the_credentials() {
             file_sink(&env, "out", "open.jsonl")
         ),
     );
-    let server = env.start().await;
+    let port = Port::free();
+    let mut server = Tocsin::spawn(&env, &port, &[]);
+    server.wait_serving(&env, Duration::from_secs(60)).await;
     let sent = [
         BEARER,
         ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
@@ -437,7 +450,7 @@ async fn the_decoder_never_sees_the_credentials() {
         ("x-request-id", "r-17"),
     ];
     for pipeline in ["echo", "open"] {
-        let (status, answer) = post(&server, pipeline, &sent, "hello").await;
+        let (status, answer) = post_to(&server.base_url, pipeline, &sent, "hello").await;
         assert_eq!(status, 202, "{pipeline}: {answer}");
     }
     for file in ["out/echo.jsonl", "out/open.jsonl"] {
@@ -466,7 +479,8 @@ async fn the_decoder_never_sees_the_credentials() {
             assert!(!stored.contains(secret), "{file}: {stored}");
         }
     }
-    server.stop().await;
+    let (status, _) = server.terminate(Duration::from_secs(20));
+    assert!(status.success());
 }
 
 /// A body within every limit is never a 500: with `body_limit` at its largest, the decoder's
@@ -485,19 +499,22 @@ async fn large_bodies_within_the_body_limit_get_413_never_a_plugin_fault() {
             ),
         );
     }
-    let server = env.start().await;
+    let port = Port::free();
+    let mut server = Tocsin::spawn(&env, &port, &[]);
+    server.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = server.base_url.clone();
     // 60 MB of JSON escapes, 10 MB once decoded: parsing it takes memory and fuel in
     // proportion to the body (the defaults alone trap: 500 before).
     let escaped = format!(
         "{{\"body\": \"{}\", \"id\": \"escaped\"}}",
         "\\u0041".repeat(10 << 20)
     );
-    let (status, answer) = post(&server, "big", &[], escaped).await;
+    let (status, answer) = post_to(&base, "big", &[], escaped).await;
     assert_eq!(status, 202, "{answer}");
     // Each of these makes a message larger than one request may make.
     for mb in [30, 50, 60] {
         let body = json!({"body": "x".repeat(mb << 20)}).to_string();
-        let (status, answer) = post(&server, "big", &[], body).await;
+        let (status, answer) = post_to(&base, "big", &[], body).await;
         assert_eq!(status, 413, "{mb} MB: {answer}");
         assert!(
             answer["error"]
@@ -518,7 +535,7 @@ async fn large_bodies_within_the_body_limit_get_413_never_a_plugin_fault() {
         "receiver": "r", "alerts": alerts})
     .to_string();
     assert!((50 << 20..64 << 20).contains(&notification.len()));
-    let (status, answer) = post(&server, "am", &[], notification).await;
+    let (status, answer) = post_to(&base, "am", &[], notification).await;
     assert_eq!(status, 413, "{answer}");
     wait_until(
         Duration::from_secs(20),
@@ -545,5 +562,6 @@ async fn large_bodies_within_the_body_limit_get_413_never_a_plugin_fault() {
                 .join("\n")
         );
     }
-    server.stop().await;
+    let (status, _) = server.terminate(Duration::from_secs(20));
+    assert!(status.success());
 }

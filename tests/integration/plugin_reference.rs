@@ -110,3 +110,58 @@ fn the_plugin_pages_are_linked_from_readme_and_the_pipeline_reference() {
         );
     }
 }
+
+/// `tocsin validate` refuses broken settings of every shipped plugin, not only one: a key none
+/// of them has is named, at its line, with the stage it belongs to.
+#[test]
+fn validate_refuses_an_unknown_setting_of_every_shipped_plugin() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "config = { zz_not_a_setting = 1 }";
+    let mut expected = Vec::new();
+    for name in shipped() {
+        let component = plugins_dir().join(format!("{}.wasm", name.replace('-', "_")));
+        let kind = runtime
+            .inspect(&component)
+            .unwrap()
+            .kind
+            .unwrap()
+            .interface();
+        let (text, field) = match kind {
+            "source" => (
+                format!("[source]\nplugin = \"{name}\"\nschedule = \"0 * * * * *\"\n{broken}\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n"),
+                "source",
+            ),
+            "decoder" => (
+                format!("[source]\nplugin = \"{name}\"\nauth = {{ none = true }}\n{broken}\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n"),
+                "source",
+            ),
+            "filter" => (
+                format!("[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n[[filter]]\nplugin = \"{name}\"\n{broken}\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n"),
+                "filter[0]",
+            ),
+            _ => (
+                format!("[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n[[sink]]\nname = \"out\"\nplugin = \"{name}\"\n{broken}\n"),
+                "sink[0]",
+            ),
+        };
+        std::fs::write(dir.path().join(format!("{name}.toml")), &text).unwrap();
+        let line = text.lines().position(|l| l == broken).unwrap() + 1;
+        expected.push(format!(
+            "{name}.toml:{line}:12: {field}.config.zz_not_a_setting: unknown setting `zz_not_a_setting`"
+        ));
+    }
+    let out = std::process::Command::new(tocsin_tests::tocsin_bin())
+        .arg("validate")
+        .arg(dir.path())
+        .arg("--plugin-dir")
+        .arg(plugins_dir())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{shown}");
+    for needle in expected {
+        assert!(shown.contains(&needle), "`{needle}` not in:\n{shown}");
+    }
+    assert!(shown.lines().any(|l| l.starts_with("0 valid, ")), "{shown}");
+}

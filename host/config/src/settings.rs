@@ -91,6 +91,26 @@ fn explain(
                 })
                 .collect()
         }
+        // `additionalProperties: false` on a table that takes no keys at all is reported as
+        // a false schema: at the table, or at the key.
+        K::FalseSchema => match (value, path.split_last()) {
+            (Some(Value::Object(map)), _) => {
+                let known = properties_at(schema, path);
+                map.keys()
+                    .filter(|key| !known.contains(key))
+                    .map(|key| {
+                        let mut key_path = path.to_vec();
+                        key_path.push(key.clone());
+                        SettingsError {
+                            path: key_path,
+                            message: unknown_key(key, &known),
+                        }
+                    })
+                    .collect()
+            }
+            (_, Some((key, parent))) => vec![at(unknown_key(key, &properties_at(schema, parent)))],
+            _ => vec![at(fallback.to_string())],
+        },
         K::Required { property } => {
             let name = property.as_str().unwrap_or_default().to_string();
             let mut key_path = path.to_vec();
@@ -512,6 +532,22 @@ mod tests {
         assert!(
             far[0].1.contains("the settings are `above`, `count`"),
             "{far:?}"
+        );
+    }
+
+    #[test]
+    fn a_plugin_that_takes_no_settings_names_each_key_given() {
+        let none = json!({"type": "object", "additionalProperties": false});
+        let found: Vec<(String, String)> = check(&none, &json!({"zz": 1}))
+            .into_iter()
+            .map(|e| (e.path.join("."), e.message))
+            .collect();
+        assert_eq!(
+            found,
+            vec![(
+                "zz".into(),
+                "unknown setting `zz`: this takes no settings".into()
+            )]
         );
     }
 

@@ -336,6 +336,16 @@ pub fn age_file(path: &Path, age: Duration) {
 /// A `[source]` table: the `json` decoder on `POST /ingest/<pipeline>`, no authentication.
 pub const OPEN_JSON_SOURCE: &str = "[source]\nplugin = \"json\"\nauth = { none = true }\n\n";
 
+/// The text of `<base>/metrics` (no token).
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("tocsin answers /metrics")
+        .text()
+        .await
+        .expect("a text answer")
+}
+
 /// Posts `{"id": id, "body": "message <id>"}` to `<base>/ingest/<pipeline>`; returns the status.
 pub async fn post_json_message(base: &str, pipeline: &str, id: &str) -> u16 {
     reqwest::Client::new()

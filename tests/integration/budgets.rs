@@ -64,19 +64,9 @@ async fn flood_with(
     refusal.expect("a refusal")
 }
 
-/// The text of `/metrics`.
-async fn metrics_text(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the metric line starting with `prefix` (name and labels).
 async fn metric(base: &str, prefix: &str) -> u64 {
-    let text = metrics_text(base).await;
+    let text = tocsin_tests::metrics_text(base).await;
     text.lines()
         .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().parse().unwrap()))
         .unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"))
@@ -157,7 +147,7 @@ async fn an_open_pipeline_stops_at_its_budget_and_the_server_budget_holds_for_al
     // when the filters hand it to the sink queues. Measured once that is done: within the
     // budget on an idle machine, up to 1.2 times it beside the rest of the suite.
     let handed_over = || async {
-        let text = metrics_text(&base).await;
+        let text = tocsin_tests::metrics_text(&base).await;
         text.lines()
             .filter(|l| l.starts_with("tocsin_queue_depth{") && l.contains("queue=\"ingress\""))
             .all(|l| l.ends_with(" 0"))

@@ -222,12 +222,7 @@ async fn a_pipeline_that_could_not_start_is_tried_again_without_a_file_change() 
 
 /// The value of the `/metrics` line that starts with `prefix` (name and labels), if any.
 async fn metric(base: &str, prefix: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = tocsin_tests::metrics_text(base).await;
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .map(|v| v.trim().parse().unwrap())
@@ -297,12 +292,7 @@ async fn a_reload_keeps_the_counters_and_a_deleted_pipeline_leaves_the_metrics()
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = tocsin_tests::metrics_text(&base).await;
     assert!(
         !text.contains("tocsin_delivered_total{pipeline=\"p\"}")
             && !text.contains("tocsin_delivery_latency_seconds_count{pipeline=\"p\""),

@@ -112,12 +112,7 @@ async fn a_posted_message_is_accepted_once_durable_and_delivered() {
     })
     .await;
     assert_eq!(env.read_lines("out/alerts.jsonl").len(), 1);
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tocsin_tests::metrics_text(&server.base_url).await;
     for line in [
         "tocsin_messages_in_total{pipeline=\"alerts\"} 2",
         "tocsin_delivered_total{pipeline=\"alerts\"} 2",
@@ -400,12 +395,7 @@ async fn a_pipeline_that_failed_to_start_answers_503_and_rejections_are_counted(
             .0,
         202
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tocsin_tests::metrics_text(&server.base_url).await;
     for line in [
         "tocsin_ingest_rejected_total{pipeline=\"alerts\",status=\"401\"} 2",
         "tocsin_ingest_rejected_total{pipeline=\"alerts\",status=\"400\"} 1",
@@ -543,12 +533,7 @@ async fn large_bodies_within_the_body_limit_get_413_never_a_plugin_fault() {
         || !env.read_lines("out/big.jsonl").is_empty(),
     )
     .await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tocsin_tests::metrics_text(&server.base_url).await;
     for pipeline in ["big", "am"] {
         assert!(
             metrics.contains(&format!(

@@ -282,12 +282,7 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
     let snooped = &env.read_json_lines("out/snoop.jsonl")[0]["body"];
     assert_eq!(snooped, "vars=[] args=[]");
     // /metrics breaks the failures down per stage.
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tocsin_tests::metrics_text(&server.base_url).await;
     for (pipeline, event) in [
         ("looping", "trap"),
         ("looping", "dead_letter"),

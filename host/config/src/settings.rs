@@ -77,36 +77,13 @@ fn explain(
         message,
     };
     match kind {
-        K::AdditionalProperties { unexpected } => {
-            let known = properties_at(schema, path);
-            unexpected
-                .iter()
-                .map(|key| {
-                    let mut key_path = path.to_vec();
-                    key_path.push(key.clone());
-                    SettingsError {
-                        path: key_path,
-                        message: unknown_key(key, &known),
-                    }
-                })
-                .collect()
-        }
+        K::AdditionalProperties { unexpected } => unknown_keys(schema, path, unexpected.iter()),
         // `additionalProperties: false` on a table that takes no keys at all is reported as
         // a false schema: at the table, or at the key.
         K::FalseSchema => match (value, path.split_last()) {
             (Some(Value::Object(map)), _) => {
                 let known = properties_at(schema, path);
-                map.keys()
-                    .filter(|key| !known.contains(key))
-                    .map(|key| {
-                        let mut key_path = path.to_vec();
-                        key_path.push(key.clone());
-                        SettingsError {
-                            path: key_path,
-                            message: unknown_key(key, &known),
-                        }
-                    })
-                    .collect()
+                unknown_keys(schema, path, map.keys().filter(|key| !known.contains(key)))
             }
             (_, Some((key, parent))) => vec![at(unknown_key(key, &properties_at(schema, parent)))],
             _ => vec![at(fallback.to_string())],
@@ -184,6 +161,24 @@ fn nested_errors(
             e
         })
         .collect()
+}
+
+/// An error for each of `keys`, unknown in the table at `path`.
+fn unknown_keys<'k>(
+    schema: &Value,
+    path: &[String],
+    keys: impl Iterator<Item = &'k String>,
+) -> Vec<SettingsError> {
+    let known = properties_at(schema, path);
+    keys.map(|key| {
+        let mut key_path = path.to_vec();
+        key_path.push(key.clone());
+        SettingsError {
+            path: key_path,
+            message: unknown_key(key, &known),
+        }
+    })
+    .collect()
 }
 
 fn unknown_key(key: &str, known: &[String]) -> String {
@@ -481,6 +476,13 @@ mod tests {
         })
     }
 
+    fn assert_has(found: &[(String, String)], path: &str, message: &str) {
+        assert!(
+            found.iter().any(|(p, m)| p == path && m == message),
+            "`{path}: {message}` not in {found:?}"
+        );
+    }
+
     fn errors(config: Value) -> Vec<(String, String)> {
         check(&schema(), &config)
             .into_iter()
@@ -499,26 +501,20 @@ mod tests {
     #[test]
     fn typos_get_the_nearest_known_key_at_any_depth() {
         let found = errors(json!({"metrc": "cpu", "abov": {"warn": 80}}));
-        assert!(
-            found.contains(&(
-                "metrc".into(),
-                "unknown setting `metrc`; did you mean `metric`?".into()
-            )),
-            "{found:?}"
+        assert_has(
+            &found,
+            "metrc",
+            "unknown setting `metrc`; did you mean `metric`?",
         );
-        assert!(
-            found.contains(&(
-                "abov".into(),
-                "unknown setting `abov`; did you mean `above`?".into()
-            )),
-            "{found:?}"
+        assert_has(
+            &found,
+            "abov",
+            "unknown setting `abov`; did you mean `above`?",
         );
-        assert!(
-            found.contains(&(
-                "metric".into(),
-                "is required (a string: the metric to compare)".into()
-            )),
-            "{found:?}"
+        assert_has(
+            &found,
+            "metric",
+            "is required (a string: the metric to compare)",
         );
         let nested = errors(json!({"metric": "cpu", "above": {"warm": 80}}));
         assert_eq!(
@@ -554,28 +550,18 @@ mod tests {
     #[test]
     fn wrong_types_enums_and_ranges_are_named() {
         let found = errors(json!({"metric": 5, "key_labels": "host", "mode": "fast", "count": 0}));
-        assert!(
-            found.contains(&("metric".into(), "expected a string, found 5".into())),
-            "{found:?}"
+        assert_has(&found, "metric", "expected a string, found 5");
+        assert_has(
+            &found,
+            "key_labels",
+            "expected an array, found the string \"host\"",
         );
-        assert!(
-            found.contains(&(
-                "key_labels".into(),
-                "expected an array, found the string \"host\"".into()
-            )),
-            "{found:?}"
+        assert_has(
+            &found,
+            "mode",
+            "the string \"fast\" is not one of \"strict\", \"loose\"",
         );
-        assert!(
-            found.contains(&(
-                "mode".into(),
-                "the string \"fast\" is not one of \"strict\", \"loose\"".into()
-            )),
-            "{found:?}"
-        );
-        assert!(
-            found.contains(&("count".into(), "0 is below the least allowed, 1".into())),
-            "{found:?}"
-        );
+        assert_has(&found, "count", "0 is below the least allowed, 1");
         let inner = errors(json!({"metric": "cpu", "above": {"warn": "high"}}));
         assert_eq!(
             inner,

@@ -54,7 +54,7 @@ fn inspect_describes_a_plugin_and_refuses_misfits_clearly() {
         digest.as_str(),
         // Its settings, from the schema the component carries.
         "settings  homeserver    a string; required",
-        "msgtype       a string; default \"m.notice\"",
+        "msgtype       one of \"m.notice\", \"m.text\"; default \"m.notice\"",
     ] {
         assert!(out.contains(needle), "`{needle}` not in:\n{out}");
     }

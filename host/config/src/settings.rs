@@ -124,6 +124,16 @@ fn explain(
                     .join(", "))
                 .unwrap_or_default()
         ))],
+        K::Pattern { pattern } if pattern == "^https?://" => {
+            vec![at(format!(
+                "{} must start with https:// or http://",
+                found(value)
+            ))]
+        }
+        K::Pattern { pattern } => vec![at(format!(
+            "{} does not match the pattern `{pattern}`",
+            found(value)
+        ))],
         K::Minimum { limit } | K::ExclusiveMinimum { limit } => {
             vec![at(format!(
                 "{} is below the least allowed, {limit}",
@@ -220,6 +230,16 @@ pub fn expected_type(schema: Option<&Value>) -> String {
     let Some(schema) = schema else {
         return "a value".into();
     };
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return format!(
+            "one of {}",
+            values
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let word = |t: &str| match t {
         "string" => "a string",
         "integer" => "an integer",
@@ -238,16 +258,6 @@ pub fn expected_type(schema: Option<&Value>) -> String {
     let types: Vec<&str> = types.into_iter().filter(|t| !t.is_empty()).collect();
     if !types.is_empty() {
         return types.join(" or ");
-    }
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return format!(
-            "one of {}",
-            values
-                .iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
     }
     if schema.get("$ref").is_some() || schema.get("properties").is_some() {
         return "a table".into();
@@ -471,7 +481,8 @@ mod tests {
                 "above": {"anyOf": [{"$ref": "#/$defs/Levels"}, {"type": "null"}]},
                 "key_labels": {"type": "array", "items": {"type": "string"}, "default": []},
                 "mode": {"enum": ["strict", "loose"]},
-                "count": {"type": "integer", "minimum": 1}
+                "count": {"type": "integer", "minimum": 1},
+                "url": {"type": "string", "pattern": "^https?://"}
             }
         })
     }
@@ -562,6 +573,12 @@ mod tests {
             "the string \"fast\" is not one of \"strict\", \"loose\"",
         );
         assert_has(&found, "count", "0 is below the least allowed, 1");
+        let url = errors(json!({"metric": "cpu", "url": "ftp://x"}));
+        assert_has(
+            &url,
+            "url",
+            "the string \"ftp://x\" must start with https:// or http://",
+        );
         let inner = errors(json!({"metric": "cpu", "above": {"warn": "high"}}));
         assert_eq!(
             inner,

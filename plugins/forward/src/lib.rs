@@ -27,6 +27,7 @@ use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink}
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the central tocsin.
+    #[cfg_attr(test, schemars(extend("pattern" = "^https?://")))]
     central: String,
     /// The ingest pipeline on the central instance (its source should be `json`).
     pipeline: String,

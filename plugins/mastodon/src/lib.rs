@@ -27,11 +27,14 @@ use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the instance, such as `https://mastodon.example`.
+    #[cfg_attr(test, schemars(extend("pattern" = "^https?://")))]
     instance: String,
     /// `public`, `unlisted` (default), `private` or `direct`.
+    #[cfg_attr(test, schemars(extend("enum" = ["public", "unlisted", "private", "direct"])))]
     #[serde(default = "unlisted")]
     visibility: String,
     /// `mastodon` (default), `pleroma` or `akkoma`.
+    #[cfg_attr(test, schemars(extend("enum" = ["mastodon", "pleroma", "akkoma"])))]
     #[serde(default = "mastodon")]
     flavor: String,
     /// Pleroma/Akkoma only: `text/plain` (default), `text/markdown` or `text/html`.

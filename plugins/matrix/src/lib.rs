@@ -25,10 +25,12 @@ use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Base URL of the homeserver, such as `https://matrix.example.org`.
+    #[cfg_attr(test, schemars(extend("pattern" = "^https?://")))]
     homeserver: String,
     /// The room id (`!…:server`) to post to.
     room: String,
     /// `m.notice` (default: bots' messages, no notification loops) or `m.text`.
+    #[cfg_attr(test, schemars(extend("enum" = ["m.notice", "m.text"])))]
     #[serde(default = "notice")]
     msgtype: String,
     /// The name of the granted secret holding the access token.

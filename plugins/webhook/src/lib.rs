@@ -26,8 +26,10 @@ use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink}
 #[serde(deny_unknown_fields)]
 struct Config {
     /// The endpoint's URL (its host must be granted in `hosts`).
+    #[cfg_attr(test, schemars(extend("pattern" = "^https?://")))]
     url: String,
     /// The HTTP method: `POST` (default), `PUT` or `PATCH`.
+    #[cfg_attr(test, schemars(extend("enum" = ["POST", "PUT", "PATCH"])))]
     #[serde(default = "post")]
     method: String,
     /// A Jinja template for the request body; the message as JSON when absent.

@@ -120,3 +120,28 @@ async fn a_running_server_refuses_each_broken_file_as_validate_does() {
     let (status, _) = server.terminate(std::time::Duration::from_secs(20));
     assert!(status.success());
 }
+
+/// A plugin that declares no settings schema (as every plugin built before the SDK could)
+/// still validates, and `validate` says its `config` went unchecked.
+#[test]
+fn a_plugin_without_a_settings_schema_is_noted_as_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[source]\nplugin = \"json\"\nauth = { none = true }\n\n[[filter]]\nplugin = \"hostile\"\nconfig = { mode = \"pass\" }\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\n",
+    )
+    .unwrap();
+    let (ok, out) = validate(&[file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "filter[0]: plugin `hostile` declares no settings schema; its config is not checked"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains("source: plugin"),
+        "json declares its settings:\n{out}"
+    );
+}

@@ -177,6 +177,8 @@ pub struct StageSpec {
     pub grants: Grants,
     /// Resource bounds.
     pub limits: Limits,
+    /// Whether its plugin declares a settings schema (`config` was checked against it).
+    pub settings_declared: bool,
 }
 
 /// How a pipeline names its plugin.

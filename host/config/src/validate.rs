@@ -536,9 +536,10 @@ impl Checker<'_> {
                 })
                 .ok(),
         };
-        if let (Some(bytes), Some(value)) = (&bytes, &config_value) {
-            self.settings(field, plugin, bytes, config, value);
-        }
+        let settings_declared = match (&bytes, &config_value) {
+            (Some(bytes), Some(value)) => self.settings(field, plugin, bytes, config, value),
+            _ => false,
+        };
         let config_json = config_value
             .as_ref()
             .map_or_else(String::new, serde_json::Value::to_string);
@@ -556,11 +557,13 @@ impl Checker<'_> {
             config_json,
             grants,
             limits: limits?,
+            settings_declared,
         })
     }
 
     /// Checks a stage's `config` against the settings schema its component declares (none:
-    /// nothing to check); each error names the key's own line when it can be found.
+    /// nothing to check); each error names the key's own line when it can be found. Returns
+    /// whether the component declares a schema.
     fn settings(
         &mut self,
         field: &str,
@@ -568,13 +571,13 @@ impl Checker<'_> {
         component: &[u8],
         config: Option<&Spanned<toml::Table>>,
         value: &serde_json::Value,
-    ) {
+    ) -> bool {
         let schema = match crate::settings::schema_in(component) {
             Ok(Some(schema)) => schema,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(why) => {
                 self.error(Some(plugin.span()), &format!("{field}.plugin"), why);
-                return;
+                return true;
             }
         };
         for error in crate::settings::check(&schema, value) {
@@ -586,6 +589,7 @@ impl Checker<'_> {
             }
             self.error(span, &name, error.message);
         }
+        true
     }
 
     fn grants(&mut self, field: &str, g: &GrantsTable) -> Grants {

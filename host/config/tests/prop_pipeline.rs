@@ -858,6 +858,8 @@ impl GenStage {
                 fuel: self.fuel.unwrap_or(default_fuel),
                 timeout: self.timeout.as_ref().map_or(default_timeout, |(_, d)| *d),
             },
+            // The generated plugins are stand-in files, not components: no schema.
+            settings_declared: false,
         }
     }
 }

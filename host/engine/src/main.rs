@@ -665,25 +665,20 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
 /// The stages (field, plugin) whose plugin carries no settings schema, so `validate` could
 /// not check their `config` (plugins built before the SDK declared settings).
 fn settings_not_declared(spec: &tocsin_config::PipelineSpec) -> Vec<(String, String)> {
-    let stages = std::iter::once(("source".to_string(), &spec.source.stage))
-        .chain(
-            spec.filters
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (format!("filter[{i}]"), f)),
-        )
-        .chain(
-            spec.sinks
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("sink[{i}]"), &s.stage)),
-        );
-    stages
-        .filter(|(_, stage)| {
-            std::fs::read(&stage.plugin.path)
-                .ok()
-                .is_some_and(|bytes| matches!(tocsin_config::settings::schema_in(&bytes), Ok(None)))
-        })
+    let filters = spec
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("filter[{i}]"), f));
+    let sinks = spec
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("sink[{i}]"), &s.stage));
+    std::iter::once(("source".to_string(), &spec.source.stage))
+        .chain(filters)
+        .chain(sinks)
+        .filter(|(_, stage)| !stage.settings_declared)
         .map(|(field, stage)| (field, stage.plugin.name.clone()))
         .collect()
 }

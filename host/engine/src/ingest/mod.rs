@@ -321,7 +321,6 @@ async fn accept(
     response
 }
 
-/// [`accept`] once the pipeline is found.
 /// Headers that carry credentials. The host checks them (`auth`); the decoder, third-party
 /// code, never sees them.
 const CREDENTIAL_HEADERS: [axum::http::HeaderName; 3] = [
@@ -339,7 +338,7 @@ pub fn is_credential_header(name: &str) -> bool {
 fn decoder_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(name))
+        .filter(|(name, _)| !is_credential_header(name.as_str()))
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
@@ -349,6 +348,7 @@ fn decoder_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// [`accept`] once the pipeline is found.
 async fn accept_known(
     state: &HttpState,
     endpoint: &IngestEndpoint,

@@ -43,6 +43,7 @@ mod admin;
 mod alertmanager;
 mod backup_alerts;
 mod budgets;
+mod contract_0_1;
 mod corrupt;
 mod disk;
 mod filters;

@@ -35,6 +35,8 @@ pub fn message(i: usize) -> Message {
         ],
         metrics: vec![("cpu-percent".into(), 93.5)],
         payload: None,
+        link: None,
+        key: None,
     }
 }
 

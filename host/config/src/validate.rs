@@ -1360,6 +1360,8 @@ match = { severity = ">= info" }
             labels: vec![("team".into(), "ops".into())],
             metrics: vec![],
             payload: None,
+            link: None,
+            key: None,
         };
         assert!(route.matches(&m));
         m.severity = Severity::Info;

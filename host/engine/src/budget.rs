@@ -340,6 +340,8 @@ mod tests {
             labels: vec![],
             metrics: vec![],
             payload: None,
+            link: None,
+            key: None,
         }
     }
 

@@ -13,6 +13,14 @@
 //! - permanent, or the attempts used up → moved to the sink's dead letters with the last error.
 //!
 //! Every attempt carries the same idempotency key, `<pipeline>/<sink>/<message id>`.
+//!
+//! **Batches.** A sink that takes several messages per call (contract 0.2.0 `batch-limit`
+//! over 1: `file`, `forward`, `webhook` with `batch`) gets the due messages of different
+//! alerts spread over its free instances, up to its limit per call — one call instead of
+//! many when a storm queues up, one message per call when the queue is quiet. A batch
+//! succeeds or fails as a whole: each of its messages then counts the attempt and waits for
+//! its own retry, as alone. Its idempotency key is the hash of its members' keys
+//! (`sha256:…`), the same whenever the same messages are batched again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +78,11 @@ impl DeliveryWorker {
         let (ready, cancel) = (self.ready.clone(), self.cancel.clone());
         let concurrency = self.concurrency;
         let order = OrderKeys::for_concurrency(concurrency);
-        let window_len = order.window(concurrency);
+        let batch_limit = self.batch_limit().await;
+        let window_len = order
+            .window(concurrency)
+            .max(concurrency * batch_limit)
+            .min(crate::delivery_order::MAX_LOOK_AHEAD);
         let mut running = FuturesUnordered::new();
         let mut in_flight: HashMap<Seq, String> = HashMap::new();
         let mut head = HeadCache::new();
@@ -80,22 +92,30 @@ impl DeliveryWorker {
             if !cancel.is_cancelled() && free > 0 {
                 let now = now_ms();
                 let read = |limit| self.queue.sink_heads(&self.pipeline, &self.sink, limit);
-                match head.take(read, &order, window_len, &in_flight, free, now) {
+                let wanted = free * batch_limit;
+                match head.take(read, &order, window_len, &in_flight, wanted, now) {
                     Ok((taken, next_due_ms)) => {
                         if let Some(due) = next_due_ms {
                             wake = wake.min(Duration::from_millis(due.saturating_sub(now)));
                         }
-                        for (seq, key, envelope) in taken {
+                        for batch in batches(taken, free, batch_limit) {
                             let Some(mut stage) = self.instances.take() else {
-                                head.put_back(seq, envelope);
+                                for (seq, _, envelope) in batch {
+                                    head.put_back(seq, envelope);
+                                }
                                 continue;
                             };
-                            let idempotency =
-                                idempotency_key(&self.pipeline, &self.sink, &envelope.message.id);
-                            in_flight.insert(seq, key);
+                            let idempotency = self.batch_key(&batch);
+                            let mut entries = Vec::with_capacity(batch.len());
+                            let mut messages = Vec::with_capacity(batch.len());
+                            for (seq, key, envelope) in batch {
+                                in_flight.insert(seq, key);
+                                messages.push(envelope.message.clone());
+                                entries.push((seq, envelope));
+                            }
                             running.push(async move {
-                                let result = stage.deliver(&envelope.message, &idempotency).await;
-                                (stage, seq, envelope, result)
+                                let result = stage.deliver_batch(&messages, &idempotency).await;
+                                (stage, entries, result)
                             });
                         }
                     }
@@ -109,10 +129,12 @@ impl DeliveryWorker {
                 return;
             }
             tokio::select! {
-                Some((stage, seq, envelope, result)) = running.next(), if !running.is_empty() => {
+                Some((stage, entries, result)) = running.next(), if !running.is_empty() => {
                     self.instances.put_back(stage);
-                    in_flight.remove(&seq);
-                    if let Some(still_queued) = self.settle(seq, envelope, result).await {
+                    for (seq, _) in &entries {
+                        in_flight.remove(seq);
+                    }
+                    for (seq, still_queued) in self.settle_batch(entries, result).await {
                         head.put_back(seq, still_queued);
                     }
                 }
@@ -124,13 +146,66 @@ impl DeliveryWorker {
         }
     }
 
+    /// The sink's `batch-limit` (1 when its first instance cannot say).
+    async fn batch_limit(&mut self) -> usize {
+        let Some(mut stage) = self.instances.take() else {
+            return 1;
+        };
+        let limit = stage.batch_limit().await.unwrap_or(1);
+        self.instances.put_back(stage);
+        limit as usize
+    }
+
+    /// The idempotency key of a delivery: the message's own for one message, else the hash
+    /// of its members' keys, in order.
+    fn batch_key(&self, batch: &[(Seq, String, Envelope)]) -> String {
+        let id_of = |e: &Envelope| idempotency_key(&self.pipeline, &self.sink, &e.message.id);
+        match batch {
+            [(_, _, only)] => id_of(only),
+            _ => {
+                let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+                for (_, _, envelope) in batch {
+                    sha2::Digest::update(&mut hash, id_of(envelope).as_bytes());
+                    sha2::Digest::update(&mut hash, b"\n");
+                }
+                format!("sha256:{}", hex::encode(sha2::Digest::finalize(hash)))
+            }
+        }
+    }
+
+    /// Records a delivery's outcome for each of its messages; returns those that stay
+    /// queued (for their retries), as they now are. The state the sink wrote is committed
+    /// with the first acknowledgement.
+    async fn settle_batch(
+        &mut self,
+        entries: Vec<(Seq, Envelope)>,
+        result: Result<(DeliveryOutcome, StateChanges), CallError>,
+    ) -> Vec<(Seq, Envelope)> {
+        if let Err(e) = &result {
+            // One failed call, counted once, whatever it carried.
+            self.status.call_failed(&format!("sink.{}", self.sink), e);
+        }
+        let mut result = result.map_err(|e| e.to_string());
+        let mut still_queued = Vec::new();
+        for (seq, envelope) in entries {
+            let this = match &mut result {
+                Ok((outcome, changes)) => Ok((outcome.clone(), std::mem::take(changes))),
+                Err(e) => Err(e.clone()),
+            };
+            if let Some(envelope) = self.settle(seq, envelope, this).await {
+                still_queued.push((seq, envelope));
+            }
+        }
+        still_queued
+    }
+
     /// Records one delivery's outcome: ack, retry later, or dead letters. Returns the entry
     /// when it stays queued (for its retry), as it now is.
     async fn settle(
         &mut self,
         seq: Seq,
         mut envelope: Envelope,
-        result: Result<(DeliveryOutcome, StateChanges), CallError>,
+        result: Result<(DeliveryOutcome, StateChanges), String>,
     ) -> Option<Envelope> {
         let c = &self.status.counters;
         let (error, retry_after) = match result {
@@ -172,10 +247,7 @@ impl DeliveryWorker {
                 format!("rate limited for {ms} ms"),
                 Some(Duration::from_millis(ms)),
             ),
-            Err(e) => {
-                self.status.call_failed(&format!("sink.{}", self.sink), &e);
-                (e.to_string(), None)
-            }
+            Err(e) => (e, None),
         };
         self.failed(seq, envelope, error, retry_after).await
     }
@@ -254,5 +326,69 @@ impl DeliveryWorker {
                 Some(envelope)
             }
         }
+    }
+}
+
+/// Spreads the messages taken for delivery (queue order) over up to `free` calls of at most
+/// `limit` messages each: as many calls as there are free instances while each gets fewer
+/// than `limit`, so a quiet queue still delivers one message per call, at once.
+fn batches(
+    taken: Vec<(Seq, String, Envelope)>,
+    free: usize,
+    limit: usize,
+) -> Vec<Vec<(Seq, String, Envelope)>> {
+    let per_call = taken.len().div_ceil(free.max(1)).clamp(1, limit.max(1));
+    let mut out: Vec<Vec<_>> = Vec::new();
+    for entry in taken {
+        match out.last_mut() {
+            Some(last) if last.len() < per_call => last.push(entry),
+            _ => out.push(vec![entry]),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_message::Message;
+
+    fn taken(n: usize) -> Vec<(Seq, String, Envelope)> {
+        (0..n)
+            .map(|i| {
+                let message = Message {
+                    id: format!("m{i}"),
+                    timestamp_ms: 1,
+                    severity: tocsin_message::Severity::Info,
+                    summary: None,
+                    body: String::new(),
+                    labels: vec![],
+                    metrics: vec![],
+                    payload: None,
+                    link: None,
+                    key: None,
+                };
+                (i as Seq, format!("i:m{i}"), Envelope::new(message, 0))
+            })
+            .collect()
+    }
+
+    fn sizes(b: &[Vec<(Seq, String, Envelope)>]) -> Vec<usize> {
+        b.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn a_quiet_queue_goes_one_message_per_call_and_a_storm_fills_the_calls() {
+        assert_eq!(sizes(&batches(taken(3), 8, 100)), [1, 1, 1]);
+        assert_eq!(sizes(&batches(taken(20), 8, 100)), [3, 3, 3, 3, 3, 3, 2]);
+        assert_eq!(sizes(&batches(taken(800), 8, 100)), [100; 8]);
+        assert_eq!(sizes(&batches(taken(5), 8, 1)), [1; 5]);
+        assert!(batches(taken(0), 8, 100).is_empty());
+        let order: Vec<Seq> = batches(taken(20), 8, 100)
+            .into_iter()
+            .flatten()
+            .map(|(seq, _, _)| seq)
+            .collect();
+        assert_eq!(order, (0..20).collect::<Vec<Seq>>(), "queue order is kept");
     }
 }

@@ -207,6 +207,8 @@ mod tests {
                 .unwrap_or_default(),
             metrics: vec![],
             payload: None,
+            link: None,
+            key: None,
         };
         Envelope::new(message, 1)
     }

@@ -72,6 +72,8 @@ impl SampleMessage {
             labels: self.labels.into_iter().collect(),
             metrics: self.metrics.into_iter().collect(),
             payload: None,
+            link: None,
+            key: None,
         })
     }
 

@@ -384,6 +384,8 @@ mod tests {
             labels: vec![],
             metrics: vec![],
             payload: None,
+            link: None,
+            key: None,
         }
     }
 

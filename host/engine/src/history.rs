@@ -470,6 +470,8 @@ mod tests {
             labels: vec![("host".into(), host.into())],
             metrics: vec![("cpu".into(), cpu), ("load".into(), cpu / 10.0)],
             payload: None,
+            link: None,
+            key: None,
         }
     }
 

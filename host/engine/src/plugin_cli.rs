@@ -49,13 +49,18 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn to_text(found: &Inspection) -> String {
-    let world = match found.kind {
-        Some(kind) => format!("{CONTRACT_PACKAGE}/{}", kind.world()),
-        None => "none of ours".to_string(),
+    let world = match (found.kind, found.contract) {
+        (Some(kind), Some(contract)) => format!("{CONTRACT_PACKAGE}/{}@{contract}", kind.world()),
+        _ => "none of ours".to_string(),
     };
-    let verdict = match &found.verdict {
-        Ok(()) => format!("fits this host ({CONTRACT_PACKAGE}@{CONTRACT_VERSION})"),
-        Err(why) => format!("does not fit: {why}"),
+    let verdict = match (&found.verdict, found.contract) {
+        (Ok(()), Some(contract)) if contract.version() != CONTRACT_VERSION => format!(
+            "fits this host, which speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION} and still runs \
+             {contract} plugins (messages it makes carry no link or key; a sink gets one \
+             message per call)"
+        ),
+        (Ok(()), _) => format!("fits this host ({CONTRACT_PACKAGE}@{CONTRACT_VERSION})"),
+        (Err(why), _) => format!("does not fit: {why}"),
     };
     let list = |items: &[String]| items.join("\n          ");
     format!(
@@ -108,6 +113,7 @@ fn to_json(found: &Inspection) -> serde_json::Value {
         "sha256": found.sha256,
         "kind": found.kind.map(|k| k.interface()),
         "world": found.kind.map(|k| format!("{CONTRACT_PACKAGE}/{}", k.world())),
+        "contract": found.contract.map(|c| c.version()),
         "exports": found.exports,
         "imports": found.imports,
         "fits": found.verdict.is_ok(),

@@ -96,7 +96,7 @@ pub fn new_python_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Resul
     write(&dir, "app.py", &fill(source))?;
     write(&dir, "sample.json", SAMPLE)?;
     write(&dir, ".gitignore", "/.venv\n/bindings\n*.wasm\n")?;
-    extract(&WIT, &dir.join("wit"))?;
+    extract_contract(&dir.join("wit"))?;
     Ok(dir)
 }
 
@@ -159,7 +159,7 @@ pub fn new_rust_plugin(parent: &Path, name: &str, kind: Kind) -> anyhow::Result<
     write("example-pipeline.toml", &format!("{example}\n"))?;
     write("sample.json", SAMPLE)?;
     write(".gitignore", "/target\n")?;
-    extract(&WIT, &dir.join("wit"))?;
+    extract_contract(&dir.join("wit"))?;
     let sdk = dir.join("vendor/tocsin-sdk");
     extract(&SDK, &sdk)?;
     std::fs::write(sdk.join("Cargo.toml"), standalone_sdk_manifest()?)?;
@@ -179,6 +179,17 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn extract(dir: &Dir<'_>, to: &Path) -> anyhow::Result<()> {
+    extract_but(dir, to, &[])
+}
+
+/// The contract a new plugin builds against: `wit/` without the frozen older versions
+/// (`wit/0.1.0/`), which only the host reads.
+fn extract_contract(to: &Path) -> anyhow::Result<()> {
+    extract_but(&WIT, to, &["0.1.0"])
+}
+
+/// Writes `dir` under `to`, leaving out its subdirectories named in `skip`.
+fn extract_but(dir: &Dir<'_>, to: &Path, skip: &[&str]) -> anyhow::Result<()> {
     for file in dir.files() {
         let path = to.join(file.path());
         if let Some(parent) = path.parent() {
@@ -188,7 +199,9 @@ fn extract(dir: &Dir<'_>, to: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     for sub in dir.dirs() {
-        extract(sub, to)?;
+        if !skip.iter().any(|s| sub.path() == Path::new(s)) {
+            extract_but(sub, to, &[])?;
+        }
     }
     Ok(())
 }

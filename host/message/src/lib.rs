@@ -75,6 +75,62 @@ pub struct Message {
     pub metrics: Vec<(String, f64)>,
     /// The original payload, when a decoder keeps it.
     pub payload: Option<String>,
+    /// Where a person reads more or acts (an absolute `http`/`https` URL). Contract 0.2.0.
+    pub link: Option<String>,
+    /// The identity of the alert the message is about, shared by its firing and resolved
+    /// messages. Contract 0.2.0.
+    pub key: Option<String>,
+}
+
+/// A [`Message`] as record format 1 laid it out, before messages carried a link and a key:
+/// read from queues written by older builds, never written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageFormat1 {
+    id: String,
+    timestamp_ms: u64,
+    severity: Severity,
+    summary: Option<String>,
+    body: String,
+    labels: Vec<(String, String)>,
+    metrics: Vec<(String, f64)>,
+    payload: Option<String>,
+}
+
+impl From<MessageFormat1> for Message {
+    fn from(m: MessageFormat1) -> Self {
+        Message {
+            id: m.id,
+            timestamp_ms: m.timestamp_ms,
+            severity: m.severity,
+            summary: m.summary,
+            body: m.body,
+            labels: m.labels,
+            metrics: m.metrics,
+            payload: m.payload,
+            link: None,
+            key: None,
+        }
+    }
+}
+
+/// The message as format 1 holds it: without link and key (for tests of old records).
+impl From<&Message> for MessageFormat1 {
+    fn from(m: &Message) -> Self {
+        MessageFormat1 {
+            id: m.id.clone(),
+            timestamp_ms: m.timestamp_ms,
+            severity: m.severity,
+            summary: m.summary.clone(),
+            body: m.body.clone(),
+            labels: m.labels.clone(),
+            metrics: m.metrics.clone(),
+            payload: m.payload.clone(),
+        }
+    }
+}
+
+impl Record for Message {
+    type Format1 = MessageFormat1;
 }
 
 impl Message {
@@ -106,6 +162,8 @@ impl Message {
                 .sum::<usize>()
             + self.metrics.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
             + self.payload.as_ref().map_or(0, String::len)
+            + self.link.as_ref().map_or(0, String::len)
+            + self.key.as_ref().map_or(0, String::len)
             + 16
     }
 }
@@ -148,6 +206,63 @@ pub fn check_message(m: &Message, now_ms: u64, ahead_ms: u64) -> Result<(), Stri
             "message id `{}` holds control or bidirectional-formatting characters",
             one_line(&shorten(&m.id, 64))
         ));
+    }
+    if let Some(link) = &m.link {
+        check_link(link).map_err(|why| {
+            format!(
+                "message `{}` has link `{}`: {why}",
+                one_line(&shorten(&m.id, 64)),
+                one_line(&shorten(link, 80))
+            )
+        })?;
+    }
+    if let Some(key) = &m.key {
+        if key.is_empty() || key.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "message `{}` has a key of {} bytes; a key has 1 to {MAX_ID_BYTES}",
+                one_line(&shorten(&m.id, 64)),
+                key.len()
+            ));
+        }
+        if key.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+            return Err(format!(
+                "message `{}` has key `{}` holding control or bidirectional-formatting characters",
+                one_line(&shorten(&m.id, 64)),
+                one_line(&shorten(key, 64))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The longest link a message may carry, in bytes.
+pub const MAX_LINK_BYTES: usize = 2048;
+
+/// Whether `link` may be a message's link: an absolute `http://` or `https://` URL with a
+/// host, at most [`MAX_LINK_BYTES`], without spaces, control or bidirectional-formatting
+/// characters — so every sink can put it in an `href` or a chat line as it is, and a
+/// `javascript:` or `data:` link never reaches a room. The error says which rule.
+pub fn check_link(link: &str) -> Result<(), &'static str> {
+    if link.len() > MAX_LINK_BYTES {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = link
+        .strip_prefix("https://")
+        .or_else(|| link.strip_prefix("http://"))
+        .ok_or("not an http:// or https:// URL")?;
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if host_end == 0 {
+        return Err("no host after the scheme");
+    }
+    if link.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || is_bidi_control(c)
+            || matches!(c, '"' | '<' | '>' | '`')
+    }) {
+        return Err(
+            "holds spaces, quotes, angle brackets or control characters (percent-encode them)",
+        );
     }
     Ok(())
 }
@@ -212,8 +327,19 @@ pub enum DecodeError {
     ValueFile(String),
 }
 
-/// The version byte that starts every record written by this build.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// The version byte that starts every record written by this build: 3, since messages carry a
+/// link and a key. Records of [`RECORD_FORMAT_1`] are still read; 2 is the ingress batch
+/// record's own layout (in `tocsin-queue`).
+pub const RECORD_FORMAT_VERSION: u8 = 3;
+
+/// The version byte of records written before messages carried a link and a key.
+pub const RECORD_FORMAT_1: u8 = 1;
+
+/// A value stored as a record: how it is read from a record of [`RECORD_FORMAT_1`].
+pub trait Record: Serialize + for<'de> Deserialize<'de> {
+    /// The value as format 1 laid it out (`Self` when its layout did not change).
+    type Format1: for<'de> Deserialize<'de> + Into<Self>;
+}
 
 /// Encodes a value as a stored record: one version byte, then postcard.
 pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
@@ -227,17 +353,23 @@ pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
 ///
 /// Never panics, and allocates no more than the record's bytes can fill: a length prefix
 /// claiming more than the record holds is an error before anything is reserved for it.
-pub fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&RECORD_FORMAT_VERSION, rest)) => match postcard::take_from_bytes(rest)? {
-            (value, []) => Ok(value),
-            (_, extra) => Err(DecodeError::TrailingBytes { extra: extra.len() }),
-        },
+        Some((&RECORD_FORMAT_VERSION, rest)) => decode_exactly::<T>(rest),
+        Some((&RECORD_FORMAT_1, rest)) => decode_exactly::<T::Format1>(rest).map(Into::into),
         Some((&found, _)) => Err(DecodeError::UnknownVersion {
             found,
             supported: RECORD_FORMAT_VERSION,
         }),
+    }
+}
+
+/// Decodes postcard bytes holding exactly one value.
+pub fn decode_exactly<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        (_, extra) => Err(DecodeError::TrailingBytes { extra: extra.len() }),
     }
 }
 
@@ -365,7 +497,56 @@ mod tests {
             labels: vec![("host".into(), "db1".into())],
             metrics: vec![("backup-age-seconds".into(), 97200.0)],
             payload: None,
+            link: Some("https://backups.example/db1".into()),
+            key: Some("backup/db1".into()),
         }
+    }
+
+    #[test]
+    fn a_record_of_format_1_reads_with_no_link_and_no_key() {
+        let m = sample();
+        let old = MessageFormat1::from(&m);
+        let mut bytes = vec![RECORD_FORMAT_1];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let back = decode_record::<Message>(&bytes).unwrap();
+        assert_eq!(
+            back,
+            Message {
+                link: None,
+                key: None,
+                ..m
+            }
+        );
+    }
+
+    #[test]
+    fn only_plain_http_links_pass() {
+        for ok in [
+            "https://github.com/o/r/pull/2",
+            "http://10.0.0.1:9093/#/alerts?x=1",
+        ] {
+            assert_eq!(check_link(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "https://",
+            "https:///path",
+            "ftp://x",
+            "https://a b",
+            "https://x/\"><script>",
+            "/relative",
+        ] {
+            assert!(check_link(bad).is_err(), "{bad}");
+        }
+        assert!(check_link(&format!("https://x/{}", "a".repeat(MAX_LINK_BYTES))).is_err());
+        let mut m = sample();
+        m.link = Some("javascript:alert(1)".into());
+        let why = check_message(&m, m.timestamp_ms, 0).unwrap_err();
+        assert!(why.contains("not an http"), "{why}");
+        m.link = None;
+        m.key = Some(String::new());
+        assert!(check_message(&m, m.timestamp_ms, 0).is_err());
     }
 
     #[test]

@@ -144,6 +144,8 @@ fn same(a: &Message, b: &Message) -> bool {
         && a.body == b.body
         && a.labels == b.labels
         && a.payload == b.payload
+        && a.link == b.link
+        && a.key == b.key
         && a.metrics.len() == b.metrics.len()
         && a.metrics
             .iter()
@@ -169,8 +171,10 @@ prop_compose! {
         labels in prop::collection::vec((text(), text()), 0..6),
         metrics in prop::collection::vec((text(), any::<f64>()), 0..6),
         payload in prop::option::of(text()),
+        link in prop::option::of(text()),
+        key in prop::option::of(text()),
     ) -> Message {
-        Message { id, timestamp_ms, severity, summary, body, labels, metrics, payload }
+        Message { id, timestamp_ms, severity, summary, body, labels, metrics, payload, link, key }
     }
 }
 
@@ -228,7 +232,8 @@ fn varint(mut n: u64) -> Vec<u8> {
 /// and which then ends (or goes on with `tail`).
 fn record_claiming(field: usize, claimed: u64, tail: &[u8]) -> Vec<u8> {
     let mut r = vec![RECORD_FORMAT_VERSION];
-    // id, timestamp_ms, severity, summary, body, labels, metrics, payload
+    // id, timestamp_ms, severity, summary, body, labels, metrics, payload (link and key
+    // follow; every claim below is in a field before them)
     let fields: [&[u8]; 8] = [&[0], &[0], &[1], &[1], &[0], &[0], &[0], &[1]];
     for (i, f) in fields.iter().enumerate() {
         if i == field {
@@ -255,6 +260,17 @@ proptest! {
         let back = decode_checked(&bytes)?;
         prop_assert!(back.is_ok(), "{:?}", back);
         prop_assert!(same(&back.unwrap(), &m));
+    }
+
+    /// A record of format 1 (before links and keys) reads as the same message without them.
+    #[test]
+    fn prop_format_1_records_read_without_link_and_key(m in message()) {
+        let mut bytes = vec![tocsin_message::RECORD_FORMAT_1];
+        bytes.extend(postcard::to_stdvec(&tocsin_message::MessageFormat1::from(&m)).unwrap());
+        let back = decode_checked(&bytes)?;
+        prop_assert!(back.is_ok(), "{:?}", back);
+        let expected = Message { link: None, key: None, ..m };
+        prop_assert!(same(&back.unwrap(), &expected));
     }
 
     /// Arbitrary bytes, mostly behind the right version byte: a value or a clean error.

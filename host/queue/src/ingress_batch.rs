@@ -11,13 +11,15 @@
 //!
 //! A record is a version byte ([`VERSION`]), a fixed header — how many entries, the first and
 //! the last offset — and the entries `(offset, Envelope)` in postcard. The header lets the
-//! hand-over see that it takes a whole record without decoding it. Records of version 1 hold
-//! one [`Envelope`] (as written before batching) and read as an entry at offset 0.
+//! hand-over see that it takes a whole record without decoding it. Older records still read:
+//! version 1 holds one [`Envelope`] (as written before batching) and reads as an entry at
+//! offset 0; version 2 is this layout with envelopes of record format 1 (messages without
+//! link and key).
 
 use serde::Serialize;
-use tocsin_message::{decode_record, DecodeError, RECORD_FORMAT_VERSION};
+use tocsin_message::{decode_exactly, decode_record, DecodeError, RECORD_FORMAT_1};
 
-use crate::{Envelope, Seq};
+use crate::{Envelope, EnvelopeFormat1, Seq};
 
 /// Low bits of an ingress seq that are the message's offset in its record.
 pub const OFFSET_BITS: u32 = 16;
@@ -25,8 +27,11 @@ pub const OFFSET_BITS: u32 = 16;
 /// The most entries one record holds; a larger append is split into several records.
 pub const MAX_ENTRIES: usize = 1 << OFFSET_BITS;
 
-/// The version byte of a batch record.
-pub const VERSION: u8 = 2;
+/// The version byte of a batch record (4: envelopes of the current record format).
+pub const VERSION: u8 = 4;
+
+/// The version byte of batch records whose envelopes are of record format 1.
+const VERSION_OF_FORMAT_1: u8 = 2;
 
 /// Bytes before the entries: version, count, first offset, last offset.
 const HEADER_LEN: usize = 1 + 3 * 4;
@@ -71,7 +76,7 @@ impl Header {
 /// decoder then reports what is wrong).
 pub fn header(bytes: &[u8]) -> Option<Header> {
     match bytes.first() {
-        Some(&VERSION) if bytes.len() >= HEADER_LEN => {
+        Some(&(VERSION | VERSION_OF_FORMAT_1)) if bytes.len() >= HEADER_LEN => {
             let word = |i: usize| {
                 let at = 1 + 4 * i;
                 u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default())
@@ -82,7 +87,7 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
                 last: word(2),
             })
         }
-        Some(&RECORD_FORMAT_VERSION) => Some(Header {
+        Some(&RECORD_FORMAT_1) => Some(Header {
             count: 1,
             first: 0,
             last: 0,
@@ -131,31 +136,37 @@ pub fn encode<E: std::borrow::Borrow<Envelope>>(entries: &[(u32, E)]) -> Vec<u8>
 /// with the entries is an error.
 pub fn decode(bytes: &[u8]) -> Result<Vec<(u32, Envelope)>, DecodeError> {
     match bytes.first() {
-        Some(&RECORD_FORMAT_VERSION) => Ok(vec![(0, decode_record::<Envelope>(bytes)?)]),
-        Some(&VERSION) => {
-            let header = header(bytes).ok_or(DecodeError::Inconsistent("a cut header"))?;
-            let entries: Vec<(u32, Envelope)> =
-                match postcard::take_from_bytes(&bytes[HEADER_LEN..])? {
-                    (entries, []) => entries,
-                    (_, extra) => return Err(DecodeError::TrailingBytes { extra: extra.len() }),
-                };
-            let increasing = entries.windows(2).all(|w| w[0].0 < w[1].0);
-            let agrees = entries.len() == header.count as usize
-                && entries.first().map(|e| e.0) == Some(header.first)
-                && entries.last().map(|e| e.0) == Some(header.last);
-            if !increasing || !agrees {
-                return Err(DecodeError::Inconsistent(
-                    "the header does not match the entries",
-                ));
-            }
-            Ok(entries)
-        }
+        Some(&RECORD_FORMAT_1) => Ok(vec![(0, decode_record::<Envelope>(bytes)?)]),
+        Some(&VERSION) => entries::<Envelope>(bytes),
+        Some(&VERSION_OF_FORMAT_1) => Ok(entries::<EnvelopeFormat1>(bytes)?
+            .into_iter()
+            .map(|(offset, e)| (offset, e.into()))
+            .collect()),
         Some(&found) => Err(DecodeError::UnknownVersion {
             found,
             supported: VERSION,
         }),
         None => Err(DecodeError::Empty),
     }
+}
+
+/// The entries of a batch record whose envelopes are laid out as `E`, checked against its
+/// header.
+fn entries<E: for<'de> serde::Deserialize<'de>>(
+    bytes: &[u8],
+) -> Result<Vec<(u32, E)>, DecodeError> {
+    let header = header(bytes).ok_or(DecodeError::Inconsistent("a cut header"))?;
+    let entries: Vec<(u32, E)> = decode_exactly(&bytes[HEADER_LEN..])?;
+    let increasing = entries.windows(2).all(|w| w[0].0 < w[1].0);
+    let agrees = entries.len() == header.count as usize
+        && entries.first().map(|e| e.0) == Some(header.first)
+        && entries.last().map(|e| e.0) == Some(header.last);
+    if !increasing || !agrees {
+        return Err(DecodeError::Inconsistent(
+            "the header does not match the entries",
+        ));
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -174,6 +185,8 @@ mod tests {
                 labels: vec![("k".into(), "v".into())],
                 metrics: vec![("m".into(), 1.5)],
                 payload: None,
+                link: Some("https://x.example/a".into()),
+                key: None,
             },
             42,
         )
@@ -213,11 +226,38 @@ mod tests {
         assert!(!h.is_exactly(&[0, 1]));
     }
 
+    /// `envelope(id)` as record format 1 held it, and as it reads now (no link, no key).
+    fn format_1(id: &str) -> (EnvelopeFormat1, Envelope) {
+        let mut e = envelope(id);
+        e.message.link = None;
+        ((&e).into(), e)
+    }
+
     #[test]
     fn version_1_records_read_as_one_entry() {
-        let bytes = encode_record(&envelope("old"));
-        assert_eq!(decode(&bytes).unwrap(), vec![(0, envelope("old"))]);
+        let (_, now) = format_1("old");
+        let bytes = crate::format_1_record(&now);
+        assert_eq!(decode(&bytes).unwrap(), vec![(0, now)]);
         assert_eq!(header(&bytes).unwrap().count, 1);
+    }
+
+    #[test]
+    fn version_2_records_read_with_messages_without_link_and_key() {
+        let (a, a_now) = format_1("a");
+        let (b, b_now) = format_1("b");
+        #[derive(Serialize)]
+        struct Entry<'a>(u32, &'a EnvelopeFormat1);
+        let mut bytes = vec![VERSION_OF_FORMAT_1];
+        for word in [2u32, 0, 1] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        bytes.extend(postcard::to_stdvec(&vec![Entry(0, &a), Entry(1, &b)]).unwrap());
+        assert!(header(&bytes).unwrap().is_exactly(&[0, 1]));
+        assert_eq!(decode(&bytes).unwrap(), vec![(0, a_now), (1, b_now)]);
+        let current = encode(&[(0, envelope("a"))]);
+        assert_eq!(current[0], VERSION);
+        assert_eq!(decode(&current).unwrap(), vec![(0, envelope("a"))]);
+        assert!(encode_record(&envelope("x"))[0] != VERSION);
     }
 
     #[test]

@@ -98,6 +98,53 @@ pub struct Envelope {
     pub enqueued_ms: u64,
 }
 
+/// An [`Envelope`] as record format 1 laid it out (its message without link and key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvelopeFormat1 {
+    message: tocsin_message::MessageFormat1,
+    attempts: u32,
+    last_error: Option<String>,
+    not_before_ms: u64,
+    enqueued_ms: u64,
+}
+
+impl From<EnvelopeFormat1> for Envelope {
+    fn from(e: EnvelopeFormat1) -> Self {
+        Envelope {
+            message: e.message.into(),
+            attempts: e.attempts,
+            last_error: e.last_error,
+            not_before_ms: e.not_before_ms,
+            enqueued_ms: e.enqueued_ms,
+        }
+    }
+}
+
+/// The envelope as format 1 holds it (for tests of old records).
+impl From<&Envelope> for EnvelopeFormat1 {
+    fn from(e: &Envelope) -> Self {
+        EnvelopeFormat1 {
+            message: (&e.message).into(),
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            not_before_ms: e.not_before_ms,
+            enqueued_ms: e.enqueued_ms,
+        }
+    }
+}
+
+/// `envelope` as a record of format 1, as builds before links and keys wrote it.
+#[cfg(test)]
+pub(crate) fn format_1_record(envelope: &Envelope) -> Vec<u8> {
+    let mut bytes = vec![tocsin_message::RECORD_FORMAT_1];
+    bytes.extend(postcard::to_stdvec(&EnvelopeFormat1::from(envelope)).unwrap());
+    bytes
+}
+
+impl tocsin_message::Record for Envelope {
+    type Format1 = EnvelopeFormat1;
+}
+
 impl Envelope {
     /// A fresh envelope with no attempts.
     pub fn new(message: Message, now_ms: u64) -> Self {

@@ -750,6 +750,10 @@ struct Attempts {
     not_before_ms: u64,
 }
 
+impl tocsin_message::Record for Attempts {
+    type Format1 = Attempts;
+}
+
 impl Attempts {
     fn of(envelope: &Envelope) -> Self {
         Attempts {
@@ -1356,6 +1360,8 @@ mod tests {
             labels: vec![],
             metrics: vec![],
             payload: None,
+            link: None,
+            key: None,
         }
     }
 
@@ -1676,7 +1682,7 @@ mod tests {
         let id = q.next_seq().unwrap();
         q.tree("p")
             .unwrap()
-            .insert(ingress_key(id), encode_record(&old))
+            .insert(ingress_key(id), crate::format_1_record(&old))
             .unwrap();
         q.append_ingress("p", &[msg("new")], &[]).await.unwrap();
         assert_eq!(q.depths("p").unwrap().ingress, 2);

@@ -73,8 +73,10 @@ prop_compose! {
         labels in prop::collection::vec((text(), text()), 0..4),
         metrics in prop::collection::vec((text(), any::<f64>()), 0..4),
         payload in prop::option::of(text()),
+        link in prop::option::of(text()),
+        key in prop::option::of(text()),
     ) -> Message {
-        Message { id, timestamp_ms, severity, summary, body, labels, metrics, payload }
+        Message { id, timestamp_ms, severity, summary, body, labels, metrics, payload, link, key }
     }
 }
 

@@ -100,6 +100,47 @@ impl wit_host::Host for PluginState {
     }
 }
 
+/// The `host` interface of contract 0.1.0: the same functions, served by the ones above.
+impl crate::bindings::v0_1::wit_types::Host for PluginState {}
+
+impl crate::bindings::v0_1::wit_host::Host for PluginState {
+    fn log(
+        &mut self,
+        level: crate::bindings::v0_1::wit_host::Level,
+        text: String,
+    ) -> wasmtime::Result<()> {
+        use crate::bindings::v0_1::wit_host::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        wit_host::Host::log(self, level, text)
+    }
+
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        wit_host::Host::state_get(self, key)
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        wit_host::Host::state_set(self, key, value)
+    }
+
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        wit_host::Host::state_delete(self, key)
+    }
+
+    fn secret(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        wit_host::Host::secret(self, name)
+    }
+
+    fn disk_usage(&mut self, granted_dir: String) -> wasmtime::Result<Result<(u64, u64), String>> {
+        wit_host::Host::disk_usage(self, granted_dir)
+    }
+}
+
 impl PluginState {
     fn pending_write(&mut self, key: String, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
         let pending = &mut self.host.pending;

@@ -3,7 +3,8 @@
 //! This is the only crate that names wasmtime types. Read it top to bottom:
 //!
 //! 1. [`Runtime::new`] builds one `Engine` (fuel metering, Cranelift) and one `Linker` holding
-//!    WASI p2, `wasi:http` and our `host` interface.
+//!    WASI p2, `wasi:http` and our `host` interface, in both contract versions it runs (0.2.0,
+//!    and the frozen 0.1.0: [`bindings`], [`Contract`]).
 //! 2. [`Runtime::load`] compiles a `.wasm` once — or loads the cached artifact, keyed by the
 //!    wasm's sha256 and the engine's compatibility hash — checks which world it implements and
 //!    prepares an `InstancePre` (see [`cache`] and [`plugin`]).
@@ -39,7 +40,8 @@ pub mod store;
 
 pub use outbound::TlsTrust;
 pub use plugin::{
-    Inspection, Plugin, PluginKind, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION,
+    Contract, Inspection, Plugin, PluginKind, Runtime, RuntimeConfig, CONTRACT_PACKAGE,
+    CONTRACT_VERSION,
 };
 pub use stage::{
     CallError, DeliveryOutcome, IngestRequest, Rejection, Stage, StageContext, StateChanges,

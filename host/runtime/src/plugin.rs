@@ -7,15 +7,56 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{decoder, filter, sink, source, wit_host, wit_types};
+use crate::bindings::{decoder, filter, sink, source, v0_1, wit_host, wit_types};
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::store::PluginState;
 use crate::LoadError;
 
-/// The WIT package plugins must export, and the major version this host speaks.
+/// The WIT package plugins must export.
 pub const CONTRACT_PACKAGE: &str = "tocsin:plugin";
-/// The contract version this host was built with.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The newest contract version this host speaks (it runs [`Contract::ALL`]).
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// A version of the contract (`wit/`) a plugin is built against; the host runs each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Contract {
+    /// `tocsin:plugin@0.1.x`, frozen in `wit/0.1.0/`: no link or key on messages, a sink
+    /// delivers one message per call.
+    V0_1,
+    /// `tocsin:plugin@0.2.x`, `wit/tocsin.wit`.
+    V0_2,
+}
+
+impl Contract {
+    /// Every version this host runs, oldest first.
+    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+    /// The version as WIT writes it: `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The contract of an interface version such as `0.1.0` or `0.2.3` (the same minor
+    /// version: 0.x versions are compatible within a minor one).
+    pub fn of_version(version: &str) -> Option<Contract> {
+        let major_minor: Vec<&str> = version.split('.').take(2).collect();
+        Contract::ALL.into_iter().find(|c| {
+            c.version()
+                .split('.')
+                .take(2)
+                .eq(major_minor.iter().copied())
+        })
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.version())
+    }
+}
 
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +126,8 @@ pub struct Runtime {
 pub struct Plugin {
     /// Which world it implements.
     pub kind: PluginKind,
+    /// Which contract version it is built against.
+    pub contract: Contract,
     /// Where it was loaded from.
     pub path: PathBuf,
     /// sha256 of its bytes (hex).
@@ -104,11 +147,16 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// A plugin ready to instantiate, by world and contract version.
 pub(crate) enum Pre {
     Source(source::SourcePluginPre<PluginState>),
     Decoder(decoder::DecoderPluginPre<PluginState>),
     Filter(filter::FilterPluginPre<PluginState>),
     Sink(sink::SinkPluginPre<PluginState>),
+    SourceV0_1(v0_1::source::SourcePluginPre<PluginState>),
+    DecoderV0_1(v0_1::decoder::DecoderPluginPre<PluginState>),
+    FilterV0_1(v0_1::filter::FilterPluginPre<PluginState>),
+    SinkV0_1(v0_1::sink::SinkPluginPre<PluginState>),
 }
 
 impl Runtime {
@@ -151,6 +199,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wit_types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         wit_host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        v0_1::wit_types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        v0_1::wit_host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         Ok(linker)
     }
 
@@ -190,27 +240,43 @@ impl Runtime {
             None => Component::new(&self.engine, &bytes).map(|c| (c, CacheOutcome::Compiled)),
         }
         .map_err(|e| invalid(format!("cannot compile: {e:#}")))?;
-        let kind = self.kind_of(&component).map_err(invalid)?;
+        let (kind, contract) = self.kind_of(&component).map_err(invalid)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("imports something the host does not offer: {e:#}")))?;
         let wrong =
             |e: wasmtime::Error| invalid(format!("exports do not match the {kind} world: {e:#}"));
-        let pre = match kind {
-            PluginKind::Source => {
-                Pre::Source(source::SourcePluginPre::new(instance_pre).map_err(wrong)?)
+        let i = instance_pre;
+        let pre = match (kind, contract) {
+            (PluginKind::Source, Contract::V0_2) => {
+                Pre::Source(source::SourcePluginPre::new(i).map_err(wrong)?)
             }
-            PluginKind::Decoder => {
-                Pre::Decoder(decoder::DecoderPluginPre::new(instance_pre).map_err(wrong)?)
+            (PluginKind::Decoder, Contract::V0_2) => {
+                Pre::Decoder(decoder::DecoderPluginPre::new(i).map_err(wrong)?)
             }
-            PluginKind::Filter => {
-                Pre::Filter(filter::FilterPluginPre::new(instance_pre).map_err(wrong)?)
+            (PluginKind::Filter, Contract::V0_2) => {
+                Pre::Filter(filter::FilterPluginPre::new(i).map_err(wrong)?)
             }
-            PluginKind::Sink => Pre::Sink(sink::SinkPluginPre::new(instance_pre).map_err(wrong)?),
+            (PluginKind::Sink, Contract::V0_2) => {
+                Pre::Sink(sink::SinkPluginPre::new(i).map_err(wrong)?)
+            }
+            (PluginKind::Source, Contract::V0_1) => {
+                Pre::SourceV0_1(v0_1::source::SourcePluginPre::new(i).map_err(wrong)?)
+            }
+            (PluginKind::Decoder, Contract::V0_1) => {
+                Pre::DecoderV0_1(v0_1::decoder::DecoderPluginPre::new(i).map_err(wrong)?)
+            }
+            (PluginKind::Filter, Contract::V0_1) => {
+                Pre::FilterV0_1(v0_1::filter::FilterPluginPre::new(i).map_err(wrong)?)
+            }
+            (PluginKind::Sink, Contract::V0_1) => {
+                Pre::SinkV0_1(v0_1::sink::SinkPluginPre::new(i).map_err(wrong)?)
+            }
         };
         Ok(Arc::new(Plugin {
             kind,
+            contract,
             path: path.to_path_buf(),
             sha256,
             cache,
@@ -244,10 +310,10 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let kind = self.kind_of(&component);
-        let verdict = match &kind {
+        let found = self.kind_of(&component);
+        let verdict = match &found {
             Err(e) => Err(e.clone()),
-            Ok(kind) => self
+            Ok((kind, _)) => self
                 .linker
                 .instantiate_pre(&component)
                 .map(|_| ())
@@ -257,15 +323,17 @@ impl Runtime {
             path: path.to_path_buf(),
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
-            kind: kind.ok(),
+            kind: found.as_ref().ok().map(|f| f.0),
+            contract: found.as_ref().ok().map(|f| f.1),
             imports,
             exports,
             verdict,
         })
     }
 
-    /// Which of our worlds a component implements, from its exports.
-    fn kind_of(&self, component: &Component) -> Result<PluginKind, String> {
+    /// Which of our worlds, at which contract version, a component implements, from its
+    /// exports.
+    fn kind_of(&self, component: &Component) -> Result<(PluginKind, Contract), String> {
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
@@ -289,20 +357,24 @@ impl Runtime {
         }
         let rest = &first[CONTRACT_PACKAGE.len() + 1..];
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
-        let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-        if major_minor(version) != major_minor(CONTRACT_VERSION) {
+        let Some(contract) = Contract::of_version(version) else {
+            let spoken: Vec<String> = Contract::ALL
+                .iter()
+                .map(|c| format!("{CONTRACT_PACKAGE}@{}", c.version()))
+                .collect();
             return Err(format!(
-                "is built for {CONTRACT_PACKAGE}@{version}; this host speaks {CONTRACT_PACKAGE}@{}.x",
-                major_minor(CONTRACT_VERSION)
+                "is built for {CONTRACT_PACKAGE}@{version}; this host speaks {} (and their patch releases)",
+                spoken.join(" and ")
             ));
-        }
-        match interface {
-            "source" => Ok(PluginKind::Source),
-            "decoder" => Ok(PluginKind::Decoder),
-            "filter" => Ok(PluginKind::Filter),
-            "sink" => Ok(PluginKind::Sink),
-            other => Err(format!("exports an unknown plugin interface `{other}`")),
-        }
+        };
+        let kind = match interface {
+            "source" => PluginKind::Source,
+            "decoder" => PluginKind::Decoder,
+            "filter" => PluginKind::Filter,
+            "sink" => PluginKind::Sink,
+            other => return Err(format!("exports an unknown plugin interface `{other}`")),
+        };
+        Ok((kind, contract))
     }
 }
 
@@ -315,8 +387,11 @@ pub struct Inspection {
     pub size: u64,
     /// sha256 of its bytes (hex): what a pipeline file pins with `sha256 = "…"`.
     pub sha256: String,
-    /// The world it implements, when it exports exactly one of ours at our contract version.
+    /// The world it implements, when it exports exactly one of ours at a contract version
+    /// this host runs.
     pub kind: Option<PluginKind>,
+    /// That contract version.
+    pub contract: Option<Contract>,
     /// Its imports (interface names with versions).
     pub imports: Vec<String>,
     /// Its exports.

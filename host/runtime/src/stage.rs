@@ -6,8 +6,8 @@ use tocsin_config::{Grants, Limits};
 use tocsin_message::Message;
 use wasmtime::{Engine, Store, Trap};
 
-use crate::bindings::{decoder, filter, sink, source, wit_types};
-use crate::convert::{from_wit, into_wit, to_wit};
+use crate::bindings::{decoder, filter, sink, source, v0_1, wit_types};
+use crate::convert::{delivery_error_from_wit1, from_wit, from_wit1, into_wit, into_wit1, to_wit};
 use crate::guest_text::GuestText;
 use crate::log_budget::LogBudget;
 use crate::outbound::OutboundPool;
@@ -161,16 +161,27 @@ impl CallError {
     }
 }
 
+/// A live instance's exports, by world and contract version.
 enum Exports {
     Source(source::SourcePlugin),
     Decoder(decoder::DecoderPlugin),
     Filter(filter::FilterPlugin),
     Sink(sink::SinkPlugin),
+    SourceV0_1(v0_1::source::SourcePlugin),
+    DecoderV0_1(v0_1::decoder::DecoderPlugin),
+    FilterV0_1(v0_1::filter::FilterPlugin),
+    SinkV0_1(v0_1::sink::SinkPlugin),
 }
+
+/// The most messages the host hands a sink in one `deliver` call of a batch.
+pub const MAX_BATCH: u32 = 1000;
 
 struct Live {
     store: Store<PluginState>,
     exports: Exports,
+    /// A sink's `batch-limit` (1 for other kinds and for 0.1.0 sinks), clamped to
+    /// 1..=[`MAX_BATCH`].
+    batch_limit: u32,
 }
 
 /// A plugin bound to one stage of one pipeline, with at most one live instance.
@@ -321,30 +332,63 @@ impl Stage {
                 Pre::Decoder(p) => Exports::Decoder(p.instantiate_async(&mut store).await?),
                 Pre::Filter(p) => Exports::Filter(p.instantiate_async(&mut store).await?),
                 Pre::Sink(p) => Exports::Sink(p.instantiate_async(&mut store).await?),
+                Pre::SourceV0_1(p) => Exports::SourceV0_1(p.instantiate_async(&mut store).await?),
+                Pre::DecoderV0_1(p) => Exports::DecoderV0_1(p.instantiate_async(&mut store).await?),
+                Pre::FilterV0_1(p) => Exports::FilterV0_1(p.instantiate_async(&mut store).await?),
+                Pre::SinkV0_1(p) => Exports::SinkV0_1(p.instantiate_async(&mut store).await?),
             };
+            let s = &mut store;
             let init = match &exports {
                 Exports::Source(e) => {
-                    e.tocsin_plugin_source()
-                        .call_init(&mut store, &config)
+                    e.tocsin_plugin0_2_0_source()
+                        .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Decoder(e) => {
-                    e.tocsin_plugin_decoder()
-                        .call_init(&mut store, &config)
+                    e.tocsin_plugin0_2_0_decoder()
+                        .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Filter(e) => {
-                    e.tocsin_plugin_filter()
-                        .call_init(&mut store, &config)
+                    e.tocsin_plugin0_2_0_filter()
+                        .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Sink(e) => {
-                    e.tocsin_plugin_sink()
-                        .call_init(&mut store, &config)
+                    e.tocsin_plugin0_2_0_sink()
+                        .call_init(&mut *s, &config)
+                        .await?
+                }
+                Exports::SourceV0_1(e) => {
+                    e.tocsin_plugin0_1_0_source()
+                        .call_init(&mut *s, &config)
+                        .await?
+                }
+                Exports::DecoderV0_1(e) => {
+                    e.tocsin_plugin0_1_0_decoder()
+                        .call_init(&mut *s, &config)
+                        .await?
+                }
+                Exports::FilterV0_1(e) => {
+                    e.tocsin_plugin0_1_0_filter()
+                        .call_init(&mut *s, &config)
+                        .await?
+                }
+                Exports::SinkV0_1(e) => {
+                    e.tocsin_plugin0_1_0_sink()
+                        .call_init(&mut *s, &config)
                         .await?
                 }
             };
-            wasmtime::Result::Ok((exports, init))
+            let batch_limit = match (&exports, &init) {
+                (Exports::Sink(e), Ok(())) => {
+                    e.tocsin_plugin0_2_0_sink()
+                        .call_batch_limit(&mut *s)
+                        .await?
+                }
+                _ => 1,
+            };
+            wasmtime::Result::Ok((exports, init.map(|()| batch_limit)))
         })
         .await;
         self.instantiations += 1;
@@ -370,11 +414,24 @@ impl Stage {
             }
             Ok(Ok(r)) => r,
         };
-        init.map_err(|e| CallError::Init(self.text.clean(&e)))?;
+        let batch_limit = init.map_err(|e| CallError::Init(self.text.clean(&e)))?;
         // State written by `init` belongs to no message: it is discarded.
         store.data_mut().host.pending.clear();
-        self.live = Some(Live { store, exports });
+        self.live = Some(Live {
+            store,
+            exports,
+            batch_limit: batch_limit.clamp(1, MAX_BATCH),
+        });
         Ok(())
+    }
+
+    /// How many messages a sink takes in one `deliver` call when the host batches messages
+    /// that are not grouped: its `batch-limit` (contract 0.2.0), clamped to 1..=[`MAX_BATCH`];
+    /// 1 for a 0.1.0 sink. Starts the instance if none is live.
+    pub async fn batch_limit(&mut self) -> Result<u32, CallError> {
+        self.expect(PluginKind::Sink)?;
+        self.start().await?;
+        Ok(self.live.as_ref().map_or(1, |l| l.batch_limit))
     }
 
     /// Runs one call under the stage's fuel and time bounds. On a trap the instance is
@@ -481,7 +538,14 @@ impl Stage {
         self.expect(PluginKind::Source)?;
         let (out, changes) = self
             .run(async |exports, store| match exports {
-                Exports::Source(e) => e.tocsin_plugin_source().call_poll(store, tick_ms).await,
+                Exports::Source(e) => {
+                    let out = e.tocsin_plugin0_2_0_source().call_poll(store, tick_ms);
+                    Ok(out.await?.map(|ms| ms.into_iter().map(from_wit).collect()))
+                }
+                Exports::SourceV0_1(e) => {
+                    let out = e.tocsin_plugin0_1_0_source().call_poll(store, tick_ms);
+                    Ok(out.await?.map(|ms| ms.into_iter().map(from_wit1).collect()))
+                }
                 _ => unreachable!("kind checked"),
             })
             .await?;
@@ -493,7 +557,7 @@ impl Stage {
 
     /// The call's output, if it is within the caps; otherwise the instance that built it is
     /// discarded (with the memory it holds) and the refusal counted as the host stopping it.
-    fn checked(&mut self, out: Vec<wit_types::Message>) -> Result<Vec<Message>, CallError> {
+    fn checked(&mut self, out: Vec<Message>) -> Result<Vec<Message>, CallError> {
         checked_output(out, self.timestamp_ahead_ms).inspect_err(|_| {
             self.live = None;
             self.traps += 1;
@@ -511,23 +575,44 @@ impl Stage {
         request: &IngestRequest,
     ) -> Result<(Result<Vec<Message>, Rejection>, StateChanges), CallError> {
         self.expect(PluginKind::Decoder)?;
-        let req = wit_types::HttpRequest {
-            method: request.method.clone(),
-            path: request.path.clone(),
-            headers: request.headers.clone(),
-            body: request.body.clone(),
-        };
+        let (method, path) = (request.method.clone(), request.path.clone());
+        let (headers, body) = (request.headers.clone(), request.body.clone());
         let (out, changes) = self
             .run(async |exports, store| match exports {
-                Exports::Decoder(e) => e.tocsin_plugin_decoder().call_decode(store, &req).await,
+                Exports::Decoder(e) => {
+                    let req = wit_types::HttpRequest {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    };
+                    let out = e.tocsin_plugin0_2_0_decoder().call_decode(store, &req);
+                    Ok(match out.await? {
+                        Ok(ms) => Ok(ms.into_iter().map(from_wit).collect()),
+                        Err(r) => Err((r.status, r.reason)),
+                    })
+                }
+                Exports::DecoderV0_1(e) => {
+                    let req = v0_1::wit_types::HttpRequest {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    };
+                    let out = e.tocsin_plugin0_1_0_decoder().call_decode(store, &req);
+                    Ok(match out.await? {
+                        Ok(ms) => Ok(ms.into_iter().map(from_wit1).collect()),
+                        Err(r) => Err((r.status, r.reason)),
+                    })
+                }
                 _ => unreachable!("kind checked"),
             })
             .await?;
         let out = match out {
             Ok(messages) => Ok(self.checked(messages)?),
-            Err(r) => Err(Rejection {
-                status: r.status.clamp(400, 499),
-                reason: self.text.clean(&r.reason),
+            Err((status, reason)) => Err(Rejection {
+                status: status.clamp(400, 499),
+                reason: self.text.clean(&reason),
             }),
         };
         Ok((out, changes))
@@ -536,15 +621,36 @@ impl Stage {
     /// Runs a filter on one message. The message is taken, not borrowed: its strings move into
     /// the call instead of being copied (in a chain, each filter's output goes on to the next
     /// one without a copy).
+    ///
+    /// A 0.1.0 filter knows no link or key: its outputs inherit the input's, since whatever
+    /// it made of the message is still about the same thing.
     pub async fn process(
         &mut self,
-        msg: Message,
+        mut msg: Message,
     ) -> Result<(Vec<Message>, StateChanges), CallError> {
         self.expect(PluginKind::Filter)?;
-        let input = into_wit(msg);
+        let inherited = (msg.link.take(), msg.key.take());
         let (out, changes) = self
             .run(async |exports, store| match exports {
-                Exports::Filter(e) => e.tocsin_plugin_filter().call_process(store, &input).await,
+                Exports::Filter(e) => {
+                    let mut input = into_wit(msg);
+                    (input.link, input.key) = inherited;
+                    let out = e.tocsin_plugin0_2_0_filter().call_process(store, &input);
+                    Ok(out.await?.map(|ms| ms.into_iter().map(from_wit).collect()))
+                }
+                Exports::FilterV0_1(e) => {
+                    let input = into_wit1(msg);
+                    let out = e.tocsin_plugin0_1_0_filter().call_process(store, &input);
+                    Ok(out.await?.map(|ms: Vec<_>| {
+                        ms.into_iter()
+                            .map(|m| Message {
+                                link: inherited.0.clone(),
+                                key: inherited.1.clone(),
+                                ..from_wit1(m)
+                            })
+                            .collect()
+                    }))
+                }
                 _ => unreachable!("kind checked"),
             })
             .await?;
@@ -554,20 +660,50 @@ impl Stage {
         ))
     }
 
-    /// Delivers one message through a sink.
+    /// Delivers one message through a sink: a notification of one message (contract
+    /// 0.2.0), or the message itself (0.1.0).
     pub async fn deliver(
         &mut self,
         msg: &Message,
         idempotency_key: &str,
     ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
-        self.expect(PluginKind::Sink)?;
-        let input = to_wit(msg);
+        self.deliver_batch(std::slice::from_ref(msg), idempotency_key)
+            .await
+    }
+
+    /// Delivers several messages that are not grouped in one call, as one notification (at
+    /// most the sink's [`Stage::batch_limit`], which is 1 for a 0.1.0 sink: more is refused
+    /// before the plugin is called).
+    pub async fn deliver_batch(
+        &mut self,
+        messages: &[Message],
+        idempotency_key: &str,
+    ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
+        let limit = self.batch_limit().await?;
+        if messages.is_empty() || messages.len() > limit as usize {
+            return Err(CallError::WrongKind(format!(
+                "{} takes 1 to {limit} messages per call, not {}",
+                self.plugin.path.display(),
+                messages.len()
+            )));
+        }
         let (out, changes) = self
             .run(async |exports, store| match exports {
                 Exports::Sink(e) => {
-                    e.tocsin_plugin_sink()
-                        .call_deliver(store, &input, idempotency_key)
+                    let notification = wit_types::Notification {
+                        messages: messages.iter().map(to_wit).collect(),
+                        group: None,
+                    };
+                    e.tocsin_plugin0_2_0_sink()
+                        .call_deliver(store, &notification, idempotency_key)
                         .await
+                }
+                Exports::SinkV0_1(e) => {
+                    let message = into_wit1(messages[0].clone());
+                    let out =
+                        e.tocsin_plugin0_1_0_sink()
+                            .call_deliver(store, &message, idempotency_key);
+                    Ok(out.await?.map_err(delivery_error_from_wit1))
                 }
                 _ => unreachable!("kind checked"),
             })
@@ -607,17 +743,14 @@ async fn within<F: std::future::Future>(
     }
 }
 
-fn checked_output(
-    out: Vec<wit_types::Message>,
-    timestamp_ahead_ms: u64,
-) -> Result<Vec<Message>, CallError> {
+fn checked_output(out: Vec<Message>, timestamp_ahead_ms: u64) -> Result<Vec<Message>, CallError> {
     if out.len() > MAX_OUTPUT_MESSAGES {
         return Err(CallError::Output(format!(
             "{} messages in one call; the cap is {MAX_OUTPUT_MESSAGES}",
             out.len()
         )));
     }
-    let messages: Vec<Message> = out.into_iter().map(from_wit).collect();
+    let messages = out;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

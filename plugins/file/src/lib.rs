@@ -1,14 +1,15 @@
 //! `file`: appends each message as a JSON line to a file in a directory granted read-write
 //! (`grants = { write_dirs = ["/var/lib/alerts"] }`).
 //!
-//! Each line carries the idempotency key. Before appending, the sink checks the file's tail
-//! for the same key, so a retry after a crash between write and acknowledgement does not
-//! write the line twice.
+//! Each line carries the idempotency key (in a batch of several messages, the batch's key and
+//! `/<n>`). Before appending, the sink checks the file's tail for the same key, so a retry
+//! after a crash between write and acknowledgement does not write the lines twice. A batch
+//! (up to 100 messages when a queue is long) is appended in one write.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use serde::Deserialize;
-use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Sink};
+use tocsin_sdk::{export_sink, severity_name, DeliveryError, Message, Notification, Sink};
 
 /// Appends each message as one JSON line to a file.
 #[derive(Deserialize)]
@@ -48,8 +49,40 @@ impl Sink for FileSink {
         Ok(FileSink { path: c.path })
     }
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
+        self.append(&[(key.to_string(), msg)])
+    }
+
+    fn batch_limit(&self) -> u32 {
+        100
+    }
+
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut messages = notification.messages;
+        if messages.len() == 1 {
+            return self.append(&[(key.to_string(), messages.remove(0))]);
+        }
+        let keyed: Vec<(String, Message)> = messages
+            .into_iter()
+            .enumerate()
+            .map(|(n, m)| (format!("{key}/{n}"), m))
+            .collect();
+        self.append(&keyed)
+    }
+}
+
+impl FileSink {
+    /// Appends one line per message, each with its key, in one write — unless the first
+    /// key is already in the file's tail (a retry of lines written before a crash).
+    fn append(&self, keyed: &[(String, Message)]) -> Result<(), DeliveryError> {
         let io = |e: std::io::Error| DeliveryError::Retryable(format!("{}: {e}", self.path));
-        let key_field = serde_json::to_string(key).unwrap_or_default();
+        let Some((first_key, _)) = keyed.first() else {
+            return Ok(());
+        };
+        let key_field = serde_json::to_string(first_key).unwrap_or_default();
         if read_tail(&self.path).contains(&format!("\"idempotency_key\":{key_field}")) {
             return Ok(());
         }
@@ -63,18 +96,24 @@ impl Sink for FileSink {
                     self.path
                 ))
             })?;
-        let line = serde_json::json!({
-            "idempotency_key": key,
-            "id": msg.id,
-            "timestamp_ms": msg.timestamp_ms,
-            "severity": severity_name(msg.severity),
-            "summary": msg.summary,
-            "body": msg.body,
-            "labels": msg.labels,
-            "metrics": msg.metrics,
-        });
-        // One write of the whole line, so readers never see half a line mid-write.
-        file.write_all(format!("{line}\n").as_bytes())
+        let mut lines = String::new();
+        for (key, msg) in keyed {
+            let line = serde_json::json!({
+                "idempotency_key": key,
+                "id": msg.id,
+                "timestamp_ms": msg.timestamp_ms,
+                "severity": severity_name(msg.severity),
+                "summary": msg.summary,
+                "body": msg.body,
+                "labels": msg.labels,
+                "metrics": msg.metrics,
+                "link": msg.link,
+                "key": msg.key,
+            });
+            lines.push_str(&format!("{line}\n"));
+        }
+        // One write of whole lines, so readers never see half a line mid-write.
+        file.write_all(lines.as_bytes())
             .and_then(|_| file.flush())
             .map_err(io)
     }

@@ -19,7 +19,7 @@
 
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
-use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink};
+use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Notification, Sink};
 
 /// Sends each message to an ingest pipeline of a central tocsin, keeping its id.
 #[derive(Deserialize)]
@@ -70,6 +70,8 @@ fn body(msg: &Message, agent: &str) -> serde_json::Value {
         "labels": labels,
         "metrics": metrics,
         "payload": msg.payload,
+        "link": msg.link,
+        "key": msg.key.as_ref().map(|k| format!("{agent}/{k}")),
     })
 }
 
@@ -94,10 +96,42 @@ impl Sink for Forward {
     }
 
     fn deliver(&mut self, msg: Message, _key: &str) -> Result<(), DeliveryError> {
+        self.post(&body(&msg, &self.agent))
+    }
+
+    /// Up to [`BATCH`] messages go to the central tocsin as one JSON array: one request and
+    /// one durable append there, instead of one each.
+    fn batch_limit(&self) -> u32 {
+        BATCH
+    }
+
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        _key: &str,
+    ) -> Result<(), DeliveryError> {
+        let batch: Vec<serde_json::Value> = notification
+            .messages
+            .iter()
+            .map(|m| body(m, &self.agent))
+            .collect();
+        match batch.as_slice() {
+            [one] => self.post(one),
+            _ => self.post(&serde_json::Value::Array(batch)),
+        }
+    }
+}
+
+/// The most messages one request to the central tocsin carries.
+const BATCH: u32 = 100;
+
+impl Forward {
+    /// POSTs `json` (a message or an array of them) to the central tocsin's ingest endpoint.
+    fn post(&self, json: &serde_json::Value) -> Result<(), DeliveryError> {
         let token = host::require_secret(&self.token_secret)?;
         let response = Request::post(&self.url)
             .header("authorization", &format!("Bearer {token}"))
-            .json(&body(&msg, &self.agent))
+            .json(json)
             .send()?;
         // The central instance answers 503 + Retry-After when it cannot persist.
         if response.status == 503 {

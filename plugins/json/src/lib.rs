@@ -7,7 +7,8 @@
 //! ```
 //! `body` is required; `id` (default: derived by the host from the request), `timestamp_ms`
 //! (default: now), `severity` (`none`…`alert`, default `info`), `summary`, `labels`, `metrics`
-//! and `payload` are optional. Unknown fields are refused, so a typo does not silently drop
+//! `payload`, `link` (an http(s) URL a person opens to act: shown as a link by every sink) and
+//! `key` (the alert's identity, the same on its firing and its resolved message) are optional. Unknown fields are refused, so a typo does not silently drop
 //! information. Answers: malformed JSON 400, valid JSON of the wrong shape 422, a declared
 //! content type other than JSON 415, more than 1000 messages or 16 MiB of them (what the host
 //! takes from one call) 413. Numbers are read exactly (`float_roundtrip`): a metric keeps the
@@ -42,6 +43,8 @@ struct Incoming {
     #[serde(default)]
     metrics: BTreeMap<String, f64>,
     payload: Option<String>,
+    link: Option<String>,
+    key: Option<String>,
 }
 
 struct Json;
@@ -134,6 +137,8 @@ impl Decoder for Json {
                     labels: m.labels.into_iter().collect(),
                     metrics: m.metrics.into_iter().collect(),
                     payload: m.payload,
+                    link: m.link,
+                    key: m.key,
                 };
                 check_message(&message, now).map_err(|reason| reject(422, reason))?;
                 budget.admit(&message).map_err(too_large)?;
@@ -176,6 +181,20 @@ mod tests {
         assert_eq!(many.len(), 2);
         assert_eq!(many[0].id, "x1");
         assert_eq!(many[1].id, "", "the host derives missing ids");
+    }
+
+    #[test]
+    fn a_link_and_a_key_are_taken_and_a_link_that_is_not_http_is_refused() {
+        let one = decode(
+            r#"{"body": "db1 down", "link": "https://grafana.example/d/1", "key": "db1/down"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(one[0].link.as_deref(), Some("https://grafana.example/d/1"));
+        assert_eq!(one[0].key.as_deref(), Some("db1/down"));
+        let e = decode(r#"{"body": "x", "link": "javascript:alert(1)"}"#, None).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(e.reason.contains("not an http"), "{}", e.reason);
     }
 
     /// Regression (found by `prop_large_arrays_are_refused_past_the_output_caps`): 1001

@@ -112,6 +112,8 @@ fn expected(doc: &Value) -> Message {
             .map(|(k, v)| (k, v.as_f64().unwrap()))
             .collect(),
         payload: s("payload"),
+        link: s("link"),
+        key: s("key"),
     }
 }
 

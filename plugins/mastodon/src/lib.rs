@@ -77,6 +77,9 @@ fn cut(text: &str, max: usize) -> String {
     }
 }
 
+/// The characters Mastodon counts for a URL in a status, however long it is.
+const URL_CHARS: usize = 23;
+
 /// The JSON body of the status for a message.
 fn status_body(msg: &Message, c: &Config) -> serde_json::Value {
     let mark = severity_emoji(msg.severity);
@@ -86,8 +89,17 @@ fn status_body(msg: &Message, c: &Config) -> serde_json::Value {
         Some(summary) => (msg.body.clone(), Some(format!("{mark}{summary}"))),
         None => (format!("{mark}{}", msg.body), None),
     };
+    // Mastodon counts any URL as 23 characters (`characters_reserved_per_url`), whatever its
+    // length: the text is cut to what is left beside the link on its own line.
+    let status = match &msg.link {
+        Some(link) => format!(
+            "{}\n{link}",
+            cut(&status, c.max_chars.saturating_sub(URL_CHARS + 1))
+        ),
+        None => cut(&status, c.max_chars),
+    };
     let mut body = serde_json::json!({
-        "status": cut(&status, c.max_chars),
+        "status": status,
         "visibility": c.visibility,
     });
     if let Some(spoiler) = spoiler {
@@ -232,6 +244,19 @@ mod tests {
                 .chars()
                 .count(),
             500
+        );
+        let mut linked = m.clone();
+        linked.link = Some(format!("https://ci.example/{}", "r".repeat(200)));
+        let status = status_body(&linked, &config("mastodon"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (text, link) = status.split_once('\n').unwrap();
+        assert_eq!(link, linked.link.as_deref().unwrap(), "the link is whole");
+        assert_eq!(
+            text.chars().count() + 1 + URL_CHARS,
+            500,
+            "the text is cut to what Mastodon leaves beside a URL"
         );
         let bad = serde_json::json!({"instance": "m.example"});
         assert!(Mastodon::new(serde_json::from_value(bad).unwrap()).is_err());

@@ -73,8 +73,27 @@ fn escape_html(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The plain and HTML bodies of a message.
+/// The plain and HTML bodies of a message; its link, when it has one, is the summary's
+/// link in HTML (or a line of its own without a summary) and a line of its own in plain text.
 fn render(msg: &Message) -> (String, String) {
+    let (plain, html) = render_text(msg);
+    match &msg.link {
+        None => (plain, html),
+        Some(link) => {
+            let href = escape_html(link);
+            let html = if html.starts_with("<p><strong>") {
+                html.replacen("<p><strong>", &format!("<p><strong><a href=\"{href}\">"), 1)
+                    .replacen("</strong>", "</a></strong>", 1)
+            } else {
+                format!("{html}<p><a href=\"{href}\">{href}</a></p>")
+            };
+            (format!("{plain}\n{link}"), html)
+        }
+    }
+}
+
+/// The plain and HTML bodies of a message's text.
+fn render_text(msg: &Message) -> (String, String) {
     let mark = severity_emoji(msg.severity);
     // A body that only repeats the summary is said once.
     let summary = msg.summary.as_ref().filter(|s| s.trim() != msg.body.trim());
@@ -181,5 +200,27 @@ mod tests {
         let (plain, html) = render(&m);
         assert_eq!(plain, "⚠️ Disk full on db1");
         assert_eq!(html, "<p>⚠️ Disk full on db1</p>");
+    }
+
+    #[test]
+    fn a_link_is_the_titles_link_in_html_and_its_own_line_in_plain_text() {
+        let mut m = Message::new("1", 0, "checks failed on main");
+        m.summary = Some("ada's run #12 failed".into());
+        m.link = Some("https://github.com/o/r/actions/runs/1?a=1&b=\"2\"".into());
+        let (plain, html) = render(&m);
+        assert_eq!(
+            plain,
+            "ada's run #12 failed\nchecks failed on main\nhttps://github.com/o/r/actions/runs/1?a=1&b=\"2\""
+        );
+        assert_eq!(
+            html,
+            "<p><strong><a href=\"https://github.com/o/r/actions/runs/1?a=1&amp;b=&quot;2&quot;\">ada's run #12 failed</a></strong></p><p>checks failed on main</p>"
+        );
+        m.summary = None;
+        let (_, html) = render(&m);
+        assert_eq!(
+            html,
+            "<p>checks failed on main</p><p><a href=\"https://github.com/o/r/actions/runs/1?a=1&amp;b=&quot;2&quot;\">https://github.com/o/r/actions/runs/1?a=1&amp;b=&quot;2&quot;</a></p>"
+        );
     }
 }

@@ -28,8 +28,8 @@ pub mod decoder {
         export_macro_name: "export_decoder_world",
         default_bindings_module: "tocsin_sdk::bindings::decoder",
         with: {
-            "tocsin:plugin/types@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
         },
     });
 }
@@ -43,8 +43,8 @@ pub mod filter {
         export_macro_name: "export_filter_world",
         default_bindings_module: "tocsin_sdk::bindings::filter",
         with: {
-            "tocsin:plugin/types@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
         },
     });
 }
@@ -58,8 +58,8 @@ pub mod sink {
         export_macro_name: "export_sink_world",
         default_bindings_module: "tocsin_sdk::bindings::sink",
         with: {
-            "tocsin:plugin/types@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.1.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
         },
         generate_all,
     });

@@ -54,12 +54,15 @@ pub mod template;
 pub mod __private;
 
 pub use bindings::source::tocsin::plugin::types::{
-    DeliveryError, HttpRequest, Message, Rejection, Severity,
+    DeliveryError, Group, HttpRequest, Message, Notification, Rejection, Severity,
 };
 pub use message::{
-    check_message, rank, severity_emoji, severity_from_str, severity_name, MessageExt,
-    OutputBudget, MAX_ID_BYTES, MAX_TIMESTAMP_AHEAD_MS, MIN_TIMESTAMP_MS,
+    check_link, check_message, rank, severity_emoji, severity_from_str, severity_name, MessageExt,
+    OutputBudget, MAX_ID_BYTES, MAX_LINK_BYTES, MAX_TIMESTAMP_AHEAD_MS, MIN_TIMESTAMP_MS,
 };
+
+/// The contract version this SDK builds plugins against (`wit/tocsin.wit`).
+pub const CONTRACT_VERSION: &str = "0.2.0";
 pub use serde;
 pub use serde_json;
 
@@ -102,6 +105,12 @@ pub trait Filter: Sized + 'static {
 }
 
 /// The end of a pipeline.
+///
+/// The host hands a sink a [`Notification`]: most often one message, which the default
+/// [`Sink::deliver_notification`] passes to [`Sink::deliver`]. A sink that can send several
+/// messages in one request says so with [`Sink::batch_limit`] and overrides
+/// `deliver_notification`; one that renders a group of alerts as one post (a pipeline's
+/// `group` setting) overrides it too.
 pub trait Sink: Sized + 'static {
     /// The stage's `config` table, deserialised from JSON.
     type Config: serde::de::DeserializeOwned;
@@ -109,6 +118,33 @@ pub trait Sink: Sized + 'static {
     fn new(config: Self::Config) -> Result<Self, String>;
     /// Delivers one message; pass `idempotency_key` on to the service.
     fn deliver(&mut self, msg: Message, idempotency_key: &str) -> Result<(), DeliveryError>;
+    /// The most messages one [`Sink::deliver_notification`] takes when the host batches
+    /// messages that are not grouped (asked once, after [`Sink::new`]). 1, the default,
+    /// means one message per call.
+    fn batch_limit(&self) -> u32 {
+        1
+    }
+    /// Delivers a notification: one message, a batch (at most [`Sink::batch_limit`]) or a
+    /// group. The whole call succeeds or fails: on a failure every message of it is tried
+    /// again (with the same key when the host forms the same notification).
+    ///
+    /// The default delivers each message with [`Sink::deliver`]: the only one under
+    /// `idempotency_key`, several under `<idempotency_key>/<n>`, stopping at the first
+    /// failure (the ones before it are delivered again, under the same keys, on the retry).
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut messages = notification.messages;
+        if messages.len() == 1 {
+            return self.deliver(messages.remove(0), idempotency_key);
+        }
+        for (n, msg) in messages.into_iter().enumerate() {
+            self.deliver(msg, &format!("{idempotency_key}/{n}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The name of the custom section that carries a plugin's settings schema (see
@@ -211,8 +247,11 @@ macro_rules! export_sink {
                 fn init(config: String) -> Result<(), String> {
                     $crate::__private::init::<$ty, _>(&config, <$ty as $crate::Sink>::new)
                 }
-                fn deliver(msg: $crate::Message, idempotency_key: String) -> Result<(), $crate::DeliveryError> {
-                    $crate::__private::with::<$ty, _>(|p| $crate::Sink::deliver(p, msg, &idempotency_key))
+                fn batch_limit() -> u32 {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Sink::batch_limit(p)).unwrap_or(1)
+                }
+                fn deliver(notification: $crate::Notification, idempotency_key: String) -> Result<(), $crate::DeliveryError> {
+                    $crate::__private::with::<$ty, _>(|p| $crate::Sink::deliver_notification(p, notification, &idempotency_key))
                         .map_err($crate::DeliveryError::Permanent)?
                 }
             }

@@ -60,6 +60,9 @@ pub trait MessageExt {
     fn set_label(&mut self, name: &str, value: impl Into<String>);
     /// Sets (or replaces) a metric.
     fn set_metric(&mut self, name: &str, value: f64);
+    /// Sets the link when it passes [`check_link`] and says whether it did; a link that does
+    /// not is left out rather than failing the call.
+    fn set_link(&mut self, url: impl Into<String>) -> bool;
     /// The size the host counts against [`crate::MAX_OUTPUT_BYTES`] (the same formula as the
     /// host's `Message::approx_size`): the text's bytes, 8 per metric value, 16 per message.
     fn approx_size(&self) -> usize;
@@ -76,6 +79,8 @@ impl MessageExt for Message {
             labels: Vec::new(),
             metrics: Vec::new(),
             payload: None,
+            link: None,
+            key: None,
         }
     }
 
@@ -101,6 +106,15 @@ impl MessageExt for Message {
         }
     }
 
+    fn set_link(&mut self, url: impl Into<String>) -> bool {
+        let url = url.into();
+        let ok = check_link(&url).is_ok();
+        if ok {
+            self.link = Some(url);
+        }
+        ok
+    }
+
     fn set_metric(&mut self, name: &str, value: f64) {
         match self.metrics.iter_mut().find(|(k, _)| k == name) {
             Some(slot) => slot.1 = value,
@@ -119,6 +133,8 @@ impl MessageExt for Message {
                 .sum::<usize>()
             + self.metrics.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
             + self.payload.as_ref().map_or(0, String::len)
+            + self.link.as_ref().map_or(0, String::len)
+            + self.key.as_ref().map_or(0, String::len)
             + 16
     }
 }
@@ -150,9 +166,55 @@ pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
             m.id.len()
         ));
     }
-    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{2028}' | '\u{2029}');
-    if m.id.chars().any(|c| c.is_control() || bidi(c)) {
+    if m.id.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err("an id holds control or bidirectional-formatting characters".into());
+    }
+    if let Some(link) = &m.link {
+        check_link(link).map_err(|why| format!("the link `{link}` is {why}"))?;
+    }
+    if let Some(key) = &m.key {
+        if key.is_empty() || key.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "a key has 1 to {MAX_ID_BYTES} bytes, not {}",
+                key.len()
+            ));
+        }
+        if key.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+            return Err("a key holds control or bidirectional-formatting characters".into());
+        }
+    }
+    Ok(())
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{2028}' | '\u{2029}')
+}
+
+/// The longest link a message may carry, in bytes (the host's rule).
+pub const MAX_LINK_BYTES: usize = 2048;
+
+/// Whether `link` may be a message's link, by the host's rule: an absolute `http://` or
+/// `https://` URL with a host, at most [`MAX_LINK_BYTES`], without spaces, quotes, angle
+/// brackets, control or bidirectional-formatting characters. The host refuses a call whose
+/// output breaks it; [`MessageExt::set_link`] keeps only links that pass.
+pub fn check_link(link: &str) -> Result<(), &'static str> {
+    if link.len() > MAX_LINK_BYTES {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = link
+        .strip_prefix("https://")
+        .or_else(|| link.strip_prefix("http://"))
+        .ok_or("not an http:// or https:// URL")?;
+    if rest.find(['/', '?', '#']).unwrap_or(rest.len()) == 0 {
+        return Err("without a host after the scheme");
+    }
+    if link.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || is_bidi_control(c)
+            || matches!(c, '"' | '<' | '>' | '`')
+    }) {
+        return Err("holding spaces, quotes, angle brackets or control characters");
     }
     Ok(())
 }

@@ -51,6 +51,8 @@ impl Template {
             labels => labels,
             metrics => metrics,
             payload => msg.payload,
+            link => msg.link,
+            key => msg.key,
         };
         self.env
             .get_template(self.name)

@@ -42,17 +42,20 @@ impl Sink for Stdout {
                 "body": msg.body,
                 "labels": msg.labels,
                 "metrics": msg.metrics,
+                "link": msg.link,
+                "key": msg.key,
             })
             .to_string(),
             Format::Text => {
                 let labels: Vec<String> =
                     msg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!(
-                    "[{}] {}{} ({})",
+                    "[{}] {}{} ({}){}",
                     severity_name(msg.severity),
                     msg.summary.map(|s| format!("{s}: ")).unwrap_or_default(),
                     msg.body.replace('\n', " | "),
-                    labels.join(" ")
+                    labels.join(" "),
+                    msg.link.map(|l| format!(" {l}")).unwrap_or_default()
                 )
             }
         };

@@ -8,7 +8,9 @@
 //! grants = { hosts = ["chat.example"] }
 //! ```
 //! Without `body`, the message is sent as JSON (`id`, `timestamp_ms`, `severity`, `summary`,
-//! `body`, `labels`, `metrics`). Every request carries `Idempotency-Key`. `headers` adds
+//! `body`, `labels`, `metrics`, `link`, `key`); with `batch = N` (N > 1, no `body`), a queue
+//! that has several messages waiting sends up to N of them in one request, as a JSON array
+//! (one message alone is still sent as an object). Every request carries `Idempotency-Key`. `headers` adds
 //! headers; a value `secret:NAME` is replaced by the granted secret `NAME`. Outcomes: 2xx
 //! delivered; 429 rate-limited (`Retry-After`); other 4xx permanent; 5xx and network errors
 //! retryable.
@@ -18,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::template::Template;
-use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Sink};
+use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Notification, Sink};
 
 /// Sends each message to an HTTP endpoint, as JSON or through a body template.
 #[derive(Deserialize)]
@@ -40,6 +42,15 @@ struct Config {
     /// Extra request headers; a value `secret:NAME` is replaced by the granted secret `NAME`.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Up to this many waiting messages in one request, as a JSON array (1, the default: one
+    /// message per request). Needs the default JSON body (no `body` template).
+    #[cfg_attr(test, schemars(range(min = 1, max = 1000)))]
+    #[serde(default = "one")]
+    batch: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn post() -> String {
@@ -54,7 +65,7 @@ struct Webhook {
     body: Option<Template>,
 }
 
-fn default_body(msg: &Message) -> String {
+fn default_body(msg: &Message) -> serde_json::Value {
     let labels: BTreeMap<&str, &str> = msg
         .labels
         .iter()
@@ -64,8 +75,8 @@ fn default_body(msg: &Message) -> String {
     serde_json::json!({
         "id": msg.id, "timestamp_ms": msg.timestamp_ms, "severity": severity_name(msg.severity),
         "summary": msg.summary, "body": msg.body, "labels": labels, "metrics": metrics,
+        "link": msg.link, "key": msg.key,
     })
-    .to_string()
 }
 
 impl Sink for Webhook {
@@ -86,14 +97,44 @@ impl Sink for Webhook {
             .as_deref()
             .map(|b| Template::compile("body", b))
             .transpose()?;
+        if c.batch == 0 || c.batch > 1000 {
+            return Err(format!("batch must be 1 to 1000, not {}", c.batch));
+        }
+        if c.batch > 1 && body.is_some() {
+            return Err("batch sends messages as a JSON array: it cannot be used with a `body` template, which renders one message".into());
+        }
         Ok(Webhook { config: c, body })
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
         let body = match &self.body {
             Some(t) => t.render(&msg).map_err(DeliveryError::Permanent)?,
-            None => default_body(&msg),
+            None => default_body(&msg).to_string(),
         };
+        self.send(body, key)
+    }
+
+    fn batch_limit(&self) -> u32 {
+        self.config.batch
+    }
+
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut messages = notification.messages;
+        if messages.len() == 1 {
+            return self.deliver(messages.remove(0), key);
+        }
+        let array: Vec<serde_json::Value> = messages.iter().map(default_body).collect();
+        self.send(serde_json::Value::Array(array).to_string(), key)
+    }
+}
+
+impl Webhook {
+    /// Sends `body` with the configured method, content type and headers.
+    fn send(&self, body: String, key: &str) -> Result<(), DeliveryError> {
         let mut request = Request::new(&self.config.method, &self.config.url)
             .header("content-type", &self.config.content_type)
             .header("idempotency-key", key);
@@ -128,7 +169,31 @@ mod tests {
         let rendered = w.body.as_ref().unwrap().render(&m).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&rendered).unwrap();
         assert_eq!(parsed["text"], "db1: say \"hi\"");
-        let plain: serde_json::Value = serde_json::from_str(&default_body(&m)).unwrap();
+        let plain: serde_json::Value = default_body(&m);
         assert_eq!(plain["body"], "say \"hi\"");
+    }
+
+    #[test]
+    fn batch_needs_the_default_body_and_a_sane_size() {
+        let make = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"url": "https://h.example/x"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            Webhook::new(serde_json::from_value(c).unwrap())
+        };
+        assert_eq!(
+            make(serde_json::json!({"batch": 50}))
+                .ok()
+                .unwrap()
+                .batch_limit(),
+            50
+        );
+        assert_eq!(make(serde_json::json!({})).ok().unwrap().batch_limit(), 1);
+        let e = make(serde_json::json!({"batch": 5, "body": "{{ body }}"}))
+            .err()
+            .unwrap();
+        assert!(e.contains("body"), "{e}");
+        assert!(make(serde_json::json!({"batch": 0})).is_err());
     }
 }

@@ -8,7 +8,7 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
-from wit_world.imports.tocsin_plugin_types import Message
+from wit_world.imports.tocsin_plugin_types import Notification
 
 
 class Sink(exports.Sink):
@@ -21,6 +21,13 @@ class Sink(exports.Sink):
             raise Err("`prefix` must be a string")
         Sink.prefix = prefix
 
-    def deliver(self, msg: Message, idempotency_key: str) -> None:
-        """Pass `idempotency_key` on to the service, so a retry does not post twice."""
-        host.log(host.Level.INFO, f"{Sink.prefix}{msg.body} (key {idempotency_key})")
+    def batch_limit(self) -> int:
+        """How many messages one `deliver` takes when the host batches them; 1: one at a time."""
+        return 1
+
+    def deliver(self, notification: Notification, idempotency_key: str) -> None:
+        """Delivers one message (or a group of them, when the pipeline groups alerts).
+        Pass `idempotency_key` on to the service, so a retry does not post twice."""
+        for msg in notification.messages:
+            link = f" <{msg.link}>" if msg.link else ""
+            host.log(host.Level.INFO, f"{Sink.prefix}{msg.body}{link} (key {idempotency_key})")

@@ -33,6 +33,8 @@ impl Decoder for HeaderEcho {
                 .collect(),
             metrics: Vec::new(),
             payload: None,
+            link: None,
+            key: None,
         }])
     }
 }

@@ -21,7 +21,7 @@ from wit_world.imports import host
 from wit_world.imports.tocsin_plugin_types import (
     DeliveryError_Permanent,
     DeliveryError_Retryable,
-    Message,
+    Notification,
 )
 
 # How much of the file's end is searched for a repeated key.
@@ -58,24 +58,32 @@ class Sink(exports.Sink):
             raise Err("`path` (a file in a granted write_dirs directory) is required")
         Sink.path = path
 
-    def deliver(self, msg: Message, idempotency_key: str) -> None:
+    def batch_limit(self) -> int:
+        # One message per call; a sink that writes several at once returns more.
+        return 1
+
+    def deliver(self, notification: Notification, idempotency_key: str) -> None:
         marker = '"idempotency_key": ' + json.dumps(idempotency_key)
         if marker in read_tail(Sink.path):
             host.log(host.Level.DEBUG, f"{idempotency_key} already written")
             return
-        line = {
-            "id": msg.id,
-            "timestamp_ms": msg.timestamp_ms,
-            "severity": SEVERITY_NAMES[msg.severity.value],
-            "summary": msg.summary,
-            "body": msg.body,
-            "labels": dict(msg.labels),
-            "metrics": dict(msg.metrics),
-            "idempotency_key": idempotency_key,
-        }
+        lines = []
+        for msg in notification.messages:
+            lines.append(json.dumps({
+                "id": msg.id,
+                "timestamp_ms": msg.timestamp_ms,
+                "severity": SEVERITY_NAMES[msg.severity.value],
+                "summary": msg.summary,
+                "body": msg.body,
+                "labels": dict(msg.labels),
+                "metrics": dict(msg.metrics),
+                "link": msg.link,
+                "key": msg.key,
+                "idempotency_key": idempotency_key,
+            }) + "\n")
         try:
             with open(Sink.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
+                f.write("".join(lines))
         except PermissionError as e:
             raise Err(DeliveryError_Permanent(
                 f"cannot write {Sink.path} (is its directory in grants.write_dirs?): {e}"))

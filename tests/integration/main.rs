@@ -42,6 +42,7 @@
 mod admin;
 mod alertmanager;
 mod backup_alerts;
+mod batches;
 mod budgets;
 mod contract_0_1;
 mod corrupt;

@@ -52,6 +52,12 @@ pub struct SampleMessage {
     /// Numeric measurements.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// Where a person reads more (an http(s) URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// The alert's identity, shared by its firing and resolved messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl SampleMessage {
@@ -72,8 +78,8 @@ impl SampleMessage {
             labels: self.labels.into_iter().collect(),
             metrics: self.metrics.into_iter().collect(),
             payload: None,
-            link: None,
-            key: None,
+            link: self.link,
+            key: self.key,
         })
     }
 
@@ -87,6 +93,8 @@ impl SampleMessage {
             body: m.body.clone(),
             labels: m.labels.iter().cloned().collect(),
             metrics: m.metrics.iter().cloned().collect(),
+            link: m.link.clone(),
+            key: m.key.clone(),
         }
     }
 }

@@ -171,7 +171,11 @@ impl Decoder for AlertmanagerWebhook {
                 }
                 if !alert.generator_url.is_empty() {
                     m.set_label("generator-url", alert.generator_url.clone());
+                    // The graph or rule that fired: the message's link, when it is a
+                    // plain http(s) URL (an odd one stays only in the label).
+                    m.set_link(alert.generator_url.clone());
                 }
+                m.key = Some(alert.fingerprint.clone());
                 // A startsAt before 2000 or an unprintable fingerprint: say so (the host would
                 // refuse the output, and Alertmanager retry a 500 for ever).
                 let now = std::time::SystemTime::now()

@@ -61,7 +61,7 @@ fn body(msg: &Message, agent: &str) -> serde_json::Value {
         .iter()
         .map(|(k, v)| (k.clone(), (*v).into()))
         .collect();
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "id": format!("{agent}/{}", msg.id),
         "timestamp_ms": msg.timestamp_ms,
         "severity": severity_name(msg.severity),
@@ -70,9 +70,15 @@ fn body(msg: &Message, agent: &str) -> serde_json::Value {
         "labels": labels,
         "metrics": metrics,
         "payload": msg.payload,
-        "link": msg.link,
-        "key": msg.key.as_ref().map(|k| format!("{agent}/{k}")),
-    })
+    });
+    // Only what the message has: a central tocsin of an older version refuses unknown fields.
+    if let Some(link) = &msg.link {
+        body["link"] = link.clone().into();
+    }
+    if let Some(key) = &msg.key {
+        body["key"] = format!("{agent}/{key}").into();
+    }
+    body
 }
 
 impl Sink for Forward {

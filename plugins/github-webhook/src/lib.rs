@@ -68,6 +68,35 @@ fn document(req: &HttpRequest) -> Result<(Value, String), Rejection> {
 }
 
 /// One line saying what happened, and how bad it is.
+/// Where the web page of what an event is about is, most specific first: the comment or
+/// review, the alert, the job or run, the pull request or issue, the release, a push's
+/// comparison, else the repository.
+const LINKS: [&str; 14] = [
+    "/comment/html_url",
+    "/review/html_url",
+    "/alert/html_url",
+    "/workflow_job/html_url",
+    "/workflow_run/html_url",
+    "/check_run/html_url",
+    "/deployment_status/target_url",
+    "/pull_request/html_url",
+    "/issue/html_url",
+    "/discussion/html_url",
+    "/release/html_url",
+    "/compare",
+    "/repository/html_url",
+    "/organization/html_url",
+];
+
+/// The link of an event's message: the first of [`LINKS`] the payload has.
+fn link_of(p: &Value) -> Option<String> {
+    LINKS
+        .iter()
+        .filter_map(|at| p.pointer(at).and_then(Value::as_str))
+        .find(|url| !url.is_empty())
+        .map(str::to_string)
+}
+
 fn describe(event: &str, p: &Value) -> (String, Severity) {
     let action = s(p, &["action"]).unwrap_or("");
     let failed = |conclusion: Option<&str>| {
@@ -185,6 +214,9 @@ impl Decoder for GithubWebhook {
             if let Some(v) = s(&payload, path) {
                 m.set_label(label, v);
             }
+        }
+        if let Some(link) = link_of(&payload) {
+            m.set_link(link);
         }
         if self.keep_payload {
             m.payload = Some(raw);
@@ -323,5 +355,34 @@ mod tests {
         })
         .unwrap();
         assert!(p.decode(request("star", "{}", false)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_link_is_the_most_specific_page_the_payload_has() {
+        let pr = serde_json::json!({
+            "pull_request": {"html_url": "https://github.com/o/r/pull/2"},
+            "repository": {"html_url": "https://github.com/o/r"}
+        });
+        assert_eq!(
+            link_of(&pr).as_deref(),
+            Some("https://github.com/o/r/pull/2")
+        );
+        let comment = serde_json::json!({
+            "comment": {"html_url": "https://github.com/o/r/pull/2#issuecomment-1"},
+            "pull_request": {"html_url": "https://github.com/o/r/pull/2"}
+        });
+        assert_eq!(
+            link_of(&comment).as_deref(),
+            Some("https://github.com/o/r/pull/2#issuecomment-1")
+        );
+        let push = serde_json::json!({
+            "compare": "https://github.com/o/r/compare/a...b",
+            "repository": {"html_url": "https://github.com/o/r"}
+        });
+        assert_eq!(
+            link_of(&push).as_deref(),
+            Some("https://github.com/o/r/compare/a...b")
+        );
+        assert_eq!(link_of(&serde_json::json!({})), None);
     }
 }

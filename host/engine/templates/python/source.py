@@ -31,5 +31,7 @@ class Source(exports.Source):
                 labels=[],
                 metrics=[],
                 payload=None,
+                link=None,
+                key=None,
             )
         ]

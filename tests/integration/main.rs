@@ -49,6 +49,7 @@ mod corrupt;
 mod disk;
 mod filters;
 mod forward;
+mod grouping;
 mod hardening;
 mod hot_reload;
 mod howto;

@@ -111,6 +111,20 @@ pub struct SinkTable {
     /// Only messages matching this reach the sink.
     #[serde(default, rename = "match")]
     pub route: Option<MatchTable>,
+    /// Alerts of one group go out together: `group = { by = ["alertname"], wait = "30s" }`.
+    pub group: Option<Spanned<GroupTable>>,
+}
+
+/// `group = { by = ["alertname", "host"], wait = "30s", interval = "5m" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupTable {
+    /// The labels whose values form a group; `[]` puts every message in one group.
+    pub by: Spanned<Vec<String>>,
+    /// How long the first message of a group waits for others, e.g. `"30s"`.
+    pub wait: Option<Spanned<String>>,
+    /// The least time between two notifications of one group, e.g. `"5m"`.
+    pub interval: Option<Spanned<String>>,
 }
 
 /// `grants = { … }`.

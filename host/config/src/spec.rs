@@ -280,7 +280,32 @@ pub struct SinkSpec {
     pub concurrency: u32,
     /// Which messages reach it.
     pub route: Route,
+    /// When set, messages go out one notification per group (see [`GroupPolicy`]).
+    pub group: Option<GroupPolicy>,
 }
+
+/// How a sink groups alerts, as Alertmanager's `group_by`, `group_wait` and
+/// `group_interval` do: the first message of a group waits `wait` for others, then all of
+/// them go out as one notification; what arrives later goes out together at most every
+/// `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// The labels whose values form a group (a missing label counts as empty); empty: one
+    /// group for every message.
+    pub by: Vec<String>,
+    /// How long a group's first message waits for others.
+    pub wait: Duration,
+    /// The least time between two notifications of one group.
+    pub interval: Duration,
+}
+
+/// Alertmanager's default `group_wait`.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
+/// Alertmanager's default `group_interval`.
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The most messages one group notification carries; the rest go in the next one.
+pub const MAX_GROUP_MESSAGES: usize = 1000;
 
 /// The most deliveries a sink may have in flight.
 pub const MAX_SINK_CONCURRENCY: u32 = 64;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::file::{GrantsTable, LimitsTable, MatchTable, PipelineFile, RetryTable, SinkTable};
+use crate::file::{
+    GrantsTable, GroupTable, LimitsTable, MatchTable, PipelineFile, RetryTable, SinkTable,
+};
 use crate::schedule::parse_cron;
 use crate::spec::*;
 use crate::units::{format_size, parse_duration, parse_size};
@@ -945,6 +947,10 @@ impl Checker<'_> {
             None => Some(DEFAULT_SINK_CONCURRENCY),
         };
         let route = self.route(&field, s.route.as_ref());
+        let group = match &s.group {
+            None => Some(None),
+            Some(g) => self.group(&format!("{field}.group"), g).map(Some),
+        };
         if self.diags.len() > errors_before {
             return None;
         }
@@ -954,6 +960,38 @@ impl Checker<'_> {
             retry: retry?,
             concurrency: concurrency?,
             route: route?,
+            group: group?,
+        })
+    }
+
+    fn group(&mut self, field: &str, g: &Spanned<GroupTable>) -> Option<GroupPolicy> {
+        let table = g.get_ref();
+        let mut by = Vec::new();
+        for label in table.by.get_ref() {
+            if label.is_empty() {
+                self.error(
+                    Some(table.by.span()),
+                    &format!("{field}.by"),
+                    "a label name cannot be empty".into(),
+                );
+                return None;
+            }
+            if by.contains(label) {
+                self.error(
+                    Some(table.by.span()),
+                    &format!("{field}.by"),
+                    format!("`{label}` is named twice"),
+                );
+                return None;
+            }
+            by.push(label.clone());
+        }
+        let wait = self.duration(table.wait.as_ref(), &format!("{field}.wait"));
+        let interval = self.duration(table.interval.as_ref(), &format!("{field}.interval"));
+        Some(GroupPolicy {
+            by,
+            wait: wait?.unwrap_or(DEFAULT_GROUP_WAIT),
+            interval: interval?.unwrap_or(DEFAULT_GROUP_INTERVAL),
         })
     }
 
@@ -1141,6 +1179,52 @@ match = { severity = ">= info" }
             spec.source.stage.grants.read_dirs[0].host,
             Path::new("/proc")
         );
+    }
+
+    #[test]
+    fn a_sink_group_takes_its_labels_and_durations_with_alertmanagers_defaults() {
+        let fx = fixture();
+        let with = |group: &str| {
+            GOOD.replace(
+                "name = \"out\"\n",
+                &format!("name = \"out\"\ngroup = {group}\n"),
+            )
+        };
+        let spec = check(&fx, &with(r#"{ by = ["alertname", "host"] }"#)).unwrap();
+        assert_eq!(
+            spec.sinks[0].group,
+            Some(GroupPolicy {
+                by: vec!["alertname".into(), "host".into()],
+                wait: DEFAULT_GROUP_WAIT,
+                interval: DEFAULT_GROUP_INTERVAL,
+            })
+        );
+        let spec = check(&fx, &with(r#"{ by = [], wait = "2s", interval = "1m" }"#)).unwrap();
+        let group = spec.sinks[0].group.clone().unwrap();
+        assert_eq!((group.wait.as_secs(), group.interval.as_secs()), (2, 60));
+        assert!(check(&fx, GOOD).unwrap().sinks[0].group.is_none());
+        for (bad, field, says) in [
+            (r#"{ by = ["a", "a"] }"#, "sink[0].group.by", "named twice"),
+            (r#"{ by = [""] }"#, "sink[0].group.by", "cannot be empty"),
+            (r#"{ by = ["a"], wait = "soon" }"#, "sink[0].group.wait", ""),
+            (
+                r#"{ by = ["a"], interval = "0s" }"#,
+                "sink[0].group.interval",
+                "longer than 0",
+            ),
+            // Shape errors come from the parser: no field path, the line and serde's words.
+            (r#"{ wait = "1s" }"#, "", "missing field `by`"),
+            (
+                r#"{ by = ["a"], every = "1s" }"#,
+                "",
+                "unknown field `every`",
+            ),
+        ] {
+            let d = check(&fx, &with(bad)).unwrap_err();
+            assert!(d[0].field.starts_with(field), "{bad}: {:?}", d[0]);
+            assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
+            assert!(d[0].line.is_some(), "{bad}: a line is named");
+        }
     }
 
     #[test]

@@ -1317,6 +1317,7 @@ impl GenPipeline {
                             .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                             .unwrap_or_default(),
                     },
+                    group: None,
                 })
                 .collect(),
         }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_aux::serde_introspection::serde_introspect;
 use tocsin_config::file::{
-    AuthTable, GrantsTable, LimitsTable, MatchTable, OidcTable, PipelineFile, RetryTable,
-    SinkTable, SourceTable, StageTable,
+    AuthTable, GrantsTable, GroupTable, LimitsTable, MatchTable, OidcTable, PipelineFile,
+    RetryTable, SinkTable, SourceTable, StageTable,
 };
 use tocsin_config::units::{parse_duration, parse_size};
 use tocsin_config::*;
@@ -55,6 +55,7 @@ fn documented() -> Vec<Documented> {
         entry::<LimitsTable>("LimitsTable", "`limits`"),
         entry::<RetryTable>("RetryTable", "`retry` and `filter_retry`"),
         entry::<MatchTable>("MatchTable", "`match`"),
+        entry::<GroupTable>("GroupTable", "`group`"),
         entry::<AuthTable>("AuthTable", "`auth`"),
         entry::<OidcTable>("OidcTable", "`auth.oidc`"),
     ]

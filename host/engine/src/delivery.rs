@@ -294,7 +294,7 @@ impl DeliveryWorker {
     }
 
     /// Moves the entry to dead letters; returns it when that failed and it stays queued.
-    async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &mut self,
         seq: Seq,
         mut envelope: Envelope,

@@ -7,8 +7,9 @@
 //! never overtakes its "firing".
 //!
 //! The key ([`OrderKeys::key`]): with `concurrency = 1`, one key for the whole sink (strict
-//! queue order, as before); otherwise the message's `fingerprint` label — the alert identity
-//! Alertmanager gives, which any decoder may set — and else its id.
+//! queue order, as before); otherwise the message's `key` (contract 0.2.0: the alert's
+//! identity a plugin gives), else its `fingerprint` label — the alert identity Alertmanager
+//! gives, which any decoder may set — and else its id.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,9 +39,13 @@ impl OrderKeys {
         if self.whole_sink {
             return String::new();
         }
-        match envelope.message.label(IDENTITY_LABEL) {
-            Some(identity) => format!("f:{identity}"),
-            None => format!("i:{}", envelope.message.id),
+        match (
+            &envelope.message.key,
+            envelope.message.label(IDENTITY_LABEL),
+        ) {
+            (Some(key), _) => format!("k:{key}"),
+            (None, Some(identity)) => format!("f:{identity}"),
+            (None, None) => format!("i:{}", envelope.message.id),
         }
     }
 

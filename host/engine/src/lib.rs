@@ -40,6 +40,7 @@ pub mod delivery;
 pub mod delivery_order;
 pub mod dry_run;
 pub mod filtering;
+pub mod group_delivery;
 pub mod history;
 pub mod http_serve;
 pub mod ingest;

@@ -13,6 +13,7 @@ use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateRead
 
 use crate::delivery::DeliveryWorker;
 use crate::filtering::{FilterWorker, PendingState, SinkRoute};
+use crate::group_delivery::GroupWorker;
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestEndpoint, IngestTable};
 use crate::schedule::Scheduler;
@@ -287,7 +288,16 @@ pub async fn start(
             cancel: cancel.clone(),
             tracer: shared.tracer.clone(),
         };
-        tasks.push(tokio::spawn(worker.run()));
+        match &sink_spec.group {
+            None => tasks.push(tokio::spawn(worker.run())),
+            Some(policy) => {
+                let grouped = GroupWorker {
+                    delivery: worker,
+                    policy: policy.clone(),
+                };
+                tasks.push(tokio::spawn(grouped.run()));
+            }
+        }
     }
     if let Some((table, endpoint)) = &ingest {
         table.register(endpoint.clone());

@@ -278,6 +278,10 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Removes a delivered entry, writing the plugin state the sink changed in the same batch.
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()>;
 
+    /// Writes state on its own, not with a message's step (a grouped sink's flush record):
+    /// durable when the commit resolves.
+    fn put_state(&self, pipeline: &str, state: &[StateWrite]) -> Commit;
+
     /// Rewrites a sink entry after a failed attempt.
     fn record_failure(
         &self,

@@ -1042,6 +1042,16 @@ impl QueueStore for SledStore {
         self.batch_result(writes.apply(&tree))
     }
 
+    fn put_state(&self, pipeline: &str, state: &[StateWrite]) -> Commit {
+        let tree = match self.tree(pipeline) {
+            Ok(t) => t,
+            Err(e) => return Commit::ready(Err(e)),
+        };
+        let mut writes = Writes::default();
+        add_state(&mut writes, state);
+        self.batch_result(writes.apply(&tree))
+    }
+
     fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {
         let prefix = named_prefix(DEAD, queue);
         self.tree(pipeline)?

@@ -25,6 +25,7 @@
 pub mod bindings;
 pub mod cache;
 mod convert;
+pub mod group_digest;
 pub mod guest_text;
 pub mod host_api;
 pub mod http_policy;
@@ -38,6 +39,7 @@ pub mod stage;
 mod stdout_cap;
 pub mod store;
 
+pub use group_digest::GroupInfo;
 pub use outbound::TlsTrust;
 pub use plugin::{
     Contract, Inspection, Plugin, PluginKind, Runtime, RuntimeConfig, CONTRACT_PACKAGE,

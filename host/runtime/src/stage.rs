@@ -8,6 +8,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::{decoder, filter, sink, source, v0_1, wit_types};
 use crate::convert::{delivery_error_from_wit1, from_wit, from_wit1, into_wit, into_wit1, to_wit};
+use crate::group_digest::{group_digest, GroupInfo};
 use crate::guest_text::GuestText;
 use crate::log_budget::LogBudget;
 use crate::outbound::OutboundPool;
@@ -687,19 +688,56 @@ impl Stage {
                 messages.len()
             )));
         }
+        self.deliver_notification(messages, None, idempotency_key)
+            .await
+    }
+
+    /// Delivers one group's notification (any number of messages): as a `group`
+    /// notification to a 0.2.0 sink, as one message summing the group up
+    /// ([`group_digest`]) to a 0.1.0 sink.
+    pub async fn deliver_group(
+        &mut self,
+        messages: &[Message],
+        group: &GroupInfo,
+        idempotency_key: &str,
+    ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
+        self.expect(PluginKind::Sink)?;
+        if messages.is_empty() {
+            return Err(CallError::WrongKind(
+                "a group notification without messages".into(),
+            ));
+        }
+        self.deliver_notification(messages, Some(group), idempotency_key)
+            .await
+    }
+
+    async fn deliver_notification(
+        &mut self,
+        messages: &[Message],
+        group: Option<&GroupInfo>,
+        idempotency_key: &str,
+    ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
         let (out, changes) = self
             .run(async |exports, store| match exports {
                 Exports::Sink(e) => {
                     let notification = wit_types::Notification {
                         messages: messages.iter().map(to_wit).collect(),
-                        group: None,
+                        group: group.map(|g| wit_types::Group {
+                            labels: g.labels.clone(),
+                            key: g.key.clone(),
+                            sequence: g.sequence,
+                            firing: g.firing,
+                        }),
                     };
                     e.tocsin_plugin0_2_0_sink()
                         .call_deliver(store, &notification, idempotency_key)
                         .await
                 }
                 Exports::SinkV0_1(e) => {
-                    let message = into_wit1(messages[0].clone());
+                    let message = match group {
+                        Some(g) => into_wit1(group_digest(messages, g)),
+                        None => into_wit1(messages[0].clone()),
+                    };
                     let out =
                         e.tocsin_plugin0_1_0_sink()
                             .call_deliver(store, &message, idempotency_key);

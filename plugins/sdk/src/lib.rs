@@ -28,6 +28,7 @@
 //! - [`Source`], [`Decoder`], [`Filter`], [`Sink`]: the four plugin kinds and their macros.
 //! - [`host`]: what the host offers every plugin (log, durable state, secrets, disk usage).
 //! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
+//! - [`group`]: a group of alerts rendered as one message (a sink's default for groups).
 //! - `template` (feature `template`): Jinja templates over a message.
 //! - `fuzz` (feature `fuzz`, for dev-dependencies): property tests of decoders.
 //! - [`declare_settings!`] and `settings` (feature `settings`, for dev-dependencies): the
@@ -42,6 +43,7 @@ extern crate self as tocsin_sdk;
 pub mod bindings;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+pub mod group;
 pub mod host;
 pub mod http;
 mod message;
@@ -128,14 +130,20 @@ pub trait Sink: Sized + 'static {
     /// group. The whole call succeeds or fails: on a failure every message of it is tried
     /// again (with the same key when the host forms the same notification).
     ///
-    /// The default delivers each message with [`Sink::deliver`]: the only one under
-    /// `idempotency_key`, several under `<idempotency_key>/<n>`, stopping at the first
-    /// failure (the ones before it are delivered again, under the same keys, on the retry).
+    /// The default: a group is rendered as one message ([`group::group_digest`]: its title
+    /// and a line per alert) and delivered with [`Sink::deliver`]; otherwise each message is
+    /// delivered with `deliver` — the only one under `idempotency_key`, several under
+    /// `<idempotency_key>/<n>`, stopping at the first failure (the ones before it are
+    /// delivered again, under the same keys, on the retry).
     fn deliver_notification(
         &mut self,
         notification: Notification,
         idempotency_key: &str,
     ) -> Result<(), DeliveryError> {
+        if let Some(group) = &notification.group {
+            let digest = group::group_digest(&notification, group);
+            return self.deliver(digest, idempotency_key);
+        }
         let mut messages = notification.messages;
         if messages.len() == 1 {
             return self.deliver(messages.remove(0), idempotency_key);

@@ -131,3 +131,86 @@ async fn a_group_in_its_wait_survives_kill_9_and_is_posted_once_with_every_membe
     }
     tocsin.kill();
 }
+
+/// The group's next notification waits for `interval` and says what changed: a resolution
+/// among the alerts, and how many still fire. A 0.1.0 sink (built before groups existed) gets
+/// each notification as one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_changes_go_out_per_interval_and_a_0_1_sink_gets_one_message_per_notification() {
+    let env = Env::new();
+    env.mkdir("out");
+    let out = env.path("out");
+    let old_file = tocsin_tests::repo_root().join("tests/fixtures/contract-0.1.0/file.wasm");
+    env.write_pipeline(
+        "disks",
+        &format!(
+            r#"
+[source]
+plugin = "json"
+auth = {{ none = true }}
+
+[[sink]]
+name = "new"
+plugin = "file"
+config = {{ path = "{out}/new.jsonl" }}
+grants = {{ write_dirs = ["{out}"] }}
+group = {{ by = ["alertname"], wait = "1s", interval = "2s" }}
+
+[[sink]]
+name = "old"
+plugin = "{old}"
+config = {{ path = "{out}/old.jsonl" }}
+grants = {{ write_dirs = ["{out}"] }}
+group = {{ by = ["alertname"], wait = "1s", interval = "2s" }}
+"#,
+            out = out.display(),
+            old = old_file.display(),
+        ),
+    );
+    let server = env.start().await;
+    for host in 0..3 {
+        post_accepted(&server.base_url, "disks", disk_full(host)).await;
+    }
+    tocsin_tests::wait_until(Duration::from_secs(30), "the first notification", || {
+        !env.read_lines("out/old.jsonl").is_empty()
+    })
+    .await;
+    let mut resolved = disk_full(1);
+    resolved["id"] = "disk-1-resolved".into();
+    resolved["labels"]["status"] = "resolved".into();
+    post_accepted(&server.base_url, "disks", resolved).await;
+    tocsin_tests::wait_until(Duration::from_secs(30), "the second notification", || {
+        env.read_lines("out/old.jsonl").len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The 0.1.0 sink: one line per notification, the group summed up.
+    let old = env.read_json_lines("out/old.jsonl");
+    assert_eq!(old.len(), 2, "{old:#?}");
+    assert_eq!(old[0]["summary"], "[FIRING:3] alertname=DiskFull");
+    assert_eq!(old[1]["summary"], "[FIRING:2] alertname=DiskFull");
+    assert_eq!(
+        old[1]["body"], "- resolved: Disk full on host1: / is 97 % full",
+        "the second notification carries only what changed"
+    );
+    assert_ne!(
+        old[0]["idempotency_key"], old[1]["idempotency_key"],
+        "each notification has its own key"
+    );
+    // The 0.2.0 file sink writes a line per alert, each with the group it went out in.
+    let new = env.read_json_lines("out/new.jsonl");
+    assert_eq!(new.len(), 4, "{new:#?}");
+    assert_eq!(new[0]["group"]["firing"], 3);
+    assert_eq!(new[0]["group"]["sequence"], 0);
+    assert_eq!(new[0]["group"]["labels"][0][1], "DiskFull");
+    assert_eq!(new[3]["id"], "disk-1-resolved");
+    assert_eq!(new[3]["group"]["firing"], 2);
+    assert_eq!(new[3]["group"]["sequence"], 1);
+    assert_eq!(
+        server.counter("disks", |c| &c.delivered),
+        8,
+        "4 messages × 2 sinks"
+    );
+    server.stop().await;
+}

@@ -23,8 +23,8 @@
 //!   service's retry-after); a permanent error, or the sink's `max_attempts` used up, moves
 //!   every member to the dead letters.
 //! - **Firing alerts** are counted per group by alert identity (the message's `key`, else its
-//!   `fingerprint` label, else its id); a message whose `status` label is `resolved` closes
-//!   its alert. Sinks show the count ("[FIRING:3]").
+//!   `fingerprint` label, else its labels but `status`); a message whose `status` label is
+//!   `resolved` closes its alert. Sinks show the count ("[FIRING:3]").
 //!
 //! Groups are independent: different groups are sent side by side, up to the sink's
 //! `concurrency`; one group's notifications go one at a time, in order.
@@ -441,12 +441,28 @@ fn group_key(labels: &[(String, String)]) -> String {
 }
 
 /// The identity of the alert a message is about: its key, else its `fingerprint` label,
-/// else its id.
+/// else its labels other than `status` (as Alertmanager knows an alert by its label set), so
+/// a "resolved" with the same labels closes its "firing".
 fn alert_identity(message: &Message) -> String {
     match (&message.key, message.label(IDENTITY_LABEL)) {
         (Some(key), _) => format!("k:{key}"),
         (None, Some(fingerprint)) => format!("f:{fingerprint}"),
-        (None, None) => format!("i:{}", message.id),
+        (None, None) => {
+            let mut labels: Vec<&(String, String)> = message
+                .labels
+                .iter()
+                .filter(|(k, _)| k != "status")
+                .collect();
+            labels.sort();
+            let mut hash = Sha256::new();
+            for (k, v) in labels {
+                hash.update(k.as_bytes());
+                hash.update([0]);
+                hash.update(v.as_bytes());
+                hash.update([0]);
+            }
+            format!("l:{}", hex::encode(&hash.finalize()[..8]))
+        }
     }
 }
 
@@ -502,11 +518,18 @@ mod tests {
     }
 
     #[test]
-    fn an_alert_is_known_by_its_key_else_its_fingerprint_else_its_id() {
+    fn an_alert_is_known_by_its_key_else_its_fingerprint_else_its_labels() {
         let mut m = message(&[("fingerprint", "f1")]);
         assert_eq!(alert_identity(&m), "f:f1");
         m.key = Some("k1".into());
         assert_eq!(alert_identity(&m), "k:k1");
-        assert_eq!(alert_identity(&message(&[])), "i:m");
+        let firing = message(&[("host", "db1"), ("status", "firing")]);
+        let mut resolved = message(&[("status", "resolved"), ("host", "db1")]);
+        resolved.id = "other".into();
+        assert_eq!(alert_identity(&firing), alert_identity(&resolved));
+        assert_ne!(
+            alert_identity(&firing),
+            alert_identity(&message(&[("host", "db2")]))
+        );
     }
 }

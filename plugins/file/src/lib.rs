@@ -4,7 +4,9 @@
 //! Each line carries the idempotency key (in a batch of several messages, the batch's key and
 //! `/<n>`). Before appending, the sink checks the file's tail for the same key, so a retry
 //! after a crash between write and acknowledgement does not write the lines twice. A batch
-//! (up to 100 messages when a queue is long) is appended in one write.
+//! (up to 100 messages when a queue is long) is appended in one write. A group of alerts (the
+//! sink's `group` setting) is a line per alert, each with a `group` field: the group's labels,
+//! key, sequence and firing count.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -49,7 +51,7 @@ impl Sink for FileSink {
         Ok(FileSink { path: c.path })
     }
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
-        self.append(&[(key.to_string(), msg)])
+        self.append(&[(key.to_string(), msg)], None)
     }
 
     fn batch_limit(&self) -> u32 {
@@ -61,23 +63,33 @@ impl Sink for FileSink {
         notification: Notification,
         key: &str,
     ) -> Result<(), DeliveryError> {
+        let group = notification.group.as_ref().map(|g| {
+            serde_json::json!({
+                "labels": g.labels, "key": g.key, "sequence": g.sequence, "firing": g.firing,
+            })
+        });
         let mut messages = notification.messages;
-        if messages.len() == 1 {
-            return self.append(&[(key.to_string(), messages.remove(0))]);
+        if messages.len() == 1 && group.is_none() {
+            return self.append(&[(key.to_string(), messages.remove(0))], None);
         }
         let keyed: Vec<(String, Message)> = messages
             .into_iter()
             .enumerate()
             .map(|(n, m)| (format!("{key}/{n}"), m))
             .collect();
-        self.append(&keyed)
+        self.append(&keyed, group.as_ref())
     }
 }
 
 impl FileSink {
-    /// Appends one line per message, each with its key, in one write — unless the first
-    /// key is already in the file's tail (a retry of lines written before a crash).
-    fn append(&self, keyed: &[(String, Message)]) -> Result<(), DeliveryError> {
+    /// Appends one line per message, each with its key (and the group it went out in, when
+    /// grouped), in one write — unless the first key is already in the file's tail (a retry of
+    /// lines written before a crash).
+    fn append(
+        &self,
+        keyed: &[(String, Message)],
+        group: Option<&serde_json::Value>,
+    ) -> Result<(), DeliveryError> {
         let io = |e: std::io::Error| DeliveryError::Retryable(format!("{}: {e}", self.path));
         let Some((first_key, _)) = keyed.first() else {
             return Ok(());
@@ -98,7 +110,7 @@ impl FileSink {
             })?;
         let mut lines = String::new();
         for (key, msg) in keyed {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "idempotency_key": key,
                 "id": msg.id,
                 "timestamp_ms": msg.timestamp_ms,
@@ -110,6 +122,9 @@ impl FileSink {
                 "link": msg.link,
                 "key": msg.key,
             });
+            if let Some(group) = group {
+                line["group"] = group.clone();
+            }
             lines.push_str(&format!("{line}\n"));
         }
         // One write of whole lines, so readers never see half a line mid-write.

@@ -19,7 +19,9 @@
 
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
-use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink};
+use tocsin_sdk::{
+    export_sink, host, severity_emoji, DeliveryError, Group, Message, Notification, Sink,
+};
 
 /// Posts each message as a status on Mastodon (or Pleroma, Akkoma), with the delivery's idempotency key as `Idempotency-Key`.
 #[derive(Deserialize)]
@@ -118,6 +120,39 @@ fn status_body(msg: &Message, c: &Config) -> serde_json::Value {
     body
 }
 
+/// A group's notification as one message whose text fits `max_chars`: a line per alert while
+/// they fit beside an "and N more" line counting the rest.
+fn group_status(notification: &Notification, group: &Group, max_chars: usize) -> Message {
+    let mut msg = tocsin_sdk::group::group_digest(notification, group);
+    let lines: Vec<String> = notification
+        .messages
+        .iter()
+        .map(tocsin_sdk::group::group_line)
+        .collect();
+    let total = lines.len();
+    let mut body = String::new();
+    for (shown, line) in lines.iter().enumerate() {
+        let rest = total - shown - 1;
+        let tail = if rest > 0 {
+            format!("\nand {rest} more")
+        } else {
+            String::new()
+        };
+        let sep = if body.is_empty() { "" } else { "\n" };
+        let with = body.chars().count() + sep.len() + line.chars().count() + tail.chars().count();
+        if with > max_chars {
+            let more = total - shown;
+            body += &format!("{sep}and {more} more");
+            break;
+        }
+        body += sep;
+        body += line;
+    }
+    msg.body = body;
+    msg.link = None;
+    msg
+}
+
 /// Milliseconds until an `X-RateLimit-Reset` timestamp; at least 1 s.
 fn until(reset: &str) -> Option<u64> {
     let at = humantime::parse_rfc3339_weak(reset.trim()).ok()?;
@@ -173,6 +208,31 @@ impl Sink for Mastodon {
             url: format!("{}/api/v1/statuses", c.instance.trim_end_matches('/')),
             config: c,
         })
+    }
+
+    /// A group of alerts is one status: its title as the content warning, as many alerts as
+    /// fit the instance's limit, then "and N more".
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
+        match &notification.group {
+            Some(group) => {
+                let msg = group_status(&notification, group, self.config.max_chars);
+                self.deliver(msg, key)
+            }
+            None => {
+                let mut messages = notification.messages;
+                if messages.len() != 1 {
+                    return Err(DeliveryError::Permanent(format!(
+                        "mastodon takes one message per call, not {}",
+                        messages.len()
+                    )));
+                }
+                self.deliver(messages.remove(0), key)
+            }
+        }
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
@@ -277,5 +337,39 @@ mod tests {
         assert!((25_000..=30_000).contains(&ms), "{ms}");
         assert_eq!(until("2000-01-01T00:00:00Z"), Some(1000));
         assert_eq!(until("soon"), None);
+    }
+
+    #[test]
+    fn a_group_fits_the_instance_limit_and_counts_the_rest() {
+        let messages: Vec<Message> = (0..30)
+            .map(|i| {
+                let mut m = Message::new(format!("m{i}"), 1, "/ is 97 % full");
+                m.summary = Some(format!("Disk full on host{i}"));
+                m.severity = Severity::Warning;
+                m
+            })
+            .collect();
+        let group = Group {
+            labels: vec![("alertname".into(), "DiskFull".into())],
+            key: "k".into(),
+            sequence: 0,
+            firing: 30,
+        };
+        let n = Notification {
+            messages,
+            group: Some(group.clone()),
+        };
+        let m = group_status(&n, &group, 500);
+        assert!(m.body.chars().count() <= 500, "{}", m.body.chars().count());
+        let shown = m.body.lines().filter(|l| l.starts_with("- ")).count();
+        assert!(shown > 5, "{}", m.body);
+        assert!(
+            m.body.ends_with(&format!("and {} more", 30 - shown)),
+            "{}",
+            m.body
+        );
+        let b = status_body(&m, &config("mastodon"));
+        assert_eq!(b["spoiler_text"], "⚠️ [FIRING:30] alertname=DiskFull");
+        assert_eq!(b["status"].as_str().unwrap(), m.body, "nothing cut by `…`");
     }
 }

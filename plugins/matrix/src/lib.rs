@@ -17,7 +17,9 @@
 
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
-use tocsin_sdk::{export_sink, host, severity_emoji, DeliveryError, Message, Sink};
+use tocsin_sdk::{
+    export_sink, group, host, severity_emoji, DeliveryError, Group, Message, Notification, Sink,
+};
 
 /// Posts each message to a Matrix room, with the delivery's idempotency key as the transaction id.
 #[derive(Deserialize)]
@@ -152,8 +154,72 @@ impl Sink for Matrix {
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
-        let token = host::require_secret(&self.token_secret)?;
         let (plain, html) = render(&msg);
+        self.post(plain, html, key)
+    }
+
+    /// A group of alerts is one post: its title, then a list item per alert (its summary the
+    /// alert's link, when it has one).
+    fn deliver_notification(
+        &mut self,
+        notification: Notification,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
+        match &notification.group {
+            Some(group) => {
+                let (plain, html) = render_group(&notification, group);
+                self.post(plain, html, key)
+            }
+            None => {
+                let mut messages = notification.messages;
+                if messages.len() != 1 {
+                    return Err(DeliveryError::Permanent(format!(
+                        "matrix takes one message per call, not {}",
+                        messages.len()
+                    )));
+                }
+                self.deliver(messages.remove(0), key)
+            }
+        }
+    }
+}
+
+/// The plain and HTML bodies of a group's notification: its title (`[FIRING:3] …`, with the
+/// worst firing alert's emoji), then a line per alert — its link after it in plain text, its
+/// summary linked in HTML — at most [`group::LISTED`], then how many more.
+fn render_group(notification: &Notification, group: &Group) -> (String, String) {
+    let digest = group::group_digest(notification, group);
+    let mark = severity_emoji(digest.severity);
+    let title = group::group_title(group);
+    let mut plain = format!("{mark}{title}");
+    let mut html = format!("<p><strong>{mark}{}</strong></p><ul>", escape_html(&title));
+    for m in notification.messages.iter().take(group::LISTED) {
+        let line = group::group_line(m);
+        let text = escape_html(line.trim_start_matches("- "));
+        match &m.link {
+            Some(link) => {
+                plain += &format!("\n{line} {link}");
+                html += &format!("<li><a href=\"{}\">{text}</a></li>", escape_html(link));
+            }
+            None => {
+                plain += &format!("\n{line}");
+                html += &format!("<li>{text}</li>");
+            }
+        }
+    }
+    html += "</ul>";
+    let more = notification.messages.len().saturating_sub(group::LISTED);
+    if more > 0 {
+        plain += &format!("\nand {more} more");
+        html += &format!("<p>and {more} more</p>");
+    }
+    (plain, html)
+}
+
+impl Matrix {
+    /// Sends one room message under transaction id `key`.
+    fn post(&self, plain: String, html: String, key: &str) -> Result<(), DeliveryError> {
+        let token = host::require_secret(&self.token_secret)?;
         let url = format!(
             "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             self.homeserver,
@@ -221,6 +287,35 @@ mod tests {
         assert_eq!(
             html,
             "<p>checks failed on main</p><p><a href=\"https://github.com/o/r/actions/runs/1?a=1&amp;b=&quot;2&quot;\">https://github.com/o/r/actions/runs/1?a=1&amp;b=&quot;2&quot;</a></p>"
+        );
+    }
+
+    #[test]
+    fn a_group_is_one_post_with_a_list_item_per_alert_linked_when_it_has_a_link() {
+        let mut a = Message::new("a", 1, "/ is 97 % full");
+        a.summary = Some("Disk full on db1".into());
+        a.severity = Severity::Error;
+        a.link = Some("https://grafana.example/d?h=db1&x=1".into());
+        let mut b = Message::new("b", 2, "back to 40 %");
+        b.set_label("status", "resolved");
+        let group = Group {
+            labels: vec![("alertname".into(), "DiskFull".into())],
+            key: "k".into(),
+            sequence: 0,
+            firing: 1,
+        };
+        let n = Notification {
+            messages: vec![a, b],
+            group: Some(group.clone()),
+        };
+        let (plain, html) = render_group(&n, &group);
+        assert_eq!(
+            plain,
+            "🔥 [FIRING:1] alertname=DiskFull\n- Disk full on db1: / is 97 % full https://grafana.example/d?h=db1&x=1\n- resolved: back to 40 %"
+        );
+        assert_eq!(
+            html,
+            "<p><strong>🔥 [FIRING:1] alertname=DiskFull</strong></p><ul><li><a href=\"https://grafana.example/d?h=db1&amp;x=1\">Disk full on db1: / is 97 % full</a></li><li>resolved: back to 40 %</li></ul>"
         );
     }
 }

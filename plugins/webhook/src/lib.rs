@@ -10,7 +10,10 @@
 //! Without `body`, the message is sent as JSON (`id`, `timestamp_ms`, `severity`, `summary`,
 //! `body`, `labels`, `metrics`, `link`, `key`); with `batch = N` (N > 1, no `body`), a queue
 //! that has several messages waiting sends up to N of them in one request, as a JSON array
-//! (one message alone is still sent as an object). Every request carries `Idempotency-Key`. `headers` adds
+//! (one message alone is still sent as an object). A group of alerts (the sink's `group`
+//! setting) is one request: `{"group": {labels, key, sequence, firing, status}, "messages":
+//! [...]}`, or the `body` template rendered over the group summed up as one message
+//! (`[FIRING:3] alertname=DiskFull` as its summary, a line per alert as its body). Every request carries `Idempotency-Key`. `headers` adds
 //! headers; a value `secret:NAME` is replaced by the granted secret `NAME`. Outcomes: 2xx
 //! delivered; 429 rate-limited (`Retry-After`); other 4xx permanent; 5xx and network errors
 //! retryable.
@@ -20,7 +23,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::template::Template;
-use tocsin_sdk::{export_sink, host, severity_name, DeliveryError, Message, Notification, Sink};
+use tocsin_sdk::{
+    export_sink, host, severity_name, DeliveryError, Group, Message, Notification, Sink,
+};
 
 /// Sends each message to an HTTP endpoint, as JSON or through a body template.
 #[derive(Deserialize)]
@@ -123,6 +128,16 @@ impl Sink for Webhook {
         notification: Notification,
         key: &str,
     ) -> Result<(), DeliveryError> {
+        if let Some(group) = &notification.group {
+            let body = match &self.body {
+                // A body template renders one message: the group summed up.
+                Some(t) => t
+                    .render(&tocsin_sdk::group::group_digest(&notification, group))
+                    .map_err(DeliveryError::Permanent)?,
+                None => group_body(&notification, group).to_string(),
+            };
+            return self.send(body, key);
+        }
         let mut messages = notification.messages;
         if messages.len() == 1 {
             return self.deliver(messages.remove(0), key);
@@ -130,6 +145,27 @@ impl Sink for Webhook {
         let array: Vec<serde_json::Value> = messages.iter().map(default_body).collect();
         self.send(serde_json::Value::Array(array).to_string(), key)
     }
+}
+
+/// A group's notification as JSON: the group (its labels, key, sequence, how many fire,
+/// `status`) and its alerts, each as a message is sent alone — the shape of Alertmanager's
+/// webhook, in tocsin's words.
+fn group_body(notification: &Notification, group: &Group) -> serde_json::Value {
+    let labels: BTreeMap<&str, &str> = group
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    serde_json::json!({
+        "group": {
+            "labels": labels,
+            "key": group.key,
+            "sequence": group.sequence,
+            "firing": group.firing,
+            "status": if group.firing > 0 { "firing" } else { "resolved" },
+        },
+        "messages": notification.messages.iter().map(default_body).collect::<Vec<_>>(),
+    })
 }
 
 impl Webhook {
@@ -195,5 +231,26 @@ mod tests {
             .unwrap();
         assert!(e.contains("body"), "{e}");
         assert!(make(serde_json::json!({"batch": 0})).is_err());
+    }
+
+    #[test]
+    fn a_group_is_one_request_with_the_group_and_its_messages() {
+        let mut a = Message::new("a", 1, "disk full");
+        a.set_label("host", "db1");
+        let group = Group {
+            labels: vec![("alertname".into(), "DiskFull".into())],
+            key: "k".into(),
+            sequence: 3,
+            firing: 2,
+        };
+        let n = Notification {
+            messages: vec![a],
+            group: Some(group.clone()),
+        };
+        let b = group_body(&n, &group);
+        assert_eq!(b["group"]["labels"]["alertname"], "DiskFull");
+        assert_eq!(b["group"]["status"], "firing");
+        assert_eq!(b["group"]["sequence"], 3);
+        assert_eq!(b["messages"][0]["labels"]["host"], "db1");
     }
 }

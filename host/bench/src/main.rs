@@ -194,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(Section::Storm) {
         bench.storm(&mut report).await?;
+        bench.grouped_storm(&mut report).await?;
     }
     let markdown = report.markdown();
     if let Some(parent) = args.out.parent() {

@@ -152,16 +152,18 @@ pub async fn wait_ready(
 /// Starts Alertmanager with clustering off and the smallest waits it accepts, sending every
 /// alert as its own notification (`group_by: ['...']`) to `webhook_url`.
 pub async fn alertmanager(dir: &Path, webhook_url: &str) -> anyhow::Result<Process> {
+    alertmanager_with(dir, &alertmanager_config(webhook_url)).await
+}
+
+/// Starts Alertmanager with `config` (YAML) in `dir`.
+pub async fn alertmanager_with(dir: &Path, config: &str) -> anyhow::Result<Process> {
     anyhow::ensure!(
         Path::new(ALERTMANAGER_BIN).exists(),
         "{ALERTMANAGER_BIN} is missing: apt-get install prometheus-alertmanager"
     );
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
-    std::fs::write(
-        dir.join("alertmanager.yml"),
-        alertmanager_config(webhook_url),
-    )?;
+    std::fs::write(dir.join("alertmanager.yml"), config)?;
     let log = std::fs::File::create(dir.join("alertmanager.log"))?;
     let child = Command::new(ALERTMANAGER_BIN)
         .arg(format!(
@@ -178,6 +180,26 @@ pub async fn alertmanager(dir: &Path, webhook_url: &str) -> anyhow::Result<Proce
     let process = Process { child, port };
     wait_ready(port, "/-/ready", Instant::now(), Duration::from_secs(30)).await?;
     Ok(process)
+}
+
+/// The grouped storm's configuration: every alert of one `alertname` in one group, sent
+/// `wait` after its first alert and then at most every `interval`.
+pub fn alertmanager_grouped_config(webhook_url: &str, wait: &str, interval: &str) -> String {
+    format!(
+        "route:
+  receiver: bench
+  group_by: ['alertname']
+  group_wait: {wait}
+  group_interval: {interval}
+  repeat_interval: 24h
+receivers:
+  - name: bench
+    webhook_configs:
+      - url: {webhook_url}
+        send_resolved: false
+        max_alerts: 0
+"
+    )
 }
 
 /// The configuration the report quotes.

@@ -223,14 +223,8 @@ impl Sink for Mastodon {
                 self.deliver(msg, key)
             }
             None => {
-                let mut messages = notification.messages;
-                if messages.len() != 1 {
-                    return Err(DeliveryError::Permanent(format!(
-                        "mastodon takes one message per call, not {}",
-                        messages.len()
-                    )));
-                }
-                self.deliver(messages.remove(0), key)
+                let msg = tocsin_sdk::group::only_message(notification)?;
+                self.deliver(msg, key)
             }
         }
     }

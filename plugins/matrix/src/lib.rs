@@ -171,14 +171,8 @@ impl Sink for Matrix {
                 self.post(plain, html, key)
             }
             None => {
-                let mut messages = notification.messages;
-                if messages.len() != 1 {
-                    return Err(DeliveryError::Permanent(format!(
-                        "matrix takes one message per call, not {}",
-                        messages.len()
-                    )));
-                }
-                self.deliver(messages.remove(0), key)
+                let msg = tocsin_sdk::group::only_message(notification)?;
+                self.deliver(msg, key)
             }
         }
     }

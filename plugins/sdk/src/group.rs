@@ -3,10 +3,22 @@
 //! The same rendering the host gives a contract 0.1.0 sink (`host/runtime/src/group_digest.rs`):
 //! Alertmanager's title, `[FIRING:3] alertname=DiskFull`, and a line per alert.
 
-use crate::{Group, Message, MessageExt, Notification, Severity};
+use crate::{DeliveryError, Group, Message, MessageExt, Notification, Severity};
 
 /// The most alerts listed one per line; the rest are counted ("and 27 more").
 pub const LISTED: usize = 20;
+
+/// The one message of a notification that is not a group, for a sink whose `batch_limit` is
+/// 1 (the host never sends it more); several are refused as a permanent error.
+pub fn only_message(notification: Notification) -> Result<Message, DeliveryError> {
+    let mut messages = notification.messages;
+    match messages.len() {
+        1 => Ok(messages.remove(0)),
+        n => Err(DeliveryError::Permanent(format!(
+            "this sink takes one message per call, not {n}"
+        ))),
+    }
+}
 
 /// `[FIRING:3] alertname=DiskFull, host=db1` (or `[RESOLVED] …` when none fires).
 pub fn group_title(group: &Group) -> String {

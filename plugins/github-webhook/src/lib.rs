@@ -6,7 +6,14 @@
 //! the event (`X-GitHub-Event`), repository, action and sender become labels. Both content
 //! types GitHub offers are read: `application/json` and the form-encoded `payload=`.
 //!
-//! Severity: `error` for a failed workflow run, check run or check suite; `info` otherwise.
+//! Severity from what happened: `error` for a failed workflow run or job, check run or suite,
+//! deployment status or commit status (`failure`, `error`, `timed_out`, `startup_failure`);
+//! a security alert (Dependabot, code scanning, secret scanning, a repository vulnerability
+//! alert, an advisory) takes its advisory's or rule's severity — critical or high `error`,
+//! medium `warning`, low or note `info`; a leaked secret is at least `error`. A security alert
+//! carries a key (its kind, repository and number) and a `status` label: `firing` when it is
+//! created or reopened, `resolved` when it is fixed, dismissed or resolved — so grouping and
+//! per-alert order treat them as one alert. Otherwise `info`.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -67,7 +74,6 @@ fn document(req: &HttpRequest) -> Result<(Value, String), Rejection> {
     Ok((value, raw))
 }
 
-/// One line saying what happened, and how bad it is.
 /// Where the web page of what an event is about is, most specific first: the comment or
 /// review, the alert, the job or run, the pull request or issue, the release, a push's
 /// comparison, else the repository.
@@ -97,6 +103,117 @@ fn link_of(p: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How an event's message is judged beyond its sentence: a severity of its own, the alert it
+/// is about, and whether it opens or closes that alert.
+#[derive(Debug, Default, PartialEq)]
+struct Assessment {
+    severity: Option<Severity>,
+    key: Option<String>,
+    status: Option<&'static str>,
+}
+
+/// The severity a security advisory or rule names: critical/high/error → error,
+/// medium/moderate/warning → warning, low/note → info.
+fn advisory_severity(name: &str) -> Option<Severity> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "critical" | "high" | "error" => Severity::Error,
+        "medium" | "moderate" | "warning" => Severity::Warning,
+        "low" | "note" => Severity::Info,
+        _ => return None,
+    })
+}
+
+fn is_failure(state: Option<&str>) -> bool {
+    matches!(
+        state,
+        Some("failure" | "error" | "timed_out" | "startup_failure")
+    )
+}
+
+/// Judges what [`describe`] does not: failed jobs and deployments, and security alerts.
+fn assess(event: &str, p: &Value) -> Assessment {
+    let action = s(p, &["action"]).unwrap_or("");
+    let repo = s(p, &["repository", "full_name"]).unwrap_or("");
+    let failure = |state: Option<&str>| Assessment {
+        severity: is_failure(state).then_some(Severity::Error),
+        ..Assessment::default()
+    };
+    let alert = |kind: &str, severity: Option<Severity>, opens: &[&str], closes: &[&str]| {
+        let number = p
+            .pointer("/alert/number")
+            .and_then(Value::as_u64)
+            .map(|n| n.to_string());
+        let status = if closes.contains(&action) {
+            Some("resolved")
+        } else if opens.contains(&action) {
+            Some("firing")
+        } else {
+            None
+        };
+        Assessment {
+            severity: match status {
+                Some("resolved") => Some(Severity::Info),
+                _ => severity,
+            },
+            key: number.map(|n| format!("{kind}/{repo}/{n}")),
+            status,
+        }
+    };
+    match event {
+        "workflow_job" => failure(s(p, &["workflow_job", "conclusion"])),
+        "deployment_status" => failure(s(p, &["deployment_status", "state"])),
+        "status" => failure(s(p, &["state"])),
+        "dependabot_alert" => alert(
+            "dependabot",
+            s(p, &["alert", "security_advisory", "severity"])
+                .or(s(p, &["alert", "security_vulnerability", "severity"]))
+                .and_then(advisory_severity),
+            &["created", "reopened", "reintroduced"],
+            &["fixed", "dismissed", "auto_dismissed"],
+        ),
+        "code_scanning_alert" => alert(
+            "code-scanning",
+            s(p, &["alert", "rule", "security_severity_level"])
+                .or(s(p, &["alert", "rule", "severity"]))
+                .and_then(advisory_severity),
+            &[
+                "created",
+                "reopened",
+                "appeared_in_branch",
+                "reopened_by_user",
+            ],
+            &["fixed", "closed_by_user"],
+        ),
+        "secret_scanning_alert" => alert(
+            "secret-scanning",
+            Some(Severity::Error),
+            &["created", "reopened", "publicly_leaked"],
+            &["resolved"],
+        ),
+        "repository_vulnerability_alert" => {
+            let mut a = alert(
+                "vulnerability",
+                s(p, &["alert", "severity"]).and_then(advisory_severity),
+                &["create", "reopen"],
+                &["resolve", "dismiss"],
+            );
+            if a.key.is_none() {
+                a.key = p
+                    .pointer("/alert/id")
+                    .and_then(Value::as_u64)
+                    .map(|id| format!("vulnerability/{repo}/{id}"));
+            }
+            a
+        }
+        "security_advisory" => Assessment {
+            severity: s(p, &["security_advisory", "severity"]).and_then(advisory_severity),
+            ..Assessment::default()
+        },
+        _ => Assessment::default(),
+    }
+}
+
+/// One line saying what happened, and how bad it is.
 fn describe(event: &str, p: &Value) -> (String, Severity) {
     let action = s(p, &["action"]).unwrap_or("");
     let failed = |conclusion: Option<&str>| {
@@ -142,7 +259,11 @@ fn describe(event: &str, p: &Value) -> (String, Severity) {
             (format!("issue #{n} {action}: {title}"), Severity::Info)
         }
         "workflow_run" => {
-            let name = s(p, &["workflow_run", "name"]).unwrap_or("workflow");
+            // An empty name falls back to the run's title, then to the word.
+            let name = s(p, &["workflow_run", "name"])
+                .filter(|n| !n.is_empty())
+                .or(s(p, &["workflow_run", "display_title"]).filter(|n| !n.is_empty()))
+                .unwrap_or("workflow");
             let conclusion = s(p, &["workflow_run", "conclusion"]);
             (
                 format!("{name} {action}: {}", conclusion.unwrap_or("in progress")),
@@ -192,7 +313,9 @@ impl Decoder for GithubWebhook {
         if !self.events.is_empty() && !self.events.contains(&event) {
             return Ok(vec![]);
         }
-        let (text, severity) = describe(&event, &payload);
+        let (text, described) = describe(&event, &payload);
+        let assessed = assess(&event, &payload);
+        let severity = assessed.severity.unwrap_or(described);
         let repo = s(&payload, &["repository", "full_name"]).unwrap_or("");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -217,6 +340,10 @@ impl Decoder for GithubWebhook {
         }
         if let Some(link) = link_of(&payload) {
             m.set_link(link);
+        }
+        m.key = assessed.key;
+        if let Some(status) = assessed.status {
+            m.set_label("status", status);
         }
         if self.keep_payload {
             m.payload = Some(raw);
@@ -384,5 +511,77 @@ mod tests {
             Some("https://github.com/o/r/compare/a...b")
         );
         assert_eq!(link_of(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn failures_of_jobs_deployments_and_statuses_are_errors() {
+        let job =
+            serde_json::json!({"action": "completed", "workflow_job": {"conclusion": "failure"}});
+        assert_eq!(assess("workflow_job", &job).severity, Some(Severity::Error));
+        let ok =
+            serde_json::json!({"action": "completed", "workflow_job": {"conclusion": "success"}});
+        assert_eq!(assess("workflow_job", &ok).severity, None);
+        let dep = serde_json::json!({"deployment_status": {"state": "error"}});
+        assert_eq!(
+            assess("deployment_status", &dep).severity,
+            Some(Severity::Error)
+        );
+        let status = serde_json::json!({"state": "failure"});
+        assert_eq!(assess("status", &status).severity, Some(Severity::Error));
+        assert_eq!(assess("push", &status), Assessment::default());
+    }
+
+    #[test]
+    fn security_alerts_take_their_severity_and_a_key_and_close_when_fixed() {
+        let dependabot = |action: &str, severity: &str| {
+            serde_json::json!({
+                "action": action,
+                "alert": {"number": 7, "security_advisory": {"severity": severity}},
+                "repository": {"full_name": "o/r"}
+            })
+        };
+        let a = assess("dependabot_alert", &dependabot("created", "medium"));
+        assert_eq!(a.severity, Some(Severity::Warning));
+        assert_eq!(a.key.as_deref(), Some("dependabot/o/r/7"));
+        assert_eq!(a.status, Some("firing"));
+        assert_eq!(
+            assess("dependabot_alert", &dependabot("created", "critical")).severity,
+            Some(Severity::Error)
+        );
+        let fixed = assess("dependabot_alert", &dependabot("fixed", "critical"));
+        assert_eq!(fixed.severity, Some(Severity::Info));
+        assert_eq!(fixed.status, Some("resolved"));
+        assert_eq!(fixed.key, a.key, "the fix closes the same alert");
+        let code = serde_json::json!({
+            "action": "created",
+            "alert": {"number": 3, "rule": {"severity": "note"}},
+            "repository": {"full_name": "o/r"}
+        });
+        assert_eq!(
+            assess("code_scanning_alert", &code).severity,
+            Some(Severity::Info)
+        );
+        let secret = serde_json::json!({"action": "created", "alert": {"number": 1}, "repository": {"full_name": "o/r"}});
+        let s = assess("secret_scanning_alert", &secret);
+        assert_eq!(
+            s.severity,
+            Some(Severity::Error),
+            "a leaked secret is at least an error"
+        );
+        assert_eq!(s.key.as_deref(), Some("secret-scanning/o/r/1"));
+    }
+
+    #[test]
+    fn a_workflow_run_without_a_name_is_named_by_its_title() {
+        let p = serde_json::json!({"action": "completed", "workflow_run": {"name": "", "display_title": "Fix login", "conclusion": "success"}});
+        assert_eq!(
+            describe("workflow_run", &p).0,
+            "Fix login completed: success"
+        );
+        let p = serde_json::json!({"action": "completed", "workflow_run": {"name": "", "conclusion": "success"}});
+        assert_eq!(
+            describe("workflow_run", &p).0,
+            "workflow completed: success"
+        );
     }
 }

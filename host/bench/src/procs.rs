@@ -185,31 +185,22 @@ pub async fn alertmanager_with(dir: &Path, config: &str) -> anyhow::Result<Proce
 /// The grouped storm's configuration: every alert of one `alertname` in one group, sent
 /// `wait` after its first alert and then at most every `interval`.
 pub fn alertmanager_grouped_config(webhook_url: &str, wait: &str, interval: &str) -> String {
-    format!(
-        "route:
-  receiver: bench
-  group_by: ['alertname']
-  group_wait: {wait}
-  group_interval: {interval}
-  repeat_interval: 24h
-receivers:
-  - name: bench
-    webhook_configs:
-      - url: {webhook_url}
-        send_resolved: false
-        max_alerts: 0
-"
-    )
+    alertmanager_route(webhook_url, "'alertname'", wait, interval)
 }
 
-/// The configuration the report quotes.
+/// The configuration the report quotes: every alert its own group, sent at once.
 pub fn alertmanager_config(webhook_url: &str) -> String {
+    alertmanager_route(webhook_url, "'...'", "0s", "1s")
+}
+
+/// One route to the bench's webhook, grouping by `group_by` (YAML list items).
+fn alertmanager_route(webhook_url: &str, group_by: &str, wait: &str, interval: &str) -> String {
     format!(
         "route:
   receiver: bench
-  group_by: ['...']
-  group_wait: 0s
-  group_interval: 1s
+  group_by: [{group_by}]
+  group_wait: {wait}
+  group_interval: {interval}
   repeat_interval: 24h
 receivers:
   - name: bench

@@ -107,13 +107,13 @@ impl DeliveryWorker {
                             };
                             let idempotency = self.batch_key(&batch);
                             let mut entries = Vec::with_capacity(batch.len());
-                            let mut messages = Vec::with_capacity(batch.len());
                             for (seq, key, envelope) in batch {
                                 in_flight.insert(seq, key);
-                                messages.push(envelope.message.clone());
                                 entries.push((seq, envelope));
                             }
                             running.push(async move {
+                                let messages: Vec<&tocsin_message::Message> =
+                                    entries.iter().map(|(_, e)| &e.message).collect();
                                 let result = stage.deliver_batch(&messages, &idempotency).await;
                                 (stage, entries, result)
                             });

@@ -19,6 +19,17 @@ use tocsin_queue::{Envelope, Seq};
 /// repeats), when a decoder knows one.
 pub const IDENTITY_LABEL: &str = "fingerprint";
 
+/// The identity of the alert `message` is about, when its source declares one: its `key`
+/// (`k:…`), else its `fingerprint` label (`f:…`). Shared by the ordering key and grouping's
+/// count of firing alerts, which differ only in what they fall back to.
+pub fn declared_identity(message: &tocsin_message::Message) -> Option<String> {
+    match (&message.key, message.label(IDENTITY_LABEL)) {
+        (Some(key), _) => Some(format!("k:{key}")),
+        (None, Some(fingerprint)) => Some(format!("f:{fingerprint}")),
+        (None, None) => None,
+    }
+}
+
 /// How a sink's messages are keyed for ordering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderKeys {
@@ -39,14 +50,7 @@ impl OrderKeys {
         if self.whole_sink {
             return String::new();
         }
-        match (
-            &envelope.message.key,
-            envelope.message.label(IDENTITY_LABEL),
-        ) {
-            (Some(key), _) => format!("k:{key}"),
-            (None, Some(identity)) => format!("f:{identity}"),
-            (None, None) => format!("i:{}", envelope.message.id),
-        }
+        declared_identity(&envelope.message).unwrap_or_else(|| format!("i:{}", envelope.message.id))
     }
 
     /// Whether the whole sink is one key (nothing can pass a held head).

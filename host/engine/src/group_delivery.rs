@@ -42,7 +42,7 @@ use tocsin_queue::{now_ms, Envelope, Seq, StateWrite};
 use tocsin_runtime::{CallError, DeliveryOutcome, GroupInfo, Stage, StateChanges};
 
 use crate::delivery::DeliveryWorker;
-use crate::delivery_order::IDENTITY_LABEL;
+use crate::delivery_order::declared_identity;
 use crate::status::{Counters, StageEvent};
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
@@ -301,11 +301,7 @@ impl GroupWorker {
             &format!("group-{}-{}", send.group, send.info.sequence),
         );
         async move {
-            let messages: Vec<Message> = send
-                .members
-                .iter()
-                .map(|(_, e)| e.message.clone())
-                .collect();
+            let messages: Vec<&Message> = send.members.iter().map(|(_, e)| &e.message).collect();
             let result = stage.deliver_group(&messages, &send.info, &key).await;
             (stage, send, result)
         }
@@ -430,6 +426,11 @@ fn group_labels(message: &Message, by: &[String]) -> Vec<(String, String)> {
 
 /// A group's stable name: a short hash of its labels and values.
 fn group_key(labels: &[(String, String)]) -> String {
+    label_hash(labels)
+}
+
+/// A short hash of labels and values, in the order given.
+fn label_hash<'a>(labels: impl IntoIterator<Item = &'a (String, String)>) -> String {
     let mut hash = Sha256::new();
     for (k, v) in labels {
         hash.update(k.as_bytes());
@@ -444,26 +445,15 @@ fn group_key(labels: &[(String, String)]) -> String {
 /// else its labels other than `status` (as Alertmanager knows an alert by its label set), so
 /// a "resolved" with the same labels closes its "firing".
 fn alert_identity(message: &Message) -> String {
-    match (&message.key, message.label(IDENTITY_LABEL)) {
-        (Some(key), _) => format!("k:{key}"),
-        (None, Some(fingerprint)) => format!("f:{fingerprint}"),
-        (None, None) => {
-            let mut labels: Vec<&(String, String)> = message
-                .labels
-                .iter()
-                .filter(|(k, _)| k != "status")
-                .collect();
-            labels.sort();
-            let mut hash = Sha256::new();
-            for (k, v) in labels {
-                hash.update(k.as_bytes());
-                hash.update([0]);
-                hash.update(v.as_bytes());
-                hash.update([0]);
-            }
-            format!("l:{}", hex::encode(&hash.finalize()[..8]))
-        }
-    }
+    declared_identity(message).unwrap_or_else(|| {
+        let mut labels: Vec<&(String, String)> = message
+            .labels
+            .iter()
+            .filter(|(k, _)| k != "status")
+            .collect();
+        labels.sort();
+        format!("l:{}", label_hash(labels))
+    })
 }
 
 #[cfg(test)]

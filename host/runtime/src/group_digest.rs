@@ -25,7 +25,7 @@ pub struct GroupInfo {
 pub const LISTED: usize = 20;
 
 /// The digest of `messages` (one group's notification) as one message.
-pub fn group_digest(messages: &[Message], group: &GroupInfo) -> Message {
+pub fn group_digest(messages: &[&Message], group: &GroupInfo) -> Message {
     let resolved = |m: &Message| m.label("status") == Some("resolved");
     let labels = if group.labels.is_empty() {
         "all alerts".to_string()
@@ -125,12 +125,13 @@ mod tests {
 
     #[test]
     fn a_group_reads_as_alertmanager_titles_it_with_a_line_per_alert() {
-        let messages = vec![
+        let messages = [
             alert("db1", "firing", Severity::Warning),
             alert("db2", "firing", Severity::Error),
             alert("db3", "resolved", Severity::Info),
         ];
-        let d = group_digest(&messages, &group(4));
+        let all: Vec<&Message> = messages.iter().collect();
+        let d = group_digest(&all, &group(4));
         assert_eq!(d.summary.as_deref(), Some("[FIRING:4] alertname=DiskFull"));
         assert_eq!(
             d.body,
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(d.severity, Severity::Error, "the worst firing alert");
         assert_eq!(d.id, "group-abc-2");
         assert_eq!(d.label("status"), Some("firing"));
-        let d = group_digest(&messages[2..], &group(0));
+        let d = group_digest(&all[2..], &group(0));
         assert_eq!(d.summary.as_deref(), Some("[RESOLVED] alertname=DiskFull"));
         assert_eq!(d.severity, Severity::Info);
     }
@@ -150,7 +151,8 @@ mod tests {
         let messages: Vec<Message> = (0..50)
             .map(|i| alert(&format!("h{i}"), "firing", Severity::Warning))
             .collect();
-        let d = group_digest(&messages, &group(50));
+        let all: Vec<&Message> = messages.iter().collect();
+        let d = group_digest(&all, &group(50));
         assert_eq!(d.body.lines().count(), LISTED + 1);
         assert!(d.body.ends_with("and 30 more"), "{}", d.body);
     }

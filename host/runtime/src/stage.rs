@@ -668,8 +668,7 @@ impl Stage {
         msg: &Message,
         idempotency_key: &str,
     ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
-        self.deliver_batch(std::slice::from_ref(msg), idempotency_key)
-            .await
+        self.deliver_batch(&[msg], idempotency_key).await
     }
 
     /// Delivers several messages that are not grouped in one call, as one notification (at
@@ -677,7 +676,7 @@ impl Stage {
     /// before the plugin is called).
     pub async fn deliver_batch(
         &mut self,
-        messages: &[Message],
+        messages: &[&Message],
         idempotency_key: &str,
     ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
         let limit = self.batch_limit().await?;
@@ -697,7 +696,7 @@ impl Stage {
     /// ([`group_digest`]) to a 0.1.0 sink.
     pub async fn deliver_group(
         &mut self,
-        messages: &[Message],
+        messages: &[&Message],
         group: &GroupInfo,
         idempotency_key: &str,
     ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
@@ -713,7 +712,7 @@ impl Stage {
 
     async fn deliver_notification(
         &mut self,
-        messages: &[Message],
+        messages: &[&Message],
         group: Option<&GroupInfo>,
         idempotency_key: &str,
     ) -> Result<(DeliveryOutcome, StateChanges), CallError> {
@@ -721,7 +720,7 @@ impl Stage {
             .run(async |exports, store| match exports {
                 Exports::Sink(e) => {
                     let notification = wit_types::Notification {
-                        messages: messages.iter().map(to_wit).collect(),
+                        messages: messages.iter().map(|m| to_wit(m)).collect(),
                         group: group.map(|g| wit_types::Group {
                             labels: g.labels.clone(),
                             key: g.key.clone(),

@@ -72,6 +72,7 @@ mod sandbox;
 mod scaffold;
 mod secrets;
 mod shutdown;
+mod silences;
 mod status_page;
 mod sysmetrics;
 mod torture;

@@ -61,7 +61,7 @@ async fn a_sinks_deliveries_share_one_kept_alive_connection() {
             post_json_message(&server.base_url, "alerts", &id).await,
             202
         );
-        wait_until(Duration::from_secs(10), "the delivery", || {
+        wait_until(Duration::from_secs(30), "the delivery", || {
             receiver.visible().len() == i + 1
         })
         .await;
@@ -85,7 +85,7 @@ async fn an_https_sink_delivers_to_a_server_signed_by_the_operators_ca() {
         .await;
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         assert_eq!(post_json_message(&server.base_url, "alerts", id).await, 202);
-        wait_until(Duration::from_secs(10), "a delivery over HTTPS", || {
+        wait_until(Duration::from_secs(30), "a delivery over HTTPS", || {
             receiver.visible().len() == i + 1
         })
         .await;
@@ -111,7 +111,7 @@ async fn an_https_server_no_trusted_authority_signed_is_refused_then_dead_letter
         post_json_message(&server.base_url, "alerts", "m1").await,
         202
     );
-    wait_until(Duration::from_secs(10), "a dead letter", || {
+    wait_until(Duration::from_secs(30), "a dead letter", || {
         server
             .queue
             .dead_letters("alerts", "hook")

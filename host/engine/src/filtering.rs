@@ -12,6 +12,10 @@
 //! kept: the messages before it are handed over, it stays at the head of ingress and is retried
 //! with backoff, and after the pipeline's `filter_retry.max_attempts` goes to the pipeline's
 //! `@filters` dead letters.
+//!
+//! At the hand-over each output meets the silences: one a silence mutes for a sink is not
+//! queued for it (counted, traced), and the open-alert register notes, in the same batch,
+//! what each sink was handed or held back of each alert (see `open_alerts.rs`).
 
 use std::sync::Arc;
 
@@ -23,6 +27,9 @@ use tocsin_message::Message;
 use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_QUEUE};
 use tocsin_runtime::{CallError, Stage};
 
+use crate::open_alerts::RegisterBatch;
+use crate::silence_release::RegisterLock;
+use crate::silences::SilenceSet;
 use crate::status::{Counters, PipelineStatus, StageEvent};
 use crate::worker::{next_due, sleep_or_cancel, state_writes, IDLE_RECHECK};
 
@@ -61,7 +68,16 @@ pub struct FilterWorker {
     pub tracer: Arc<crate::trace::Tracer>,
     /// How the trace names each filter: `filter.0 (dedup)`.
     pub filter_names: Vec<String>,
+    /// The silences, as they change.
+    pub silences: tokio::sync::watch::Receiver<Arc<SilenceSet>>,
+    /// Held while the open-alert register is read and written (shared with the release
+    /// task).
+    pub register_lock: RegisterLock,
 }
+
+/// One ingress entry through the filters: its seq, when it entered the pipeline, the
+/// outputs and the plugin state written on the way.
+type Filtered = (u64, u64, Vec<Message>, Vec<StateWrite>);
 
 /// The most ingress entries one hand-over commit takes: filters run on each in turn, then one
 /// atomic batch and one fsync hand them all over (instead of one fsync per message, which caps
@@ -148,39 +164,22 @@ impl FilterWorker {
     async fn handle(&mut self, run: Vec<(u64, Envelope)>) {
         let status = self.status.clone();
         let c = &status.counters;
-        let mut hand_overs = Vec::new();
+        let mut filtered: Vec<Filtered> = Vec::new();
         let mut woken = vec![false; self.sinks.len()];
         let mut failure = None;
         let started = tokio::time::Instant::now();
         for (seq, envelope) in run {
-            if !hand_overs.is_empty() && started.elapsed() >= HAND_OVER_MAX_WAIT {
+            if !filtered.is_empty() && started.elapsed() >= HAND_OVER_MAX_WAIT {
                 break;
             }
             match self.run_filters(&envelope.message).await {
                 Ok((outputs, state)) => {
-                    // Sink envelopes keep the time the message entered the pipeline, so
-                    // delivery latency covers the whole way.
-                    let entered = envelope.enqueued_ms;
-                    let mut hand_over = HandOver {
-                        ingress: seq,
-                        outputs: Vec::new(),
-                        state,
-                    };
-                    for (i, sink) in self.sinks.iter().enumerate() {
-                        let envelopes: Vec<Envelope> = outputs
-                            .iter()
-                            .filter(|m| sink.route.matches(m))
-                            .map(|m| Envelope::new(m.clone(), entered))
-                            .collect();
-                        if !envelopes.is_empty() {
-                            hand_over.outputs.push((sink.name.clone(), envelopes));
-                            woken[i] = true;
-                        }
-                    }
                     if self.tracer.enabled() {
                         self.trace_routes(&outputs);
                     }
-                    hand_overs.push(hand_over);
+                    // Sink envelopes keep the time the message entered the pipeline, so
+                    // delivery latency covers the whole way.
+                    filtered.push((seq, envelope.enqueued_ms, outputs, state));
                 }
                 Err(e) => {
                     failure = Some((seq, envelope, e));
@@ -191,9 +190,14 @@ impl FilterWorker {
         // The run's filters are done: their writes go to the store with the hand-over (or,
         // if it fails, are redone with the retried messages).
         self.pending.clear();
-        let handed = hand_overs.len() as u64;
+        let handed = filtered.len() as u64;
         if handed > 0 {
+            // The register is read and written under its lock, until the batch is applied.
+            let lock = self.register_lock.clone();
+            let register = lock.lock().await;
+            let hand_overs = self.route(filtered, &mut woken);
             let commit = self.queue.hand_over_all(&self.pipeline, hand_overs);
+            drop(register);
             if commit.applied() {
                 // The sinks start at once, while the commit's fsync runs: if the process dies
                 // before it is durable, the ingress entries are still there, and are filtered
@@ -218,6 +222,62 @@ impl FilterWorker {
         if let Some((seq, envelope, (stage, e))) = failure {
             self.failed(seq, envelope, stage, e).await;
         }
+    }
+
+    /// The hand-overs of a filtered run: each output queued for every sink whose `match`
+    /// takes it and no silence mutes it there, and the open-alert register's changes with the
+    /// filters' state. Marks in `woken` the sinks that get something.
+    fn route(&self, filtered: Vec<Filtered>, woken: &mut [bool]) -> Vec<HandOver> {
+        let silences = self.silences.borrow().clone();
+        let now = now_ms();
+        let check_silences = !silences.none_active(now);
+        let mut register = RegisterBatch::new(self.queue.as_ref(), &self.pipeline);
+        let mut hand_overs = Vec::with_capacity(filtered.len());
+        for (seq, entered, outputs, mut state) in filtered {
+            let mut per_sink: Vec<Vec<Envelope>> = vec![Vec::new(); self.sinks.len()];
+            for m in outputs {
+                let mut routed = Vec::new();
+                for (i, sink) in self.sinks.iter().enumerate() {
+                    if !sink.route.matches(&m) {
+                        continue;
+                    }
+                    let muted = check_silences
+                        .then(|| silences.muting(&self.pipeline, &sink.name, &m, now))
+                        .flatten()
+                        .map(|s| s.id.clone());
+                    match &muted {
+                        None => {
+                            per_sink[i].push(Envelope::new(m.clone(), entered));
+                            woken[i] = true;
+                        }
+                        Some(silence) => {
+                            self.status
+                                .record(&format!("sink.{}", sink.name), StageEvent::Silenced);
+                            let step = crate::trace::Step::Silenced {
+                                sink: sink.name.clone(),
+                                silence: silence.clone(),
+                            };
+                            self.tracer.record(&self.pipeline, &m.id, step);
+                        }
+                    }
+                    routed.push((sink.name.clone(), muted));
+                }
+                state.extend(register.observe(&m, &routed, now));
+            }
+            let outputs = self
+                .sinks
+                .iter()
+                .zip(per_sink)
+                .filter(|(_, envelopes)| !envelopes.is_empty())
+                .map(|(sink, envelopes)| (sink.name.clone(), envelopes))
+                .collect();
+            hand_overs.push(HandOver {
+                ingress: seq,
+                outputs,
+                state,
+            });
+        }
+        hand_overs
     }
 
     /// Records which sinks' routes took each output.

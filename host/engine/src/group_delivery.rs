@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use tocsin_config::{GroupPolicy, MAX_GROUP_MESSAGES};
 use tocsin_message::{idempotency_key, Message};
@@ -42,7 +41,7 @@ use tocsin_queue::{now_ms, Envelope, Seq, StateWrite};
 use tocsin_runtime::{CallError, DeliveryOutcome, GroupInfo, Stage, StateChanges};
 
 use crate::delivery::DeliveryWorker;
-use crate::delivery_order::declared_identity;
+use crate::open_alerts::{alert_identity, label_hash};
 use crate::status::{Counters, StageEvent};
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
@@ -427,33 +426,6 @@ fn group_labels(message: &Message, by: &[String]) -> Vec<(String, String)> {
 /// A group's stable name: a short hash of its labels and values.
 fn group_key(labels: &[(String, String)]) -> String {
     label_hash(labels)
-}
-
-/// A short hash of labels and values, in the order given.
-fn label_hash<'a>(labels: impl IntoIterator<Item = &'a (String, String)>) -> String {
-    let mut hash = Sha256::new();
-    for (k, v) in labels {
-        hash.update(k.as_bytes());
-        hash.update([0]);
-        hash.update(v.as_bytes());
-        hash.update([0]);
-    }
-    hex::encode(&hash.finalize()[..8])
-}
-
-/// The identity of the alert a message is about: its key, else its `fingerprint` label,
-/// else its labels other than `status` (as Alertmanager knows an alert by its label set), so
-/// a "resolved" with the same labels closes its "firing".
-fn alert_identity(message: &Message) -> String {
-    declared_identity(message).unwrap_or_else(|| {
-        let mut labels: Vec<&(String, String)> = message
-            .labels
-            .iter()
-            .filter(|(k, _)| k != "status")
-            .collect();
-        labels.sort();
-        format!("l:{}", label_hash(labels))
-    })
 }
 
 #[cfg(test)]

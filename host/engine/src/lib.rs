@@ -23,6 +23,9 @@
 //!   per-host graphs, drawn in the browser from the admin API.
 //! - [`admin`]: the admin API, `/api/v1/…` (tokens, access log), over the views and actions of
 //!   [`operator`], which the `dlq` and `queue` commands print too.
+//! - [`silences`]: silences (label matchers, start, end), applied at the hand-over;
+//!   [`open_alerts`]: which alerts are open and what each sink was handed of them;
+//!   [`silence_release`]: what a silence held back, announced when it ends if still open.
 //! - [`budget`]: the queues' disk budget (back-pressure: 503 on ingest, paused cron sources).
 //! - [`dry_run`]: `tocsin test PIPELINE` — one input through the whole pipeline, sinks recorded
 //!   instead of sent; [`behaviour`] runs the `NAME.test.toml` cases written next to a pipeline.
@@ -46,6 +49,7 @@ pub mod http_serve;
 pub mod ingest;
 pub mod manager;
 pub mod metrics;
+pub mod open_alerts;
 pub mod operator;
 pub mod paused;
 pub mod pipeline;
@@ -55,6 +59,8 @@ pub mod recent;
 pub mod schedule;
 pub mod server;
 pub mod settings;
+pub mod silence_release;
+pub mod silences;
 pub mod sink_instances;
 pub mod status;
 pub mod status_page;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod plugin_cli;
 mod scaffold;
+mod silence_cli;
 mod try_pipeline;
 mod try_plugin;
 
@@ -278,6 +279,17 @@ enum Command {
         #[command(subcommand)]
         action: PipelineAction,
     },
+    /// Mute alerts for a while: add, list and expire silences (label matchers, a start and an
+    /// end) — through the admin API of the server running on --data (or --server), or in the
+    /// store when none runs.
+    Silence {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: silence_cli::SilenceAction,
+    },
     /// Show queue depths of every pipeline, deleted ones included: through the admin API of
     /// the server running on --data (or --server), or in the store when none runs.
     Queue {
@@ -505,6 +517,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             action,
         } => queue(&data.data, &server, action),
         Command::Status { data, server } => status(&data.data, &server),
+        Command::Silence {
+            data,
+            server,
+            action,
+        } => silence_cli::run(Target::find(&data.data, &server)?, action),
         Command::Trace {
             id,
             pipeline,

@@ -106,7 +106,7 @@ impl std::fmt::Debug for PipelineCollector {
 /// (metric name without `_total`, help, counter).
 type CounterField = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
-const COUNTERS: [CounterField; 8] = [
+const COUNTERS: [CounterField; 9] = [
     ("tocsin_polls", "Source polls run", |c| &c.polls),
     (
         "tocsin_messages_in",
@@ -140,6 +140,11 @@ const COUNTERS: [CounterField; 8] = [
         "tocsin_plugin_errors",
         "Plugin calls that returned an error",
         |c| &c.plugin_errors,
+    ),
+    (
+        "tocsin_silenced",
+        "Messages a silence kept from a sink (counted once per sink)",
+        |c| &c.silenced,
     ),
 ];
 
@@ -203,7 +208,7 @@ impl Collector for PipelineCollector {
         }
         let mut events = encoder.encode_descriptor(
             "tocsin_stage_events",
-            "Plugin traps and errors, retries and dead letters, per stage (`source`, `filter.N`, `sink.NAME`)",
+            "Plugin traps and errors, retries, dead letters and messages silences kept from a sink, per stage (`source`, `filter.N`, `sink.NAME`)",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub tracer: Arc<crate::trace::Tracer>,
     /// Where the metrics of messages are kept as time series.
     pub history: Arc<crate::history::History>,
+    /// The server's silences.
+    pub silences: Arc<crate::silences::Silences>,
 }
 
 /// A pipeline whose tasks are running.
@@ -254,6 +256,17 @@ pub async fn start(
             ingest = Some((shared.ingest.clone(), endpoint));
         }
     }
+    let register_lock = crate::silence_release::RegisterLock::default();
+    let release = crate::silence_release::SilenceRelease {
+        pipeline: name.clone(),
+        queue: shared.queue.clone(),
+        sinks: routes.clone(),
+        silences: shared.silences.subscribe(),
+        lock: register_lock.clone(),
+        tracer: shared.tracer.clone(),
+        cancel: cancel.clone(),
+    };
+    tasks.push(tokio::spawn(release.run()));
     let filter_worker = FilterWorker {
         pipeline: name.clone(),
         filters,
@@ -271,6 +284,8 @@ pub async fn start(
             .enumerate()
             .map(|(i, f)| format!("filter.{i} ({})", f.plugin.name))
             .collect(),
+        silences: shared.silences.subscribe(),
+        register_lock,
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, first), route) in spec.sinks.iter().zip(sinks).zip(&routes) {

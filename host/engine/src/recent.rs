@@ -70,6 +70,7 @@ enum AtSink {
     Retrying(String),
     Delivered,
     Dead(String),
+    Silenced(String),
 }
 
 /// Folds the steps of one message, in time order, into its state and detail.
@@ -108,6 +109,12 @@ pub fn state_of(steps: &[&TraceEvent]) -> (String, Option<String>) {
                     sinks.insert(queue.clone(), AtSink::Dead(error.clone()));
                 }
             }
+            Step::Silenced { sink, silence } => {
+                sinks.insert(sink.clone(), AtSink::Silenced(silence.clone()));
+            }
+            Step::Released { sink, .. } => {
+                sinks.insert(sink.clone(), AtSink::Queued);
+            }
             Step::Replayed { queue } => {
                 if queue == tocsin_queue::FILTERS_QUEUE {
                     before_sinks = None;
@@ -144,7 +151,18 @@ pub fn state_of(steps: &[&TraceEvent]) -> (String, Option<String>) {
         return ("queued".into(), Some(format!("for {queued}")));
     }
     let delivered = listed(|at| (*at == AtSink::Delivered).then(String::new));
-    ("delivered".into(), delivered.map(|to| format!("to {to}")))
+    let silenced = listed(|at| match at {
+        AtSink::Silenced(silence) => Some(format!(" by {silence}")),
+        _ => None,
+    });
+    match (delivered, silenced) {
+        (None, Some(silenced)) => ("silenced".into(), Some(format!("for {silenced}"))),
+        (Some(to), Some(silenced)) => (
+            "delivered".into(),
+            Some(format!("to {to}; silenced for {silenced}")),
+        ),
+        (delivered, None) => ("delivered".into(), delivered.map(|to| format!("to {to}"))),
+    }
 }
 
 /// The `limit` most recently accepted messages among `events` (each with its pipeline), newest

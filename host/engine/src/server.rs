@@ -79,6 +79,8 @@ pub struct Server {
     tracer: Arc<crate::trace::Tracer>,
     /// Keeps the metrics of messages; written and folded by a task of its own.
     history: Arc<crate::history::History>,
+    /// The silences, for the admin API.
+    silences: Arc<crate::silences::Silences>,
     /// Operators' commands from the admin API, to the manager.
     commands: (
         mpsc::Sender<crate::manager::CommandRequest>,
@@ -123,6 +125,7 @@ impl Server {
         let report = store.verify(settings.store_check_timeout)?;
         tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
         let queue: Arc<dyn QueueStore> = store;
+        let silences = crate::silences::Silences::load(queue.clone())?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(settings.cache_dir()),
             tls: tocsin_runtime::TlsTrust {
@@ -186,6 +189,7 @@ impl Server {
             crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
         let history = crate::history::History::new(queue.clone());
         let shared = Shared {
+            silences: silences.clone(),
             history: history.clone(),
             tracer: tracer.clone(),
             queue: queue.clone(),
@@ -232,6 +236,7 @@ impl Server {
             commands: mpsc::channel(16),
             tracer,
             history,
+            silences,
             _announcement: announcement,
         })
     }
@@ -284,6 +289,7 @@ impl Server {
                 self.commands.0.clone(),
                 self.tracer.clone(),
                 self.history.clone(),
+                self.silences.clone(),
             ))
             .merge(crate::status_page::router());
             (listener, app)

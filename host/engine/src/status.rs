@@ -43,6 +43,8 @@ pub struct Counters {
     pub plugin_traps: AtomicU64,
     /// Plugin calls that returned an error.
     pub plugin_errors: AtomicU64,
+    /// Messages a silence kept from a sink (one per sink).
+    pub silenced: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +74,7 @@ impl Counters {
             ("dead_lettered", &self.dead_lettered),
             ("plugin_traps", &self.plugin_traps),
             ("plugin_errors", &self.plugin_errors),
+            ("silenced", &self.silenced),
         ]
         .into_iter()
         .map(|(name, counter)| (name.to_string(), Counters::get(counter)))
@@ -90,6 +93,8 @@ pub enum StageEvent {
     Retry,
     /// A message moved to dead letters.
     DeadLetter,
+    /// A silence kept a message from the sink.
+    Silenced,
 }
 
 impl StageEvent {
@@ -100,6 +105,7 @@ impl StageEvent {
             StageEvent::Error => "error",
             StageEvent::Retry => "retry",
             StageEvent::DeadLetter => "dead_letter",
+            StageEvent::Silenced => "silenced",
         }
     }
 }
@@ -248,6 +254,7 @@ impl PipelineStatus {
             StageEvent::Error => &c.plugin_errors,
             StageEvent::Retry => &c.retries,
             StageEvent::DeadLetter => &c.dead_lettered,
+            StageEvent::Silenced => &c.silenced,
         });
         *self
             .stage_events

@@ -144,6 +144,21 @@ pub enum Step {
         /// The queue it went back to.
         queue: String,
     },
+    /// A silence kept it from a sink its `match` took it to.
+    Silenced {
+        /// The sink.
+        sink: String,
+        /// The silence's id.
+        silence: String,
+    },
+    /// Queued for a sink when the silence that held it back ended (its alert still open, or
+    /// resolved after the sink saw it open).
+    Released {
+        /// The sink.
+        sink: String,
+        /// The silence's id.
+        silence: String,
+    },
 }
 
 /// Records steps and answers trace queries.
@@ -384,6 +399,10 @@ pub fn format_trace(events: &[(String, TraceEvent)]) -> String {
                 format!("not stored ({error}); the sender was told to retry")
             }
             Step::Replayed { queue } => format!("replayed to {queue}"),
+            Step::Silenced { sink, silence } => format!("silenced by {silence} for {sink}"),
+            Step::Released { sink, silence } => {
+                format!("queued for {sink}: silence {silence} ended with the alert still to tell")
+            }
         };
         out += &format!(
             "{at}  {pipeline:<20} {:<24} {}\n",

@@ -282,6 +282,27 @@ pub trait QueueStore: Send + Sync + 'static {
     /// durable when the commit resolves.
     fn put_state(&self, pipeline: &str, state: &[StateWrite]) -> Commit;
 
+    /// Appends envelopes to sink queues and writes host or plugin state, in one atomic batch:
+    /// a message that enters sink queues without coming from ingress (one a silence held
+    /// back, announced when the silence ends).
+    fn append_to_sinks(
+        &self,
+        pipeline: &str,
+        outputs: &[(String, Vec<Envelope>)],
+        state: &[StateWrite],
+    ) -> Commit;
+
+    /// Every value of a stage's state, in key order (the host's own state: the open-alert
+    /// register, a grouped sink's groups).
+    fn state_scan(&self, pipeline: &str, stage: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Writes (or, with `None`, deletes) a record of the server's own state, outside any
+    /// pipeline: silences. Durable when the commit resolves.
+    fn server_state_put(&self, key: &str, value: Option<&[u8]>) -> Commit;
+
+    /// The server's own state records whose key starts with `prefix`, in key order.
+    fn server_state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
     /// Rewrites a sink entry after a failed attempt.
     fn record_failure(
         &self,

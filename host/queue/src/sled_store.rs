@@ -58,6 +58,8 @@ const TREE_PREFIX: &str = "p/";
 const TRACE_PREFIX: &str = "t/";
 /// Trees of metric history: `h/<pipeline>`, keys and values as `tocsin::history` lays them.
 const HISTORY_PREFIX: &str = "h/";
+/// The tree of the server's own state (silences): no pipeline's.
+const SERVER_TREE: &str = "server";
 
 /// How often the group-commit thread flushes when nobody waits (acks, failure records).
 const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -1050,6 +1052,63 @@ impl QueueStore for SledStore {
         let mut writes = Writes::default();
         add_state(&mut writes, state);
         self.batch_result(writes.apply(&tree))
+    }
+
+    fn append_to_sinks(
+        &self,
+        pipeline: &str,
+        outputs: &[(String, Vec<Envelope>)],
+        state: &[StateWrite],
+    ) -> Commit {
+        let run = || -> Result<std::result::Result<(), sled::Error>> {
+            let tree = self.tree(pipeline)?;
+            let mut writes = Writes::default();
+            for (sink, envelopes) in outputs {
+                for env in envelopes {
+                    writes.insert_new(named_key(SINK, sink, self.next_seq()?), encode_record(env));
+                }
+            }
+            add_state(&mut writes, state);
+            Ok(writes.apply(&tree))
+        };
+        match run() {
+            Ok(applied) => self.batch_result(applied),
+            Err(e) => Commit::ready(Err(e)),
+        }
+    }
+
+    fn state_scan(&self, pipeline: &str, stage: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = named_prefix(STATE, stage);
+        self.tree(pipeline)?
+            .scan_values(&prefix)
+            .map(|entry| {
+                let (k, v) = entry?;
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((key, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn server_state_put(&self, key: &str, value: Option<&[u8]>) -> Commit {
+        let tree = match self.db.open_tree(SERVER_TREE) {
+            Ok(t) => t,
+            Err(e) => return Commit::ready(Err(storage(e))),
+        };
+        let written = match value {
+            Some(v) => tree.insert(key.as_bytes(), v).map(drop),
+            None => tree.remove(key.as_bytes()).map(drop),
+        };
+        self.batch_result(written)
+    }
+
+    fn server_state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let tree = self.db.open_tree(SERVER_TREE).map_err(storage)?;
+        tree.scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
     }
 
     fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {

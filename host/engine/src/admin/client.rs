@@ -108,6 +108,26 @@ impl ApiClient {
         serde_json::from_str(&text).map_err(|e| format!("an answer this tocsin cannot read: {e}"))
     }
 
+    /// `GET /silences`.
+    pub async fn silences(&self) -> Result<Vec<crate::silences::SilenceView>, String> {
+        self.call(self.http.get(self.url(&["silences"])?)).await
+    }
+
+    /// `POST /silences`.
+    pub async fn add_silence(
+        &self,
+        new: &crate::silences::NewSilence,
+    ) -> Result<crate::silences::SilenceView, String> {
+        self.call(self.http.post(self.url(&["silences"])?).json(new))
+            .await
+    }
+
+    /// `DELETE /silences/{id}`.
+    pub async fn expire_silence(&self, id: &str) -> Result<crate::silences::SilenceView, String> {
+        self.call(self.http.delete(self.url(&["silences", id])?))
+            .await
+    }
+
     /// `GET /dead-letters`.
     pub async fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetterRow>, String> {
         let mut url = self.url(&["dead-letters"])?;

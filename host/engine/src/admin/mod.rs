@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod routes;
+pub mod silences;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ struct AdminState {
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
     tracer: Arc<crate::trace::Tracer>,
     history: Arc<crate::history::History>,
+    silences: Arc<crate::silences::Silences>,
 }
 
 /// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
@@ -58,6 +60,7 @@ pub fn router(
     commands: tokio::sync::mpsc::Sender<CommandRequest>,
     tracer: Arc<crate::trace::Tracer>,
     history: Arc<crate::history::History>,
+    silences: Arc<crate::silences::Silences>,
 ) -> Router {
     let Some(tokens) = tokens else {
         let off = || async {
@@ -77,6 +80,7 @@ pub fn router(
         commands,
         tracer,
         history,
+        silences,
     };
     let api = Router::new()
         .route("/whoami", get(whoami))
@@ -90,6 +94,9 @@ pub fn router(
         .route("/queues", get(queues))
         .route("/pipelines/{pipeline}/queues/{queue}", get(peek))
         .route("/dead-letters", get(dead_letters))
+        .route("/silences", get(silences::list).post(silences::add))
+        .route("/silences/{id}", axum::routing::delete(silences::expire))
+        .route("/alerts", get(silences::alerts))
         .route("/trace/{id}", get(trace))
         .route("/pipelines/{pipeline}/history", get(history_series))
         .route("/pipelines/{pipeline}/history/points", get(history_points))

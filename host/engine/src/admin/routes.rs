@@ -111,6 +111,48 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "GET",
+        path: "/silences",
+        role: Role::Read,
+        summary: "every silence kept (expired ones for 5 days), with its state now (what \
+                  `tocsin silence ls --all` prints)",
+        answer: "an array of `{id, matchers, starts_at_ms, ends_at_ms, created_by, comment, \
+                 sinks, created_at_ms, state}`, `state` `pending`, `active` or `expired`; \
+                 `matchers` as written (`host=db1`)",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/silences",
+        role: Role::Admin,
+        summary: "makes a silence from `{matchers: [\"host=db1\", …], duration: \"2h\" or \
+                  ends_at_ms, starts_at_ms (default now), comment, created_by (default the \
+                  token's name), sinks: [\"matrix\" or \"pipeline/matrix\"] (default all)}`; \
+                  it mutes from its start, in every pipeline, the messages all its matchers \
+                  pick (`=`, `!=`, `=~`, `!~`; a missing label is empty; a regex matches the \
+                  whole value); refused: no matchers, matchers that pick everything, no \
+                  comment, an end in the past",
+        answer: "201 and the silence as listed above; 400 with the reason",
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/silences/{id}",
+        role: Role::Admin,
+        summary: "ends a silence now (an id may be shortened to a prefix naming one): what it \
+                  held back and is still open is announced",
+        answer: "the silence as listed above; 404 for an unknown id, 400 when it has expired \
+                 already",
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/alerts?pipeline=P",
+        role: Role::Read,
+        summary: "the open-alert register of one pipeline, or of all: each alert open (and \
+                  each resolved one something is still held for), what each sink was last \
+                  handed of it and what a silence holds back",
+        answer: "an array of `{pipeline, identity, open, since_ms, seen_ms, summary, \
+                 severity, labels, handed: {sink: open}, held: {sink: {silence, message}}}`",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/dead-letters?pipeline=P",
         role: Role::Read,
         summary: "the dead letters of one pipeline, or of all (what `tocsin dlq ls` prints)",
@@ -287,6 +329,7 @@ mod tests {
         let tracer =
             crate::trace::Tracer::new(queue.clone(), std::time::Duration::from_secs(60), 10);
         let history = crate::history::History::new(queue.clone());
+        let silences = crate::silences::Silences::load(queue.clone()).unwrap();
         let app = super::super::router(
             Some(Arc::new(tokens)),
             crate::manager::new_board(),
@@ -294,6 +337,7 @@ mod tests {
             commands,
             tracer,
             history,
+            silences,
         );
         let send = |method: &str, path: &str, token: &str| {
             let path = path
@@ -302,7 +346,8 @@ mod tests {
                 .unwrap()
                 .replace("{pipeline}", "p")
                 .replace("{queue}", "out")
-                .replace("{seq}", "1");
+                .replace("{seq}", "1")
+                .replace("{id}", "0123");
             let request = Request::builder()
                 .method(method)
                 .uri(format!("{}{path}", super::super::PREFIX))

@@ -369,7 +369,11 @@ fn reopen<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T 
     for _ in 0..500 {
         match open() {
             Ok(v) => return v,
-            Err(e) if e.to_string().contains("in use by another tocsin process") => {
+            // tocsin's store says so in its words, a bare sled open in its own.
+            Err(e)
+                if e.to_string().contains("in use by another tocsin process")
+                    || e.to_string().contains("could not acquire lock") =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => panic!("{e}"),

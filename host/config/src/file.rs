@@ -33,6 +33,32 @@ pub struct PipelineFile {
     /// Where messages go; at least one.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkTable>,
+    /// Recurring windows when matching messages are muted.
+    #[serde(default, rename = "maintenance")]
+    pub maintenance: Vec<MaintenanceTable>,
+}
+
+/// `[[maintenance]]`: a recurring window when matching messages are muted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceTable {
+    /// Its name, shown in traces.
+    pub name: Option<Spanned<String>>,
+    /// The IANA zone its fields are read in.
+    pub timezone: Option<Spanned<String>>,
+    /// Weekday ranges: `"mon:fri"`, `"sun"`.
+    pub weekdays: Option<Spanned<Vec<String>>>,
+    /// Time-of-day ranges: `"02:00-04:30"`.
+    pub times: Option<Spanned<Vec<String>>>,
+    /// Day-of-month ranges: `"1:7"`, `"-1"`.
+    pub days_of_month: Option<Spanned<Vec<String>>>,
+    /// Month ranges: `"jun:aug"`.
+    pub months: Option<Spanned<Vec<String>>>,
+    /// Label matchers of the messages it mutes.
+    #[serde(rename = "match")]
+    pub matchers: Option<Spanned<Vec<String>>>,
+    /// The sinks it covers.
+    pub sinks: Option<Spanned<Vec<String>>>,
 }
 
 /// `[source]`.

@@ -12,10 +12,12 @@
 //! - [`units`]: durations (`"1s"`, `"10m"`) and sizes (`"64MiB"`).
 //! - [`settings`]: plugins' settings schemas, read from components; `config` checked.
 //! - [`host_grant`]: `grants.hosts` entries, parsed and matched against requests.
+//! - [`maintenance`]: maintenance windows (`[[maintenance]]`), recurring mutes.
 //! - [`matchers`]: label matchers (`host=db1`, `alertname=~"Disk.*"`) for silences.
 
 pub mod file;
 pub mod host_grant;
+pub mod maintenance;
 pub mod matchers;
 pub mod schedule;
 pub mod settings;

@@ -67,6 +67,8 @@ pub struct PipelineSpec {
     pub queue_budget: Option<u64>,
     /// Where messages go.
     pub sinks: Vec<SinkSpec>,
+    /// When matching messages are muted.
+    pub maintenance: Vec<crate::maintenance::MaintenanceWindow>,
 }
 
 /// The source stage and what fires it.

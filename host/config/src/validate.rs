@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::file::{
-    GrantsTable, GroupTable, LimitsTable, MatchTable, PipelineFile, RetryTable, SinkTable,
+    GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable, PipelineFile, RetryTable,
+    SinkTable,
 };
+use crate::maintenance::MaintenanceWindow;
 use crate::schedule::parse_cron;
 use crate::spec::*;
 use crate::units::{format_size, parse_duration, parse_size};
@@ -396,6 +398,18 @@ pub fn parse_pipeline(
         .as_ref()
         .map(|text| cx.size_within(text, "queue_budget", 64 << 10, u64::MAX));
 
+    let sink_names: Vec<&str> = raw
+        .sinks
+        .iter()
+        .map(|s| s.name.get_ref().as_str())
+        .collect();
+    let maintenance: Vec<Option<MaintenanceWindow>> = raw
+        .maintenance
+        .iter()
+        .enumerate()
+        .map(|(i, m)| cx.maintenance(i, m, &sink_names))
+        .collect();
+
     if !cx.diags.is_empty() {
         return Err(cx.diags);
     }
@@ -412,6 +426,10 @@ pub fn parse_pipeline(
         filter_retry: filter_retry.expect("checked"),
         queue_budget: queue_budget.map(|b| b.expect("checked")),
         sinks: sinks.into_iter().map(|s| s.expect("checked")).collect(),
+        maintenance: maintenance
+            .into_iter()
+            .map(|m| m.expect("checked"))
+            .collect(),
     })
 }
 
@@ -964,6 +982,119 @@ impl Checker<'_> {
         })
     }
 
+    /// `maintenance[i]`: every range, the zone, the matchers and the sinks checked.
+    fn maintenance(
+        &mut self,
+        i: usize,
+        m: &MaintenanceTable,
+        sinks: &[&str],
+    ) -> Option<MaintenanceWindow> {
+        let field = format!("maintenance[{i}]");
+        let mut ok = true;
+        /// A list field's items, its span and its field name.
+        type Listed = (Vec<String>, Option<Range<usize>>, String);
+        let list = |name: &str, value: Option<&Spanned<Vec<String>>>| -> Listed {
+            let items = value.map_or_else(Vec::new, |v| v.get_ref().clone());
+            (items, value.map(Spanned::span), format!("{field}.{name}"))
+        };
+        fn ranges<T>(
+            cx: &mut Checker<'_>,
+            ok: &mut bool,
+            (items, span, field): Listed,
+            parse: impl Fn(&str) -> Result<T, String>,
+        ) -> Vec<T> {
+            let mut out = Vec::new();
+            for item in &items {
+                match parse(item) {
+                    Ok(v) => out.push(v),
+                    Err(why) => {
+                        cx.error(span.clone(), &field, why);
+                        *ok = false;
+                    }
+                }
+            }
+            out
+        }
+        let weekdays_in = list("weekdays", m.weekdays.as_ref());
+        let times_in = list("times", m.times.as_ref());
+        let days_in = list("days_of_month", m.days_of_month.as_ref());
+        let months_in = list("months", m.months.as_ref());
+        let matchers_in = list("match", m.matchers.as_ref());
+        let sinks_in = list("sinks", m.sinks.as_ref());
+        let weekdays = ranges(
+            self,
+            &mut ok,
+            weekdays_in,
+            crate::maintenance::parse_weekdays,
+        );
+        let times = ranges(self, &mut ok, times_in, crate::maintenance::parse_times);
+        let days_of_month = ranges(
+            self,
+            &mut ok,
+            days_in,
+            crate::maintenance::parse_days_of_month,
+        );
+        let months = ranges(self, &mut ok, months_in, crate::maintenance::parse_months);
+        let matchers = ranges(self, &mut ok, matchers_in, |text| {
+            crate::matchers::Matcher::parse(text).map_err(|e| e.to_string())
+        });
+        if weekdays.is_empty() && times.is_empty() && days_of_month.is_empty() && months.is_empty()
+        {
+            self.error(
+                m.name.as_ref().map(Spanned::span),
+                &field,
+                "a window needs weekdays, times, days_of_month or months: without any it \
+                 would mute for ever (a silence ends; use `tocsin silence add`)"
+                    .into(),
+            );
+            ok = false;
+        }
+        let (sink_list, sink_span, sink_field) = sinks_in;
+        for sink in &sink_list {
+            if !sinks.contains(&sink.as_str()) {
+                self.error(
+                    sink_span.clone(),
+                    &sink_field,
+                    format!(
+                        "`{sink}` is not a sink of this pipeline (its sinks: {})",
+                        sinks.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let timezone = match &m.timezone {
+            None => chrono_tz::UTC,
+            Some(tz) => match tz.get_ref().parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.error(
+                        Some(tz.span()),
+                        &format!("{field}.timezone"),
+                        format!(
+                            "`{}` is not an IANA time zone such as \"Europe/Berlin\"",
+                            tz.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        ok.then(|| MaintenanceWindow {
+            name: m
+                .name
+                .as_ref()
+                .map_or_else(|| field.clone(), |n| n.get_ref().clone()),
+            timezone,
+            weekdays,
+            times,
+            days_of_month,
+            months,
+            matchers,
+            sinks: sink_list,
+        })
+    }
+
     fn group(&mut self, field: &str, g: &Spanned<GroupTable>) -> Option<GroupPolicy> {
         let table = g.get_ref();
         let mut by = Vec::new();
@@ -1179,6 +1310,71 @@ match = { severity = ">= info" }
             spec.source.stage.grants.read_dirs[0].host,
             Path::new("/proc")
         );
+    }
+
+    #[test]
+    fn maintenance_windows_are_read_and_each_bad_field_is_named_with_its_line() {
+        let fx = fixture();
+        let with = |table: &str| format!("{GOOD}\n[[maintenance]]\n{table}\n");
+        let spec = check(
+            &fx,
+            &with(
+                "name = \"backups\"\ntimezone = \"Europe/Berlin\"\nweekdays = [\"mon:fri\"]\n\
+                 times = [\"02:00-04:30\"]\nmatch = [\"job=backup\"]\nsinks = [\"out\"]",
+            ),
+        )
+        .unwrap();
+        let w = &spec.maintenance[0];
+        assert_eq!(
+            (w.name.as_str(), w.weekdays.clone(), w.times.clone()),
+            ("backups", vec![(0, 4)], vec![(120, 270)])
+        );
+        assert_eq!(w.matchers[0].to_string(), "job=backup");
+        assert_eq!(w.timezone, chrono_tz::Europe::Berlin);
+        assert!(check(&fx, GOOD).unwrap().maintenance.is_empty());
+        for (bad, field, says) in [
+            (
+                "weekdays = [\"fri:mon\"]",
+                "maintenance[0].weekdays",
+                "ends before",
+            ),
+            ("times = [\"25:00-26:00\"]", "maintenance[0].times", "HH:MM"),
+            (
+                "days_of_month = [\"32\"]",
+                "maintenance[0].days_of_month",
+                "not a day",
+            ),
+            (
+                "months = [\"smarch\"]",
+                "maintenance[0].months",
+                "not a month",
+            ),
+            (
+                "months = [\"jan\"]\nmatch = [\"host\"]",
+                "maintenance[0].match",
+                "no operator",
+            ),
+            (
+                "months = [\"jan\"]\nsinks = [\"nope\"]",
+                "maintenance[0].sinks",
+                "not a sink",
+            ),
+            (
+                "months = [\"jan\"]\ntimezone = \"Mars/Base\"",
+                "maintenance[0].timezone",
+                "IANA",
+            ),
+            (
+                "name = \"forever\"",
+                "maintenance[0]",
+                "would mute for ever",
+            ),
+        ] {
+            let d = check(&fx, &with(bad)).unwrap_err();
+            assert_eq!(d[0].field, field, "{bad}: {:?}", d[0]);
+            assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
+            assert!(d[0].line.is_some(), "{bad}: a line is named");
+        }
     }
 
     #[test]

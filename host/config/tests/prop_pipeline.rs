@@ -1267,6 +1267,9 @@ impl GenPipeline {
         PipelineSpec {
             name: self.name.clone(),
             file: self.path(),
+            // The model writes no `[[maintenance]]` tables (their own tests are in
+            // `src/maintenance.rs` and `src/validate.rs`).
+            maintenance: Vec::new(),
             disabled: self.disabled.unwrap_or(false),
             queue_budget: self.queue_budget.as_ref().map(|(_, b)| *b),
             source: SourceSpec {

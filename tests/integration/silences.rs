@@ -281,3 +281,55 @@ async fn at_its_end_a_silence_releases_the_resolution_of_what_the_sink_saw_open_
     assert_eq!(delivered().len(), 4, "nothing released twice");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_window_mutes_its_matches_and_releases_what_is_still_open_when_it_closes() {
+    let minute_of_day = || {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        ((secs / 60) % 1440) as u32
+    };
+    if minute_of_day() >= 1437 {
+        // Too close to midnight for a range of two minutes: wait for the next day.
+        tokio::time::sleep(Duration::from_secs(200)).await;
+    }
+    let start = minute_of_day();
+    let end = start + 2;
+    let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "disks",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}\n[[maintenance]]\nname = \"reboot\"\ntimes = [\"{}-{}\"]\n\
+             match = [\"host=db1\"]\n",
+            file_sink(&env, "room", "room.jsonl"),
+            hhmm(start),
+            hhmm(end)
+        ),
+    );
+    let server = env.start().await;
+    let base = server.base_url.clone();
+    let delivered = || {
+        env.read_json_lines("out/room.jsonl")
+            .into_iter()
+            .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    post_accepted(&base, "disks", alert("DiskFull", "db1", "firing", 1)).await;
+    post_accepted(&base, "disks", alert("DiskFull", "db2", "firing", 1)).await;
+    wait_until(Duration::from_secs(30), "db2's alert", || {
+        delivered() == ["DiskFull-db2-firing-1"]
+    })
+    .await;
+    assert_eq!(metric_sum(&base, SILENCED).await, 1);
+    // Closed, the window lets db1's still-open alert through, once.
+    wait_until(Duration::from_secs(200), "the window to close", || {
+        delivered().len() == 2
+    })
+    .await;
+    assert_eq!(delivered()[1], "DiskFull-db1-firing-1");
+    server.stop().await;
+}

@@ -13,8 +13,8 @@
 //! with backoff, and after the pipeline's `filter_retry.max_attempts` goes to the pipeline's
 //! `@filters` dead letters.
 //!
-//! At the hand-over each output meets the silences: one a silence mutes for a sink is not
-//! queued for it (counted, traced), and the open-alert register notes, in the same batch,
+//! At the hand-over each output meets the silences and the pipeline's maintenance windows: one
+//! they mute for a sink is not queued for it (counted, traced), and the open-alert register notes, in the same batch,
 //! what each sink was handed or held back of each alert (see `open_alerts.rs`).
 
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use tocsin_config::maintenance::MaintenanceWindow;
 use tocsin_config::{RetryPolicy, Route};
 use tocsin_message::Message;
 use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_QUEUE};
@@ -73,6 +74,8 @@ pub struct FilterWorker {
     /// Held while the open-alert register is read and written (shared with the release
     /// task).
     pub register_lock: RegisterLock,
+    /// The pipeline's maintenance windows.
+    pub maintenance: Arc<[MaintenanceWindow]>,
 }
 
 /// One ingress entry through the filters: its seq, when it entered the pipeline, the
@@ -231,6 +234,8 @@ impl FilterWorker {
         let silences = self.silences.borrow().clone();
         let now = now_ms();
         let check_silences = !silences.none_active(now);
+        let open_windows: Vec<&MaintenanceWindow> =
+            self.maintenance.iter().filter(|w| w.open_at(now)).collect();
         let mut register = RegisterBatch::new(self.queue.as_ref(), &self.pipeline);
         let mut hand_overs = Vec::with_capacity(filtered.len());
         for (seq, entered, outputs, mut state) in filtered {
@@ -244,7 +249,13 @@ impl FilterWorker {
                     let muted = check_silences
                         .then(|| silences.muting(&self.pipeline, &sink.name, &m, now))
                         .flatten()
-                        .map(|s| s.id.clone());
+                        .map(|s| s.id.clone())
+                        .or_else(|| {
+                            open_windows
+                                .iter()
+                                .find(|w| w.mutes(&sink.name, &m, now))
+                                .map(|w| w.id())
+                        });
                     match &muted {
                         None => {
                             per_sink[i].push(Envelope::new(m.clone(), entered));

@@ -257,6 +257,8 @@ pub async fn start(
         }
     }
     let register_lock = crate::silence_release::RegisterLock::default();
+    let maintenance: Arc<[tocsin_config::maintenance::MaintenanceWindow]> =
+        spec.maintenance.clone().into();
     let release = crate::silence_release::SilenceRelease {
         pipeline: name.clone(),
         queue: shared.queue.clone(),
@@ -265,6 +267,7 @@ pub async fn start(
         lock: register_lock.clone(),
         tracer: shared.tracer.clone(),
         cancel: cancel.clone(),
+        maintenance: maintenance.clone(),
     };
     tasks.push(tokio::spawn(release.run()));
     let filter_worker = FilterWorker {
@@ -286,6 +289,7 @@ pub async fn start(
             .collect(),
         silences: shared.silences.subscribe(),
         register_lock,
+        maintenance,
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, first), route) in spec.sinks.iter().zip(sinks).zip(&routes) {

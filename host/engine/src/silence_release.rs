@@ -1,5 +1,6 @@
-//! When a silence ends, what it held back: one task per pipeline that wakes when the
-//! silences change or one of them begins or ends, and hands to the sinks what the open-alert
+//! When a silence ends (or a maintenance window closes), what it held back: one task per
+//! pipeline that wakes when the silences change, one of them begins or ends, or a window
+//! opens or closes (on whole minutes), and hands to the sinks what the open-alert
 //! register holds for them and no silence mutes any more (see [`crate::open_alerts::release`]:
 //! an alert still open is announced once, one that opened and resolved inside the silence
 //! never).
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use tocsin_config::maintenance::MaintenanceWindow;
 use tocsin_queue::{now_ms, Envelope, QueueStore, StateWrite};
 
 use crate::filtering::SinkRoute;
@@ -52,6 +54,8 @@ pub struct SilenceRelease {
     pub tracer: Arc<Tracer>,
     /// Stops the task.
     pub cancel: CancellationToken,
+    /// The pipeline's maintenance windows: what they held is released when they close.
+    pub maintenance: Arc<[MaintenanceWindow]>,
 }
 
 impl SilenceRelease {
@@ -62,9 +66,15 @@ impl SilenceRelease {
         // an hour passed: not at every wake-up, since it may hold thousands of alerts.
         let mut changed = true;
         let mut last_read_ms = 0;
+        let mut windows_open = Vec::new();
         loop {
             let now = now_ms();
+            // A window that closed (or opened) since the last look.
+            let open: Vec<bool> = self.maintenance.iter().map(|w| w.open_at(now)).collect();
+            let windows_changed = open != windows_open;
+            windows_open = open;
             let due = changed
+                || windows_changed
                 || self.silences.borrow().ended_between(last_read_ms, now)
                 || now.saturating_sub(last_read_ms) >= SWEEP_EVERY_MS;
             if due {
@@ -76,11 +86,16 @@ impl SilenceRelease {
                 }
             }
             changed = false;
-            let wait = self
+            let mut wait = self
                 .silences
                 .borrow()
                 .next_change_after(now)
                 .map_or(RECHECK, |at| Duration::from_millis(at - now).min(RECHECK));
+            if !self.maintenance.is_empty() {
+                // Windows open and close on whole minutes.
+                let to_next_minute = 60_000 - now % 60_000 + 20;
+                wait = wait.min(Duration::from_millis(to_next_minute));
+            }
             tokio::select! {
                 seen = self.silences.changed() => {
                     if seen.is_err() {
@@ -125,6 +140,12 @@ impl SilenceRelease {
                 |sink, message| {
                     set.muting(&self.pipeline, sink, message, now)
                         .map(|s| s.id.clone())
+                        .or_else(|| {
+                            self.maintenance
+                                .iter()
+                                .find(|w| w.mutes(sink, message, now))
+                                .map(|w| w.id())
+                        })
                 },
             );
             if alert == before {

@@ -346,6 +346,22 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("a text answer")
 }
 
+/// `GET <base>/api/v1<path>` with `token`: the JSON answer (of a 2xx; panics otherwise).
+pub async fn api_get(base: &str, path: &str, token: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/api/v1{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("tocsin answers");
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
+    response.json().await.expect("a JSON answer")
+}
+
 /// Posts `{"id": id, "body": "message <id>"}` to `<base>/ingest/<pipeline>`; returns the status.
 pub async fn post_json_message(base: &str, pipeline: &str, id: &str) -> u16 {
     reqwest::Client::new()

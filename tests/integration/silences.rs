@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use tocsin_tests::process::{cli_with_token, Port, Tocsin};
 use tocsin_tests::synapse::Synapse;
 use tocsin_tests::{
-    file_sink, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN, OPEN_JSON_SOURCE,
+    api_get, file_sink, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN,
+    OPEN_JSON_SOURCE,
 };
 
 /// An alert of `host` about `what`, keyed `what/host`.
@@ -117,16 +118,10 @@ async fn a_silence_from_the_cli_stops_a_hosts_alert_and_its_end_announces_what_i
     assert!(trace.contains(&format!("silenced by {id}")), "{trace}");
 
     // The register knows db1's disk alert is open and held back from the room.
-    let alerts: Vec<Value> = reqwest::Client::new()
-        .get(format!("{base}/api/v1/alerts?pipeline=disks"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts = api_get(&base, "/alerts?pipeline=disks", ADMIN_TOKEN).await;
     let held: Vec<(&Value, &Value)> = alerts
+        .as_array()
+        .expect("an array")
         .iter()
         .filter(|a| a["held"]["room"].is_object())
         .map(|a| (&a["identity"], &a["open"]))
@@ -260,16 +255,8 @@ async fn at_its_end_a_silence_releases_the_resolution_of_what_the_sink_saw_open_
     let server = env
         .start_with(|s| s.api_tokens = Some(tokens.clone()))
         .await;
-    let listed: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/api/v1/silences", server.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed.len(), 1);
+    let listed = api_get(&server.base_url, "/silences", ADMIN_TOKEN).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!(listed[0]["state"], "expired");
     post_accepted(
         &server.base_url,

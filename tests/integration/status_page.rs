@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use tocsin_tests::browser::Browser;
 use tocsin_tests::process::{Port, Tocsin};
@@ -19,16 +19,10 @@ use tocsin_tests::{
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn dead_letter_ids(base: &str) -> Vec<String> {
-    let letters: Vec<Value> = reqwest::Client::new()
-        .get(format!("{base}/api/v1/dead-letters"))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters = tocsin_tests::api_get(base, "/dead-letters", READ_TOKEN).await;
     letters
+        .as_array()
+        .expect("an array")
         .iter()
         .map(|l| l["id"].as_str().unwrap().to_string())
         .collect()

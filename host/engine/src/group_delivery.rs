@@ -433,21 +433,7 @@ mod tests {
     use super::*;
 
     fn message(labels: &[(&str, &str)]) -> Message {
-        Message {
-            id: "m".into(),
-            timestamp_ms: 1,
-            severity: tocsin_message::Severity::Warning,
-            summary: None,
-            body: String::new(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            metrics: vec![],
-            payload: None,
-            link: None,
-            key: None,
-        }
+        Message::with_labels("m", tocsin_message::Severity::Warning, labels)
     }
 
     #[test]

@@ -486,21 +486,7 @@ mod tests {
     use tocsin_message::Severity;
 
     fn message(labels: &[(&str, &str)]) -> Message {
-        Message {
-            id: "m".into(),
-            timestamp_ms: 0,
-            severity: Severity::Error,
-            summary: None,
-            body: String::new(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            metrics: vec![],
-            payload: None,
-            link: None,
-            key: None,
-        }
+        Message::with_labels("m", Severity::Error, labels)
     }
 
     fn new(matchers: &[&str]) -> NewSilence {

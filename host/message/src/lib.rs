@@ -134,6 +134,26 @@ impl Record for Message {
 }
 
 impl Message {
+    /// A message with `id`, `severity` and `labels`, everything else empty (time 0): the
+    /// starting point of a message the host makes itself, and of tests'.
+    pub fn with_labels(id: &str, severity: Severity, labels: &[(&str, &str)]) -> Message {
+        Message {
+            id: id.to_string(),
+            timestamp_ms: 0,
+            severity,
+            summary: None,
+            body: String::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            metrics: Vec::new(),
+            payload: None,
+            link: None,
+            key: None,
+        }
+    }
+
     /// The value of the first label called `name`.
     pub fn label(&self, name: &str) -> Option<&str> {
         self.labels

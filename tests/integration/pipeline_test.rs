@@ -230,6 +230,52 @@ no_output_from = ["pagr"]
 }
 
 #[test]
+fn behaviour_cases_run_at_a_time_of_their_choosing_to_check_maintenance_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    scratch_pipeline(dir.path());
+    let mut file = std::fs::read_to_string(dir.path().join("alerts.toml")).unwrap();
+    file += "\n[[maintenance]]\nname = \"reboots\"\ntimezone = \"Europe/Berlin\"\n\
+             weekdays = [\"mon:fri\"]\ntimes = [\"02:00-04:30\"]\nmatch = [\"host=db1\"]\n\
+             sinks = [\"pager\"]\n";
+    std::fs::write(dir.path().join("alerts.toml"), file).unwrap();
+    std::fs::write(
+        dir.path().join("alerts.test.toml"),
+        r#"
+[[case]]
+name  = "inside the window: db1 reaches the log, not the pager"
+at    = "2026-12-07T02:30:00+01:00"
+input = '{"id": "a", "severity": "error", "body": "down", "labels": {"host": "db1"}}'
+no_output_from = ["pager"]
+[[case.expect]]
+sink = "log"
+
+[[case]]
+name  = "inside the window: db2 is not matched"
+at    = "2026-12-07T02:30:00+01:00"
+input = '{"id": "b", "severity": "error", "body": "down", "labels": {"host": "db2"}}'
+[[case.expect]]
+sink = "log"
+[[case.expect]]
+sink = "pager"
+
+[[case]]
+name  = "after the window: db1 reaches the pager"
+at    = "2026-12-07T04:30:00+01:00"
+input = '{"id": "c", "severity": "error", "body": "down", "labels": {"host": "db1"}}'
+[[case.expect]]
+sink = "log"
+[[case.expect]]
+sink = "pager"
+"#,
+    )
+    .unwrap();
+    let out = tocsin(dir.path(), &["test", "alerts.toml"]);
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("3 passed, 0 failed"), "{seen}");
+}
+
+#[test]
 fn mistakes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -155,6 +155,14 @@ async fn a_silence_from_the_cli_stops_a_hosts_alert_and_its_end_announces_what_i
     tocsin.kill();
 }
 
+/// The ids of what the file sink `room` wrote, in order.
+fn delivered_ids(env: &Env) -> Vec<String> {
+    env.read_json_lines("out/room.jsonl")
+        .into_iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// Adds a silence through the API; returns its id.
 async fn add_silence(base: &str, body: Value) -> String {
     let response = reqwest::Client::new()
@@ -187,12 +195,7 @@ async fn at_its_end_a_silence_releases_the_resolution_of_what_the_sink_saw_open_
         .start_with(|s| s.api_tokens = Some(tokens.clone()))
         .await;
     let base = server.base_url.clone();
-    let delivered = || {
-        env.read_json_lines("out/room.jsonl")
-            .into_iter()
-            .map(|m| m["id"].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-    };
+    let delivered = || delivered_ids(&env);
     post_accepted(&base, "disks", alert("DiskFull", "db1", "firing", 1)).await;
     wait_until(Duration::from_secs(30), "the first alert", || {
         delivered().len() == 1
@@ -299,12 +302,7 @@ async fn a_maintenance_window_mutes_its_matches_and_releases_what_is_still_open_
     );
     let server = env.start().await;
     let base = server.base_url.clone();
-    let delivered = || {
-        env.read_json_lines("out/room.jsonl")
-            .into_iter()
-            .map(|m| m["id"].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-    };
+    let delivered = || delivered_ids(&env);
     post_accepted(&base, "disks", alert("DiskFull", "db1", "firing", 1)).await;
     post_accepted(&base, "disks", alert("DiskFull", "db2", "firing", 1)).await;
     wait_until(Duration::from_secs(30), "db2's alert", || {

@@ -78,6 +78,9 @@ pub struct Case {
     /// `filter.N` (the N-th filter, from 0, drops everything it is given).
     #[serde(default)]
     pub no_output_from: Vec<String>,
+    /// The time the case runs at, RFC 3339 (`"2026-12-07T02:30:00+01:00"`), for the
+    /// pipeline's maintenance windows [default: now].
+    pub at: Option<String>,
 }
 
 /// One message a sink must get.
@@ -202,6 +205,12 @@ async fn run_case(
     check_names(spec, case)?;
     let inputs = inputs(spec, base, case)?;
     let mut dry = DryRun::load(runtime, spec.clone()).await?;
+    if let Some(at) = &case.at {
+        let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+            format!("at = {at:?}: {e} (write a time as \"2026-12-07T02:30:00+01:00\")")
+        })?;
+        dry.at_ms = Some(u64::try_from(t.timestamp_millis()).unwrap_or(0));
+    }
     let secrets = dry.secret_values();
     let mut traces = Vec::new();
     for input in inputs {

@@ -169,6 +169,8 @@ pub struct Trace {
     pub deliveries: Vec<Delivery>,
     /// Messages a sink's `match` did not take: (sink, message id).
     pub unrouted: Vec<(String, String)>,
+    /// Messages a maintenance window muted for a sink: (sink, message id, window id).
+    pub muted: Vec<(String, String, String)>,
     /// The `Content-Type` the request was given because the input named none (see
     /// [`sniff_content_type`]).
     pub assumed_content_type: Option<&'static str>,
@@ -199,6 +201,9 @@ pub struct DryRun {
     placeholders: Vec<(String, String)>,
     /// Things the operator should know about this dry run (placeholder secrets, …).
     pub notes: Vec<String>,
+    /// The time the run takes as now for maintenance windows (ms since the epoch); the
+    /// clock's when `None`.
+    pub at_ms: Option<u64>,
     _scratch: tempfile::TempDir,
 }
 
@@ -273,6 +278,7 @@ impl DryRun {
             state,
             placeholders,
             notes,
+            at_ms: None,
             _scratch: scratch,
         };
         if matches!(dry.spec.source.trigger, Trigger::Ingest(_)) {
@@ -326,6 +332,7 @@ impl DryRun {
             failure: None,
             deliveries: Vec::new(),
             unrouted: Vec::new(),
+            muted: Vec::new(),
             assumed_content_type: None,
         };
         let produced = match self.run_source(input, &mut trace).await {
@@ -365,10 +372,22 @@ impl DryRun {
             current = step.outputs.clone();
             trace.filters.push(step);
         }
+        let now = self.at_ms.unwrap_or_else(tocsin_queue::now_ms);
         for message in &current {
             for sink in &mut self.sinks {
                 if !sink.route.matches(message) {
                     trace.unrouted.push((sink.name.clone(), message.id.clone()));
+                    continue;
+                }
+                // Silences live in the server's store; a dry run knows only the file's windows.
+                if let Some(window) = self
+                    .spec
+                    .maintenance
+                    .iter()
+                    .find(|w| w.mutes(&sink.name, message, now))
+                {
+                    let muted = (sink.name.clone(), message.id.clone(), window.id());
+                    trace.muted.push(muted);
                     continue;
                 }
                 let delivery = sink.deliver(&self.spec.name, message, &self.state).await;

@@ -232,6 +232,9 @@ fn print_trace(dry: &DryRun, trace: &Trace) -> anyhow::Result<()> {
     for (sink, id) in &trace.unrouted {
         println!("\nsink {sink}: {id} not routed here (its `match` does not take it)");
     }
+    for (sink, id, window) in &trace.muted {
+        println!("\nsink {sink}: {id} muted now by {window}");
+    }
     let outputs = trace.outputs().len();
     if trace.failure.is_none() && outputs == 0 {
         println!("\nnothing reaches the sinks");

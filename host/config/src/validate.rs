@@ -299,23 +299,7 @@ pub fn parse_pipeline(
             let cron = parse_cron(expr.get_ref())
                 .map_err(|m| cx.error(Some(expr.span()), "source.schedule", m))
                 .ok();
-            let timezone = match &src.timezone {
-                None => Some(chrono_tz::UTC),
-                Some(tz) => tz
-                    .get_ref()
-                    .parse::<chrono_tz::Tz>()
-                    .map_err(|_| {
-                        cx.error(
-                            Some(tz.span()),
-                            "source.timezone",
-                            format!(
-                                "`{}` is not an IANA time zone such as \"Europe/Berlin\"",
-                                tz.get_ref()
-                            ),
-                        )
-                    })
-                    .ok(),
-            };
+            let timezone = cx.timezone(src.timezone.as_ref(), "source.timezone");
             match (cron, timezone) {
                 (Some(cron), Some(timezone)) => Some(Trigger::Schedule(Box::new(ScheduleSpec {
                     expression: expr.get_ref().clone(),
@@ -991,52 +975,34 @@ impl Checker<'_> {
     ) -> Option<MaintenanceWindow> {
         let field = format!("maintenance[{i}]");
         let mut ok = true;
-        /// A list field's items, its span and its field name.
-        type Listed = (Vec<String>, Option<Range<usize>>, String);
-        let list = |name: &str, value: Option<&Spanned<Vec<String>>>| -> Listed {
-            let items = value.map_or_else(Vec::new, |v| v.get_ref().clone());
-            (items, value.map(Spanned::span), format!("{field}.{name}"))
-        };
-        fn ranges<T>(
-            cx: &mut Checker<'_>,
-            ok: &mut bool,
-            (items, span, field): Listed,
-            parse: impl Fn(&str) -> Result<T, String>,
-        ) -> Vec<T> {
-            let mut out = Vec::new();
-            for item in &items {
-                match parse(item) {
-                    Ok(v) => out.push(v),
-                    Err(why) => {
-                        cx.error(span.clone(), &field, why);
-                        *ok = false;
-                    }
-                }
+        let weekdays = self.each(&mut ok, &field, "weekdays", m.weekdays.as_ref(), |t| {
+            crate::maintenance::parse_weekdays(t)
+        });
+        let times = self.each(&mut ok, &field, "times", m.times.as_ref(), |t| {
+            crate::maintenance::parse_times(t)
+        });
+        let days_of_month = self.each(
+            &mut ok,
+            &field,
+            "days_of_month",
+            m.days_of_month.as_ref(),
+            |t| crate::maintenance::parse_days_of_month(t),
+        );
+        let months = self.each(&mut ok, &field, "months", m.months.as_ref(), |t| {
+            crate::maintenance::parse_months(t)
+        });
+        let matchers = self.each(&mut ok, &field, "match", m.matchers.as_ref(), |t| {
+            crate::matchers::Matcher::parse(t).map_err(|e| e.to_string())
+        });
+        let sink_list = self.each(&mut ok, &field, "sinks", m.sinks.as_ref(), |sink| {
+            if sinks.contains(&sink) {
+                Ok(sink.to_string())
+            } else {
+                Err(format!(
+                    "`{sink}` is not a sink of this pipeline (its sinks: {})",
+                    sinks.join(", ")
+                ))
             }
-            out
-        }
-        let weekdays_in = list("weekdays", m.weekdays.as_ref());
-        let times_in = list("times", m.times.as_ref());
-        let days_in = list("days_of_month", m.days_of_month.as_ref());
-        let months_in = list("months", m.months.as_ref());
-        let matchers_in = list("match", m.matchers.as_ref());
-        let sinks_in = list("sinks", m.sinks.as_ref());
-        let weekdays = ranges(
-            self,
-            &mut ok,
-            weekdays_in,
-            crate::maintenance::parse_weekdays,
-        );
-        let times = ranges(self, &mut ok, times_in, crate::maintenance::parse_times);
-        let days_of_month = ranges(
-            self,
-            &mut ok,
-            days_in,
-            crate::maintenance::parse_days_of_month,
-        );
-        let months = ranges(self, &mut ok, months_in, crate::maintenance::parse_months);
-        let matchers = ranges(self, &mut ok, matchers_in, |text| {
-            crate::matchers::Matcher::parse(text).map_err(|e| e.to_string())
         });
         if weekdays.is_empty() && times.is_empty() && days_of_month.is_empty() && months.is_empty()
         {
@@ -1049,37 +1015,7 @@ impl Checker<'_> {
             );
             ok = false;
         }
-        let (sink_list, sink_span, sink_field) = sinks_in;
-        for sink in &sink_list {
-            if !sinks.contains(&sink.as_str()) {
-                self.error(
-                    sink_span.clone(),
-                    &sink_field,
-                    format!(
-                        "`{sink}` is not a sink of this pipeline (its sinks: {})",
-                        sinks.join(", ")
-                    ),
-                );
-                ok = false;
-            }
-        }
-        let timezone = match &m.timezone {
-            None => chrono_tz::UTC,
-            Some(tz) => match tz.get_ref().parse::<chrono_tz::Tz>() {
-                Ok(tz) => tz,
-                Err(_) => {
-                    self.error(
-                        Some(tz.span()),
-                        &format!("{field}.timezone"),
-                        format!(
-                            "`{}` is not an IANA time zone such as \"Europe/Berlin\"",
-                            tz.get_ref()
-                        ),
-                    );
-                    return None;
-                }
-            },
-        };
+        let timezone = self.timezone(m.timezone.as_ref(), &format!("{field}.timezone"))?;
         ok.then(|| MaintenanceWindow {
             name: m
                 .name
@@ -1093,6 +1029,51 @@ impl Checker<'_> {
             matchers,
             sinks: sink_list,
         })
+    }
+
+    /// Each item of the list field `{parent}.{name}` read by `parse`; every refused item is
+    /// reported (with the list's line) and clears `ok`.
+    fn each<T>(
+        &mut self,
+        ok: &mut bool,
+        parent: &str,
+        name: &str,
+        value: Option<&Spanned<Vec<String>>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in value.get_ref() {
+            match parse(item) {
+                Ok(v) => out.push(v),
+                Err(why) => {
+                    self.error(Some(value.span()), &format!("{parent}.{name}"), why);
+                    *ok = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// An IANA time zone (UTC when not given), or `None` with the error reported at `field`.
+    fn timezone(&mut self, tz: Option<&Spanned<String>>, field: &str) -> Option<chrono_tz::Tz> {
+        let Some(tz) = tz else {
+            return Some(chrono_tz::UTC);
+        };
+        let parsed = tz.get_ref().parse::<chrono_tz::Tz>().ok();
+        if parsed.is_none() {
+            self.error(
+                Some(tz.span()),
+                field,
+                format!(
+                    "`{}` is not an IANA time zone such as \"Europe/Berlin\"",
+                    tz.get_ref()
+                ),
+            );
+        }
+        parsed
     }
 
     fn group(&mut self, field: &str, g: &Spanned<GroupTable>) -> Option<GroupPolicy> {

@@ -975,22 +975,34 @@ impl Checker<'_> {
     ) -> Option<MaintenanceWindow> {
         let field = format!("maintenance[{i}]");
         let mut ok = true;
-        let weekdays = self.each(&mut ok, &field, "weekdays", m.weekdays.as_ref(), |t| {
-            crate::maintenance::parse_weekdays(t)
-        });
-        let times = self.each(&mut ok, &field, "times", m.times.as_ref(), |t| {
-            crate::maintenance::parse_times(t)
-        });
+        let weekdays = self.each(
+            &mut ok,
+            &field,
+            "weekdays",
+            m.weekdays.as_ref(),
+            crate::maintenance::parse_weekdays,
+        );
+        let times = self.each(
+            &mut ok,
+            &field,
+            "times",
+            m.times.as_ref(),
+            crate::maintenance::parse_times,
+        );
         let days_of_month = self.each(
             &mut ok,
             &field,
             "days_of_month",
             m.days_of_month.as_ref(),
-            |t| crate::maintenance::parse_days_of_month(t),
+            crate::maintenance::parse_days_of_month,
         );
-        let months = self.each(&mut ok, &field, "months", m.months.as_ref(), |t| {
-            crate::maintenance::parse_months(t)
-        });
+        let months = self.each(
+            &mut ok,
+            &field,
+            "months",
+            m.months.as_ref(),
+            crate::maintenance::parse_months,
+        );
         let matchers = self.each(&mut ok, &field, "match", m.matchers.as_ref(), |t| {
             crate::matchers::Matcher::parse(t).map_err(|e| e.to_string())
         });

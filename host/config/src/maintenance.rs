@@ -74,9 +74,13 @@ impl MaintenanceWindow {
 
     /// Whether it mutes `message` on its way to `sink` at `now_ms`.
     pub fn mutes(&self, sink: &str, message: &Message, now_ms: u64) -> bool {
+        self.covers(sink, message) && self.open_at(now_ms)
+    }
+
+    /// Whether it mutes `message` on its way to `sink` while it is open.
+    pub fn covers(&self, sink: &str, message: &Message) -> bool {
         (self.sinks.is_empty() || self.sinks.iter().any(|s| s == sink))
             && self.matchers.iter().all(|m| m.matches(message))
-            && self.open_at(now_ms)
     }
 }
 

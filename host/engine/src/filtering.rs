@@ -30,7 +30,7 @@ use tocsin_runtime::{CallError, Stage};
 
 use crate::open_alerts::RegisterBatch;
 use crate::silence_release::RegisterLock;
-use crate::silences::SilenceSet;
+use crate::silences::{Muting, SilenceSet};
 use crate::status::{Counters, PipelineStatus, StageEvent};
 use crate::worker::{next_due, sleep_or_cancel, state_writes, IDLE_RECHECK};
 
@@ -233,9 +233,7 @@ impl FilterWorker {
     fn route(&self, filtered: Vec<Filtered>, woken: &mut [bool]) -> Vec<HandOver> {
         let silences = self.silences.borrow().clone();
         let now = now_ms();
-        let check_silences = !silences.none_active(now);
-        let open_windows: Vec<&MaintenanceWindow> =
-            self.maintenance.iter().filter(|w| w.open_at(now)).collect();
+        let muting = Muting::at(&silences, &self.maintenance, now);
         let mut register = RegisterBatch::new(self.queue.as_ref(), &self.pipeline);
         let mut hand_overs = Vec::with_capacity(filtered.len());
         for (seq, entered, outputs, mut state) in filtered {
@@ -246,16 +244,9 @@ impl FilterWorker {
                     if !sink.route.matches(&m) {
                         continue;
                     }
-                    let muted = check_silences
-                        .then(|| silences.muting(&self.pipeline, &sink.name, &m, now))
-                        .flatten()
-                        .map(|s| s.id.clone())
-                        .or_else(|| {
-                            open_windows
-                                .iter()
-                                .find(|w| w.mutes(&sink.name, &m, now))
-                                .map(|w| w.id())
-                        });
+                    let muted = (!muting.is_empty())
+                        .then(|| muting.muted_by(&self.pipeline, &sink.name, &m))
+                        .flatten();
                     match &muted {
                         None => {
                             per_sink[i].push(Envelope::new(m.clone(), entered));

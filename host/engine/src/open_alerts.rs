@@ -200,15 +200,16 @@ pub fn due_on_release(handed: Option<bool>, held: &Message) -> bool {
     }
 }
 
-/// Releases what `alert` holds for sinks no silence mutes any more: returns the messages to
-/// queue, per sink, and changes the record as if they were handed over. `muted_by` says
+/// Releases what `alert` holds for sinks no silence mutes any more: returns the holds to
+/// queue (each with its message and the silence that held it), per sink, and changes the
+/// record as if they were handed over. `muted_by` says
 /// which silence still mutes a held message for a sink (it stays held); holds for sinks
 /// `exists` does not know (removed from the pipeline) are dropped.
 pub fn release(
     alert: &mut OpenAlert,
     exists: impl Fn(&str) -> bool,
     muted_by: impl Fn(&str, &Message) -> Option<String>,
-) -> Vec<(String, Message)> {
+) -> Vec<(String, Held)> {
     let mut due = Vec::new();
     let sinks: Vec<String> = alert.held.keys().cloned().collect();
     for sink in sinks {
@@ -230,7 +231,7 @@ pub fn release(
             alert
                 .handed
                 .insert(sink.clone(), !is_resolution(&held.message));
-            due.push((sink, held.message));
+            due.push((sink, held));
         }
     }
     due
@@ -382,7 +383,12 @@ mod tests {
         assert!(held.handed.is_empty());
         let mut after = held.clone();
         let due = release(&mut after, |_| true, never_muted);
-        assert_eq!(due, vec![("matrix".to_string(), message("firing"))]);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].0.as_str(), &due[0].1.message),
+            ("matrix", &message("firing"))
+        );
+        assert_eq!(due[0].1.silence, "s1");
         assert!(after.held.is_empty());
         assert_eq!(after.handed.get("matrix"), Some(&true));
         assert!(
@@ -407,7 +413,11 @@ mod tests {
         let mut held =
             observed(Some(&open), &message("resolved"), &silenced("matrix"), 20).unwrap();
         let due = release(&mut held, |_| true, never_muted);
-        assert_eq!(due, vec![("matrix".to_string(), message("resolved"))]);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].0.as_str(), &due[0].1.message),
+            ("matrix", &message("resolved"))
+        );
     }
 
     #[test]

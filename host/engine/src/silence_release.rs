@@ -20,8 +20,8 @@ use tocsin_config::maintenance::MaintenanceWindow;
 use tocsin_queue::{now_ms, Envelope, QueueStore, StateWrite};
 
 use crate::filtering::SinkRoute;
-use crate::open_alerts::{self, STAGE};
-use crate::silences::SilenceSet;
+use crate::open_alerts::{self, Held, STAGE};
+use crate::silences::{Muting, SilenceSet};
 use crate::trace::{Step, Tracer};
 
 /// Held by whoever reads and writes a pipeline's open-alert register: the filter worker for
@@ -114,6 +114,7 @@ impl SilenceRelease {
     async fn release_due(&mut self, now: u64) -> tocsin_queue::Result<()> {
         let _register = self.lock.lock().await;
         let set = self.silences.borrow().clone();
+        let muting = Muting::at(&set, &self.maintenance, now);
         let mut outputs: Vec<(String, Vec<Envelope>)> = Vec::new();
         let mut writes = Vec::new();
         let mut released = Vec::new();
@@ -129,34 +130,15 @@ impl SilenceRelease {
                 continue;
             }
             let before = alert.clone();
-            let held_by: Vec<(String, String)> = alert
-                .held
-                .iter()
-                .map(|(sink, h)| (sink.clone(), h.silence.clone()))
-                .collect();
             let due = open_alerts::release(
                 &mut alert,
                 |sink| self.sinks.iter().any(|s| s.name == sink),
-                |sink, message| {
-                    set.muting(&self.pipeline, sink, message, now)
-                        .map(|s| s.id.clone())
-                        .or_else(|| {
-                            self.maintenance
-                                .iter()
-                                .find(|w| w.mutes(sink, message, now))
-                                .map(|w| w.id())
-                        })
-                },
+                |sink, message| muting.muted_by(&self.pipeline, sink, message),
             );
             if alert == before {
                 continue;
             }
-            for (sink, message) in due {
-                let silence = held_by
-                    .iter()
-                    .find(|(s, _)| *s == sink)
-                    .map(|(_, id)| id.clone())
-                    .unwrap_or_default();
+            for (sink, Held { silence, message }) in due {
                 released.push((message.id.clone(), sink.clone(), silence));
                 match outputs.iter_mut().find(|(s, _)| *s == sink) {
                     Some((_, envelopes)) => envelopes.push(Envelope::new(message, now)),

@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use tocsin_config::maintenance::MaintenanceWindow;
 use tocsin_config::matchers::{picks_everything, Matcher};
 use tocsin_message::Message;
 use tocsin_queue::{now_ms, QueueStore};
@@ -145,14 +146,6 @@ impl SilenceSet {
             .find(|s| s.mutes(pipeline, sink, message, now_ms))
     }
 
-    /// Whether no silence is active at `now_ms` (the hand-over then skips every check).
-    pub fn none_active(&self, now_ms: u64) -> bool {
-        !self
-            .silences
-            .iter()
-            .any(|s| s.state(now_ms) == SilenceState::Active)
-    }
-
     /// Whether a silence ended in `(from_ms, to_ms]`.
     pub fn ended_between(&self, from_ms: u64, to_ms: u64) -> bool {
         self.silences
@@ -167,6 +160,49 @@ impl SilenceSet {
             .flat_map(|s| [s.starts_at_ms, s.ends_at_ms])
             .filter(|t| *t > now_ms)
             .min()
+    }
+}
+
+/// What mutes at one instant: the silences active then and a pipeline's maintenance windows
+/// open then, found once for a whole hand-over (or release) rather than per message.
+pub struct Muting<'a> {
+    silences: Vec<&'a Silence>,
+    windows: Vec<&'a MaintenanceWindow>,
+}
+
+impl<'a> Muting<'a> {
+    /// What of `set` and `windows` mutes at `now_ms`.
+    pub fn at(set: &'a SilenceSet, windows: &'a [MaintenanceWindow], now_ms: u64) -> Self {
+        Muting {
+            silences: set
+                .silences
+                .iter()
+                .filter(|s| s.state(now_ms) == SilenceState::Active)
+                .collect(),
+            windows: windows.iter().filter(|w| w.open_at(now_ms)).collect(),
+        }
+    }
+
+    /// Whether nothing mutes (every check can be skipped).
+    pub fn is_empty(&self) -> bool {
+        self.silences.is_empty() && self.windows.is_empty()
+    }
+
+    /// The id of what mutes `message` on its way to `sink` of `pipeline`: a silence's, else
+    /// `maintenance:NAME`.
+    pub fn muted_by(&self, pipeline: &str, sink: &str, message: &Message) -> Option<String> {
+        self.silences
+            .iter()
+            .find(|s| {
+                s.covers_sink(pipeline, sink) && s.matchers.iter().all(|m| m.matches(message))
+            })
+            .map(|s| s.id.clone())
+            .or_else(|| {
+                self.windows
+                    .iter()
+                    .find(|w| w.covers(sink, message))
+                    .map(|w| w.id())
+            })
     }
 }
 
@@ -560,7 +596,11 @@ mod tests {
             .muting("p", "s", &message(&[("host", "db2")]), 2_000)
             .is_none());
         assert_eq!(set.next_change_after(2_000), Some(5_000));
-        assert!(!set.none_active(2_000));
-        assert!(SilenceSet::default().none_active(2_000));
+        assert!(!Muting::at(&set, &[], 2_000).is_empty());
+        assert!(Muting::at(&SilenceSet::default(), &[], 2_000).is_empty());
+        assert_eq!(
+            Muting::at(&set, &[], 2_000).muted_by("p", "s", &message(&[("host", "db1")])),
+            Some(a.id.clone())
+        );
     }
 }

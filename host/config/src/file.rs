@@ -36,6 +36,22 @@ pub struct PipelineFile {
     /// Recurring windows when matching messages are muted.
     #[serde(default, rename = "maintenance")]
     pub maintenance: Vec<MaintenanceTable>,
+    /// Who is expected to report how often: an absence alert when one stops.
+    pub expect: Option<Spanned<ExpectTable>>,
+}
+
+/// `expect = { every = "15m", grace = "5m", key_labels = ["host"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectTable {
+    /// How often each reporter reports, e.g. `"15m"`.
+    pub every: Spanned<String>,
+    /// How late a report may be before it counts as missing.
+    pub grace: Option<Spanned<String>>,
+    /// The labels whose values name a reporter; `[]`: the pipeline's source as a whole.
+    pub key_labels: Option<Spanned<Vec<String>>>,
+    /// The severity of an absence alert: `"error"` by default.
+    pub severity: Option<Spanned<String>>,
 }
 
 /// `[[maintenance]]`: a recurring window when matching messages are muted.

@@ -69,7 +69,40 @@ pub struct PipelineSpec {
     pub sinks: Vec<SinkSpec>,
     /// When matching messages are muted.
     pub maintenance: Vec<crate::maintenance::MaintenanceWindow>,
+    /// Who is expected to report how often; `None`: no absence alerts.
+    pub expect: Option<ExpectPolicy>,
 }
+
+/// Absence alerts, as push monitors (healthchecks.io, Cronitor) raise them: each reporter —
+/// the values of `key_labels` in the messages the source produces — is expected to report
+/// at least every `every`; when one has not for `every + grace`, one alert goes through the
+/// pipeline, and a resolution when it reports again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectPolicy {
+    /// How often each reporter reports.
+    pub every: Duration,
+    /// How late a report may be.
+    pub grace: Duration,
+    /// The labels whose values name a reporter; empty: the source as a whole is one.
+    pub key_labels: Vec<String>,
+    /// The severity of the absence alert and its resolution.
+    pub severity: Severity,
+}
+
+impl ExpectPolicy {
+    /// How long a reporter may be silent before it is absent: `every + grace`.
+    pub fn allowed_silence(&self) -> Duration {
+        self.every + self.grace
+    }
+}
+
+/// `expect.grace` when the file does not say: a quarter of `every`.
+pub fn default_grace(every: Duration) -> Duration {
+    every / 4
+}
+
+/// The severity of an absence alert when the file does not say.
+pub const DEFAULT_EXPECT_SEVERITY: Severity = Severity::Error;
 
 /// The source stage and what fires it.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::file::{
-    GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable, PipelineFile, RetryTable,
-    SinkTable,
+    ExpectTable, GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable, PipelineFile,
+    RetryTable, SinkTable,
 };
 use crate::maintenance::MaintenanceWindow;
 use crate::schedule::parse_cron;
@@ -393,6 +393,7 @@ pub fn parse_pipeline(
         .enumerate()
         .map(|(i, m)| cx.maintenance(i, m, &sink_names))
         .collect();
+    let expect = raw.expect.as_ref().map(|e| cx.expect(e));
 
     if !cx.diags.is_empty() {
         return Err(cx.diags);
@@ -414,6 +415,7 @@ pub fn parse_pipeline(
             .into_iter()
             .map(|m| m.expect("checked"))
             .collect(),
+        expect: expect.map(|e| e.expect("checked")),
     })
 }
 
@@ -1090,32 +1092,89 @@ impl Checker<'_> {
 
     fn group(&mut self, field: &str, g: &Spanned<GroupTable>) -> Option<GroupPolicy> {
         let table = g.get_ref();
-        let mut by = Vec::new();
-        for label in table.by.get_ref() {
-            if label.is_empty() {
-                self.error(
-                    Some(table.by.span()),
-                    &format!("{field}.by"),
-                    "a label name cannot be empty".into(),
-                );
-                return None;
-            }
-            if by.contains(label) {
-                self.error(
-                    Some(table.by.span()),
-                    &format!("{field}.by"),
-                    format!("`{label}` is named twice"),
-                );
-                return None;
-            }
-            by.push(label.clone());
-        }
+        let by = self.label_names(&format!("{field}.by"), &table.by);
         let wait = self.duration(table.wait.as_ref(), &format!("{field}.wait"));
         let interval = self.duration(table.interval.as_ref(), &format!("{field}.interval"));
         Some(GroupPolicy {
-            by,
+            by: by?,
             wait: wait?.unwrap_or(DEFAULT_GROUP_WAIT),
             interval: interval?.unwrap_or(DEFAULT_GROUP_INTERVAL),
+        })
+    }
+
+    /// A list of label names: none empty, none twice.
+    fn label_names(&mut self, field: &str, names: &Spanned<Vec<String>>) -> Option<Vec<String>> {
+        let mut checked: Vec<String> = Vec::new();
+        for label in names.get_ref() {
+            let problem = if label.is_empty() {
+                "a label name cannot be empty".to_string()
+            } else if checked.contains(label) {
+                format!("`{label}` is named twice")
+            } else {
+                checked.push(label.clone());
+                continue;
+            };
+            self.error(Some(names.span()), field, problem);
+            return None;
+        }
+        Some(checked)
+    }
+
+    /// `expect`: `every` at least a second, `grace` (0 allowed), the key labels, the severity.
+    fn expect(&mut self, e: &Spanned<ExpectTable>) -> Option<ExpectPolicy> {
+        let table = e.get_ref();
+        let every = match parse_duration(table.every.get_ref()) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => Some(d),
+            Ok(_) => {
+                self.error(
+                    Some(table.every.span()),
+                    "expect.every",
+                    "must be at least 1s".into(),
+                );
+                None
+            }
+            Err(why) => {
+                self.error(Some(table.every.span()), "expect.every", why);
+                None
+            }
+        };
+        let grace = match &table.grace {
+            None => Some(None),
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(d) => Some(Some(d)),
+                Err(why) => {
+                    self.error(Some(text.span()), "expect.grace", why);
+                    None
+                }
+            },
+        };
+        let key_labels = match &table.key_labels {
+            None => Some(Vec::new()),
+            Some(names) => self.label_names("expect.key_labels", names),
+        };
+        let severity = match &table.severity {
+            None => Some(DEFAULT_EXPECT_SEVERITY),
+            Some(text) => match Severity::parse(text.get_ref()) {
+                Some(s) => Some(s),
+                None => {
+                    self.error(
+                        Some(text.span()),
+                        "expect.severity",
+                        format!(
+                            "`{}` is not a severity (levels: none, info, warning, error, alert)",
+                            text.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let every = every?;
+        Some(ExpectPolicy {
+            every,
+            grace: grace?.unwrap_or_else(|| default_grace(every)),
+            key_labels: key_labels?,
+            severity: severity?,
         })
     }
 
@@ -1413,6 +1472,60 @@ match = { severity = ">= info" }
             assert!(d[0].field.starts_with(field), "{bad}: {:?}", d[0]);
             assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
             assert!(d[0].line.is_some(), "{bad}: a line is named");
+        }
+    }
+
+    #[test]
+    fn expect_takes_its_period_grace_keys_and_severity_with_defaults() {
+        let fx = fixture();
+        let with = |expect: &str| format!("expect = {expect}\n{GOOD}");
+        let spec = check(
+            &fx,
+            &with(r#"{ every = "15m", grace = "5m", key_labels = ["host"], severity = "alert" }"#),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.expect,
+            Some(ExpectPolicy {
+                every: std::time::Duration::from_secs(900),
+                grace: std::time::Duration::from_secs(300),
+                key_labels: vec!["host".into()],
+                severity: Severity::Alert,
+            })
+        );
+        let spec = check(&fx, &with(r#"{ every = "1h" }"#)).unwrap();
+        let policy = spec.expect.unwrap();
+        assert_eq!(policy.grace, std::time::Duration::from_secs(900));
+        assert!(policy.key_labels.is_empty());
+        assert_eq!(policy.severity, DEFAULT_EXPECT_SEVERITY);
+        assert_eq!(policy.allowed_silence().as_secs(), 4500);
+        let no_grace = check(&fx, &with(r#"{ every = "1m", grace = "0s" }"#)).unwrap();
+        assert!(no_grace.expect.unwrap().grace.is_zero());
+        assert!(check(&fx, GOOD).unwrap().expect.is_none());
+        for (bad, field, says) in [
+            (r#"{ every = "500ms" }"#, "expect.every", "at least 1s"),
+            (r#"{ every = "often" }"#, "expect.every", "not a duration"),
+            (
+                r#"{ every = "1m", grace = "a bit" }"#,
+                "expect.grace",
+                "not a duration",
+            ),
+            (
+                r#"{ every = "1m", key_labels = ["host", "host"] }"#,
+                "expect.key_labels",
+                "named twice",
+            ),
+            (
+                r#"{ every = "1m", severity = "dire" }"#,
+                "expect.severity",
+                "not a severity",
+            ),
+            (r#"{ grace = "1m" }"#, "", "missing field `every`"),
+        ] {
+            let d = check(&fx, &with(bad)).unwrap_err();
+            assert_eq!(d[0].field, field, "{bad}: {:?}", d[0]);
+            assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
+            assert_eq!(d[0].line, Some(1), "{bad}: the line is named");
         }
     }
 

@@ -1267,9 +1267,10 @@ impl GenPipeline {
         PipelineSpec {
             name: self.name.clone(),
             file: self.path(),
-            // The model writes no `[[maintenance]]` tables (their own tests are in
-            // `src/maintenance.rs` and `src/validate.rs`).
+            // The model writes no `[[maintenance]]` tables nor `expect` (their own tests are
+            // in `src/maintenance.rs` and `src/validate.rs`).
             maintenance: Vec::new(),
+            expect: None,
             disabled: self.disabled.unwrap_or(false),
             queue_budget: self.queue_budget.as_ref().map(|(_, b)| *b),
             source: SourceSpec {

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_aux::serde_introspection::serde_introspect;
 use tocsin_config::file::{
-    AuthTable, GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable, OidcTable,
-    PipelineFile, RetryTable, SinkTable, SourceTable, StageTable,
+    AuthTable, ExpectTable, GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable,
+    OidcTable, PipelineFile, RetryTable, SinkTable, SourceTable, StageTable,
 };
 use tocsin_config::units::{parse_duration, parse_size};
 use tocsin_config::*;
@@ -57,6 +57,7 @@ fn documented() -> Vec<Documented> {
         entry::<MatchTable>("MatchTable", "`match`"),
         entry::<GroupTable>("GroupTable", "`group`"),
         entry::<MaintenanceTable>("MaintenanceTable", "`[[maintenance]]`"),
+        entry::<ExpectTable>("ExpectTable", "`expect`"),
         entry::<AuthTable>("AuthTable", "`auth`"),
         entry::<OidcTable>("OidcTable", "`auth.oidc`"),
     ]

@@ -76,11 +76,24 @@ pub struct FilterWorker {
     pub register_lock: RegisterLock,
     /// The pipeline's maintenance windows.
     pub maintenance: Arc<[MaintenanceWindow]>,
+    /// Who the pipeline expects reports from (`expect`), told of each report at its
+    /// hand-over.
+    pub expectations: Option<Arc<crate::absence::Expectations>>,
 }
 
-/// One ingress entry through the filters: its seq, when it entered the pipeline, the
-/// outputs and the plugin state written on the way.
-type Filtered = (u64, u64, Vec<Message>, Vec<StateWrite>);
+/// One ingress entry through the filters.
+struct Filtered {
+    /// Its place in ingress.
+    seq: u64,
+    /// When it entered the pipeline.
+    entered_ms: u64,
+    /// What the filters made of it.
+    outputs: Vec<Message>,
+    /// The plugin state they wrote on the way.
+    state: Vec<StateWrite>,
+    /// The reporter it reports for, when the pipeline expects reports.
+    reporter: Option<(String, Vec<(String, String)>)>,
+}
 
 /// The most ingress entries one hand-over commit takes: filters run on each in turn, then one
 /// atomic batch and one fsync hand them all over (instead of one fsync per message, which caps
@@ -180,9 +193,19 @@ impl FilterWorker {
                     if self.tracer.enabled() {
                         self.trace_routes(&outputs);
                     }
+                    let reporter = self
+                        .expectations
+                        .as_ref()
+                        .and_then(|e| crate::absence::reporter_of(e.policy(), &envelope.message));
                     // Sink envelopes keep the time the message entered the pipeline, so
                     // delivery latency covers the whole way.
-                    filtered.push((seq, envelope.enqueued_ms, outputs, state));
+                    filtered.push(Filtered {
+                        seq,
+                        entered_ms: envelope.enqueued_ms,
+                        outputs,
+                        state,
+                        reporter,
+                    });
                 }
                 Err(e) => {
                     failure = Some((seq, envelope, e));
@@ -228,15 +251,31 @@ impl FilterWorker {
     }
 
     /// The hand-overs of a filtered run: each output queued for every sink whose `match`
-    /// takes it and no silence mutes it there, and the open-alert register's changes with the
-    /// filters' state. Marks in `woken` the sinks that get something.
+    /// takes it and no silence mutes it there, and the open-alert register's changes and the
+    /// reports seen (`expect`) with the filters' state. Marks in `woken` the sinks that get
+    /// something.
     fn route(&self, filtered: Vec<Filtered>, woken: &mut [bool]) -> Vec<HandOver> {
         let silences = self.silences.borrow().clone();
         let now = now_ms();
         let muting = Muting::at(&silences, &self.maintenance, now);
         let mut register = RegisterBatch::new(self.queue.as_ref(), &self.pipeline);
         let mut hand_overs = Vec::with_capacity(filtered.len());
-        for (seq, entered, outputs, mut state) in filtered {
+        let mut reports = Vec::new();
+        for Filtered {
+            seq,
+            entered_ms: entered,
+            outputs,
+            mut state,
+            reporter,
+        } in filtered
+        {
+            if let Some((reporter, labels)) = reporter {
+                reports.push(crate::absence::Report {
+                    reporter,
+                    labels,
+                    at_ms: entered,
+                });
+            }
             let mut per_sink: Vec<Vec<Envelope>> = vec![Vec::new(); self.sinks.len()];
             for m in outputs {
                 let mut routed = Vec::new();
@@ -278,6 +317,12 @@ impl FilterWorker {
                 outputs,
                 state,
             });
+        }
+        // The run's reports, written with its last hand-over (the batch is one commit).
+        if let (Some(expectations), Some(last)) = (&self.expectations, hand_overs.last_mut()) {
+            if !reports.is_empty() {
+                last.state.extend(expectations.note(reports));
+            }
         }
         hand_overs
     }

@@ -36,6 +36,7 @@
 //! the only place that names wasmtime), `tocsin-queue` (durable queues, the only place that
 //! names sled), `tocsin-message` (the message model).
 
+pub mod absence;
 pub mod admin;
 pub mod behaviour;
 pub mod budget;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod expected_cli;
 mod plugin_cli;
 mod scaffold;
 mod silence_cli;
@@ -290,6 +291,17 @@ enum Command {
         #[command(subcommand)]
         action: silence_cli::SilenceAction,
     },
+    /// The reporters a pipeline with `expect` knows: list them, forget one gone for good —
+    /// through the admin API of the server running on --data (or --server), or in the store
+    /// when none runs.
+    Expected {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: expected_cli::ExpectedAction,
+    },
     /// Show queue depths of every pipeline, deleted ones included: through the admin API of
     /// the server running on --data (or --server), or in the store when none runs.
     Queue {
@@ -522,6 +534,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             server,
             action,
         } => silence_cli::run(Target::find(&data.data, &server)?, action),
+        Command::Expected {
+            data,
+            server,
+            action,
+        } => expected_cli::run(Target::find(&data.data, &server)?, action),
         Command::Trace {
             id,
             pipeline,

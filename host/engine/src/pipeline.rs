@@ -44,6 +44,8 @@ pub struct Shared {
     pub history: Arc<crate::history::History>,
     /// The server's silences.
     pub silences: Arc<crate::silences::Silences>,
+    /// The running pipelines' expected reporters, for the admin API.
+    pub expectations: crate::absence::Registry,
 }
 
 /// A pipeline whose tasks are running.
@@ -59,6 +61,8 @@ pub struct RunningPipeline {
     run_now: Option<Arc<Notify>>,
     /// Its plugins' memory caps, held against the process-wide budget until it stops.
     _memory: crate::plugin_memory::Reservation,
+    /// Its expected reporters, listed in the registry while it runs.
+    expectations: Option<(crate::absence::Registry, Arc<crate::absence::Expectations>)>,
 }
 
 impl RunningPipeline {
@@ -80,6 +84,9 @@ impl RunningPipeline {
     pub fn begin_stop(&self) {
         if let Some((table, endpoint)) = &self.ingest {
             table.unregister(endpoint);
+        }
+        if let Some((registry, expectations)) = &self.expectations {
+            registry.remove(&self.spec.name, expectations);
         }
         self.cancel.cancel();
     }
@@ -204,6 +211,36 @@ pub async fn start(
 
     let cancel = CancellationToken::new();
     let ingress_ready = Arc::new(Notify::new());
+    let register_lock = crate::silence_release::RegisterLock::default();
+    let expectations = match &spec.expect {
+        Some(policy) => {
+            let expectations = crate::absence::Expectations::load(
+                &name,
+                policy.clone(),
+                tocsin_queue::now_ms(),
+                shared.queue.clone(),
+                register_lock.clone(),
+                ingress_ready.clone(),
+                shared.tracer.clone(),
+            )
+            .await
+            .map_err(|e| format!("expect: cannot read the reporters: {e}"))?;
+            Some(expectations)
+        }
+        None => {
+            // A file that no longer expects reports: what was kept for them goes.
+            let stale = crate::absence::clear_writes(shared.queue.as_ref(), &name)
+                .map_err(|e| format!("expect: {e}"))?;
+            if !stale.is_empty() {
+                shared
+                    .queue
+                    .put_state(&name, &stale)
+                    .await
+                    .map_err(|e| format!("expect: {e}"))?;
+            }
+            None
+        }
+    };
     let routes: Vec<SinkRoute> = spec
         .sinks
         .iter()
@@ -256,7 +293,6 @@ pub async fn start(
             ingest = Some((shared.ingest.clone(), endpoint));
         }
     }
-    let register_lock = crate::silence_release::RegisterLock::default();
     let maintenance: Arc<[tocsin_config::maintenance::MaintenanceWindow]> =
         spec.maintenance.clone().into();
     let release = crate::silence_release::SilenceRelease {
@@ -270,6 +306,9 @@ pub async fn start(
         maintenance: maintenance.clone(),
     };
     tasks.push(tokio::spawn(release.run()));
+    if let Some(expectations) = &expectations {
+        tasks.push(tokio::spawn(expectations.clone().run(cancel.clone())));
+    }
     let filter_worker = FilterWorker {
         pipeline: name.clone(),
         filters,
@@ -290,6 +329,7 @@ pub async fn start(
         silences: shared.silences.subscribe(),
         register_lock,
         maintenance,
+        expectations: expectations.clone(),
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, first), route) in spec.sinks.iter().zip(sinks).zip(&routes) {
@@ -321,6 +361,9 @@ pub async fn start(
     if let Some((table, endpoint)) = &ingest {
         table.register(endpoint.clone());
     }
+    if let Some(expectations) = &expectations {
+        shared.expectations.insert(&name, expectations.clone());
+    }
     Ok(RunningPipeline {
         spec,
         status,
@@ -329,6 +372,7 @@ pub async fn start(
         ingest,
         run_now,
         _memory: memory,
+        expectations: expectations.map(|e| (shared.expectations.clone(), e)),
     })
 }
 

@@ -81,6 +81,8 @@ pub struct Server {
     history: Arc<crate::history::History>,
     /// The silences, for the admin API.
     silences: Arc<crate::silences::Silences>,
+    /// The running pipelines' expected reporters, for the admin API.
+    expectations: crate::absence::Registry,
     /// Operators' commands from the admin API, to the manager.
     commands: (
         mpsc::Sender<crate::manager::CommandRequest>,
@@ -188,7 +190,9 @@ impl Server {
         let tracer =
             crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
         let history = crate::history::History::new(queue.clone());
+        let expectations = crate::absence::Registry::default();
         let shared = Shared {
+            expectations: expectations.clone(),
             silences: silences.clone(),
             history: history.clone(),
             tracer: tracer.clone(),
@@ -237,6 +241,7 @@ impl Server {
             tracer,
             history,
             silences,
+            expectations,
             _announcement: announcement,
         })
     }
@@ -284,12 +289,15 @@ impl Server {
             )
             .merge(crate::admin::router(
                 self.api_tokens.take(),
-                self.board.clone(),
-                self.queue.clone(),
-                self.commands.0.clone(),
-                self.tracer.clone(),
-                self.history.clone(),
-                self.silences.clone(),
+                crate::admin::ServerParts {
+                    board: self.board.clone(),
+                    queue: self.queue.clone(),
+                    commands: self.commands.0.clone(),
+                    tracer: self.tracer.clone(),
+                    history: self.history.clone(),
+                    silences: self.silences.clone(),
+                    expectations: self.expectations.clone(),
+                },
             ))
             .merge(crate::status_page::router());
             (listener, app)

@@ -128,6 +128,26 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /pipelines/{pipeline}/expected`.
+    pub async fn expected(
+        &self,
+        pipeline: &str,
+    ) -> Result<Vec<crate::absence::ReporterRow>, String> {
+        self.call(
+            self.http
+                .get(self.url(&["pipelines", pipeline, "expected"])?),
+        )
+        .await
+    }
+
+    /// `DELETE /pipelines/{pipeline}/expected/{reporter}`.
+    pub async fn forget_expected(&self, pipeline: &str, reporter: &str) -> Result<(), String> {
+        let url = self.url(&["pipelines", pipeline, "expected", reporter])?;
+        self.call::<serde_json::Value>(self.http.delete(url))
+            .await
+            .map(drop)
+    }
+
     /// `GET /dead-letters`.
     pub async fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetterRow>, String> {
         let mut url = self.url(&["dead-letters"])?;

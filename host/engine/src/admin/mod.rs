@@ -8,6 +8,7 @@
 //! what they answer are listed in [`routes::ROUTES`], from which `docs/api.md` is generated.
 
 pub mod client;
+pub mod expected;
 pub mod routes;
 pub mod silences;
 pub mod tokens;
@@ -37,31 +38,44 @@ pub const PREFIX: &str = "/api/v1";
 /// The most entries a peek at a queue returns.
 pub const MAX_PEEK: usize = 1000;
 
+/// What the API reads and acts on: the server's parts it serves.
+#[derive(Clone)]
+pub struct ServerParts {
+    /// The pipelines' states and counters.
+    pub board: StatusBoard,
+    /// The store.
+    pub queue: Arc<dyn QueueStore>,
+    /// To the server's loop, which owns the running pipelines.
+    pub commands: tokio::sync::mpsc::Sender<CommandRequest>,
+    /// The message trace.
+    pub tracer: Arc<crate::trace::Tracer>,
+    /// The metrics of messages as time series.
+    pub history: Arc<crate::history::History>,
+    /// The silences.
+    pub silences: Arc<crate::silences::Silences>,
+    /// The running pipelines' expected reporters.
+    pub expectations: crate::absence::Registry,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct AdminState {
     tokens: Arc<ApiTokens>,
-    board: StatusBoard,
-    queue: Arc<dyn QueueStore>,
-    /// To the server's loop, which owns the running pipelines.
-    commands: tokio::sync::mpsc::Sender<CommandRequest>,
-    tracer: Arc<crate::trace::Tracer>,
-    history: Arc<crate::history::History>,
-    silences: Arc<crate::silences::Silences>,
+    parts: ServerParts,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = ServerParts;
+
+    fn deref(&self) -> &ServerParts {
+        &self.parts
+    }
 }
 
 /// The API's routes under [`PREFIX`], for the main listener's router; with `tokens` `None`
 /// every request is answered 404 with how to turn the API on. Pause, resume and run-now go to
-/// `commands`, served by the server's loop.
-pub fn router(
-    tokens: Option<Arc<ApiTokens>>,
-    board: StatusBoard,
-    queue: Arc<dyn QueueStore>,
-    commands: tokio::sync::mpsc::Sender<CommandRequest>,
-    tracer: Arc<crate::trace::Tracer>,
-    history: Arc<crate::history::History>,
-    silences: Arc<crate::silences::Silences>,
-) -> Router {
+/// `parts.commands`, served by the server's loop.
+pub fn router(tokens: Option<Arc<ApiTokens>>, parts: ServerParts) -> Router {
     let Some(tokens) = tokens else {
         let off = || async {
             error(
@@ -73,15 +87,7 @@ pub fn router(
             .route(PREFIX, axum::routing::any(off))
             .route(&format!("{PREFIX}/{{*rest}}"), axum::routing::any(off));
     };
-    let state = AdminState {
-        tokens,
-        board,
-        queue,
-        commands,
-        tracer,
-        history,
-        silences,
-    };
+    let state = AdminState { tokens, parts };
     let api = Router::new()
         .route("/whoami", get(whoami))
         .route("/recent", get(recent))
@@ -97,6 +103,11 @@ pub fn router(
         .route("/silences", get(silences::list).post(silences::add))
         .route("/silences/{id}", axum::routing::delete(silences::expire))
         .route("/alerts", get(silences::alerts))
+        .route("/pipelines/{pipeline}/expected", get(expected::list))
+        .route(
+            "/pipelines/{pipeline}/expected/{reporter}",
+            axum::routing::delete(expected::forget),
+        )
         .route("/trace/{id}", get(trace))
         .route("/pipelines/{pipeline}/history", get(history_series))
         .route("/pipelines/{pipeline}/history/points", get(history_points))

@@ -153,6 +153,27 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "GET",
+        path: "/pipelines/{pipeline}/expected",
+        role: Role::Read,
+        summary: "the reporters a pipeline with `expect` knows (what `tocsin expected ls` \
+                  prints): each one's key labels, when its latest report entered the pipeline, \
+                  when it is absent if nothing comes (while the pipeline runs) and since when \
+                  an absence alert of it is open",
+        answer: "an array of `{reporter, labels, last_seen_ms, due_ms, absent_since_ms}` \
+                 (`reporter` as `host=db1`, or `source`; the last three left out when not \
+                 known or not open)",
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/pipelines/{pipeline}/expected/{reporter}",
+        role: Role::Admin,
+        summary: "stops expecting a reporter that is gone for good: its records are deleted \
+                  and an open absence alert of it is resolved (`no longer expected`, naming \
+                  the token); it is expected again once it reports",
+        answer: "`{pipeline, forgotten}`; 404 when the pipeline knows no such reporter",
+    },
+    RouteDoc {
+        method: "GET",
         path: "/dead-letters?pipeline=P",
         role: Role::Read,
         summary: "the dead letters of one pipeline, or of all (what `tocsin dlq ls` prints)",
@@ -332,12 +353,15 @@ mod tests {
         let silences = crate::silences::Silences::load(queue.clone()).unwrap();
         let app = super::super::router(
             Some(Arc::new(tokens)),
-            crate::manager::new_board(),
-            queue,
-            commands,
-            tracer,
-            history,
-            silences,
+            super::super::ServerParts {
+                board: crate::manager::new_board(),
+                queue,
+                commands,
+                tracer,
+                history,
+                silences,
+                expectations: crate::absence::Registry::default(),
+            },
         );
         let send = |method: &str, path: &str, token: &str| {
             let path = path
@@ -347,7 +371,8 @@ mod tests {
                 .replace("{pipeline}", "p")
                 .replace("{queue}", "out")
                 .replace("{seq}", "1")
-                .replace("{id}", "0123");
+                .replace("{id}", "0123")
+                .replace("{reporter}", "host=db1");
             let request = Request::builder()
                 .method(method)
                 .uri(format!("{}{path}", super::super::PREFIX))

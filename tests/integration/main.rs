@@ -39,6 +39,7 @@
 //! - `shutdown`: SIGTERM: stop accepting, finish or abandon in-flight deliveries, exit in bound.
 //! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
+mod absence;
 mod admin;
 mod alertmanager;
 mod backup_alerts;

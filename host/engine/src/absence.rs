@@ -174,8 +174,10 @@ fn spoken(ms: u64) -> String {
 }
 
 fn rfc3339(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
+    chrono::DateTime::from_timestamp_millis(ms as i64).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 /// Who the summary names: the key labels' values (`db1`), or the pipeline.
@@ -290,10 +292,7 @@ fn write<T: Serialize>(key: String, value: Option<&T>) -> StateWrite {
 }
 
 /// The records kept for `pipeline`: per reporter, its latest report and its open absence.
-pub fn stored(
-    queue: &dyn QueueStore,
-    pipeline: &str,
-) -> tocsin_queue::Result<StoredReporters> {
+pub fn stored(queue: &dyn QueueStore, pipeline: &str) -> tocsin_queue::Result<StoredReporters> {
     let mut reporters = StoredReporters::new();
     for (key, bytes) in queue.state_scan(pipeline, STAGE)? {
         if let Some(name) = key.strip_prefix("seen/") {
@@ -445,7 +444,9 @@ impl Expectations {
     /// pipeline); the state writes go in the same batch. Called under the register lock.
     pub fn note(&self, reports: Vec<Report>) -> Vec<StateWrite> {
         let mut latest: BTreeMap<String, Seen> = BTreeMap::new();
-        let mut returned = false;
+        // The task is woken for a reporter back from absence (its resolution is due) and for
+        // a new one (its deadline may come before the task's next look).
+        let mut wake = false;
         {
             let mut reporters = self.reporters();
             for Report {
@@ -466,17 +467,20 @@ impl Expectations {
                         }
                         continue;
                     }
-                    None => reporters.entry(name.clone()).or_insert(Reporter {
-                        labels: labels.clone(),
-                        seen_ms: 0,
-                        absent: None,
-                        back: false,
-                    }),
+                    None => {
+                        wake = true;
+                        reporters.entry(name.clone()).or_insert(Reporter {
+                            labels: labels.clone(),
+                            seen_ms: 0,
+                            absent: None,
+                            back: false,
+                        })
+                    }
                 };
                 reporter.seen_ms = reporter.seen_ms.max(at);
                 if reporter.absent.is_some() && !reporter.back {
                     reporter.back = true;
-                    returned = true;
+                    wake = true;
                 }
                 latest.insert(
                     name,
@@ -487,7 +491,7 @@ impl Expectations {
                 );
             }
         }
-        if returned {
+        if wake {
             self.wake.notify_one();
         }
         latest
@@ -580,6 +584,7 @@ impl Expectations {
                         ));
                         writes.push(write::<()>(absent_key(name), None));
                         resolved.push(name.clone());
+                        next = next.min(due_ms(&self.policy, r.seen_ms, self.started_ms));
                     }
                     Some(_) => {}
                     None => {
@@ -892,6 +897,11 @@ mod tests {
         let t0 = 1_000_000;
         let e = f.load(short(&["host"]), t0).await;
         report(&f, &e, t0 + 100).await;
+        let woken = tokio::time::timeout(Duration::ZERO, e.wake.notified()).await;
+        assert!(
+            woken.is_ok(),
+            "a new reporter wakes the task: its deadline may come first"
+        );
         e.step(t0 + 2_000, None).await.unwrap();
         assert!(
             f.take_ingress().await.is_empty(),
@@ -910,7 +920,12 @@ mod tests {
         assert!(f.take_ingress().await.is_empty(), "one alert per absence");
         // It reports again: one resolution, and its deadline runs from the report.
         report(&f, &e, t0 + 70_000).await;
-        e.step(t0 + 70_010, None).await.unwrap();
+        let wait = e.step(t0 + 70_010, None).await.unwrap();
+        assert_eq!(
+            wait,
+            Duration::from_millis(1_990),
+            "its next deadline bounds the wait"
+        );
         let back = f.take_ingress().await;
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].label("status"), Some("resolved"));

@@ -68,6 +68,9 @@ pub struct Case {
     /// Scheduled pipelines: poll the source once, for real (it reads its granted directories).
     #[serde(default)]
     pub poll: bool,
+    /// Pipelines with `expect`: the absence alert of the reporter with these key labels
+    /// (`{ host = "db1" }`), then its resolution, as the pipeline raises them.
+    pub absent: Option<BTreeMap<String, String>>,
     /// The decoder must refuse the (last) request with this status.
     pub rejected: Option<u16>,
     /// One entry per message a sink must get, in the order it gets them. A sink named here
@@ -203,14 +206,18 @@ async fn run_case(
     case: &Case,
 ) -> Result<Vec<String>, String> {
     check_names(spec, case)?;
-    let inputs = inputs(spec, base, case)?;
+    let at_ms = match &case.at {
+        Some(at) => {
+            let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+                format!("at = {at:?}: {e} (write a time as \"2026-12-07T02:30:00+01:00\")")
+            })?;
+            Some(u64::try_from(t.timestamp_millis()).unwrap_or(0))
+        }
+        None => None,
+    };
+    let inputs = inputs(spec, base, case, at_ms.unwrap_or_else(tocsin_queue::now_ms))?;
     let mut dry = DryRun::load(runtime, spec.clone()).await?;
-    if let Some(at) = &case.at {
-        let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
-            format!("at = {at:?}: {e} (write a time as \"2026-12-07T02:30:00+01:00\")")
-        })?;
-        dry.at_ms = Some(u64::try_from(t.timestamp_millis()).unwrap_or(0));
-    }
+    dry.at_ms = at_ms;
     let secrets = dry.secret_values();
     let mut traces = Vec::new();
     for input in inputs {
@@ -268,8 +275,9 @@ fn parse_severity(name: &str) -> Result<Severity, String> {
         .ok_or_else(|| format!("severity `{name}` is not one of none, info, warning, error, alert"))
 }
 
-/// The case's inputs: exactly one kind, fitting the pipeline's source.
-fn inputs(spec: &PipelineSpec, base: &Path, case: &Case) -> Result<Vec<Input>, String> {
+/// The case's inputs: exactly one kind, fitting the pipeline's source; `now` is the time the
+/// case runs at.
+fn inputs(spec: &PipelineSpec, base: &Path, case: &Case, now: u64) -> Result<Vec<Input>, String> {
     let mut bodies: Vec<Vec<u8>> = case
         .input
         .iter()
@@ -282,13 +290,21 @@ fn inputs(spec: &PipelineSpec, base: &Path, case: &Case) -> Result<Vec<Input>, S
             .push(std::fs::read(&path).map_err(|e| format!("input_file {}: {e}", path.display()))?);
     }
     let messages: Vec<&SampleMessage> = case.message.iter().chain(&case.messages).collect();
-    let kinds = [!bodies.is_empty(), !messages.is_empty(), case.poll];
+    let kinds = [
+        !bodies.is_empty(),
+        !messages.is_empty(),
+        case.poll,
+        case.absent.is_some(),
+    ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(
             "give exactly one kind of input: `input`/`inputs`/`input_file` (request bodies), \
-             `message`/`messages`, or `poll = true`"
+             `message`/`messages`, `poll = true`, or `absent`"
                 .into(),
         );
+    }
+    if let Some(labels) = &case.absent {
+        return absence_pair(spec, labels, now);
     }
     let ingest = matches!(spec.source.trigger, Trigger::Ingest(_));
     if !bodies.is_empty() && !ingest {
@@ -330,6 +346,52 @@ fn inputs(spec: &PipelineSpec, base: &Path, case: &Case) -> Result<Vec<Input>, S
                 .map(Input::Message)
         })
         .collect()
+}
+
+/// The absence alert of the reporter with key labels `given`, silent for exactly `every +
+/// grace` at `now`, and its resolution when it reports then.
+fn absence_pair(
+    spec: &PipelineSpec,
+    given: &BTreeMap<String, String>,
+    now: u64,
+) -> Result<Vec<Input>, String> {
+    let Some(policy) = &spec.expect else {
+        return Err(format!(
+            "{} has no `expect`: it raises no absence alerts",
+            spec.name
+        ));
+    };
+    let mut wanted: Vec<&String> = policy.key_labels.iter().collect();
+    wanted.sort();
+    if given.keys().collect::<Vec<_>>() != wanted {
+        return Err(format!(
+            "`absent` names a reporter by the pipeline's expect.key_labels: [{}]",
+            policy.key_labels.join(", ")
+        ));
+    }
+    let labels: Vec<(String, String)> = policy
+        .key_labels
+        .iter()
+        .map(|k| (k.clone(), given[k].clone()))
+        .collect();
+    let silence = policy.allowed_silence().as_millis() as u64;
+    let seen = now.saturating_sub(silence);
+    let alert = crate::absence::absence_message(&spec.name, policy, &labels, seen, seen, now);
+    let absent = crate::absence::Absent {
+        labels,
+        silent_since_ms: seen,
+        due_ms: now,
+        raised_ms: now,
+        severity: policy.severity,
+        message_id: alert.id.clone(),
+    };
+    let resolution = crate::absence::resolution_message(
+        &spec.name,
+        &absent,
+        crate::absence::Ended::Reported(now),
+        now,
+    );
+    Ok(vec![Input::Message(alert), Input::Message(resolution)])
 }
 
 /// Compares what the traces show with what the case expects; every mismatch, in words.

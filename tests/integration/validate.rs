@@ -121,6 +121,48 @@ async fn a_running_server_refuses_each_broken_file_as_validate_does() {
     assert!(status.success());
 }
 
+/// Settings a plugin's schema lets through but its `init` refuses (a duration that does not
+/// parse, a template with a syntax error) fail `validate` at the stage's `config`, as they
+/// would fail the pipeline at start: if `validate` says ok, the pipeline starts.
+#[test]
+fn settings_a_plugin_refuses_at_init_fail_validate_at_their_config() {
+    let fixture = repo_root().join("tests/fixtures/invalid/dedup-window.toml");
+    let (ok, out) = validate(&[fixture.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "dedup-window.toml:8:10: filter[0].config: plugin failed to start: window `5 parsecs`"
+        ),
+        "{out}"
+    );
+    // Every refusing stage is named, not only the first; a scheduled source's `init` waits
+    // for `--env` (it reads this machine's directories).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[source]\nplugin = \"backup-check\"\nschedule = \"0 0 * * * *\"\n\
+         config = { dir = \"/nonexistent-backups\" }\ngrants = { read_dirs = [\"/nonexistent-backups\"] }\n\n\
+         [[filter]]\nplugin = \"rate-limit\"\nconfig = { per = \"fortnightly\", max = 1 }\n\n\
+         [[sink]]\nname = \"out\"\nplugin = \"webhook\"\n\
+         config = { url = \"http://127.0.0.1:9/\", body = \"{% if %}\" }\ngrants = { hosts = [\"127.0.0.1:9\"] }\n",
+    )
+    .unwrap();
+    let (ok, out) = validate(&[file.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("p.toml:9:10: filter[0].config: plugin failed to start"),
+        "{out}"
+    );
+    assert!(out.contains("fortnightly"), "{out}");
+    assert!(
+        out.contains("p.toml:14:10: sink[0].config: plugin failed to start"),
+        "{out}"
+    );
+    assert!(!out.contains("source.config"), "{out}");
+    assert!(out.contains("0 valid, 1 invalid"), "{out}");
+}
+
 /// A plugin that declares no settings schema (as every plugin built before the SDK could)
 /// still validates, and `validate` says its `config` went unchecked.
 #[test]

@@ -28,5 +28,5 @@ pub mod validate;
 pub use spec::*;
 pub use validate::{
     is_pipeline_file, load_dir, load_dir_files, load_file, parse_pipeline, pipeline_files,
-    Diagnostic, DirReport, MachineCheck, PluginResolver, BEHAVIOUR_TEST_SUFFIX,
+    stage_config_place, Diagnostic, DirReport, MachineCheck, PluginResolver, BEHAVIOUR_TEST_SUFFIX,
 };

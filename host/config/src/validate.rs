@@ -1276,6 +1276,30 @@ fn parse_severity_match(text: &str) -> Result<(Comparison, Severity), String> {
     })
 }
 
+/// Where the `config` of stage `field` (`source`, `filter[0]`, `sink[1]`) is written in the
+/// pipeline file `text` — its plugin's name when it has no `config` — as 1-based (line,
+/// column): the place of a problem found once the file was checked (a plugin's `init`
+/// refusing its settings). `None` when the text or the field does not name one.
+pub fn stage_config_place(text: &str, field: &str) -> Option<(usize, usize)> {
+    let raw: PipelineFile = toml::from_str(text).ok()?;
+    let index = |prefix: &str| -> Option<usize> {
+        field.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+    };
+    let (config, plugin) = if field == "source" {
+        (raw.source.config.as_ref(), &raw.source.plugin)
+    } else if let Some(i) = index("filter[") {
+        let f = raw.filters.get(i)?;
+        (f.config.as_ref(), &f.plugin)
+    } else if let Some(i) = index("sink[") {
+        let s = raw.sinks.get(i)?;
+        (s.config.as_ref(), &s.plugin)
+    } else {
+        return None;
+    };
+    let at = config.map_or(plugin.span().start, |c| c.span().start);
+    Some(line_col(text, at))
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -1473,6 +1497,19 @@ match = { severity = ">= info" }
             assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
             assert!(d[0].line.is_some(), "{bad}: a line is named");
         }
+    }
+
+    #[test]
+    fn a_stages_config_is_placed_at_its_table_or_else_at_its_plugin() {
+        let text = "[source]\nplugin = \"json\"\nauth = { none = true }\n\n[[filter]]\n\
+                    plugin = \"dedup\"\nconfig = { window = \"1h\" }\n\n[[sink]]\nname = \"out\"\n\
+                    plugin = \"stdout\"\n";
+        assert_eq!(stage_config_place(text, "filter[0]"), Some((7, 10)));
+        assert_eq!(stage_config_place(text, "sink[0]"), Some((11, 10)));
+        assert_eq!(stage_config_place(text, "source"), Some((2, 10)));
+        assert_eq!(stage_config_place(text, "filter[1]"), None);
+        assert_eq!(stage_config_place(text, "nonsense"), None);
+        assert_eq!(stage_config_place("not toml [", "source"), None);
     }
 
     #[test]

@@ -541,6 +541,62 @@ impl DrySink {
     }
 }
 
+/// Runs each stage's `init` on its config in the sandbox, as `tocsin run` does at start, with
+/// nothing leaving the machine (outbound HTTP recorded and answered, writes to a scratch
+/// directory, a secret not set here replaced by a placeholder): what `tocsin validate` checks
+/// beyond the file, so that a pipeline it calls valid starts. A scheduled source's `init` runs
+/// only with `with_source` (it may read directories that exist only where the pipeline runs:
+/// `validate --env`); an ingest decoder's always. Every stage that refused, as (field, why):
+/// `source`, `filter[0]`, `sink[1]`.
+pub async fn init_each_stage(
+    runtime: &Runtime,
+    spec: &PipelineSpec,
+    with_source: bool,
+) -> Result<Vec<(String, String)>, String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("tocsin-dry-init-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    let state = Arc::new(MemoryState::default());
+    let mut builder = Builder {
+        runtime,
+        pipeline: &spec.name,
+        scratch: scratch.path(),
+        state: &state,
+        placeholders: Vec::new(),
+        notes: Vec::new(),
+    };
+    let source = source_kind(&spec.source.trigger);
+    let mut stages: Vec<(String, String, &StageSpec, PluginKind)> = Vec::new();
+    if with_source || source == PluginKind::Decoder {
+        stages.push(("source".into(), "source".into(), &spec.source.stage, source));
+    }
+    for (i, filter) in spec.filters.iter().enumerate() {
+        stages.push((
+            format!("filter[{i}]"),
+            format!("filter.{i}"),
+            filter,
+            PluginKind::Filter,
+        ));
+    }
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        let name = format!("sink.{}", sink.name);
+        stages.push((format!("sink[{i}]"), name, &sink.stage, PluginKind::Sink));
+    }
+    let mut refused = Vec::new();
+    for (field, name, stage_spec, kind) in stages {
+        match builder.stage(&name, stage_spec, kind).await {
+            Ok((mut stage, _, _)) => {
+                if let Err(e) = stage.start().await {
+                    refused.push((field, e.to_string()));
+                }
+            }
+            Err(e) => refused.push((field, e)),
+        }
+    }
+    Ok(refused)
+}
+
 /// Builds the dry-run stages of one pipeline.
 struct Builder<'a> {
     runtime: &'a Runtime,

@@ -177,7 +177,8 @@ enum Command {
     Validate {
         /// A directory of pipeline files, or one file.
         path: PathBuf,
-        /// Also check what depends on this machine: granted directories exist, secrets are set.
+        /// Also check what depends on this machine: granted directories exist, secrets are set,
+        /// and scheduled sources' `init` accepts its settings here.
         #[arg(long)]
         env: bool,
         /// Where plugins are looked up by name.
@@ -188,6 +189,9 @@ enum Command {
             default_value = "plugins/target/wasm32-wasip2/release"
         )]
         plugin_dirs: Vec<PathBuf>,
+        /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
+        #[arg(long, env = "TOCSIN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Inspect, replay or purge dead letters: through the admin API of the server running on
     /// --data (or --server), or in the store when none runs.
@@ -517,7 +521,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             path,
             env,
             plugin_dirs,
-        } => validate(&path, env, plugin_dirs),
+            cache_dir,
+        } => validate(
+            &path,
+            env,
+            plugin_dirs,
+            cache_dir.or_else(try_pipeline::default_cache_dir),
+        ),
         Command::Dlq {
             data,
             server,
@@ -651,7 +661,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn validate(
+    path: &Path,
+    env: bool,
+    plugin_dirs: Vec<PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let resolver = PluginResolver::new(plugin_dirs);
     let machine = if env {
         MachineCheck::Check
@@ -669,6 +684,7 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
         }
         r
     };
+    let report = init_each_pipeline(report, env, cache_dir)?;
     for spec in &report.pipelines {
         println!("ok      {}", spec.file.display());
         for (field, plugin) in settings_not_declared(spec) {
@@ -694,6 +710,62 @@ fn validate(path: &Path, env: bool, plugin_dirs: Vec<PathBuf>) -> anyhow::Result
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs the `init` of every stage of each valid pipeline on its config, dry
+/// ([`tocsin::dry_run::init_each_stage`]); a pipeline a plugin refuses moves to the failures,
+/// each refusal named at its stage's `config`. With `machine_checks`, scheduled sources too.
+fn init_each_pipeline(
+    report: tocsin_config::DirReport,
+    machine_checks: bool,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<tocsin_config::DirReport> {
+    if report.pipelines.is_empty() {
+        return Ok(report);
+    }
+    let runtime = tocsin_runtime::Runtime::new(tocsin_runtime::RuntimeConfig {
+        cache_dir,
+        ..Default::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the sandbox runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut checked = tocsin_config::DirReport {
+        failures: report.failures,
+        ..Default::default()
+    };
+    for spec in report.pipelines {
+        let refused = rt
+            .block_on(tocsin::dry_run::init_each_stage(
+                &runtime,
+                &spec,
+                machine_checks,
+            ))
+            .map_err(anyhow::Error::msg)?;
+        if refused.is_empty() {
+            checked.pipelines.push(spec);
+            continue;
+        }
+        let text = std::fs::read_to_string(&spec.file).unwrap_or_default();
+        let diagnostics = refused
+            .into_iter()
+            .map(|(field, why)| {
+                let place = tocsin_config::stage_config_place(&text, &field);
+                tocsin_config::Diagnostic {
+                    file: spec.file.clone(),
+                    line: place.map(|p| p.0),
+                    column: place.map(|p| p.1),
+                    field: format!("{field}.config"),
+                    message: why,
+                }
+            })
+            .collect();
+        checked.failures.push((spec.file.clone(), diagnostics));
+    }
+    Ok(checked)
 }
 
 /// The stages (field, plugin) whose plugin carries no settings schema, so `validate` could

@@ -40,6 +40,7 @@
 //! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
 mod absence;
+mod acknowledge;
 mod admin;
 mod alertmanager;
 mod backup_alerts;

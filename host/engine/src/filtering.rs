@@ -28,7 +28,7 @@ use tocsin_message::Message;
 use tocsin_queue::{now_ms, Envelope, HandOver, QueueStore, StateWrite, FILTERS_QUEUE};
 use tocsin_runtime::{CallError, Stage};
 
-use crate::open_alerts::RegisterBatch;
+use crate::open_alerts::{RegisterBatch, ACKNOWLEDGED_BY};
 use crate::silence_release::RegisterLock;
 use crate::silences::{Muting, SilenceSet};
 use crate::status::{Counters, PipelineStatus, StageEvent};
@@ -279,8 +279,36 @@ impl FilterWorker {
             let mut per_sink: Vec<Vec<Envelope>> = vec![Vec::new(); self.sinks.len()];
             for m in outputs {
                 let mut routed = Vec::new();
+                // An acknowledged alert: its reminders stay back, what goes out says who.
+                let record = register
+                    .current(&m)
+                    .filter(|r| r.ack.as_ref().is_some_and(|a| a.active(now)))
+                    .cloned();
+                let to_send = match record.as_ref().and_then(|r| r.ack.as_ref()) {
+                    Some(ack) => {
+                        let mut labelled = m.clone();
+                        labelled
+                            .labels
+                            .push((ACKNOWLEDGED_BY.to_string(), ack.by.clone()));
+                        labelled
+                    }
+                    None => m.clone(),
+                };
                 for (i, sink) in self.sinks.iter().enumerate() {
                     if !sink.route.matches(&m) {
+                        continue;
+                    }
+                    if let Some(ack) = record
+                        .as_ref()
+                        .and_then(|r| r.ack_mutes(&m, &sink.name, now))
+                    {
+                        let stage = format!("sink.{}", sink.name);
+                        self.status.record(&stage, StageEvent::Acknowledged);
+                        let step = crate::trace::Step::Silenced {
+                            sink: sink.name.clone(),
+                            silence: format!("acknowledgement of {}", ack.by),
+                        };
+                        self.tracer.record(&self.pipeline, &m.id, step);
                         continue;
                     }
                     let muted = (!muting.is_empty())
@@ -288,7 +316,7 @@ impl FilterWorker {
                         .flatten();
                     match &muted {
                         None => {
-                            per_sink[i].push(Envelope::new(m.clone(), entered));
+                            per_sink[i].push(Envelope::new(to_send.clone(), entered));
                             woken[i] = true;
                         }
                         Some(silence) => {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod alerts_cli;
 mod expected_cli;
 mod plugin_cli;
 mod scaffold;
@@ -295,6 +296,41 @@ enum Command {
         #[command(subcommand)]
         action: silence_cli::SilenceAction,
     },
+    /// The open alerts (the open-alert register) of PIPELINE, or of every pipeline: identity,
+    /// state, severity, summary, who acknowledged — through the admin API of the server
+    /// running on --data (or --server), or in the store when none runs.
+    Alerts {
+        /// Only this pipeline.
+        pipeline: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Acknowledge an open alert ("I'm on it"): its reminders stay back until it resolves or
+    /// --for has passed; what still goes out of it (an escalation, its resolution) says who.
+    Ack {
+        /// The pipeline.
+        pipeline: String,
+        /// The alert's identity as `tocsin alerts` lists it, or enough of it to name one.
+        alert: String,
+        /// What is being done (required).
+        #[arg(long, short)]
+        comment: String,
+        /// How long, e.g. 4h [default: until it resolves].
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Who [default: the API token's name; without a server, $USER].
+        #[arg(long)]
+        author: Option<String>,
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// The reporters a pipeline with `expect` knows: list them, forget one gone for good —
     /// through the admin API of the server running on --data (or --server), or in the store
     /// when none runs.
@@ -544,6 +580,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             server,
             action,
         } => silence_cli::run(Target::find(&data.data, &server)?, action),
+        Command::Alerts {
+            pipeline,
+            json,
+            data,
+            server,
+        } => alerts_cli::list(Target::find(&data.data, &server)?, pipeline, json),
+        Command::Ack {
+            pipeline,
+            alert,
+            comment,
+            duration,
+            author,
+            data,
+            server,
+        } => alerts_cli::ack(
+            Target::find(&data.data, &server)?,
+            tocsin::open_alerts::NewAck {
+                pipeline,
+                alert,
+                comment,
+                duration,
+                by: author,
+            },
+        ),
         Command::Expected {
             data,
             server,

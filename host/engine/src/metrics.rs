@@ -106,7 +106,7 @@ impl std::fmt::Debug for PipelineCollector {
 /// (metric name without `_total`, help, counter).
 type CounterField = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
-const COUNTERS: [CounterField; 9] = [
+const COUNTERS: [CounterField; 10] = [
     ("tocsin_polls", "Source polls run", |c| &c.polls),
     (
         "tocsin_messages_in",
@@ -145,6 +145,11 @@ const COUNTERS: [CounterField; 9] = [
         "tocsin_silenced",
         "Messages a silence kept from a sink (counted once per sink)",
         |c| &c.silenced,
+    ),
+    (
+        "tocsin_acknowledged",
+        "Reminders of acknowledged alerts kept from a sink (counted once per sink)",
+        |c| &c.acknowledged,
     ),
 ];
 

@@ -51,6 +51,30 @@ pub struct Held {
     pub message: Message,
 }
 
+/// Someone is on an open alert: its reminders are not sent until it resolves or `until_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Who acknowledged (the API token's name unless given).
+    pub by: String,
+    /// What they said.
+    pub comment: String,
+    /// When.
+    pub at_ms: u64,
+    /// When it lapses; `None`: when the alert resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// The alert's severity when it was acknowledged: a message of higher severity (an
+    /// escalation) still goes out.
+    pub severity: Severity,
+}
+
+impl Ack {
+    /// Whether it is in force at `now_ms`.
+    pub fn active(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|until| now_ms < until)
+    }
+}
+
 /// One alert of the register.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenAlert {
@@ -75,7 +99,27 @@ pub struct OpenAlert {
     /// Per sink: what a silence held back from it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub held: BTreeMap<String, Held>,
+    /// Its acknowledgement, while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<Ack>,
 }
+
+impl OpenAlert {
+    /// The acknowledgement that keeps `message` of this alert from `sink` at `now_ms`: one in
+    /// force, for a message that is a reminder — not a resolution, no more severe than when
+    /// it was acknowledged, to a sink already told the alert is open.
+    pub fn ack_mutes(&self, message: &Message, sink: &str, now_ms: u64) -> Option<&Ack> {
+        let ack = self.ack.as_ref().filter(|a| a.active(now_ms))?;
+        let reminder = self.open
+            && !is_resolution(message)
+            && message.severity <= ack.severity
+            && self.handed.get(sink) == Some(&true);
+        reminder.then_some(ack)
+    }
+}
+
+/// The label an acknowledged alert's messages carry when they do go out.
+pub const ACKNOWLEDGED_BY: &str = "acknowledged_by";
 
 /// Whether `message` says its alert is over.
 pub fn is_resolution(message: &Message) -> bool {
@@ -143,10 +187,15 @@ pub fn observed(
             labels: Vec::new(),
             handed: BTreeMap::new(),
             held: BTreeMap::new(),
+            ack: None,
         },
     };
     if open && !alert.open {
         alert.since_ms = now_ms;
+    }
+    // An acknowledgement lasts while the alert is open, and until it lapses.
+    if !open || alert.ack.as_ref().is_some_and(|a| !a.active(now_ms)) {
+        alert.ack = None;
     }
     alert.open = open;
     alert.seen_ms = now_ms;
@@ -280,6 +329,16 @@ impl<'a> RegisterBatch<'a> {
         write
     }
 
+    /// The record of the alert `message` is about, as this batch sees it (read once).
+    pub fn current(&mut self, message: &Message) -> Option<&OpenAlert> {
+        let identity = registered_identity(message)?;
+        if !self.records.contains_key(&identity) {
+            let record = self.read(&identity);
+            self.records.insert(identity.clone(), record);
+        }
+        self.records.get(&identity)?.as_ref()
+    }
+
     fn read(&self, identity: &str) -> Option<OpenAlert> {
         let bytes = match self.store.state_get(self.pipeline, STAGE, identity) {
             Ok(bytes) => bytes?,
@@ -297,6 +356,149 @@ pub fn decode(pipeline: &str, identity: &str, bytes: &[u8]) -> Option<OpenAlert>
     serde_json::from_slice(bytes)
         .map_err(|e| tracing::warn!(pipeline = %pipeline, alert = %identity, error = %e, "skipping an unreadable open-alert record"))
         .ok()
+}
+
+/// The running pipelines' register locks, for changes made from outside a pipeline (an
+/// acknowledgement through the API), so they never race a hand-over's batch.
+#[derive(Clone, Default)]
+pub struct Locks(
+    std::sync::Arc<std::sync::Mutex<HashMap<String, crate::silence_release::RegisterLock>>>,
+);
+
+impl Locks {
+    /// Makes `lock` the register lock of running `pipeline`.
+    pub fn insert(&self, pipeline: &str, lock: crate::silence_release::RegisterLock) {
+        self.map().insert(pipeline.to_string(), lock);
+    }
+
+    /// Forgets `pipeline`'s lock, if it is `lock`.
+    pub fn remove(&self, pipeline: &str, lock: &crate::silence_release::RegisterLock) {
+        let mut map = self.map();
+        if map
+            .get(pipeline)
+            .is_some_and(|l| std::sync::Arc::ptr_eq(l, lock))
+        {
+            map.remove(pipeline);
+        }
+    }
+
+    /// The lock of running `pipeline`.
+    pub fn get(&self, pipeline: &str) -> Option<crate::silence_release::RegisterLock> {
+        self.map().get(pipeline).cloned()
+    }
+
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, crate::silence_release::RegisterLock>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An acknowledgement as the API and the CLI ask for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewAck {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The alert's identity as `GET /alerts` lists it, or a prefix naming one.
+    pub alert: String,
+    /// Why (required): "on it, replacing the disk".
+    pub comment: String,
+    /// How long it lasts, e.g. `"4h"`; absent: until the alert resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Who; absent: the API token's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// The request is not one.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such open alert.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] tocsin_queue::QueueError),
+}
+
+/// Acknowledges an open alert of `new.pipeline` (under its register lock when it runs): its
+/// reminders stay back until it resolves or the acknowledgement lapses. The alert's identity
+/// and its record as now written.
+pub async fn acknowledge(
+    store: &dyn QueueStore,
+    locks: &Locks,
+    new: &NewAck,
+    caller: &str,
+    now_ms: u64,
+) -> Result<(String, OpenAlert), AckError> {
+    if new.comment.trim().is_empty() {
+        return Err(AckError::Invalid(
+            "an acknowledgement needs a comment: what is being done".into(),
+        ));
+    }
+    let until_ms = match &new.duration {
+        None => None,
+        Some(text) => {
+            let d = humantime::parse_duration(text)
+                .map_err(|e| AckError::Invalid(format!("duration `{text}`: {e}")))?;
+            Some(now_ms + d.as_millis() as u64)
+        }
+    };
+    let lock = locks.get(&new.pipeline);
+    let _register = match &lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
+    let records = list(store, &new.pipeline)?;
+    let named: Vec<&(String, OpenAlert)> = match records.iter().find(|(id, _)| *id == new.alert) {
+        Some(exact) => vec![exact],
+        None => records
+            .iter()
+            .filter(|(id, _)| id.starts_with(&new.alert))
+            .collect(),
+    };
+    let (identity, alert) = match named.as_slice() {
+        [one] => (one.0.clone(), one.1.clone()),
+        [] => {
+            return Err(AckError::NotFound(format!(
+                "pipeline `{}` has no alert `{}` (`tocsin alerts {}` lists them)",
+                new.pipeline, new.alert, new.pipeline
+            )))
+        }
+        many => {
+            return Err(AckError::Invalid(format!(
+                "`{}` names {} alerts of `{}`; give more of the identity",
+                new.alert,
+                many.len(),
+                new.pipeline
+            )))
+        }
+    };
+    if !alert.open {
+        return Err(AckError::NotFound(format!(
+            "alert `{identity}` of `{}` is resolved: nothing to acknowledge",
+            new.pipeline
+        )));
+    }
+    let mut alert = alert;
+    alert.ack = Some(Ack {
+        by: new.by.clone().unwrap_or_else(|| caller.to_string()),
+        comment: new.comment.clone(),
+        at_ms: now_ms,
+        until_ms,
+        severity: alert.severity,
+    });
+    let write = StateWrite {
+        stage: STAGE.to_string(),
+        key: identity.clone(),
+        value: serde_json::to_vec(&alert).ok(),
+    };
+    store.put_state(&new.pipeline, &[write]).await?;
+    Ok((identity, alert))
 }
 
 /// Every record of `pipeline`'s register, by identity.
@@ -374,6 +576,112 @@ mod tests {
             observed(None, &message("resolved"), &queued("matrix"), 20),
             None
         );
+    }
+
+    fn ack(until_ms: Option<u64>) -> Ack {
+        Ack {
+            by: "alice".into(),
+            comment: "on it".into(),
+            at_ms: 10,
+            until_ms,
+            severity: Severity::Error,
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_keeps_back_reminders_only() {
+        let mut open = observed(None, &message("firing"), &queued("matrix"), 10).unwrap();
+        open.ack = Some(ack(Some(100)));
+        let reminder = message("firing");
+        assert!(open.ack_mutes(&reminder, "matrix", 50).is_some());
+        // A sink never told the alert is open gets it; so does an escalation, a resolution,
+        // and anything once the acknowledgement lapsed.
+        assert!(open.ack_mutes(&reminder, "mastodon", 50).is_none());
+        let mut worse = message("firing");
+        worse.severity = Severity::Alert;
+        assert!(open.ack_mutes(&worse, "matrix", 50).is_none());
+        assert!(open.ack_mutes(&message("resolved"), "matrix", 50).is_none());
+        assert!(open.ack_mutes(&reminder, "matrix", 100).is_none());
+    }
+
+    #[test]
+    fn an_acknowledgement_ends_with_its_alert_or_when_it_lapses() {
+        let mut open = observed(None, &message("firing"), &queued("matrix"), 10).unwrap();
+        open.ack = Some(ack(None));
+        let kept = observed(Some(&open), &message("firing"), &[], 20).unwrap();
+        assert_eq!(kept.ack, Some(ack(None)), "kept while open");
+        let mut muted = open.clone();
+        muted.held.insert(
+            "m".into(),
+            Held {
+                silence: "s".into(),
+                message: message("firing"),
+            },
+        );
+        let resolved = observed(Some(&muted), &message("resolved"), &silenced("m"), 30).unwrap();
+        assert_eq!(resolved.ack, None, "a resolution ends it");
+        open.ack = Some(ack(Some(25)));
+        assert_eq!(
+            observed(Some(&open), &message("firing"), &[], 30)
+                .unwrap()
+                .ack,
+            None,
+            "a lapsed one is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn acknowledging_names_an_open_alert_by_identity_or_prefix_and_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn QueueStore> =
+            tocsin_queue::SledStore::open(dir.path()).unwrap();
+        let mut batch = RegisterBatch::new(store.as_ref(), "disks");
+        let mut writes = Vec::new();
+        let mut other = message("firing");
+        other.key = Some("CPU/db1".into());
+        let mut disk = message("firing");
+        disk.key = Some("Disk/db1".into());
+        writes.extend(batch.observe(&disk, &queued("matrix"), 10));
+        writes.extend(batch.observe(&other, &queued("matrix"), 10));
+        store.put_state("disks", &writes).await.unwrap();
+        let new = |alert: &str, comment: &str, duration: Option<&str>| NewAck {
+            pipeline: "disks".into(),
+            alert: alert.into(),
+            comment: comment.into(),
+            duration: duration.map(str::to_string),
+            by: None,
+        };
+        let locks = Locks::default();
+        let ack_of = |n: NewAck| {
+            let store = store.clone();
+            let locks = locks.clone();
+            async move { acknowledge(store.as_ref(), &locks, &n, "alice", 1_000).await }
+        };
+        assert!(matches!(
+            ack_of(new("k:", "x", None)).await,
+            Err(AckError::Invalid(_))
+        ));
+        assert!(matches!(
+            ack_of(new("k:Nope", "x", None)).await,
+            Err(AckError::NotFound(_))
+        ));
+        assert!(matches!(
+            ack_of(new("k:Disk", " ", None)).await,
+            Err(AckError::Invalid(_))
+        ));
+        assert!(matches!(
+            ack_of(new("k:Disk", "x", Some("soon"))).await,
+            Err(AckError::Invalid(_))
+        ));
+        let (identity, alert) = ack_of(new("k:Disk", "replacing it", Some("1h")))
+            .await
+            .unwrap();
+        assert_eq!(identity, "k:Disk/db1");
+        let ack = alert.ack.unwrap();
+        assert_eq!((ack.by.as_str(), ack.until_ms), ("alice", Some(3_601_000)));
+        let stored = list(store.as_ref(), "disks").unwrap();
+        let disk = stored.iter().find(|(id, _)| id == "k:Disk/db1").unwrap();
+        assert!(disk.1.ack.is_some(), "written to the store");
     }
 
     #[test]

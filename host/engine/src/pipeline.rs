@@ -46,6 +46,8 @@ pub struct Shared {
     pub silences: Arc<crate::silences::Silences>,
     /// The running pipelines' expected reporters, for the admin API.
     pub expectations: crate::absence::Registry,
+    /// The running pipelines' register locks, for acknowledgements through the API.
+    pub register_locks: crate::open_alerts::Locks,
 }
 
 /// A pipeline whose tasks are running.
@@ -63,6 +65,11 @@ pub struct RunningPipeline {
     _memory: crate::plugin_memory::Reservation,
     /// Its expected reporters, listed in the registry while it runs.
     expectations: Option<(crate::absence::Registry, Arc<crate::absence::Expectations>)>,
+    /// Its register lock, listed while it runs.
+    register_lock: (
+        crate::open_alerts::Locks,
+        crate::silence_release::RegisterLock,
+    ),
 }
 
 impl RunningPipeline {
@@ -88,6 +95,8 @@ impl RunningPipeline {
         if let Some((registry, expectations)) = &self.expectations {
             registry.remove(&self.spec.name, expectations);
         }
+        let (locks, lock) = &self.register_lock;
+        locks.remove(&self.spec.name, lock);
         self.cancel.cancel();
     }
 
@@ -327,7 +336,7 @@ pub async fn start(
             .map(|(i, f)| format!("filter.{i} ({})", f.plugin.name))
             .collect(),
         silences: shared.silences.subscribe(),
-        register_lock,
+        register_lock: register_lock.clone(),
         maintenance,
         expectations: expectations.clone(),
     };
@@ -364,6 +373,7 @@ pub async fn start(
     if let Some(expectations) = &expectations {
         shared.expectations.insert(&name, expectations.clone());
     }
+    shared.register_locks.insert(&name, register_lock.clone());
     Ok(RunningPipeline {
         spec,
         status,
@@ -373,6 +383,7 @@ pub async fn start(
         run_now,
         _memory: memory,
         expectations: expectations.map(|e| (shared.expectations.clone(), e)),
+        register_lock: (shared.register_locks.clone(), register_lock),
     })
 }
 

@@ -83,6 +83,8 @@ pub struct Server {
     silences: Arc<crate::silences::Silences>,
     /// The running pipelines' expected reporters, for the admin API.
     expectations: crate::absence::Registry,
+    /// The running pipelines' register locks, for the admin API.
+    register_locks: crate::open_alerts::Locks,
     /// Operators' commands from the admin API, to the manager.
     commands: (
         mpsc::Sender<crate::manager::CommandRequest>,
@@ -191,7 +193,9 @@ impl Server {
             crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
         let history = crate::history::History::new(queue.clone());
         let expectations = crate::absence::Registry::default();
+        let register_locks = crate::open_alerts::Locks::default();
         let shared = Shared {
+            register_locks: register_locks.clone(),
             expectations: expectations.clone(),
             silences: silences.clone(),
             history: history.clone(),
@@ -242,6 +246,7 @@ impl Server {
             history,
             silences,
             expectations,
+            register_locks,
             _announcement: announcement,
         })
     }
@@ -297,6 +302,7 @@ impl Server {
                     history: self.history.clone(),
                     silences: self.silences.clone(),
                     expectations: self.expectations.clone(),
+                    register_locks: self.register_locks.clone(),
                 },
             ))
             .merge(crate::status_page::router());

@@ -451,7 +451,7 @@ pub fn matchers_text(matchers: &[Matcher]) -> String {
 }
 
 /// `2026-12-06 14:00:00 UTC`.
-fn format_time_ms(ms: u64) -> String {
+pub fn format_time_ms(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).map_or_else(
         || ms.to_string(),
         |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),

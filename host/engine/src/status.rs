@@ -45,6 +45,8 @@ pub struct Counters {
     pub plugin_errors: AtomicU64,
     /// Messages a silence kept from a sink (one per sink).
     pub silenced: AtomicU64,
+    /// Reminders of acknowledged alerts kept from a sink (one per sink).
+    pub acknowledged: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +77,7 @@ impl Counters {
             ("plugin_traps", &self.plugin_traps),
             ("plugin_errors", &self.plugin_errors),
             ("silenced", &self.silenced),
+            ("acknowledged", &self.acknowledged),
         ]
         .into_iter()
         .map(|(name, counter)| (name.to_string(), Counters::get(counter)))
@@ -95,6 +98,8 @@ pub enum StageEvent {
     DeadLetter,
     /// A silence kept a message from the sink.
     Silenced,
+    /// An acknowledgement kept a reminder of its alert from the sink.
+    Acknowledged,
 }
 
 impl StageEvent {
@@ -106,6 +111,7 @@ impl StageEvent {
             StageEvent::Retry => "retry",
             StageEvent::DeadLetter => "dead_letter",
             StageEvent::Silenced => "silenced",
+            StageEvent::Acknowledged => "acknowledged",
         }
     }
 }
@@ -255,6 +261,7 @@ impl PipelineStatus {
             StageEvent::Retry => &c.retries,
             StageEvent::DeadLetter => &c.dead_lettered,
             StageEvent::Silenced => &c.silenced,
+            StageEvent::Acknowledged => &c.acknowledged,
         });
         *self
             .stage_events

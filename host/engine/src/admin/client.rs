@@ -128,6 +128,27 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /alerts`.
+    pub async fn alerts(
+        &self,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<crate::admin::silences::AlertRow>, String> {
+        let mut url = self.url(&["alerts"])?;
+        if let Some(p) = pipeline {
+            url.query_pairs_mut().append_pair("pipeline", p);
+        }
+        self.call(self.http.get(url)).await
+    }
+
+    /// `POST /alerts/ack`.
+    pub async fn acknowledge(
+        &self,
+        new: &crate::open_alerts::NewAck,
+    ) -> Result<crate::admin::silences::AlertRow, String> {
+        self.call(self.http.post(self.url(&["alerts", "ack"])?).json(new))
+            .await
+    }
+
     /// `GET /pipelines/{pipeline}/expected`.
     pub async fn expected(
         &self,

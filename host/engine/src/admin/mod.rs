@@ -55,6 +55,8 @@ pub struct ServerParts {
     pub silences: Arc<crate::silences::Silences>,
     /// The running pipelines' expected reporters.
     pub expectations: crate::absence::Registry,
+    /// The running pipelines' register locks.
+    pub register_locks: crate::open_alerts::Locks,
 }
 
 /// What the handlers share.
@@ -103,6 +105,7 @@ pub fn router(tokens: Option<Arc<ApiTokens>>, parts: ServerParts) -> Router {
         .route("/silences", get(silences::list).post(silences::add))
         .route("/silences/{id}", axum::routing::delete(silences::expire))
         .route("/alerts", get(silences::alerts))
+        .route("/alerts/ack", post(silences::ack))
         .route("/pipelines/{pipeline}/expected", get(expected::list))
         .route(
             "/pipelines/{pipeline}/expected/{reporter}",

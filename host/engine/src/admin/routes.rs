@@ -152,6 +152,22 @@ pub const ROUTES: &[RouteDoc] = &[
                  severity, labels, handed: {sink: open}, held: {sink: {silence, message}}}`",
     },
     RouteDoc {
+        method: "POST",
+        path: "/alerts/ack",
+        role: Role::Admin,
+        summary: "acknowledges an open alert from `{pipeline, alert, comment, duration: \
+                  \"4h\" (default: until it resolves), by (default the token's name)}` \
+                  (`alert`: its identity as `GET /alerts` lists it, or a prefix naming one): \
+                  its reminders (messages no more severe than when acknowledged, to sinks \
+                  already told it is open) are kept back — counted as \
+                  `event=\"acknowledged\"` — until it resolves or the acknowledgement lapses; \
+                  what does go out of it (an escalation, its resolution) carries the label \
+                  `acknowledged_by`",
+        answer: "`{pipeline, identity, …the record as GET /alerts lists it, with ack: {by, \
+                 comment, at_ms, until_ms, severity}}`; 400 without a comment or for a \
+                 prefix naming several; 404 for no such open alert",
+    },
+    RouteDoc {
         method: "GET",
         path: "/pipelines/{pipeline}/expected",
         role: Role::Read,
@@ -361,6 +377,7 @@ mod tests {
                 history,
                 silences,
                 expectations: crate::absence::Registry::default(),
+                register_locks: crate::open_alerts::Locks::default(),
             },
         );
         let send = |method: &str, path: &str, token: &str| {

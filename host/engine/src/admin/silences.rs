@@ -69,6 +69,47 @@ fn silence_error(e: SilenceError) -> Response {
     error(status, e.to_string())
 }
 
+/// Acknowledges an open alert.
+pub(super) async fn ack(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<crate::open_alerts::NewAck>, JsonRejection>,
+) -> Response {
+    let Json(new) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not an acknowledgement: {}", rejection.body_text()),
+            )
+        }
+    };
+    let done = crate::open_alerts::acknowledge(
+        state.queue.as_ref(),
+        &state.register_locks,
+        &new,
+        &caller.name,
+        now_ms(),
+    )
+    .await;
+    match done {
+        Ok((identity, alert)) => Json(AlertRow {
+            pipeline: new.pipeline,
+            identity,
+            alert,
+        })
+        .into_response(),
+        Err(e) => {
+            let status = match e {
+                crate::open_alerts::AckError::Invalid(_) => StatusCode::BAD_REQUEST,
+                crate::open_alerts::AckError::NotFound(_) => StatusCode::NOT_FOUND,
+                crate::open_alerts::AckError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, e.to_string())
+        }
+    }
+}
+
 /// The query of `GET /alerts`.
 #[derive(Deserialize)]
 pub(super) struct AlertsQuery {

@@ -243,3 +243,135 @@ async fn an_admin_replays_a_dead_letter_from_the_page_and_sees_graphs_per_host()
     browser.close().await;
     tocsin.kill();
 }
+
+/// The alert side of the page: an open alert an admin acknowledges from its row, a silence
+/// the admin expires, and a reporter that stopped (`expect`) listed as a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_acknowledges_an_alert_and_expires_a_silence_from_the_page() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "disks",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}",
+            tocsin_tests::file_sink(&env, "room", "room.jsonl")
+        ),
+    );
+    env.write_pipeline(
+        "fleet",
+        &format!(
+            "expect = {{ every = \"1s\", grace = \"0s\", key_labels = [\"host\"] }}\n{OPEN_JSON_SOURCE}{}",
+            tocsin_tests::file_sink(&env, "log", "fleet.jsonl")
+        ),
+    );
+    let tokens = write_api_tokens(&env);
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &["--api-tokens", tokens.to_str().unwrap()]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let base = tocsin.base_url.clone();
+    post_accepted(
+        &base,
+        "disks",
+        json!({"id": "disk-1", "key": "DiskFull/db1", "severity": "error", "summary": "Disk full on db1",
+               "body": "/var at 99%", "labels": {"alertname": "DiskFull", "host": "db1", "status": "firing"}}),
+    )
+    .await;
+    post_accepted(
+        &base,
+        "fleet",
+        json!({"id": "db7-1", "body": "alive", "labels": {"host": "db7"}}),
+    )
+    .await;
+    let silence = reqwest::Client::new()
+        .post(format!("{base}/api/v1/silences"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"matchers": ["host=db2"], "duration": "2h", "comment": "kernel upgrade"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(silence.status(), 201);
+    wait_until(WAIT, "the alert in the register", || {
+        env.read_json_lines("out/room.jsonl").len() == 1
+    })
+    .await;
+
+    let browser = Browser::start(1280, 1400).await;
+    sign_in(&browser, &base, ADMIN_TOKEN).await;
+    let row = "#alerts tr[data-identity='k:DiskFull/db1']";
+    browser
+        .wait_for(
+            WAIT,
+            "the open alert with its acknowledge button",
+            &format!("return document.querySelector(\"{row} button.ack\") !== null"),
+        )
+        .await;
+    let silences = browser
+        .eval("return document.getElementById('silences').innerText")
+        .await;
+    assert!(
+        silences.as_str().unwrap().contains("host=db2")
+            && silences.as_str().unwrap().contains("kernel upgrade"),
+        "{silences}"
+    );
+    // The reporter that stopped is a problem (every 1 s, no grace: absent a second after).
+    browser
+        .wait_for(
+            WAIT,
+            "the absent reporter among the problems",
+            "return document.getElementById('problems').innerText.includes('fleet: host=db7 has not reported for')",
+        )
+        .await;
+    browser.screenshot("status-page-alerts").await;
+
+    let input = browser
+        .client
+        .find(fantoccini::Locator::Css(&format!(
+            "{row} input.ack-comment"
+        )))
+        .await
+        .unwrap();
+    input.send_keys("replacing the disk").await.unwrap();
+    browser.click(&format!("{row} button.ack")).await;
+    browser
+        .wait_for(
+            WAIT,
+            "the alert shown as acknowledged",
+            &format!(
+                "const r = document.querySelector(\"{row} td.state\"); \
+                 return r !== null && r.innerText.includes('acknowledged by alice: replacing the disk')"
+            ),
+        )
+        .await;
+    let alerts = tocsin_tests::api_get(&base, "/alerts?pipeline=disks", READ_TOKEN).await;
+    assert_eq!(
+        alerts[0]["ack"]["comment"], "replacing the disk",
+        "{alerts}"
+    );
+
+    browser.click("#silences button.expire").await;
+    browser
+        .wait_for(
+            WAIT,
+            "no silence left in force",
+            "return !document.getElementById('silences-empty').hidden",
+        )
+        .await;
+    let listed = tocsin_tests::api_get(&base, "/silences", READ_TOKEN).await;
+    assert_eq!(listed[0]["state"], "expired", "{listed}");
+
+    // A read token sees the alert and the problem, and no buttons.
+    sign_in(&browser, &base, READ_TOKEN).await;
+    browser
+        .wait_for(
+            WAIT,
+            "the alert for a reader",
+            &format!("return document.querySelector(\"{row}\") !== null"),
+        )
+        .await;
+    let buttons = browser
+        .eval("return document.querySelectorAll('#alerts button, #silences button').length")
+        .await;
+    assert_eq!(buttons, 0);
+    browser.close().await;
+    tocsin.kill();
+}

@@ -160,6 +160,11 @@ pub fn reporter_name(labels: &[(String, String)]) -> String {
         .join(",")
 }
 
+/// Seconds from `ms` (since the epoch) to now.
+pub fn now_seconds_since(ms: u64) -> f64 {
+    now_ms().saturating_sub(ms) as f64 / 1000.0
+}
+
 /// When a reporter last seen at `seen_ms` is absent, for a pipeline started at `started_ms`.
 pub fn due_ms(policy: &ExpectPolicy, seen_ms: u64, started_ms: u64) -> u64 {
     seen_ms.max(started_ms) + policy.allowed_silence().as_millis() as u64

@@ -107,6 +107,10 @@ pub struct PipelineView {
     /// it, and the sha256 of the `.wasm` loaded (pin it with `sha256 = "…"`).
     #[serde(default)]
     pub plugins: Vec<PluginView>,
+    /// Reporters it expects (`expect`) whose absence alert is open: (reporter, last report
+    /// in ms since the epoch, if known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<(String, Option<u64>)>,
 }
 
 /// One stage's plugin.
@@ -200,6 +204,11 @@ pub fn pipelines(
                     plugin,
                     sha256,
                 })
+                .collect(),
+            absent: crate::absence::stored_rows(store, name)?
+                .into_iter()
+                .filter(|r| r.absent_since_ms.is_some())
+                .map(|r| (r.reporter, r.last_seen_ms))
                 .collect(),
         })
     };
@@ -483,6 +492,16 @@ pub fn problems(views: &[PipelineView], recent: &[crate::recent::RecentMessage])
                 format!("{name} has stored messages but no pipeline file"),
             ),
             _ => {}
+        }
+        for (reporter, last) in &view.absent {
+            let since = last.map_or_else(
+                || "stopped reporting".to_string(),
+                |ms| {
+                    let age = crate::absence::now_seconds_since(ms);
+                    format!("has not reported for {}", format_age(age))
+                },
+            );
+            add("bad", format!("{name}: {reporter} {since}"));
         }
         for (queue, &count) in &view.dead_letters {
             if count > 0 {

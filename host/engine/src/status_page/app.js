@@ -1,6 +1,7 @@
 // tocsin's status page: reads the admin API (/api/v1) with the token the operator pastes, and
-// draws pipelines, problems, dead letters (replay / purge with an admin token), recent messages
-// with their trace, and per-host graphs of the metric history. No library, nothing fetched
+// draws problems, open alerts (acknowledge with an admin token), silences (expire), pipelines,
+// dead letters (replay / purge), recent messages with their trace, and per-host graphs of the
+// metric history. No library, nothing fetched
 // from elsewhere.
 "use strict";
 
@@ -110,12 +111,15 @@ async function signIn(token) {
 
 async function refresh() {
   try {
-    const [pipelines, problems, deadLetters, recent] = await Promise.all([
+    const [pipelines, problems, deadLetters, recent, alerts, silences] = await Promise.all([
       api("/pipelines"), api("/problems"), api("/dead-letters"), api("/recent?limit=50"),
+      api("/alerts"), api("/silences"),
     ]);
     $("error").hidden = true;
     drawSummary(pipelines);
     drawProblems(problems);
+    drawAlerts(alerts);
+    drawSilences(silences);
     drawPipelines(pipelines);
     drawDeadLetters(deadLetters);
     drawRecent(recent);
@@ -139,6 +143,83 @@ function drawProblems(problems) {
   list.replaceChildren(...(problems.length
     ? problems.map((p) => el("li", { class: p.level }, p.text))
     : [el("li", { class: "none" }, "None: everything runs and nothing waits.")]));
+}
+
+/// How a severity is shown.
+const SEVERITY_CLASS = { alert: "bad", error: "bad", warning: "warn", info: "ok", none: "muted" };
+
+/// The open alerts of the register (`GET /alerts`), with who acknowledged or what holds them;
+/// an admin may acknowledge one. Not redrawn while a comment is being typed.
+function drawAlerts(alerts) {
+  if (document.activeElement && document.activeElement.classList.contains("ack-comment")) return;
+  const now = Date.now();
+  const open = alerts.filter((a) => a.open);
+  $("alerts-empty").hidden = open.length > 0;
+  $("alerts").hidden = open.length === 0;
+  const rows = open.map((a) => {
+    const ack = a.ack && (a.ack.until_ms == null || a.ack.until_ms > now) ? a.ack : null;
+    const held = Object.entries(a.held || {}).map(([sink, h]) => `held from ${sink} by ${h.silence}`);
+    const state = ack ? `acknowledged by ${ack.by}: ${ack.comment}` : (held.join(" · ") || "open");
+    const actions = el("td", { class: "actions" });
+    if (role === "admin" && !ack) {
+      const comment = el("input", {
+        type: "text", class: "ack-comment", placeholder: "what you are doing",
+        "aria-label": `what you are doing about ${a.summary || a.identity}`,
+      });
+      actions.append(comment, " ",
+        el("button", { type: "button", class: "ack", onclick: () => acknowledge(a, comment.value) }, "Acknowledge"));
+    }
+    return el("tr", { "data-identity": a.identity, "data-pipeline": a.pipeline },
+      el("td", {}, a.pipeline),
+      el("td", {}, el("span", { class: `badge ${SEVERITY_CLASS[a.severity] || "warn"}` }, a.severity), " ",
+        a.summary || "", " ", el("span", { class: "muted" }, a.identity)),
+      el("td", { class: "when" }, ago(a.since_ms)),
+      el("td", { class: ack ? "state ok" : "state" }, state),
+      actions);
+  });
+  $("alerts").tBodies[0].replaceChildren(...rows);
+}
+
+async function acknowledge(alert, comment) {
+  try {
+    if (!comment.trim()) throw new Error("say what you are doing first");
+    await api("/alerts/ack", { method: "POST", body: { pipeline: alert.pipeline, alert: alert.identity, comment } });
+  } catch (e) {
+    $("error").textContent = `Cannot acknowledge ${alert.identity}: ${e.message}`;
+    $("error").hidden = false;
+    return;
+  }
+  document.activeElement.blur();
+  await refresh();
+}
+
+/// Silences in force or to come (`GET /silences`); an admin may end one.
+function drawSilences(silences) {
+  const live = silences.filter((s) => s.state !== "expired");
+  $("silences-empty").hidden = live.length > 0;
+  $("silences").hidden = live.length === 0;
+  const rows = live.map((s) => {
+    const actions = el("td", { class: "actions" });
+    if (role === "admin") {
+      actions.append(el("button", { type: "button", class: "expire", onclick: () => expire(s) }, "Expire"));
+    }
+    const from = s.state === "pending" ? `${new Date(s.starts_at_ms).toLocaleString()} · ` : "";
+    return el("tr", { "data-silence": s.id },
+      el("td", {}, s.matchers.join(", "), s.sinks && s.sinks.length ? el("span", { class: "muted" }, ` (${s.sinks.join(", ")})`) : ""),
+      el("td", { class: "when" }, `${from}${new Date(s.ends_at_ms).toLocaleString()}`),
+      el("td", {}, s.created_by), el("td", {}, s.comment), actions);
+  });
+  $("silences").tBodies[0].replaceChildren(...rows);
+}
+
+async function expire(silence) {
+  try {
+    await api(`/silences/${encodeURIComponent(silence.id)}`, { method: "DELETE" });
+  } catch (e) {
+    $("error").textContent = `Cannot expire silence ${silence.id}: ${e.message}`;
+    $("error").hidden = false;
+  }
+  await refresh();
 }
 
 function drawPipelines(pipelines) {

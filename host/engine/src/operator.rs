@@ -597,12 +597,18 @@ mod tests {
             stored_bytes: 0,
             queue_budget: None,
             plugins: vec![],
+            absent: vec![],
         }
     }
 
     #[test]
     fn problems_name_what_needs_someone_and_nothing_else() {
         let mut backups = view("backups", "running");
+        let twenty_min_ago = tocsin_queue::now_ms() - 20 * 60_000;
+        backups.absent = vec![
+            ("host=db7".into(), Some(twenty_min_ago)),
+            ("host=db8".into(), None),
+        ];
         backups.dead_letters.insert("matrix".into(), 2);
         backups.queues.push(QueueView {
             queue: "matrix".into(),
@@ -636,6 +642,8 @@ mod tests {
             .map(|p| (p.level, p.text))
             .collect();
         let expected = [
+            ("bad", "backups: host=db7 has not reported for 20m"),
+            ("bad", "backups: host=db8 stopped reporting"),
             ("bad", "backups/matrix: 2 dead letters"),
             ("warn", "backups/matrix: 7 waiting, the oldest for 15m"),
             ("bad", "web failed: filter.0 (dedup): init failed"),

@@ -318,3 +318,91 @@ async fn a_maintenance_window_mutes_its_matches_and_releases_what_is_still_open_
     assert_eq!(delivered()[1], "DiskFull-db1-firing-1");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_critical_alert_inhibits_its_hosts_warnings_until_it_resolves() {
+    let env = Env::new();
+    env.mkdir("out");
+    env.write_pipeline(
+        "disks",
+        &format!(
+            "{OPEN_JSON_SOURCE}{}concurrency = 1\n\n[[inhibit]]\nsource = [\"severity=alert\"]\n\
+             target = [\"severity=warning\"]\nequal = [\"host\"]\n",
+            file_sink(&env, "room", "room.jsonl")
+        ),
+    );
+    let tokens = write_api_tokens(&env);
+    let server = env
+        .start_with(|s| s.api_tokens = Some(tokens.clone()))
+        .await;
+    let base = server.base_url.clone();
+    let delivered = || delivered_ids(&env);
+    let post =
+        |what: &'static str, host: &'static str, severity: &'static str, status: &'static str| {
+            let base = base.clone();
+            async move {
+                let mut body = alert(what, host, status, 1);
+                body["severity"] = json!(severity);
+                post_accepted(&base, "disks", body).await;
+            }
+        };
+    post("NodeDown", "db1", "alert", "firing").await;
+    wait_until(Duration::from_secs(30), "the critical alert", || {
+        delivered().len() == 1
+    })
+    .await;
+    // db1's warnings are inhibited (counted, held); db2's are not.
+    post("DiskSlow", "db1", "warning", "firing").await;
+    post("CpuHigh", "db1", "warning", "firing").await;
+    post("CpuHigh", "db1", "warning", "resolved").await;
+    post("DiskSlow", "db2", "warning", "firing").await;
+    wait_until(Duration::from_secs(30), "db2's warning", || {
+        delivered().len() == 2
+    })
+    .await;
+    assert_eq!(metric_sum(&base, SILENCED).await, 3);
+    assert_eq!(delivered()[1], "DiskSlow-db2-firing-1");
+    let alerts = api_get(&base, "/alerts?pipeline=disks", ADMIN_TOKEN).await;
+    let held: Vec<(&str, &str)> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| {
+            let silence = a["held"]["room"]["silence"].as_str()?;
+            Some((a["identity"].as_str()?, silence))
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [
+            ("k:CpuHigh/db1", "inhibited by k:NodeDown/db1"),
+            ("k:DiskSlow/db1", "inhibited by k:NodeDown/db1")
+        ],
+        "each hold names its source: {alerts:#}"
+    );
+    // The source resolves: db1's disk warning, still open, is posted once; the CPU warning
+    // that opened and resolved meanwhile never is.
+    post("NodeDown", "db1", "alert", "resolved").await;
+    wait_until(
+        Duration::from_secs(30),
+        "the resolution and the release",
+        || delivered().len() == 4,
+    )
+    .await;
+    post("Marker", "db9", "info", "firing").await;
+    wait_until(Duration::from_secs(30), "the marker", || {
+        delivered().len() == 5
+    })
+    .await;
+    assert_eq!(
+        delivered(),
+        [
+            "NodeDown-db1-firing-1",
+            "DiskSlow-db2-firing-1",
+            "NodeDown-db1-resolved-1",
+            "DiskSlow-db1-firing-1",
+            "Marker-db9-firing-1"
+        ]
+    );
+    server.stop().await;
+}

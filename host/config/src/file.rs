@@ -38,6 +38,22 @@ pub struct PipelineFile {
     pub maintenance: Vec<MaintenanceTable>,
     /// Who is expected to report how often: an absence alert when one stops.
     pub expect: Option<Spanned<ExpectTable>>,
+    /// Alerts that mute others while they are open.
+    #[serde(default, rename = "inhibit")]
+    pub inhibit: Vec<InhibitTable>,
+}
+
+/// `[[inhibit]]`: while an alert `source` picks is open, the alerts `target` picks with the
+/// same `equal` labels are muted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitTable {
+    /// Label matchers of the alerts that inhibit.
+    pub source: Spanned<Vec<String>>,
+    /// Label matchers of the alerts they mute.
+    pub target: Spanned<Vec<String>>,
+    /// Labels both must have equal.
+    pub equal: Option<Spanned<Vec<String>>>,
 }
 
 /// `expect = { every = "15m", grace = "5m", key_labels = ["host"] }`.

@@ -71,6 +71,22 @@ pub struct PipelineSpec {
     pub maintenance: Vec<crate::maintenance::MaintenanceWindow>,
     /// Who is expected to report how often; `None`: no absence alerts.
     pub expect: Option<ExpectPolicy>,
+    /// Alerts that mute others while they are open.
+    pub inhibit: Vec<InhibitRule>,
+}
+
+/// Alertmanager's inhibition: while an open alert of the pipeline matches every `source`
+/// matcher, a message of another alert matching every `target` matcher, with the same values
+/// of the `equal` labels, is muted (held, and announced if still open when the source
+/// resolves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InhibitRule {
+    /// Which alerts inhibit.
+    pub source: Vec<crate::matchers::Matcher>,
+    /// Which alerts they mute.
+    pub target: Vec<crate::matchers::Matcher>,
+    /// Labels whose values must be equal in both (a missing label counts as empty).
+    pub equal: Vec<String>,
 }
 
 /// Absence alerts, as push monitors (healthchecks.io, Cronitor) raise them: each reporter —

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::file::{
-    ExpectTable, GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable, PipelineFile,
-    RetryTable, SinkTable,
+    ExpectTable, GrantsTable, GroupTable, InhibitTable, LimitsTable, MaintenanceTable, MatchTable,
+    PipelineFile, RetryTable, SinkTable,
 };
 use crate::maintenance::MaintenanceWindow;
 use crate::schedule::parse_cron;
@@ -394,6 +394,12 @@ pub fn parse_pipeline(
         .map(|(i, m)| cx.maintenance(i, m, &sink_names))
         .collect();
     let expect = raw.expect.as_ref().map(|e| cx.expect(e));
+    let inhibit: Vec<Option<InhibitRule>> = raw
+        .inhibit
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| cx.inhibit(i, rule))
+        .collect();
 
     if !cx.diags.is_empty() {
         return Err(cx.diags);
@@ -416,6 +422,7 @@ pub fn parse_pipeline(
             .map(|m| m.expect("checked"))
             .collect(),
         expect: expect.map(|e| e.expect("checked")),
+        inhibit: inhibit.into_iter().map(|r| r.expect("checked")).collect(),
     })
 }
 
@@ -1120,6 +1127,38 @@ impl Checker<'_> {
         Some(checked)
     }
 
+    /// `inhibit[i]`: matchers on both sides (at least one each), the equal labels.
+    fn inhibit(&mut self, i: usize, rule: &InhibitTable) -> Option<InhibitRule> {
+        let field = format!("inhibit[{i}]");
+        let mut ok = true;
+        let parse = |t: &str| crate::matchers::Matcher::parse(t).map_err(|e| e.to_string());
+        let source = self.each(&mut ok, &field, "source", Some(&rule.source), parse);
+        let target = self.each(&mut ok, &field, "target", Some(&rule.target), parse);
+        for (name, side, list) in [
+            ("source", &rule.source, &source),
+            ("target", &rule.target, &target),
+        ] {
+            if ok && list.is_empty() {
+                self.error(
+                    Some(side.span()),
+                    &format!("{field}.{name}"),
+                    "needs at least one matcher".into(),
+                );
+                ok = false;
+            }
+        }
+        let equal = match &rule.equal {
+            None => Some(Vec::new()),
+            Some(names) => self.label_names(&format!("{field}.equal"), names),
+        };
+        let equal = equal?;
+        ok.then_some(InhibitRule {
+            source,
+            target,
+            equal,
+        })
+    }
+
     /// `expect`: `every` at least a second, `grace` (0 allowed), the key labels, the severity.
     fn expect(&mut self, e: &Spanned<ExpectTable>) -> Option<ExpectPolicy> {
         let table = e.get_ref();
@@ -1494,6 +1533,44 @@ match = { severity = ">= info" }
         ] {
             let d = check(&fx, &with(bad)).unwrap_err();
             assert!(d[0].field.starts_with(field), "{bad}: {:?}", d[0]);
+            assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
+            assert!(d[0].line.is_some(), "{bad}: a line is named");
+        }
+    }
+
+    #[test]
+    fn inhibit_rules_take_matchers_on_both_sides_and_equal_labels() {
+        let fx = fixture();
+        let with = |rule: &str| format!("{GOOD}\n[[inhibit]]\n{rule}\n");
+        let spec = check(
+            &fx,
+            &with("source = [\"severity=alert\"]\ntarget = [\"severity=warning\"]\nequal = [\"host\"]"),
+        )
+        .unwrap();
+        let rule = &spec.inhibit[0];
+        assert_eq!(rule.source[0].to_string(), "severity=alert");
+        assert_eq!(rule.target[0].to_string(), "severity=warning");
+        assert_eq!(rule.equal, ["host"]);
+        assert!(check(&fx, GOOD).unwrap().inhibit.is_empty());
+        for (bad, field, says) in [
+            (
+                "source = []\ntarget = [\"a=b\"]",
+                "inhibit[0].source",
+                "at least one",
+            ),
+            (
+                "source = [\"a=b\"]\ntarget = [\"nope\"]",
+                "inhibit[0].target",
+                "no operator",
+            ),
+            (
+                "source = [\"a=b\"]\ntarget = [\"c=d\"]\nequal = [\"h\", \"h\"]",
+                "inhibit[0].equal",
+                "named twice",
+            ),
+        ] {
+            let d = check(&fx, &with(bad)).unwrap_err();
+            assert_eq!(d[0].field, field, "{bad}: {:?}", d[0]);
             assert!(d[0].message.contains(says), "{bad}: {:?}", d[0]);
             assert!(d[0].line.is_some(), "{bad}: a line is named");
         }

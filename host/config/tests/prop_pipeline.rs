@@ -1271,6 +1271,7 @@ impl GenPipeline {
             // in `src/maintenance.rs` and `src/validate.rs`).
             maintenance: Vec::new(),
             expect: None,
+            inhibit: Vec::new(),
             disabled: self.disabled.unwrap_or(false),
             queue_budget: self.queue_budget.as_ref().map(|(_, b)| *b),
             source: SourceSpec {

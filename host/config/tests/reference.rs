@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_aux::serde_introspection::serde_introspect;
 use tocsin_config::file::{
-    AuthTable, ExpectTable, GrantsTable, GroupTable, LimitsTable, MaintenanceTable, MatchTable,
-    OidcTable, PipelineFile, RetryTable, SinkTable, SourceTable, StageTable,
+    AuthTable, ExpectTable, GrantsTable, GroupTable, InhibitTable, LimitsTable, MaintenanceTable,
+    MatchTable, OidcTable, PipelineFile, RetryTable, SinkTable, SourceTable, StageTable,
 };
 use tocsin_config::units::{parse_duration, parse_size};
 use tocsin_config::*;
@@ -58,6 +58,7 @@ fn documented() -> Vec<Documented> {
         entry::<GroupTable>("GroupTable", "`group`"),
         entry::<MaintenanceTable>("MaintenanceTable", "`[[maintenance]]`"),
         entry::<ExpectTable>("ExpectTable", "`expect`"),
+        entry::<InhibitTable>("InhibitTable", "`[[inhibit]]`"),
         entry::<AuthTable>("AuthTable", "`auth`"),
         entry::<OidcTable>("OidcTable", "`auth.oidc`"),
     ]

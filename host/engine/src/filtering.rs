@@ -79,6 +79,10 @@ pub struct FilterWorker {
     /// Who the pipeline expects reports from (`expect`), told of each report at its
     /// hand-over.
     pub expectations: Option<Arc<crate::absence::Expectations>>,
+    /// The pipeline's `[[inhibit]]` rules and the open alerts that inhibit.
+    pub inhibitions: Option<Arc<crate::inhibition::Inhibitions>>,
+    /// Wakes the release task (an inhibiting alert resolved).
+    pub release_wake: Arc<Notify>,
 }
 
 /// One ingress entry through the filters.
@@ -279,6 +283,14 @@ impl FilterWorker {
             let mut per_sink: Vec<Vec<Envelope>> = vec![Vec::new(); self.sinks.len()];
             for m in outputs {
                 let mut routed = Vec::new();
+                let identity = self
+                    .inhibitions
+                    .as_ref()
+                    .and_then(|_| crate::open_alerts::registered_identity(&m));
+                let inhibited = match (&self.inhibitions, &identity) {
+                    (Some(inhibitions), Some(identity)) => inhibitions.inhibited_by(identity, &m),
+                    _ => None,
+                };
                 // An acknowledged alert: its reminders stay back, what goes out says who.
                 let record = register
                     .current(&m)
@@ -313,7 +325,8 @@ impl FilterWorker {
                     }
                     let muted = (!muting.is_empty())
                         .then(|| muting.muted_by(&self.pipeline, &sink.name, &m))
-                        .flatten();
+                        .flatten()
+                        .or_else(|| inhibited.clone());
                     match &muted {
                         None => {
                             per_sink[i].push(Envelope::new(to_send.clone(), entered));
@@ -332,6 +345,11 @@ impl FilterWorker {
                     routed.push((sink.name.clone(), muted));
                 }
                 state.extend(register.observe(&m, &routed, now));
+                if let (Some(inhibitions), Some(identity)) = (&self.inhibitions, &identity) {
+                    if inhibitions.observe(identity, &m) {
+                        self.release_wake.notify_one();
+                    }
+                }
             }
             let outputs = self
                 .sinks

@@ -48,6 +48,7 @@ pub mod group_delivery;
 pub mod history;
 pub mod http_serve;
 pub mod ingest;
+pub mod inhibition;
 pub mod manager;
 pub mod metrics;
 pub mod open_alerts;

@@ -250,6 +250,17 @@ pub async fn start(
             None
         }
     };
+    let inhibitions = if spec.inhibit.is_empty() {
+        None
+    } else {
+        let register = crate::open_alerts::list(shared.queue.as_ref(), &name)
+            .map_err(|e| format!("inhibit: cannot read the open-alert register: {e}"))?;
+        Some(Arc::new(crate::inhibition::Inhibitions::new(
+            spec.inhibit.clone(),
+            &register,
+        )))
+    };
+    let release_wake = Arc::new(Notify::new());
     let routes: Vec<SinkRoute> = spec
         .sinks
         .iter()
@@ -313,6 +324,8 @@ pub async fn start(
         tracer: shared.tracer.clone(),
         cancel: cancel.clone(),
         maintenance: maintenance.clone(),
+        inhibitions: inhibitions.clone(),
+        wake: release_wake.clone(),
     };
     tasks.push(tokio::spawn(release.run()));
     if let Some(expectations) = &expectations {
@@ -339,6 +352,8 @@ pub async fn start(
         register_lock: register_lock.clone(),
         maintenance,
         expectations: expectations.clone(),
+        inhibitions,
+        release_wake,
     };
     tasks.push(tokio::spawn(filter_worker.run()));
     for ((sink_spec, first), route) in spec.sinks.iter().zip(sinks).zip(&routes) {

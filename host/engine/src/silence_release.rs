@@ -56,6 +56,10 @@ pub struct SilenceRelease {
     pub cancel: CancellationToken,
     /// The pipeline's maintenance windows: what they held is released when they close.
     pub maintenance: Arc<[MaintenanceWindow]>,
+    /// The pipeline's inhibitions: what they held is released when their source resolves.
+    pub inhibitions: Option<Arc<crate::inhibition::Inhibitions>>,
+    /// Woken by the filter worker when an inhibiting alert resolved.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl SilenceRelease {
@@ -104,6 +108,7 @@ impl SilenceRelease {
                     changed = true;
                 }
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => changed = true,
                 _ = self.cancel.cancelled() => return,
             }
         }
@@ -130,10 +135,15 @@ impl SilenceRelease {
                 continue;
             }
             let before = alert.clone();
+            let inhibitions = self.inhibitions.as_deref();
             let due = open_alerts::release(
                 &mut alert,
                 |sink| self.sinks.iter().any(|s| s.name == sink),
-                |sink, message| muting.muted_by(&self.pipeline, sink, message),
+                |sink, message| {
+                    muting
+                        .muted_by(&self.pipeline, sink, message)
+                        .or_else(|| inhibitions.and_then(|i| i.inhibited_by(&identity, message)))
+                },
             );
             if alert == before {
                 continue;

@@ -221,19 +221,9 @@ impl DryRun {
     /// scratch directory and runs the filters' and sinks' `init`, as `tocsin run` would at
     /// start (the source's runs when it is first called).
     pub async fn load(runtime: &Runtime, spec: PipelineSpec) -> Result<Self, String> {
-        let scratch = tempfile::Builder::new()
-            .prefix("tocsin-dry-run-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        let scratch = scratch_dir("tocsin-dry-run-")?;
         let state = Arc::new(MemoryState::default());
-        let mut builder = Builder {
-            runtime,
-            pipeline: &spec.name,
-            scratch: scratch.path(),
-            state: &state,
-            placeholders: Vec::new(),
-            notes: Vec::new(),
-        };
+        let mut builder = Builder::new(runtime, &spec.name, scratch.path(), &state);
         let (source, _, _) = builder
             .stage(
                 "source",
@@ -553,19 +543,9 @@ pub async fn init_each_stage(
     spec: &PipelineSpec,
     with_source: bool,
 ) -> Result<Vec<(String, String)>, String> {
-    let scratch = tempfile::Builder::new()
-        .prefix("tocsin-dry-init-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    let scratch = scratch_dir("tocsin-dry-init-")?;
     let state = Arc::new(MemoryState::default());
-    let mut builder = Builder {
-        runtime,
-        pipeline: &spec.name,
-        scratch: scratch.path(),
-        state: &state,
-        placeholders: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut builder = Builder::new(runtime, &spec.name, scratch.path(), &state);
     let source = source_kind(&spec.source.trigger);
     let mut stages: Vec<(String, String, &StageSpec, PluginKind)> = Vec::new();
     if with_source || source == PluginKind::Decoder {
@@ -607,7 +587,31 @@ struct Builder<'a> {
     notes: Vec<String>,
 }
 
-impl Builder<'_> {
+/// A scratch directory for a dry run's writes, deleted when dropped.
+fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))
+}
+
+impl<'a> Builder<'a> {
+    fn new(
+        runtime: &'a Runtime,
+        pipeline: &'a str,
+        scratch: &'a Path,
+        state: &'a Arc<MemoryState>,
+    ) -> Self {
+        Builder {
+            runtime,
+            pipeline,
+            scratch,
+            state,
+            placeholders: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     async fn stage(
         &mut self,
         stage: &str,

@@ -30,13 +30,133 @@ struct Config {
     #[serde(default)]
     keep_payload: bool,
     /// Only these events make messages (others are answered 202 and dropped); all when empty.
+    /// An entry is an event (`push`) or an event and one of its actions
+    /// (`pull_request.closed`); an event GitHub does not send is refused, naming the nearest.
     #[serde(default)]
     events: Vec<String>,
 }
 
 struct GithubWebhook {
     keep_payload: bool,
-    events: Vec<String>,
+    events: Vec<Wanted>,
+}
+
+/// GitHub's webhook events, as `X-GitHub-Event` names them.
+const KNOWN_EVENTS: &[&str] = &[
+    "branch_protection_configuration",
+    "branch_protection_rule",
+    "check_run",
+    "check_suite",
+    "code_scanning_alert",
+    "commit_comment",
+    "create",
+    "custom_property",
+    "custom_property_values",
+    "delete",
+    "dependabot_alert",
+    "deploy_key",
+    "deployment",
+    "deployment_protection_rule",
+    "deployment_review",
+    "deployment_status",
+    "discussion",
+    "discussion_comment",
+    "fork",
+    "github_app_authorization",
+    "gollum",
+    "installation",
+    "installation_repositories",
+    "installation_target",
+    "issue_comment",
+    "issues",
+    "label",
+    "marketplace_purchase",
+    "member",
+    "membership",
+    "merge_group",
+    "meta",
+    "milestone",
+    "org_block",
+    "organization",
+    "package",
+    "page_build",
+    "personal_access_token_request",
+    "ping",
+    "project",
+    "project_card",
+    "project_column",
+    "projects_v2",
+    "projects_v2_item",
+    "public",
+    "pull_request",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "pull_request_review_thread",
+    "push",
+    "registry_package",
+    "release",
+    "repository",
+    "repository_advisory",
+    "repository_dispatch",
+    "repository_import",
+    "repository_ruleset",
+    "repository_vulnerability_alert",
+    "secret_scanning_alert",
+    "secret_scanning_alert_location",
+    "security_advisory",
+    "security_and_analysis",
+    "sponsorship",
+    "star",
+    "status",
+    "sub_issues",
+    "team",
+    "team_add",
+    "watch",
+    "workflow_dispatch",
+    "workflow_job",
+    "workflow_run",
+];
+
+/// One entry of `events`: an event, and maybe one of its actions.
+#[derive(Debug, PartialEq)]
+struct Wanted {
+    event: String,
+    action: Option<String>,
+}
+
+impl Wanted {
+    /// `push` or `pull_request.closed`; an unknown event is refused naming the nearest known.
+    fn parse(entry: &str) -> Result<Wanted, String> {
+        let (event, action) = match entry.split_once('.') {
+            Some((event, action)) => (event, Some(action)),
+            None => (entry, None),
+        };
+        if !KNOWN_EVENTS.contains(&event) {
+            let nearest = KNOWN_EVENTS
+                .iter()
+                .min_by_key(|known| strsim::levenshtein(known, event))
+                .copied()
+                .unwrap_or("push");
+            return Err(format!(
+                "events: `{event}` is not a GitHub webhook event; did you mean `{nearest}`?"
+            ));
+        }
+        if let Some(action) = action {
+            if action.is_empty() || !action.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return Err(format!(
+                    "events: `{entry}`: after the dot comes an action, such as `{event}.created`"
+                ));
+            }
+        }
+        Ok(Wanted {
+            event: event.to_string(),
+            action: action.map(str::to_string),
+        })
+    }
+
+    fn takes(&self, event: &str, action: &str) -> bool {
+        self.event == event && self.action.as_deref().is_none_or(|a| a == action)
+    }
 }
 
 fn reject(status: u16, reason: impl Into<String>) -> Rejection {
@@ -295,7 +415,11 @@ impl Decoder for GithubWebhook {
     fn new(c: Config) -> Result<Self, String> {
         Ok(GithubWebhook {
             keep_payload: c.keep_payload,
-            events: c.events,
+            events: c
+                .events
+                .iter()
+                .map(|e| Wanted::parse(e))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -310,7 +434,8 @@ impl Decoder for GithubWebhook {
             return Err(reject(400, "X-GitHub-Delivery must be 1 to 100 characters"));
         }
         let (payload, raw) = document(&req)?;
-        if !self.events.is_empty() && !self.events.contains(&event) {
+        let action = s(&payload, &["action"]).unwrap_or_default();
+        if !self.events.is_empty() && !self.events.iter().any(|w| w.takes(&event, action)) {
             return Ok(vec![]);
         }
         let (text, described) = describe(&event, &payload);
@@ -482,6 +607,58 @@ mod tests {
         })
         .unwrap();
         assert!(p.decode(request("star", "{}", false)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_are_chosen_by_action_too() {
+        let mut p = GithubWebhook::new(Config {
+            keep_payload: false,
+            events: vec![
+                "pull_request.opened".into(),
+                "pull_request.closed".into(),
+                "release".into(),
+            ],
+        })
+        .unwrap();
+        let pr =
+            |action: &str| format!(r#"{{"action": "{action}", "pull_request": {{"number": 2}}}}"#);
+        assert_eq!(
+            p.decode(request("pull_request", &pr("opened"), false))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            p.decode(request("pull_request", &pr("closed"), false))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(p
+            .decode(request("pull_request", &pr("labeled"), false))
+            .unwrap()
+            .is_empty());
+        let release = r#"{"action": "published", "release": {"tag_name": "v1"}}"#;
+        assert_eq!(
+            p.decode(request("release", release, false)).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_unknown_event_is_refused_naming_the_nearest() {
+        let refused = |events: &[&str]| {
+            GithubWebhook::new(Config {
+                keep_payload: false,
+                events: events.iter().map(|e| e.to_string()).collect(),
+            })
+            .err()
+        };
+        let typo = refused(&["pull_requests.opened"]).unwrap();
+        assert!(typo.contains("did you mean `pull_request`?"), "{typo}");
+        let action = refused(&["issues.Opened!"]).unwrap();
+        assert!(action.contains("an action"), "{action}");
+        assert!(refused(&["workflow_run.completed", "dependabot_alert"]).is_none());
     }
 
     #[test]

@@ -14,6 +14,12 @@ use super::{blocking, error, AdminState};
 use crate::open_alerts::OpenAlert;
 use crate::silences::{NewSilence, SilenceError, SilenceView};
 
+/// A request's JSON body, or why it is not `what` (for a 400).
+fn json_body<T>(body: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, String> {
+    body.map(|Json(value)| value)
+        .map_err(|rejection| format!("not {what}: {}", rejection.body_text()))
+}
+
 /// Every silence kept, expired ones included, with its state now.
 pub(super) async fn list(State(state): State<AdminState>) -> Response {
     let now = now_ms();
@@ -33,14 +39,9 @@ pub(super) async fn add(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<NewSilence>, JsonRejection>,
 ) -> Response {
-    let Json(new) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not a silence: {}", rejection.body_text()),
-            )
-        }
+    let new = match json_body(body, "a silence") {
+        Ok(new) => new,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match state.silences.add(&new, &caller.name).await {
         Ok(silence) => (
@@ -75,14 +76,9 @@ pub(super) async fn ack(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<crate::open_alerts::NewAck>, JsonRejection>,
 ) -> Response {
-    let Json(new) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not an acknowledgement: {}", rejection.body_text()),
-            )
-        }
+    let new = match json_body(body, "an acknowledgement") {
+        Ok(new) => new,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let done = crate::open_alerts::acknowledge(
         state.queue.as_ref(),

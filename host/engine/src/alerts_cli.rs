@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use tocsin::admin::silences::AlertRow;
 use tocsin::open_alerts::NewAck;
-use tocsin_queue::{now_ms, QueueStore};
+use tocsin_queue::now_ms;
 
 use crate::Target;
 
@@ -18,23 +18,7 @@ pub fn list(target: Target, pipeline: Option<String>, json: bool) -> anyhow::Res
         Target::Server(api, rt) => rt
             .block_on(api.alerts(pipeline.as_deref()))
             .map_err(anyhow::Error::msg)?,
-        Target::Store(store) => {
-            let pipelines = match pipeline {
-                Some(p) => vec![p],
-                None => store.pipelines()?,
-            };
-            let mut rows = Vec::new();
-            for pipeline in pipelines {
-                for (identity, alert) in tocsin::open_alerts::list(store.as_ref(), &pipeline)? {
-                    rows.push(AlertRow {
-                        pipeline: pipeline.clone(),
-                        identity,
-                        alert,
-                    });
-                }
-            }
-            rows
-        }
+        Target::Store(store) => tocsin::admin::silences::alert_rows(store.as_ref(), pipeline)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -124,29 +124,35 @@ pub struct AlertRow {
     pub alert: OpenAlert,
 }
 
+/// The records of the open-alert register of `pipeline`, or of every pipeline, as listed.
+pub fn alert_rows(
+    store: &dyn tocsin_queue::QueueStore,
+    pipeline: Option<String>,
+) -> tocsin_queue::Result<Vec<AlertRow>> {
+    let pipelines = match pipeline {
+        Some(p) => vec![p],
+        None => store.pipelines()?,
+    };
+    let mut rows = Vec::new();
+    for pipeline in pipelines {
+        for (identity, alert) in crate::open_alerts::list(store, &pipeline)? {
+            rows.push(AlertRow {
+                pipeline: pipeline.clone(),
+                identity,
+                alert,
+            });
+        }
+    }
+    Ok(rows)
+}
+
 /// The open-alert register of one pipeline, or of all.
 pub(super) async fn alerts(
     State(state): State<AdminState>,
     Query(query): Query<AlertsQuery>,
 ) -> Response {
     let queue = state.queue.clone();
-    let rows = blocking(move || {
-        let pipelines = match query.pipeline {
-            Some(p) => vec![p],
-            None => queue.pipelines()?,
-        };
-        let mut rows = Vec::new();
-        for pipeline in pipelines {
-            for (identity, alert) in crate::open_alerts::list(queue.as_ref(), &pipeline)? {
-                rows.push(AlertRow {
-                    pipeline: pipeline.clone(),
-                    identity,
-                    alert,
-                });
-            }
-        }
-        Ok(rows)
-    });
+    let rows = blocking(move || alert_rows(queue.as_ref(), query.pipeline));
     match rows.await {
         Ok(rows) => Json(rows).into_response(),
         Err(response) => response,

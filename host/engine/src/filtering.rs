@@ -296,16 +296,14 @@ impl FilterWorker {
                     .current(&m)
                     .filter(|r| r.ack.as_ref().is_some_and(|a| a.active(now)))
                     .cloned();
-                let to_send = match record.as_ref().and_then(|r| r.ack.as_ref()) {
-                    Some(ack) => {
-                        let mut labelled = m.clone();
-                        labelled
-                            .labels
-                            .push((ACKNOWLEDGED_BY.to_string(), ack.by.clone()));
-                        labelled
-                    }
-                    None => m.clone(),
-                };
+                let labelled = record.as_ref().and_then(|r| r.ack.as_ref()).map(|ack| {
+                    let mut labelled = m.clone();
+                    labelled
+                        .labels
+                        .push((ACKNOWLEDGED_BY.to_string(), ack.by.clone()));
+                    labelled
+                });
+                let to_send = labelled.as_ref().unwrap_or(&m);
                 for (i, sink) in self.sinks.iter().enumerate() {
                     if !sink.route.matches(&m) {
                         continue;

@@ -123,6 +123,25 @@ pub struct SourceTable {
     pub limits: LimitsTable,
 }
 
+/// `config` of the built-in `@tocsin` source (`plugin = "@tocsin"`): which of tocsin's own
+/// events it reports, and when a condition counts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfEventsTable {
+    /// The kinds of event reported; all of them when absent.
+    pub events: Option<Spanned<Vec<String>>>,
+    /// How often the conditions are looked at, e.g. `"15s"`.
+    pub every: Option<Spanned<String>>,
+    /// How long a sink's deliveries fail before it is reported, e.g. `"10m"`.
+    pub retrying_for: Option<Spanned<String>>,
+    /// How many stopped calls of one plugin within `stops_within` are reported.
+    pub plugin_stops: Option<Spanned<u32>>,
+    /// The window `plugin_stops` counts in, e.g. `"10m"`.
+    pub stops_within: Option<Spanned<String>>,
+    /// The share of a queue budget, in percent, whose use is reported.
+    pub budget_percent: Option<Spanned<u32>>,
+}
+
 /// One `[[filter]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,6 +20,7 @@ pub mod host_grant;
 pub mod maintenance;
 pub mod matchers;
 pub mod schedule;
+pub mod self_events;
 pub mod settings;
 pub mod spec;
 pub mod units;

@@ -123,8 +123,9 @@ pub const DEFAULT_EXPECT_SEVERITY: Severity = Severity::Error;
 /// The source stage and what fires it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceSpec {
-    /// The plugin stage.
-    pub stage: StageSpec,
+    /// The plugin stage; `None` exactly for the built-in `@tocsin` source
+    /// ([`Trigger::Tocsin`]), which runs no plugin.
+    pub stage: Option<StageSpec>,
     /// Schedule or ingest.
     pub trigger: Trigger,
 }
@@ -136,6 +137,8 @@ pub enum Trigger {
     Schedule(Box<ScheduleSpec>),
     /// Fed by `POST /ingest/{pipeline}`.
     Ingest(IngestSpec),
+    /// The built-in `@tocsin` source: tocsin's own events.
+    Tocsin(crate::self_events::SelfEventsSpec),
 }
 
 /// Default largest request body of an ingest source.

@@ -27,6 +27,11 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// A size for people, with one decimal in binary units: `850 B`, `91.3 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

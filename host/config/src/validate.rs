@@ -11,10 +11,11 @@ use toml::Spanned;
 
 use crate::file::{
     ExpectTable, GrantsTable, GroupTable, InhibitTable, LimitsTable, MaintenanceTable, MatchTable,
-    PipelineFile, RetryTable, SinkTable,
+    PipelineFile, RetryTable, SelfEventsTable, SinkTable, SourceTable,
 };
 use crate::maintenance::MaintenanceWindow;
 use crate::schedule::parse_cron;
+use crate::self_events::{SelfEvent, SelfEventsSpec, TOCSIN_SOURCE};
 use crate::spec::*;
 use crate::units::{format_size, parse_duration, parse_size};
 use tocsin_message::Severity;
@@ -255,16 +256,24 @@ pub fn parse_pipeline(
     }
 
     let src = &raw.source;
-    let source_stage = cx.stage(
-        "source",
-        &src.plugin,
-        src.sha256.as_ref(),
-        src.config.as_ref(),
-        &src.grants,
-        &src.limits,
-        default_limits(StageRole::Source),
-    );
+    let builtin = src.plugin.get_ref() == TOCSIN_SOURCE;
+    // `Some(None)`: the built-in source, which runs no plugin; `None`: an error was reported.
+    let source_stage = if builtin {
+        Some(None)
+    } else {
+        cx.stage(
+            "source",
+            &src.plugin,
+            src.sha256.as_ref(),
+            src.config.as_ref(),
+            &src.grants,
+            &src.limits,
+            default_limits(StageRole::Source),
+        )
+        .map(Some)
+    };
     let trigger = match &src.schedule {
+        _ if builtin => cx.self_events(text, src).map(Trigger::Tocsin),
         None => {
             if let Some(tz) = &src.timezone {
                 cx.error(
@@ -316,7 +325,7 @@ pub fn parse_pipeline(
     // fuel follow `body_limit` unless the file sets them, and a memory cap set too low for
     // the body is refused.
     let mut source_stage = source_stage;
-    if let (Some(stage), Some(Trigger::Ingest(ingest))) = (source_stage.as_mut(), &trigger) {
+    if let (Some(Some(stage)), Some(Trigger::Ingest(ingest))) = (source_stage.as_mut(), &trigger) {
         let needed = decoder_memory(ingest.body_limit);
         if src.limits.fuel.is_none() {
             stage.limits.fuel = stage.limits.fuel.max(decoder_fuel(ingest.body_limit));
@@ -1160,6 +1169,136 @@ impl Checker<'_> {
     }
 
     /// `expect`: `every` at least a second, `grace` (0 allowed), the key labels, the severity.
+    /// The settings of the built-in `@tocsin` source. `config` is read again from the file's
+    /// text with spans, so each mistake names its own line; the fields a plugin source takes
+    /// and this one does not are refused.
+    fn self_events(&mut self, text: &str, src: &SourceTable) -> Option<SelfEventsSpec> {
+        let errors_before = self.diags.len();
+        let refuse = |cx: &mut Self, present: bool, field: &str, why: &str| {
+            if present {
+                cx.error(
+                    Some(src.plugin.span()),
+                    &format!("source.{field}"),
+                    format!("the built-in `{TOCSIN_SOURCE}` source takes no `{field}`: {why}"),
+                );
+            }
+        };
+        let events_happen = "it reports tocsin's own events as it sees them";
+        refuse(self, src.schedule.is_some(), "schedule", events_happen);
+        refuse(self, src.timezone.is_some(), "timezone", events_happen);
+        refuse(self, src.run_on_start, "run_on_start", events_happen);
+        refuse(self, src.auth.is_some(), "auth", "it takes no requests");
+        refuse(
+            self,
+            src.body_limit.is_some(),
+            "body_limit",
+            "it takes no requests",
+        );
+        refuse(
+            self,
+            src.sha256.is_some(),
+            "sha256",
+            "it is part of tocsin, not a plugin file",
+        );
+        let g = &src.grants;
+        let granted = !g.read_dirs.is_empty()
+            || !g.write_dirs.is_empty()
+            || !g.hosts.is_empty()
+            || !g.secrets.is_empty()
+            || g.stdout;
+        refuse(self, granted, "grants", "it runs no plugin");
+        let l = &src.limits;
+        let limited = l.memory.is_some() || l.fuel.is_some() || l.timeout.is_some();
+        refuse(self, limited, "limits", "it runs no plugin");
+
+        #[derive(serde::Deserialize)]
+        struct File {
+            source: Source,
+        }
+        #[derive(serde::Deserialize)]
+        struct Source {
+            config: Option<Spanned<SelfEventsTable>>,
+        }
+        let table = match toml::from_str::<File>(text) {
+            Ok(file) => file.source.config.map(Spanned::into_inner),
+            Err(e) => {
+                self.error(e.span(), "source.config", e.message().trim().to_string());
+                return None;
+            }
+        };
+        let table = table.unwrap_or_default();
+        let mut spec = SelfEventsSpec::default();
+        if let Some(names) = &table.events {
+            let mut events = BTreeSet::new();
+            for name in names.get_ref() {
+                match SelfEvent::parse(name) {
+                    Ok(e) => {
+                        events.insert(e);
+                    }
+                    Err(why) => self.error(Some(names.span()), "source.config.events", why),
+                }
+            }
+            if names.get_ref().is_empty() {
+                self.error(
+                    Some(names.span()),
+                    "source.config.events",
+                    "name at least one event, or leave `events` out for all of them".into(),
+                );
+            }
+            spec.events = events;
+        }
+        let duration = |cx: &mut Self,
+                        value: &Option<Spanned<String>>,
+                        field: &str,
+                        into: &mut std::time::Duration| {
+            if let Some(text) = value {
+                match parse_duration(text.get_ref()) {
+                    Ok(d) if d >= std::time::Duration::from_secs(1) => *into = d,
+                    Ok(_) => cx.error(
+                        Some(text.span()),
+                        &format!("source.config.{field}"),
+                        "must be at least 1s".into(),
+                    ),
+                    Err(why) => cx.error(Some(text.span()), &format!("source.config.{field}"), why),
+                }
+            }
+        };
+        duration(self, &table.every, "every", &mut spec.every);
+        duration(
+            self,
+            &table.retrying_for,
+            "retrying_for",
+            &mut spec.retrying_for,
+        );
+        duration(
+            self,
+            &table.stops_within,
+            "stops_within",
+            &mut spec.stops_within,
+        );
+        if let Some(n) = &table.plugin_stops {
+            match *n.get_ref() {
+                0 => self.error(
+                    Some(n.span()),
+                    "source.config.plugin_stops",
+                    "must be at least 1".into(),
+                ),
+                n => spec.plugin_stops = n,
+            }
+        }
+        if let Some(p) = &table.budget_percent {
+            match *p.get_ref() {
+                1..=100 => spec.budget_percent = *p.get_ref(),
+                _ => self.error(
+                    Some(p.span()),
+                    "source.config.budget_percent",
+                    "must be a percentage from 1 to 100".into(),
+                ),
+            }
+        }
+        (self.diags.len() == errors_before).then_some(spec)
+    }
+
     fn expect(&mut self, e: &Spanned<ExpectTable>) -> Option<ExpectPolicy> {
         let table = e.get_ref();
         let every = match parse_duration(table.every.get_ref()) {
@@ -1422,7 +1561,7 @@ match = { severity = ">= info" }
         let text = GOOD.replace(r#"read_dirs = ["/tmp"]"#, r#"read_dirs = ["/proc/"]"#);
         let spec = check(&fx, &text).unwrap();
         assert_eq!(
-            spec.source.stage.grants.read_dirs[0].host,
+            spec.source.stage.as_ref().unwrap().grants.read_dirs[0].host,
             Path::new("/proc")
         );
     }
@@ -1644,6 +1783,102 @@ match = { severity = ">= info" }
     }
 
     #[test]
+    fn the_tocsin_source_takes_its_events_and_thresholds_and_refuses_what_plugins_take() {
+        let fx = fixture();
+        let sink = "\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\ngrants = { stdout = true }\n";
+        let with = |source: &str| format!("[source]\nplugin = \"@tocsin\"\n{source}{sink}");
+        let spec = check(&fx, &with("")).unwrap();
+        assert!(spec.source.stage.is_none());
+        assert_eq!(
+            spec.source.trigger,
+            Trigger::Tocsin(SelfEventsSpec::default())
+        );
+        let spec = check(
+            &fx,
+            &with(
+                "config = { events = [\"dead_letter\", \"sink_retrying\"], every = \"5s\", \
+                 retrying_for = \"2m\", plugin_stops = 5, stops_within = \"1h\", budget_percent = 90 }\n",
+            ),
+        )
+        .unwrap();
+        let Trigger::Tocsin(events) = spec.source.trigger else {
+            panic!("not the built-in source");
+        };
+        assert_eq!(
+            events,
+            SelfEventsSpec {
+                events: [SelfEvent::DeadLetter, SelfEvent::SinkRetrying].into(),
+                every: std::time::Duration::from_secs(5),
+                retrying_for: std::time::Duration::from_secs(120),
+                plugin_stops: 5,
+                stops_within: std::time::Duration::from_secs(3600),
+                budget_percent: 90,
+            }
+        );
+        // `[source.config]` as a table of its own: the mistake's own line is named.
+        let table = with("\n[source.config]\nevery = \"1m\"\nretrying_for = \"soon\"\n");
+        let d = check(&fx, &table).unwrap_err();
+        assert_eq!(
+            (d[0].field.as_str(), d[0].line),
+            ("source.config.retrying_for", Some(6)),
+            "{d:?}"
+        );
+        for (bad, field, says) in [
+            (
+                "schedule = \"0 * * * * *\"\n",
+                "source.schedule",
+                "takes no `schedule`",
+            ),
+            (
+                "auth = { none = true }\n",
+                "source.auth",
+                "takes no requests",
+            ),
+            (
+                "grants = { hosts = [\"x.org\"] }\n",
+                "source.grants",
+                "runs no plugin",
+            ),
+            ("limits = { fuel = 5 }\n", "source.limits", "runs no plugin"),
+            (
+                "config = { events = [\"dead_letters\"] }\n",
+                "source.config.events",
+                "events: dead_letter, pipeline_failed",
+            ),
+            (
+                "config = { events = [] }\n",
+                "source.config.events",
+                "at least one",
+            ),
+            (
+                "config = { every = \"100ms\" }\n",
+                "source.config.every",
+                "at least 1s",
+            ),
+            (
+                "config = { plugin_stops = 0 }\n",
+                "source.config.plugin_stops",
+                "at least 1",
+            ),
+            (
+                "config = { budget_percent = 120 }\n",
+                "source.config.budget_percent",
+                "from 1 to 100",
+            ),
+            (
+                "config = { evry = \"1m\" }\n",
+                "source.config",
+                "unknown field `evry`",
+            ),
+        ] {
+            let d = check(&fx, &with(bad)).unwrap_err();
+            assert_eq!(d[0].field, field, "{bad}: {d:?}");
+            assert!(d[0].message.contains(says), "{bad}: {d:?}");
+            assert!(d[0].line.is_some(), "{bad}: the line is named");
+        }
+    }
+
+    #[test]
     fn sink_concurrency_defaults_to_eight_and_is_bounded() {
         let fx = fixture();
         assert_eq!(check(&fx, GOOD).unwrap().sinks[0].concurrency, 8);
@@ -1666,7 +1901,14 @@ match = { severity = ">= info" }
         let fx = fixture();
         let spec = check(&fx, GOOD).unwrap();
         assert_eq!(spec.name, "nightly");
-        assert!(spec.source.stage.plugin.path.ends_with("backup_check.wasm"));
+        assert!(spec
+            .source
+            .stage
+            .as_ref()
+            .unwrap()
+            .plugin
+            .path
+            .ends_with("backup_check.wasm"));
         assert!(matches!(spec.source.trigger, Trigger::Schedule(_)));
         assert_eq!(spec.filters.len(), 1);
         assert!(spec.filters[0].config_json.contains("backup-age-seconds"));
@@ -1675,7 +1917,10 @@ match = { severity = ">= info" }
             spec.sinks[0].retry.initial,
             std::time::Duration::from_secs(2)
         );
-        assert_eq!(spec.source.stage.limits.memory, DEFAULT_MEMORY);
+        assert_eq!(
+            spec.source.stage.as_ref().unwrap().limits.memory,
+            DEFAULT_MEMORY
+        );
         assert_eq!(spec.filters[0].limits.timeout, DEFAULT_FILTER_TIMEOUT);
     }
 
@@ -1737,7 +1982,7 @@ match = { severity = ">= info" }
         std::fs::create_dir_all(fx.dir.path().join("demo/backups")).unwrap();
         let text = GOOD.replace("[\"/tmp\"]", "[\"./demo/backups\"]");
         let spec = check(&fx, &text).unwrap();
-        let grant = &spec.source.stage.grants.read_dirs[0];
+        let grant = &spec.source.stage.as_ref().unwrap().grants.read_dirs[0];
         assert_eq!(grant.guest, "demo/backups");
         assert_eq!(grant.host, fx.dir.path().join("demo/backups"));
         let text = GOOD.replace("[\"/tmp\"]", "[\"../etc\"]");

@@ -1288,7 +1288,7 @@ impl GenPipeline {
                                 stage.limits.fuel.max(decoder_fuel(ingest.body_limit));
                         }
                     }
-                    stage
+                    Some(stage)
                 },
                 trigger,
             },
@@ -1331,7 +1331,9 @@ impl GenPipeline {
 
 /// The spec with `config_json` parsed, so JSON is compared by value, not by spelling.
 fn config_values(spec: &PipelineSpec) -> Vec<serde_json::Value> {
-    std::iter::once(&spec.source.stage)
+    spec.source
+        .stage
+        .iter()
         .chain(&spec.filters)
         .chain(spec.sinks.iter().map(|s| &s.stage))
         .map(|s| serde_json::from_str(&s.config_json).expect("config_json is JSON"))
@@ -1339,7 +1341,9 @@ fn config_values(spec: &PipelineSpec) -> Vec<serde_json::Value> {
 }
 
 fn without_config(mut spec: PipelineSpec) -> PipelineSpec {
-    spec.source.stage.config_json.clear();
+    if let Some(stage) = spec.source.stage.as_mut() {
+        stage.config_json.clear();
+    }
     for f in &mut spec.filters {
         f.config_json.clear();
     }

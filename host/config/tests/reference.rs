@@ -557,7 +557,7 @@ plugin = "p.wasm"
 
     let [source, filter, sink] = stage_defaults();
     for (kind, limits) in [
-        (source, spec.source.stage.limits),
+        (source, spec.source.stage.as_ref().unwrap().limits),
         (filter, spec.filters[0].limits),
         (sink, spec.sinks[0].stage.limits),
     ] {

@@ -84,6 +84,23 @@ struct Pending {
     by_pipeline: HashMap<String, u64>,
 }
 
+/// The queues' storage as the `@tocsin` source reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageReport {
+    /// Why nothing can be written now (the store failed, the filesystem is full or
+    /// read-only), if so.
+    pub refusal: Option<String>,
+    /// Free bytes on the queues' filesystem, when it could be asked.
+    pub free_bytes: Option<u64>,
+    /// The free space kept (`--min-free-space`).
+    pub reserve: u64,
+    /// What the queues use of the server's budget: the bytes they hold, or their files'
+    /// size when larger (either refuses at the budget).
+    pub held: u64,
+    /// The server's budget (`--queue-budget`), if any.
+    pub limit: Option<u64>,
+}
+
 impl DiskBudget {
     /// A guard over `queue`, stored in `dir`: at most `limit` bytes (`None`: unlimited), and at
     /// least `min_free` bytes left free on the filesystem.
@@ -107,6 +124,25 @@ impl DiskBudget {
     /// The server's budget in bytes, if any.
     pub fn limit(&self) -> Option<u64> {
         self.limit
+    }
+
+    /// The storage now: its refusal, free space and reserve, and the server budget's use.
+    pub fn storage(&self) -> StorageReport {
+        let free_bytes = rustix::fs::statvfs(&self.dir)
+            .ok()
+            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize));
+        let held = self.queue.stored_bytes_total();
+        let held = match self.limit {
+            Some(limit) => held.max(self.files_estimate(held, limit)),
+            None => held,
+        };
+        StorageReport {
+            refusal: self.health_refusal(),
+            free_bytes,
+            reserve: self.min_free,
+            held,
+            limit: self.limit,
+        }
     }
 
     /// The budget of a pipeline whose file says `own`: that, or else half the server's.

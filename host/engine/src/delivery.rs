@@ -37,7 +37,7 @@ use tocsin_runtime::{CallError, DeliveryOutcome, StateChanges};
 
 use crate::delivery_order::{HeadCache, OrderKeys};
 use crate::sink_instances::SinkInstances;
-use crate::status::{Counters, PipelineStatus, StageEvent};
+use crate::status::{Counters, PipelineStatus};
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
 
@@ -214,6 +214,7 @@ impl DeliveryWorker {
                 match self.queue.ack(&self.pipeline, &self.sink, seq, &state) {
                     Ok(()) => {
                         Counters::bump(&c.delivered);
+                        self.status.sink_delivered(&self.sink);
                         self.tracer.record(
                             &self.pipeline,
                             &envelope.message.id,
@@ -281,9 +282,8 @@ impl DeliveryWorker {
             },
         );
         tracing::warn!(pipeline = %self.pipeline, sink = %self.sink, message_id = %envelope.message.id, attempts = envelope.attempts, retry_in = ?delay, error = %error, "delivery failed; will retry");
+        self.status.sink_failed(&self.sink, &error);
         envelope.last_error = Some(error);
-        self.status
-            .record(&format!("sink.{}", self.sink), StageEvent::Retry);
         if let Err(e) = self
             .queue
             .record_failure(&self.pipeline, &self.sink, seq, &envelope)
@@ -316,8 +316,11 @@ impl DeliveryWorker {
             .await
         {
             Ok(()) => {
-                self.status
-                    .record(&format!("sink.{}", self.sink), StageEvent::DeadLetter);
+                self.status.dead_lettered(
+                    &format!("sink.{}", self.sink),
+                    &self.sink,
+                    envelope.last_error.as_deref().unwrap_or_default(),
+                );
                 None
             }
             Err(e) => {

@@ -193,7 +193,8 @@ impl Trace {
 /// A pipeline loaded for dry runs.
 pub struct DryRun {
     spec: PipelineSpec,
-    source: Stage,
+    /// `None` for the built-in `@tocsin` source.
+    source: Option<Stage>,
     filters: Vec<Stage>,
     sinks: Vec<DrySink>,
     state: Arc<MemoryState>,
@@ -224,13 +225,10 @@ impl DryRun {
         let scratch = scratch_dir("tocsin-dry-run-")?;
         let state = Arc::new(MemoryState::default());
         let mut builder = Builder::new(runtime, &spec.name, scratch.path(), &state);
-        let (source, _, _) = builder
-            .stage(
-                "source",
-                &spec.source.stage,
-                source_kind(&spec.source.trigger),
-            )
-            .await?;
+        let source = match (&spec.source.stage, source_kind(&spec.source.trigger)) {
+            (Some(stage), Some(kind)) => Some(builder.stage("source", stage, kind).await?.0),
+            _ => None,
+        };
         let mut filters = Vec::new();
         for (i, filter) in spec.filters.iter().enumerate() {
             let stage_name = format!("filter.{i}");
@@ -303,7 +301,7 @@ impl DryRun {
             .iter()
             .map(|s| &s.stage)
             .chain(&self.filters)
-            .chain(std::iter::once(&self.source))
+            .chain(self.source.iter())
             .flat_map(|stage| stage.context().secrets.iter().map(|(_, v)| v.clone()))
             .chain(self.placeholders.iter().map(|(_, v)| v.clone()))
             .filter(|v| !v.is_empty())
@@ -388,10 +386,16 @@ impl DryRun {
     }
 
     async fn run_source(&mut self, input: Input, trace: &mut Trace) -> Result<SourceStep, String> {
-        let source = &mut self.source;
-        let result: Result<SourceStep, CallError> = match input {
-            Input::Message(message) => return Ok(SourceStep::Skipped(message)),
-            Input::Poll => {
+        let result: Result<SourceStep, CallError> = match (input, &mut self.source) {
+            (Input::Message(message), _) => return Ok(SourceStep::Skipped(message)),
+            (_, None) => {
+                return Err(
+                    "the @tocsin source reports tocsin's own events: give a message (or, in a \
+                     behaviour case, `tocsin_event`)"
+                        .into(),
+                )
+            }
+            (Input::Poll, Some(source)) => {
                 if !matches!(self.spec.source.trigger, Trigger::Schedule(_)) {
                     return Err(
                         "an ingest pipeline's source is fed by requests: give a request body"
@@ -406,7 +410,7 @@ impl DryRun {
                         SourceStep::Produced(messages)
                     })
             }
-            Input::Request { body, headers } => {
+            (Input::Request { body, headers }, Some(source)) => {
                 if !matches!(self.spec.source.trigger, Trigger::Ingest(_)) {
                     return Err(
                         "a scheduled pipeline's source takes no request: give a message, or poll"
@@ -546,10 +550,11 @@ pub async fn init_each_stage(
     let scratch = scratch_dir("tocsin-dry-init-")?;
     let state = Arc::new(MemoryState::default());
     let mut builder = Builder::new(runtime, &spec.name, scratch.path(), &state);
-    let source = source_kind(&spec.source.trigger);
     let mut stages: Vec<(String, String, &StageSpec, PluginKind)> = Vec::new();
-    if with_source || source == PluginKind::Decoder {
-        stages.push(("source".into(), "source".into(), &spec.source.stage, source));
+    if let (Some(stage), Some(kind)) = (&spec.source.stage, source_kind(&spec.source.trigger)) {
+        if with_source || kind == PluginKind::Decoder {
+            stages.push(("source".into(), "source".into(), stage, kind));
+        }
     }
     for (i, filter) in spec.filters.iter().enumerate() {
         stages.push((

@@ -412,7 +412,7 @@ impl FilterWorker {
                 .await
             {
                 Ok(()) => {
-                    status.record(&stage, StageEvent::DeadLetter);
+                    status.dead_lettered(&stage, FILTERS_QUEUE, &e.to_string());
                     self.tracer.record(
                         &self.pipeline,
                         &envelope.message.id,

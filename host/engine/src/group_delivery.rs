@@ -42,7 +42,7 @@ use tocsin_runtime::{CallError, DeliveryOutcome, GroupInfo, Stage, StateChanges}
 
 use crate::delivery::DeliveryWorker;
 use crate::open_alerts::{alert_identity, label_hash};
-use crate::status::{Counters, StageEvent};
+use crate::status::Counters;
 use crate::trace::Step;
 use crate::worker::{state_writes, IDLE_RECHECK};
 
@@ -360,7 +360,7 @@ impl GroupWorker {
         });
         send.flush.not_before_ms = now_ms() + delay.as_millis() as u64;
         tracing::warn!(pipeline = %d.pipeline, sink = %d.sink, group = %send.group, members = send.members.len(), attempts = send.flush.attempts, retry_in = ?delay, error = %error, "group notification failed; will retry");
-        d.status.record(&sink_stage, StageEvent::Retry);
+        d.status.sink_failed(&d.sink, &error);
         for (_, envelope) in &send.members {
             d.tracer.record(
                 &d.pipeline,
@@ -393,6 +393,7 @@ impl GroupWorker {
     /// group's state, the flush record's removal, the sink's own state).
     fn delivered(&self, members: Vec<(Seq, Envelope)>, last: Vec<StateWrite>) {
         let d = &self.delivery;
+        d.status.sink_delivered(&d.sink);
         let count = members.len();
         for (i, (seq, envelope)) in members.into_iter().enumerate() {
             let state: &[StateWrite] = if i + 1 == count { &last } else { &[] };

@@ -59,6 +59,7 @@ pub mod plugin_memory;
 pub mod plugin_reference;
 pub mod recent;
 pub mod schedule;
+pub mod self_events;
 pub mod server;
 pub mod settings;
 pub mod silence_release;

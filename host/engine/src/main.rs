@@ -841,7 +841,10 @@ fn settings_not_declared(spec: &tocsin_config::PipelineSpec) -> Vec<(String, Str
         .iter()
         .enumerate()
         .map(|(i, s)| (format!("sink[{i}]"), &s.stage));
-    std::iter::once(("source".to_string(), &spec.source.stage))
+    spec.source
+        .stage
+        .iter()
+        .map(|s| ("source".to_string(), s))
         .chain(filters)
         .chain(sinks)
         .filter(|(_, stage)| !stage.settings_declared)

@@ -185,6 +185,8 @@ impl Manager {
                 entry.digest = digest;
                 if entry.running.is_some() {
                     tracing::warn!(pipeline = %name, "keeping the previous version running");
+                    self.board_status(name)
+                        .set_file_error(Some(lines.join("\n")));
                 } else {
                     let delay = retry_delay(failures + 1);
                     entry.retry = Some((tokio::time::Instant::now() + delay, failures + 1));

@@ -93,6 +93,9 @@ pub struct PipelineView {
     pub state: String,
     /// Why it is not running, when it failed.
     pub reason: Option<String>,
+    /// Why its edited file was refused, while the previous version still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_error: Option<String>,
     /// Its counters since this process started (`messages_in`, `delivered`, …).
     pub counters: BTreeMap<String, u64>,
     /// Its queues: ingress, then each sink's.
@@ -192,6 +195,7 @@ pub fn pipelines(
             name: name.to_string(),
             state: state.into(),
             reason,
+            file_error: status.and_then(|s| s.file_error()),
             counters: status.map(|s| s.counters.snapshot()).unwrap_or_default(),
             queues,
             dead_letters: depths.dead.into_iter().collect(),
@@ -493,6 +497,15 @@ pub fn problems(views: &[PipelineView], recent: &[crate::recent::RecentMessage])
             ),
             _ => {}
         }
+        if let Some(errors) = &view.file_error {
+            add(
+                "warn",
+                format!(
+                    "{name}: its edited file is refused, the previous version still runs: {}",
+                    tocsin_message::one_line(errors)
+                ),
+            );
+        }
         for (reporter, last) in &view.absent {
             let since = last.map_or_else(
                 || "stopped reporting".to_string(),
@@ -591,6 +604,7 @@ mod tests {
             name: name.into(),
             state: state.into(),
             reason: (state == "failed").then(|| "filter.0 (dedup): init failed".into()),
+            file_error: None,
             counters: BTreeMap::new(),
             queues: vec![],
             dead_letters: BTreeMap::new(),

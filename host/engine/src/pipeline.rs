@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use tocsin_config::self_events::TOCSIN_SOURCE;
 use tocsin_config::{PipelineSpec, StageSpec, Trigger};
 use tocsin_queue::QueueStore;
 use tocsin_runtime::{Plugin, PluginKind, Runtime, Stage, StageContext, StateReader};
@@ -48,6 +49,8 @@ pub struct Shared {
     pub expectations: crate::absence::Registry,
     /// The running pipelines' register locks, for acknowledgements through the API.
     pub register_locks: crate::open_alerts::Locks,
+    /// Every pipeline's status, for the `@tocsin` source.
+    pub board: crate::status::StatusBoard,
 }
 
 /// A pipeline whose tasks are running.
@@ -156,16 +159,16 @@ pub async fn start(
     let queue_budget = spec.queue_budget;
     status.set_queue_budget(shared.budget.budget_of(queue_budget));
     let memory = shared.plugin_memory.reserve(&spec)?;
-    let expected_source = source_kind(&spec.source.trigger);
-    let mut source = build_stage(
-        shared,
-        &status,
-        &name,
-        "source",
-        &spec.source.stage,
-        expected_source,
-    )
-    .await?;
+    // The built-in `@tocsin` source runs no plugin.
+    let mut source = match (&spec.source.stage, source_kind(&spec.source.trigger)) {
+        (Some(stage), Some(kind)) => {
+            Some(build_stage(shared, &status, &name, "source", stage, kind).await?)
+        }
+        _ => {
+            status.record_plugin("source", TOCSIN_SOURCE, "built-in");
+            None
+        }
+    };
     let pending = Arc::new(PendingState::default());
     let mut filters = Vec::new();
     for (i, f) in spec.filters.iter().enumerate() {
@@ -202,7 +205,8 @@ pub async fn start(
         );
     }
     // Run every `init` now, so a bad config fails the pipeline at start, not at 3 am.
-    for stage in std::iter::once(&mut source)
+    for stage in source
+        .iter_mut()
         .chain(filters.iter_mut())
         .chain(sinks.iter_mut())
     {
@@ -273,8 +277,22 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut ingest = None;
     let mut run_now = None;
-    match &spec.source.trigger {
-        Trigger::Schedule(schedule) => {
+    match (&spec.source.trigger, source) {
+        (Trigger::Tocsin(events), _) => {
+            let self_source = crate::self_events::SelfSource {
+                pipeline: name.clone(),
+                spec: events.clone(),
+                board: shared.board.clone(),
+                queue: shared.queue.clone(),
+                budget: shared.budget.clone(),
+                status: status.clone(),
+                ingress_ready: ingress_ready.clone(),
+                tracer: shared.tracer.clone(),
+                cancel: cancel.clone(),
+            };
+            tasks.push(tokio::spawn(self_source.run()));
+        }
+        (Trigger::Schedule(schedule), Some(source)) => {
             let scheduler = Scheduler {
                 pipeline: name.clone(),
                 schedule: (**schedule).clone(),
@@ -290,7 +308,7 @@ pub async fn start(
             };
             tasks.push(tokio::spawn(scheduler.run()));
         }
-        Trigger::Ingest(spec) => {
+        (Trigger::Ingest(spec), Some(source)) => {
             if spec.auth == tocsin_config::IngestAuth::None
                 && shared.budget.budget_of(queue_budget).is_none()
             {
@@ -312,6 +330,7 @@ pub async fn start(
             });
             ingest = Some((shared.ingest.clone(), endpoint));
         }
+        (_, None) => return Err("source: its plugin was not built".into()),
     }
     let maintenance: Arc<[tocsin_config::maintenance::MaintenanceWindow]> =
         spec.maintenance.clone().into();
@@ -436,11 +455,13 @@ async fn build_stage(
     Ok(Stage::new(&shared.runtime, plugin, ctx))
 }
 
-/// The source stage's expected plugin kind: a scheduled source polls, an ingest one decodes.
-pub fn source_kind(trigger: &Trigger) -> PluginKind {
+/// The source stage's expected plugin kind: a scheduled source polls, an ingest one decodes;
+/// `None` for the built-in `@tocsin` source, which runs no plugin.
+pub fn source_kind(trigger: &Trigger) -> Option<PluginKind> {
     match trigger {
-        Trigger::Schedule(_) => PluginKind::Source,
-        Trigger::Ingest(_) => PluginKind::Decoder,
+        Trigger::Schedule(_) => Some(PluginKind::Source),
+        Trigger::Ingest(_) => Some(PluginKind::Decoder),
+        Trigger::Tocsin(_) => None,
     }
 }
 

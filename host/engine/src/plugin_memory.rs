@@ -121,9 +121,10 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
 }
 
-/// The memory caps of the instances `spec` starts with: its source, each filter, one per sink.
+/// The memory caps of the instances `spec` starts with: its source (none for `@tocsin`),
+/// each filter, one per sink.
 pub fn pipeline_memory(spec: &PipelineSpec) -> u64 {
-    let source = spec.source.stage.limits.memory;
+    let source = spec.source.stage.as_ref().map_or(0, |s| s.limits.memory);
     let filters: u64 = spec.filters.iter().map(|f| f.limits.memory).sum();
     let sinks: u64 = spec.sinks.iter().map(|s| s.stage.limits.memory).sum();
     source + filters + sinks

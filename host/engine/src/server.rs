@@ -195,6 +195,7 @@ impl Server {
         let expectations = crate::absence::Registry::default();
         let register_locks = crate::open_alerts::Locks::default();
         let shared = Shared {
+            board: board.clone(),
             register_locks: register_locks.clone(),
             expectations: expectations.clone(),
             silences: silences.clone(),

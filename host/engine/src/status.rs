@@ -135,6 +135,13 @@ pub struct PipelineStatus {
     /// Per stage, the counters of log lines its plugin caused that were dropped (a stage's
     /// instances share one).
     log_drops: Mutex<BTreeMap<String, Vec<Arc<AtomicU64>>>>,
+    /// Why its edited file was refused while the previous version still runs.
+    file_error: Mutex<Option<String>>,
+    /// Per sink whose deliveries fail: the first failure since its last delivery (ms since
+    /// the epoch) and the last error.
+    failing_sinks: Mutex<BTreeMap<String, (u64, String)>>,
+    /// Per queue (a sink's name, `@filters`), why its last dead letter was moved there.
+    dead_letter_errors: Mutex<BTreeMap<String, String>>,
 }
 
 impl PipelineStatus {
@@ -149,14 +156,19 @@ impl PipelineStatus {
             rejections: Mutex::new(BTreeMap::new()),
             plugins: Mutex::new(BTreeMap::new()),
             log_drops: Mutex::new(BTreeMap::new()),
+            file_error: Mutex::new(None),
+            failing_sinks: Mutex::new(BTreeMap::new()),
+            dead_letter_errors: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Starts a new version of the pipeline (its file changed): back to `Starting`, and the
-    /// plugins of the old version forgotten. Counters, stage events, rejections and dropped
-    /// log lines are kept: they count what this process did, across reloads.
+    /// Starts a new version of the pipeline (its file changed and is valid): back to
+    /// `Starting`, the plugins of the old version and a refusal of an earlier edit forgotten.
+    /// Counters, stage events, rejections and dropped log lines are kept: they count what this
+    /// process did, across reloads.
     pub fn begin_version(&self) {
         self.set(PipelineState::Starting);
+        self.set_file_error(None);
         self.plugins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -281,6 +293,64 @@ impl PipelineStatus {
         self.record(stage, event);
     }
 
+    /// Records that the pipeline's file changed and was refused (`Some`, with the errors)
+    /// while its previous version still runs, or that no refusal stands (`None`).
+    pub fn set_file_error(&self, errors: Option<String>) {
+        *lock(&self.file_error) = errors;
+    }
+
+    /// Why its edited file was refused, while the previous version still runs.
+    pub fn file_error(&self) -> Option<String> {
+        lock(&self.file_error).clone()
+    }
+
+    /// Counts a failed delivery attempt of `sink` that will be retried, keeping when the
+    /// failures began.
+    pub fn sink_failed(&self, sink: &str, error: &str) {
+        self.record(&format!("sink.{sink}"), StageEvent::Retry);
+        let now = tocsin_queue::now_ms();
+        lock(&self.failing_sinks)
+            .entry(sink.to_string())
+            .and_modify(|(_, last)| *last = error.to_string())
+            .or_insert_with(|| (now, error.to_string()));
+    }
+
+    /// `sink` delivered: it is not failing any more.
+    pub fn sink_delivered(&self, sink: &str) {
+        let mut failing = lock(&self.failing_sinks);
+        if !failing.is_empty() {
+            failing.remove(sink);
+        }
+    }
+
+    /// The sinks whose deliveries fail, since when, with the last error.
+    pub fn failing_sinks(&self) -> Vec<crate::self_events::FailingSink> {
+        lock(&self.failing_sinks)
+            .iter()
+            .map(
+                |(sink, (since_ms, error))| crate::self_events::FailingSink {
+                    sink: sink.clone(),
+                    since_ms: *since_ms,
+                    last_error: error.clone(),
+                },
+            )
+            .collect()
+    }
+
+    /// Counts a message of `stage` moved to the dead letters of `queue`, and why.
+    pub fn dead_lettered(&self, stage: &str, queue: &str, error: &str) {
+        self.record(stage, StageEvent::DeadLetter);
+        lock(&self.dead_letter_errors).insert(queue.to_string(), error.to_string());
+    }
+
+    /// Per queue, why its last dead letter was moved there (since this process started).
+    pub fn dead_letter_errors(&self) -> Vec<(String, String)> {
+        lock(&self.dead_letter_errors)
+            .iter()
+            .map(|(q, e)| (q.clone(), e.clone()))
+            .collect()
+    }
+
     /// Every (stage, event, count) so far.
     pub fn stage_events(&self) -> Vec<(String, StageEvent, u64)> {
         self.stage_events
@@ -290,6 +360,10 @@ impl PipelineStatus {
             .map(|((stage, event), n)| (stage.clone(), *event, *n))
             .collect()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The statuses of every known pipeline, shared with whoever reports them.

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use tocsin::behaviour;
 use tocsin::dry_run::{show_request, DryRun, Input, SampleMessage, SourceStep, Trace};
+use tocsin_config::self_events::TOCSIN_SOURCE;
 use tocsin_config::{load_file, MachineCheck, PipelineSpec, PluginResolver, Trigger};
 use tocsin_message::Message;
 use tocsin_runtime::{DeliveryOutcome, Runtime, RuntimeConfig};
@@ -69,7 +70,7 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         None if options.poll => {
             if !matches!(spec.source.trigger, Trigger::Schedule(_)) {
                 bail!(
-                    "--poll needs a scheduled pipeline; {} is fed over HTTP",
+                    "--poll needs a scheduled pipeline; {} has no schedule",
                     path.display()
                 );
             }
@@ -85,6 +86,13 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
                 run_test_files(&runtime, &resolver, &[tests]).await
             } else if matches!(spec.source.trigger, Trigger::Schedule(_)) {
                 dry_run(&runtime, spec, Input::Poll).await
+            } else if matches!(spec.source.trigger, Trigger::Tocsin(_)) {
+                bail!(
+                    "{} reports tocsin's own events: give a message with --input FILE, or \
+                     write behaviour tests in {}",
+                    path.display(),
+                    tests.display()
+                )
             } else {
                 bail!(
                     "{} is fed over HTTP: give a request body with --input FILE, or write \
@@ -123,12 +131,12 @@ fn read_input(
             body: bytes,
             headers: headers.to_vec(),
         }),
-        Trigger::Schedule(_) => {
+        Trigger::Schedule(_) | Trigger::Tocsin(_) => {
             let sample: SampleMessage = serde_json::from_slice(&bytes).with_context(|| {
                 format!(
-                    "{} is a scheduled pipeline, so --input is a message entering its filters: \
+                    "{} is not fed over HTTP, so --input is a message entering its filters: \
                      JSON with `body`, and optionally `id`, `severity`, `summary`, `labels`, \
-                     `metrics`, `timestamp_ms` (without --input its source is polled)",
+                     `metrics`, `timestamp_ms` (without --input a scheduled source is polled)",
                     spec.name
                 )
             })?;
@@ -168,7 +176,11 @@ async fn dry_run(runtime: &Runtime, spec: PipelineSpec, input: Input) -> anyhow:
 fn print_trace(dry: &DryRun, trace: &Trace) -> anyhow::Result<()> {
     let spec = dry.spec();
     let secrets = dry.secret_values();
-    let plugin = &spec.source.stage.plugin.name;
+    let plugin = spec
+        .source
+        .stage
+        .as_ref()
+        .map_or(TOCSIN_SOURCE, |s| s.plugin.name.as_str());
     if let Some(assumed) = trace.assumed_content_type {
         println!(
             "note: the input names no Content-Type; it was sent as `{assumed}`, which it looks \

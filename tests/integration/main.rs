@@ -5,6 +5,8 @@
 //! - `disk`: a tmpfs that fills up or turns read-only: 503, nothing lost, recovery.
 //! - `scaffold`: `tocsin plugin new` projects build and their README commands work; `tocsin test`.
 //! - `secrets`: tokens never in logs, answers, metrics, dead letters or stored data.
+//! - `self_events`: the `@tocsin` source: dead letters, a failing sink, a refused edit — each
+//!   announced once and resolved once, across `kill -9`; its own failures never feed it.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `wit_docs`: every item of the plugin contract is documented.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
@@ -73,6 +75,7 @@ mod runtime;
 mod sandbox;
 mod scaffold;
 mod secrets;
+mod self_events;
 mod shutdown;
 mod silences;
 mod status_page;

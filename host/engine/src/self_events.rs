@@ -168,9 +168,8 @@ pub fn conditions(spec: &SelfEventsSpec, own: &str, evidence: &Evidence) -> Vec<
                     summary: format!("{p}/{queue}: {count} dead letter{s}{why}"),
                     body: format!(
                         "{count} message{s} of pipeline {p} could not be delivered by \
-                         {queue} and wait in its dead letters{why}.\nSee them with `tocsin \
-                         dead-letters ls {p}`, send them again with `tocsin dead-letters \
-                         replay {p} {queue} --all`."
+                         {queue} and wait in its dead letters{why}.\nSee them with `tocsin dlq \
+                         ls {p}`, send them again with `tocsin dlq replay {p} {queue} --all`."
                     ),
                     resolved: format!("{p}/{queue}: no dead letters left"),
                     count: count as u64,

@@ -19,8 +19,10 @@ use std::time::Duration;
 use serde_aux::serde_introspection::serde_introspect;
 use tocsin_config::file::{
     AuthTable, ExpectTable, GrantsTable, GroupTable, InhibitTable, LimitsTable, MaintenanceTable,
-    MatchTable, OidcTable, PipelineFile, RetryTable, SinkTable, SourceTable, StageTable,
+    MatchTable, OidcTable, PipelineFile, RetryTable, SelfEventsTable, SinkTable, SourceTable,
+    StageTable,
 };
+use tocsin_config::self_events::*;
 use tocsin_config::units::{parse_duration, parse_size};
 use tocsin_config::*;
 
@@ -59,6 +61,7 @@ fn documented() -> Vec<Documented> {
         entry::<MaintenanceTable>("MaintenanceTable", "`[[maintenance]]`"),
         entry::<ExpectTable>("ExpectTable", "`expect`"),
         entry::<InhibitTable>("InhibitTable", "`[[inhibit]]`"),
+        entry::<SelfEventsTable>("SelfEventsTable", "`@tocsin` source `config`"),
         entry::<AuthTable>("AuthTable", "`auth`"),
         entry::<OidcTable>("OidcTable", "`auth.oidc`"),
     ]
@@ -504,6 +507,36 @@ fn reference_states_the_defaults_of_spec_rs() {
         parse_size,
         ("DEFAULT_BODY_LIMIT", DEFAULT_BODY_LIMIT),
     );
+    let tocsin = "`@tocsin` source `config`";
+    for (field, constant, want) in [
+        ("every", "DEFAULT_SELF_EVERY", DEFAULT_SELF_EVERY),
+        ("retrying_for", "DEFAULT_RETRYING_FOR", DEFAULT_RETRYING_FOR),
+        ("stops_within", "DEFAULT_STOPS_WITHIN", DEFAULT_STOPS_WITHIN),
+    ] {
+        check_default(
+            p,
+            s,
+            (tocsin, field, "default"),
+            parse_duration,
+            (constant, want),
+        );
+    }
+    for (field, constant, want) in [
+        ("plugin_stops", "DEFAULT_PLUGIN_STOPS", DEFAULT_PLUGIN_STOPS),
+        (
+            "budget_percent",
+            "DEFAULT_BUDGET_PERCENT",
+            DEFAULT_BUDGET_PERCENT,
+        ),
+    ] {
+        check_default(
+            p,
+            s,
+            (tocsin, field, "default"),
+            integer::<u32>,
+            (constant, want),
+        );
+    }
     check_default(
         p,
         s,

@@ -71,6 +71,9 @@ pub struct Case {
     /// Pipelines with `expect`: the absence alert of the reporter with these key labels
     /// (`{ host = "db1" }`), then its resolution, as the pipeline raises them.
     pub absent: Option<BTreeMap<String, String>>,
+    /// `@tocsin` pipelines: one of tocsin's own events, announced then resolved, e.g.
+    /// `{ event = "dead_letter", pipeline = "alerts", queue = "chat" }`.
+    pub tocsin_event: Option<TocsinEventCase>,
     /// The decoder must refuse the (last) request with this status.
     pub rejected: Option<u16>,
     /// One entry per message a sink must get, in the order it gets them. A sink named here
@@ -84,6 +87,28 @@ pub struct Case {
     /// The time the case runs at, RFC 3339 (`"2026-12-07T02:30:00+01:00"`), for the
     /// pipeline's maintenance windows [default: now].
     pub at: Option<String>,
+}
+
+/// A case's `tocsin_event`: which condition, about what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TocsinEventCase {
+    /// `dead_letter`, `pipeline_failed`, `pipeline_invalid`, `plugin_stopped`,
+    /// `sink_retrying`, `queue_budget` or `disk_reserve`.
+    pub event: String,
+    /// The pipeline it is about [default: `alerts`].
+    #[serde(default = "default_event_pipeline")]
+    pub pipeline: String,
+    /// `dead_letter`: the queue [default: `chat`].
+    pub queue: Option<String>,
+    /// `sink_retrying`: the sink [default: `chat`].
+    pub sink: Option<String>,
+    /// `plugin_stopped`: the stage [default: `filter.0`].
+    pub stage: Option<String>,
+}
+
+fn default_event_pipeline() -> String {
+    "alerts".into()
 }
 
 /// One message a sink must get.
@@ -295,16 +320,20 @@ fn inputs(spec: &PipelineSpec, base: &Path, case: &Case, now: u64) -> Result<Vec
         !messages.is_empty(),
         case.poll,
         case.absent.is_some(),
+        case.tocsin_event.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(
             "give exactly one kind of input: `input`/`inputs`/`input_file` (request bodies), \
-             `message`/`messages`, `poll = true`, or `absent`"
+             `message`/`messages`, `poll = true`, `absent` or `tocsin_event`"
                 .into(),
         );
     }
     if let Some(labels) = &case.absent {
         return absence_pair(spec, labels, now);
+    }
+    if let Some(event) = &case.tocsin_event {
+        return tocsin_event_pair(spec, event, now);
     }
     let ingest = matches!(spec.source.trigger, Trigger::Ingest(_));
     if !bodies.is_empty() && !ingest {
@@ -392,6 +421,34 @@ fn absence_pair(
         now,
     );
     Ok(vec![Input::Message(alert), Input::Message(resolution)])
+}
+
+/// The alert of one of tocsin's own events and its resolution, as the pipeline's `@tocsin`
+/// source announces them.
+fn tocsin_event_pair(
+    spec: &PipelineSpec,
+    case: &TocsinEventCase,
+    now: u64,
+) -> Result<Vec<Input>, String> {
+    let Trigger::Tocsin(source) = &spec.source.trigger else {
+        return Err(format!(
+            "{}'s source is not `@tocsin`: it hears no tocsin events",
+            spec.name
+        ));
+    };
+    let event = tocsin_config::self_events::SelfEvent::parse(&case.event)?;
+    let part = case
+        .queue
+        .as_deref()
+        .or(case.sink.as_deref())
+        .or(case.stage.as_deref())
+        .unwrap_or(match event {
+            tocsin_config::self_events::SelfEvent::PluginStopped => "filter.0",
+            _ => "chat",
+        });
+    let pair =
+        crate::self_events::sample_pair(source, &spec.name, event, &case.pipeline, part, now)?;
+    Ok(pair.into_iter().map(Input::Message).collect())
 }
 
 /// Compares what the traces show with what the case expects; every mismatch, in words.

@@ -66,7 +66,7 @@ pub struct Evidence {
     /// Per (pipeline, queue), why its last message was dead-lettered.
     pub dead_letter_errors: BTreeMap<(String, String), String>,
     /// Per (pipeline, stage), the calls the host stopped within `stops_within`.
-    pub stops: BTreeMap<(String, String), u64>,
+    pub stops: StageCounts,
     /// The queues' storage.
     pub storage: StorageReport,
     /// Now, in ms since the epoch.
@@ -154,7 +154,11 @@ pub fn conditions(spec: &SelfEventsSpec, own: &str, evidence: &Evidence) -> Vec<
                 if count == 0 {
                     continue;
                 }
-                let s = if count == 1 { "" } else { "s" };
+                let (s, waits) = if count == 1 {
+                    ("", "waits")
+                } else {
+                    ("s", "wait")
+                };
                 let why = evidence
                     .dead_letter_errors
                     .get(&(p.clone(), queue.clone()))
@@ -168,7 +172,7 @@ pub fn conditions(spec: &SelfEventsSpec, own: &str, evidence: &Evidence) -> Vec<
                     summary: format!("{p}/{queue}: {count} dead letter{s}{why}"),
                     body: format!(
                         "{count} message{s} of pipeline {p} could not be delivered by \
-                         {queue} and wait in its dead letters{why}.\nSee them with `tocsin dlq \
+                         {queue} and {waits} in its dead letters{why}.\nSee them with `tocsin dlq \
                          ls {p}`, send them again with `tocsin dlq replay {p} {queue} --all`."
                     ),
                     resolved: format!("{p}/{queue}: no dead letters left"),
@@ -562,22 +566,20 @@ pub fn stored(
         .collect())
 }
 
+/// A count per (pipeline, stage).
+pub type StageCounts = BTreeMap<(String, String), u64>;
+
 /// Stopped calls per (pipeline, stage) within a sliding window, from the process's counters.
 #[derive(Debug, Default)]
 pub struct StopWindow {
     /// Samples of the counters, oldest first; the first is the baseline.
-    samples: VecDeque<(u64, BTreeMap<(String, String), u64>)>,
+    samples: VecDeque<(u64, StageCounts)>,
 }
 
 impl StopWindow {
     /// Takes a sample of the counters at `now` and returns the stops within `window` (counted
     /// from the first sample when the window reaches further back).
-    pub fn observe(
-        &mut self,
-        now: u64,
-        window: Duration,
-        totals: BTreeMap<(String, String), u64>,
-    ) -> BTreeMap<(String, String), u64> {
+    pub fn observe(&mut self, now: u64, window: Duration, totals: StageCounts) -> StageCounts {
         let start = now.saturating_sub(window.as_millis() as u64);
         // Keep the newest sample at or before the window's start as the baseline.
         while self.samples.len() > 1 && self.samples[1].0 <= start {
@@ -720,6 +722,110 @@ impl SelfSource {
     }
 }
 
+/// One condition of `event` about `pipeline` (`part`: its queue, sink or stage), as the
+/// source `spec` of pipeline `own` would announce it at `now`, then its resolution: what a
+/// behaviour case's `tocsin_event` runs through the pipeline.
+pub fn sample_pair(
+    spec: &SelfEventsSpec,
+    own: &str,
+    event: SelfEvent,
+    pipeline: &str,
+    part: &str,
+    now: u64,
+) -> Result<[Message; 2], String> {
+    if pipeline == own {
+        return Err(format!(
+            "a @tocsin pipeline hears nothing about itself: name another pipeline than `{own}`"
+        ));
+    }
+    let mut view = PipelineView {
+        name: pipeline.to_string(),
+        state: "running".into(),
+        reason: None,
+        file_error: None,
+        counters: BTreeMap::new(),
+        queues: vec![],
+        dead_letters: BTreeMap::new(),
+        stored_bytes: 0,
+        queue_budget: None,
+        plugins: vec![],
+        absent: vec![],
+    };
+    let mut evidence = Evidence {
+        now_ms: now,
+        ..Evidence::default()
+    };
+    const SAMPLE: &str = "(a sample error of the behaviour test)";
+    match event {
+        SelfEvent::DeadLetter => {
+            view.dead_letters.insert(part.to_string(), 1);
+            evidence.dead_letter_errors.insert(
+                (pipeline.to_string(), part.to_string()),
+                format!("permanent: {SAMPLE}"),
+            );
+        }
+        SelfEvent::PipelineFailed => {
+            view.state = "failed".into();
+            view.reason = Some(format!("source: {SAMPLE}"));
+        }
+        SelfEvent::PipelineInvalid => {
+            view.file_error = Some(format!("{pipeline}.toml:1:1: {SAMPLE}"));
+        }
+        SelfEvent::PluginStopped => {
+            evidence.stops.insert(
+                (pipeline.to_string(), part.to_string()),
+                u64::from(spec.plugin_stops),
+            );
+        }
+        SelfEvent::SinkRetrying => {
+            view.queues.push(crate::operator::QueueView {
+                queue: part.to_string(),
+                depth: 1,
+                oldest_age_seconds: None,
+            });
+            evidence.failing.insert(
+                pipeline.to_string(),
+                vec![FailingSink {
+                    sink: part.to_string(),
+                    since_ms: now.saturating_sub(spec.retrying_for.as_millis() as u64),
+                    last_error: SAMPLE.to_string(),
+                }],
+            );
+        }
+        SelfEvent::QueueBudget => {
+            view.queue_budget = Some(100 << 20);
+            view.stored_bytes = u64::from(spec.budget_percent) << 20;
+        }
+        SelfEvent::DiskReserve => {
+            evidence.storage = StorageReport {
+                free_bytes: Some(DEFAULT_SAMPLE_RESERVE),
+                reserve: DEFAULT_SAMPLE_RESERVE,
+                ..StorageReport::default()
+            };
+        }
+    }
+    evidence.views.push(view);
+    let only = SelfEventsSpec {
+        events: [event].into(),
+        ..spec.clone()
+    };
+    let found = conditions(&only, own, &evidence);
+    let mut announcer = Announcer::new(only, 0, BTreeMap::new());
+    let (fired, next) = announcer.changes(&found, now);
+    announcer.commit(next);
+    let (resolved, _) = announcer.changes(&[], now);
+    match (
+        fired.messages.into_iter().next(),
+        resolved.messages.into_iter().next(),
+    ) {
+        (Some(firing), Some(resolution)) => Ok([firing, resolution]),
+        _ => Err(format!("no `{}` condition to run", event.as_str())),
+    }
+}
+
+/// The free-space reserve a `disk_reserve` sample assumes (the default `--min-free-space`).
+const DEFAULT_SAMPLE_RESERVE: u64 = crate::budget::DEFAULT_MIN_FREE_SPACE;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -832,8 +938,10 @@ mod tests {
         assert_eq!(found[6].severity, Severity::Warning);
 
         // A sink failing for less than `retrying_for`, or with nothing waiting, is not one.
-        let mut spec = SelfEventsSpec::default();
-        spec.retrying_for = Duration::from_secs(12 * 60);
+        let mut spec = SelfEventsSpec {
+            retrying_for: Duration::from_secs(12 * 60),
+            ..SelfEventsSpec::default()
+        };
         spec.events.remove(&SelfEvent::DiskReserve);
         let found = conditions(&spec, "ops", &evidence);
         assert!(!keys(&found).iter().any(|k| k.contains("sink_retrying")));

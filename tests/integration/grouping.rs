@@ -215,3 +215,86 @@ group = {{ by = ["alertname"], wait = "1s", interval = "2s" }}
     );
     server.stop().await;
 }
+
+/// A group notification in flight at `kill -9` is sent again after the restart with exactly
+/// its members under the same idempotency key, and `max_messages` caps each notification:
+/// 12 alerts with `max_messages = 5` go out as 5, 5 and 2, the rest right after a full one
+/// (not an `interval` later), none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_in_flight_at_kill_9_goes_again_under_its_key_and_the_cap_splits_a_group() {
+    use tocsin_tests::receiver::{Behaviour, Receiver};
+    let receiver = Receiver::start().await;
+    // The first request is held past the kill; nothing answers it in time.
+    receiver.set(Behaviour::Hold(Duration::from_secs(25)));
+    let env = Env::new();
+    env.write_pipeline(
+        "disks",
+        &format!(
+            "[source]\nplugin = \"json\"\nauth = {{ none = true }}\n\n{}\
+             group = {{ by = [\"alertname\"], wait = \"1s\", interval = \"1h\", max_messages = 5 }}\n",
+            receiver.sink_toml("hook", "{ max_attempts = 100, initial = \"100ms\" }")
+        ),
+    );
+    let port = Port::free();
+    let mut tocsin = Tocsin::spawn(&env, &port, &[]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let twelve: Vec<serde_json::Value> = (0..12).map(disk_full).collect();
+    post_accepted(&tocsin.base_url, "disks", serde_json::Value::Array(twelve)).await;
+    tocsin_tests::wait_until(
+        Duration::from_secs(30),
+        "the first notification sent",
+        || !receiver.requests().is_empty(),
+    )
+    .await;
+    tocsin.kill();
+    receiver.set(Behaviour::Accept);
+    let mut tocsin = Tocsin::spawn(&env, &port, &[]);
+    tocsin.wait_serving(&env, Duration::from_secs(60)).await;
+    let ids = |r: &tocsin_tests::receiver::Request| -> Vec<String> {
+        r.body["messages"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| m["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    tocsin_tests::wait_until(Duration::from_secs(60), "every alert delivered", || {
+        let mut seen: Vec<String> = receiver
+            .requests()
+            .iter()
+            .filter(|r| r.answered == 200)
+            .flat_map(|r| ids(r))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.len() == 12
+    })
+    .await;
+    let requests = receiver.requests();
+    let first = &requests[0];
+    // The notification cut off by the kill, sent again: same key, same members.
+    let again: Vec<_> = requests.iter().filter(|r| r.key == first.key).collect();
+    assert!(again.len() >= 2, "not sent again: {requests:#?}");
+    for r in &again {
+        assert_eq!(ids(r), ids(first), "other members under the same key");
+    }
+    // Three notifications in all, each within the cap, every alert in exactly one.
+    let mut keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let sizes: Vec<usize> = keys
+        .iter()
+        .map(|k| ids(requests.iter().find(|r| r.key == *k).unwrap()).len())
+        .collect();
+    assert_eq!(sizes, [5, 5, 2]);
+    let mut all: Vec<String> = keys
+        .iter()
+        .flat_map(|k| ids(requests.iter().find(|r| r.key == *k).unwrap()))
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 12);
+    tocsin.kill();
+}

@@ -202,6 +202,8 @@ pub struct GroupTable {
     pub wait: Option<Spanned<String>>,
     /// The least time between two notifications of one group, e.g. `"5m"`.
     pub interval: Option<Spanned<String>>,
+    /// The most messages one notification carries (1–1000); the rest go in the next one.
+    pub max_messages: Option<Spanned<u32>>,
 }
 
 /// `grants = { … }`.

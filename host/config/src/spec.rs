@@ -351,6 +351,9 @@ pub struct GroupPolicy {
     pub wait: Duration,
     /// The least time between two notifications of one group.
     pub interval: Duration,
+    /// The most messages one notification carries (at most [`MAX_GROUP_MESSAGES`]); the rest
+    /// go in the next one, right after.
+    pub max_messages: usize,
 }
 
 /// Alertmanager's default `group_wait`.
@@ -358,7 +361,8 @@ pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
 /// Alertmanager's default `group_interval`.
 pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
 
-/// The most messages one group notification carries; the rest go in the next one.
+/// The most messages one group notification may carry, and what it carries unless the file
+/// sets `max_messages`; the rest go in the next one.
 pub const MAX_GROUP_MESSAGES: usize = 1000;
 
 /// The most deliveries a sink may have in flight.

@@ -1111,10 +1111,29 @@ impl Checker<'_> {
         let by = self.label_names(&format!("{field}.by"), &table.by);
         let wait = self.duration(table.wait.as_ref(), &format!("{field}.wait"));
         let interval = self.duration(table.interval.as_ref(), &format!("{field}.interval"));
+        let max_messages = match &table.max_messages {
+            None => Some(MAX_GROUP_MESSAGES),
+            Some(n) if (1..=MAX_GROUP_MESSAGES).contains(&(*n.get_ref() as usize)) => {
+                Some(*n.get_ref() as usize)
+            }
+            Some(n) => {
+                self.error(
+                    Some(n.span()),
+                    &format!("{field}.max_messages"),
+                    format!(
+                        "{} is outside 1..{MAX_GROUP_MESSAGES}: a notification carries at least \
+                         one message and at most {MAX_GROUP_MESSAGES}",
+                        n.get_ref()
+                    ),
+                );
+                None
+            }
+        };
         Some(GroupPolicy {
             by: by?,
             wait: wait?.unwrap_or(DEFAULT_GROUP_WAIT),
             interval: interval?.unwrap_or(DEFAULT_GROUP_INTERVAL),
+            max_messages: max_messages?,
         })
     }
 
@@ -1647,16 +1666,32 @@ match = { severity = ">= info" }
                 by: vec!["alertname".into(), "host".into()],
                 wait: DEFAULT_GROUP_WAIT,
                 interval: DEFAULT_GROUP_INTERVAL,
+                max_messages: MAX_GROUP_MESSAGES,
             })
         );
-        let spec = check(&fx, &with(r#"{ by = [], wait = "2s", interval = "1m" }"#)).unwrap();
+        let spec = check(
+            &fx,
+            &with(r#"{ by = [], wait = "2s", interval = "1m", max_messages = 20 }"#),
+        )
+        .unwrap();
         let group = spec.sinks[0].group.clone().unwrap();
         assert_eq!((group.wait.as_secs(), group.interval.as_secs()), (2, 60));
+        assert_eq!(group.max_messages, 20);
         assert!(check(&fx, GOOD).unwrap().sinks[0].group.is_none());
         for (bad, field, says) in [
             (r#"{ by = ["a", "a"] }"#, "sink[0].group.by", "named twice"),
             (r#"{ by = [""] }"#, "sink[0].group.by", "cannot be empty"),
             (r#"{ by = ["a"], wait = "soon" }"#, "sink[0].group.wait", ""),
+            (
+                r#"{ by = ["a"], max_messages = 0 }"#,
+                "sink[0].group.max_messages",
+                "outside 1..1000",
+            ),
+            (
+                r#"{ by = ["a"], max_messages = 1001 }"#,
+                "sink[0].group.max_messages",
+                "outside 1..1000",
+            ),
             (
                 r#"{ by = ["a"], interval = "0s" }"#,
                 "sink[0].group.interval",

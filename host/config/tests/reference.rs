@@ -507,6 +507,13 @@ fn reference_states_the_defaults_of_spec_rs() {
         parse_size,
         ("DEFAULT_BODY_LIMIT", DEFAULT_BODY_LIMIT),
     );
+    check_default(
+        p,
+        s,
+        ("`group`", "max_messages", "default"),
+        integer::<usize>,
+        ("MAX_GROUP_MESSAGES", MAX_GROUP_MESSAGES),
+    );
     let tocsin = "`@tocsin` source `config`";
     for (field, constant, want) in [
         ("every", "DEFAULT_SELF_EVERY", DEFAULT_SELF_EVERY),

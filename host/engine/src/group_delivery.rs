@@ -6,7 +6,8 @@
 //!   Members wait in the sink queue itself, so a group in the making is as durable as any
 //!   queued message.
 //! - A group's first queued message waits `wait` for others; then every queued message of the
-//!   group (up to [`MAX_GROUP_MESSAGES`]) goes out in one notification. What arrives later goes
+//!   group (up to the policy's `max_messages`, [`MAX_GROUP_MESSAGES`] unless the file says)
+//!   goes out in one notification. What arrives later goes
 //!   out together once `interval` has passed since the group's last notification (and `wait`
 //!   after the first of it arrived); a group with more queued than one notification carries
 //!   sends the rest at once.
@@ -219,7 +220,7 @@ impl GroupWorker {
                         sequence: state.sequence,
                         seqs: entries
                             .iter()
-                            .take(MAX_GROUP_MESSAGES)
+                            .take(self.policy.max_messages)
                             .map(|(seq, _)| *seq)
                             .collect(),
                         attempts: 0,
@@ -268,7 +269,7 @@ impl GroupWorker {
             let state = GroupState {
                 sequence: flush.sequence + 1,
                 last_sent_ms: 0,
-                last_full: members.len() >= MAX_GROUP_MESSAGES,
+                last_full: members.len() >= self.policy.max_messages,
                 firing,
             };
             sends.push(Send {

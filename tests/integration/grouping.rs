@@ -265,7 +265,7 @@ async fn a_notification_in_flight_at_kill_9_goes_again_under_its_key_and_the_cap
             .requests()
             .iter()
             .filter(|r| r.answered == 200)
-            .flat_map(|r| ids(r))
+            .flat_map(&ids)
             .collect();
         seen.sort();
         seen.dedup();

@@ -396,3 +396,88 @@ fn a_dry_run_sends_a_sample_as_what_it_looks_like_and_says_so() {
     assert!(seen.contains("This is a test message"), "{seen}");
     assert!(!seen.contains("malformed JSON"), "{seen}");
 }
+
+/// A grouping sink in a dry run sends once the case's inputs are in: per group one
+/// notification (capped by `max_messages`), rendered as the server would send it.
+#[test]
+fn a_grouping_sink_sends_each_group_as_one_notification_in_behaviour_tests_and_dry_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("disks.toml"),
+        r#"
+[source]
+plugin = "json"
+auth = { none = true }
+
+[[sink]]
+name   = "room"
+plugin = "matrix"
+config = { homeserver = "https://matrix.example.org", room = "!ops:example.org" }
+grants = { hosts = ["matrix.example.org"], secrets = { access_token = "env:MATRIX_TOKEN" } }
+group  = { by = ["alertname"], wait = "30s", max_messages = 2 }
+"#,
+    )
+    .unwrap();
+    let alert = |host: &str, name: &str| {
+        format!(
+            r#"{{"id": "{name}-{host}", "severity": "warning", "summary": "{name} on {host}", "body": "…", "labels": {{"alertname": "{name}", "host": "{host}", "status": "firing"}}}}"#
+        )
+    };
+    std::fs::write(
+        dir.path().join("disks.test.toml"),
+        format!(
+            r#"
+[[case]]
+name   = "three disks and a load alert: DiskFull as 2 + 1, HighLoad alone"
+inputs = ['{}', '{}', '{}', '{}']
+[[case.expect]]
+sink  = "room"
+summary = "DiskFull on db1"
+sends = ["[FIRING:2] alertname=DiskFull", "DiskFull on db1", "DiskFull on db2"]
+not_sends = ["DiskFull on db3", "HighLoad"]
+[[case.expect]]
+sink  = "room"
+summary = "DiskFull on db2"
+[[case.expect]]
+sink  = "room"
+summary = "DiskFull on db3"
+sends = ["[FIRING:3] alertname=DiskFull", "DiskFull on db3"]
+[[case.expect]]
+sink  = "room"
+summary = "HighLoad on db1"
+sends = ["[FIRING:1] alertname=HighLoad"]
+"#,
+            alert("db1", "DiskFull"),
+            alert("db2", "DiskFull"),
+            alert("db1", "HighLoad"),
+            alert("db3", "DiskFull"),
+        ),
+    )
+    .unwrap();
+    let out = tocsin(dir.path(), &["test", "disks.toml"]);
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("1 passed, 0 failed"), "{seen}");
+
+    // A dry run of one request: the group is held, then sent as one notification.
+    let sample = dir.path().join("two.json");
+    std::fs::write(
+        &sample,
+        format!("[{}, {}]", alert("db1", "DiskFull"), alert("db2", "DiskFull")),
+    )
+    .unwrap();
+    let out = tocsin(
+        dir.path(),
+        &["test", "disks.toml", "--input", sample.to_str().unwrap()],
+    );
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(
+        seen.contains("sink room: DiskFull-db1 joins its group")
+            && seen.contains(
+                "sink room ← one group notification of 2 messages: DiskFull-db1, DiskFull-db2"
+            )
+            && seen.contains("[FIRING:2] alertname=DiskFull"),
+        "{seen}"
+    );
+}

@@ -171,6 +171,8 @@ pub struct Trace {
     pub unrouted: Vec<(String, String)>,
     /// Messages a maintenance window muted for a sink: (sink, message id, window id).
     pub muted: Vec<(String, String, String)>,
+    /// Messages held for a grouping sink until the run's end: (sink, message id).
+    pub grouped: Vec<(String, String)>,
     /// The `Content-Type` the request was given because the input named none (see
     /// [`sniff_content_type`]).
     pub assumed_content_type: Option<&'static str>,
@@ -215,6 +217,10 @@ struct DrySink {
     recorder: Arc<DryRunRecorder>,
     /// Remapped write grants: (guest path, scratch directory).
     writes: Vec<(String, PathBuf)>,
+    /// Its `group`, if it groups.
+    group: Option<tocsin_config::GroupPolicy>,
+    /// A grouping sink's messages of this run, until [`DryRun::flush_groups`].
+    held: Vec<Message>,
 }
 
 impl DryRun {
@@ -251,6 +257,8 @@ impl DryRun {
                 stage,
                 recorder,
                 writes,
+                group: sink.group.clone(),
+                held: Vec::new(),
             });
         }
         let Builder {
@@ -321,6 +329,7 @@ impl DryRun {
             deliveries: Vec::new(),
             unrouted: Vec::new(),
             muted: Vec::new(),
+            grouped: Vec::new(),
             assumed_content_type: None,
         };
         let produced = match self.run_source(input, &mut trace).await {
@@ -378,11 +387,61 @@ impl DryRun {
                     trace.muted.push(muted);
                     continue;
                 }
+                if sink.group.is_some() {
+                    // Its group waits for the rest of the run: `flush_groups`.
+                    sink.held.push(message.clone());
+                    trace.grouped.push((sink.name.clone(), message.id.clone()));
+                    continue;
+                }
                 let delivery = sink.deliver(&self.spec.name, message, &self.state).await;
                 trace.deliveries.push(delivery);
             }
         }
         trace
+    }
+
+    /// Sends what grouping sinks held during the runs since the last flush, as the server
+    /// would once their groups' `wait` ended: per group (in the order its first message came),
+    /// notifications of at most `max_messages`, each one call of the sink. Per notification, a
+    /// [`Delivery`] per member, each with the notification's requests.
+    pub async fn flush_groups(&mut self) -> Vec<Vec<Delivery>> {
+        let mut deliveries = Vec::new();
+        for sink in &mut self.sinks {
+            let Some(policy) = sink.group.clone() else {
+                continue;
+            };
+            let held = std::mem::take(&mut sink.held);
+            // (its key, its labels, its members), in the order their first message came.
+            type Forming = (String, Vec<(String, String)>, Vec<Message>);
+            let mut groups: Vec<Forming> = Vec::new();
+            for message in held {
+                let labels = crate::group_delivery::group_labels(&message, &policy.by);
+                let key = crate::group_delivery::group_key(&labels);
+                match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, _, members)) => members.push(message),
+                    None => groups.push((key, labels, vec![message])),
+                }
+            }
+            for (key, labels, members) in groups {
+                let mut firing = std::collections::BTreeSet::new();
+                for (sequence, chunk) in members.chunks(policy.max_messages.max(1)).enumerate() {
+                    for message in chunk {
+                        crate::group_delivery::note_firing(&mut firing, message);
+                    }
+                    let info = tocsin_runtime::GroupInfo {
+                        labels: labels.clone(),
+                        key: key.clone(),
+                        sequence: sequence as u32,
+                        firing: firing.len() as u32,
+                    };
+                    deliveries.push(
+                        sink.deliver_group(&self.spec.name, chunk, &info, &self.state)
+                            .await,
+                    );
+                }
+            }
+        }
+        deliveries
     }
 
     async fn run_source(&mut self, input: Input, trace: &mut Trace) -> Result<SourceStep, String> {
@@ -506,6 +565,46 @@ pub fn sniff_content_type(body: &[u8]) -> &'static str {
 }
 
 impl DrySink {
+    /// One group notification: a [`Delivery`] per member, each with its requests.
+    async fn deliver_group(
+        &mut self,
+        pipeline: &str,
+        members: &[Message],
+        info: &tocsin_runtime::GroupInfo,
+        state: &MemoryState,
+    ) -> Vec<Delivery> {
+        let before = file_sizes(&self.writes);
+        let key =
+            crate::group_delivery::notification_key(pipeline, &self.name, &info.key, info.sequence);
+        let stage_name = format!("sink.{}", self.name);
+        let refs: Vec<&Message> = members.iter().collect();
+        let outcome = match self.stage.deliver_group(&refs, info, &key).await {
+            Ok((outcome, changes)) => {
+                if outcome == DeliveryOutcome::Delivered {
+                    state.apply(&stage_name, changes);
+                }
+                Ok(outcome)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let (requests, written, stdout) = (
+            self.recorder.take(),
+            written_since(&self.writes, &before),
+            self.recorder.take_stdout(),
+        );
+        members
+            .iter()
+            .map(|message| Delivery {
+                sink: self.name.clone(),
+                message: message.clone(),
+                outcome: outcome.clone(),
+                requests: requests.clone(),
+                written: written.clone(),
+                stdout: stdout.clone(),
+            })
+            .collect()
+    }
+
     async fn deliver(
         &mut self,
         pipeline: &str,

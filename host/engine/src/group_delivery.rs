@@ -253,12 +253,7 @@ impl GroupWorker {
             }
             let mut firing = state.firing.clone();
             for (_, e) in &members {
-                let identity = alert_identity(&e.message);
-                if e.message.label("status") == Some("resolved") {
-                    firing.remove(&identity);
-                } else {
-                    firing.insert(identity);
-                }
+                note_firing(&mut firing, &e.message);
             }
             let info = GroupInfo {
                 labels,
@@ -295,10 +290,11 @@ impl GroupWorker {
             Result<(DeliveryOutcome, StateChanges), CallError>,
         ),
     > {
-        let key = idempotency_key(
+        let key = notification_key(
             &self.delivery.pipeline,
             &self.delivery.sink,
-            &format!("group-{}-{}", send.group, send.info.sequence),
+            &send.group,
+            send.info.sequence,
         );
         async move {
             let messages: Vec<&Message> = send.members.iter().map(|(_, e)| &e.message).collect();
@@ -418,15 +414,31 @@ impl GroupWorker {
     }
 }
 
+/// Updates the identities of a group's firing alerts with one member: a `status=resolved`
+/// message closes its alert, any other opens (or keeps) it.
+pub(crate) fn note_firing(firing: &mut BTreeSet<String>, message: &Message) {
+    let identity = alert_identity(message);
+    if message.label("status") == Some("resolved") {
+        firing.remove(&identity);
+    } else {
+        firing.insert(identity);
+    }
+}
+
+/// The idempotency key of a group's notification number `sequence`.
+pub(crate) fn notification_key(pipeline: &str, sink: &str, group: &str, sequence: u32) -> String {
+    idempotency_key(pipeline, sink, &format!("group-{group}-{sequence}"))
+}
+
 /// The `by` labels of `message` with its values (empty when it lacks one), in `by`'s order.
-fn group_labels(message: &Message, by: &[String]) -> Vec<(String, String)> {
+pub(crate) fn group_labels(message: &Message, by: &[String]) -> Vec<(String, String)> {
     by.iter()
         .map(|name| (name.clone(), message.label(name).unwrap_or("").to_string()))
         .collect()
 }
 
 /// A group's stable name: a short hash of its labels and values.
-fn group_key(labels: &[(String, String)]) -> String {
+pub(crate) fn group_key(labels: &[(String, String)]) -> String {
     label_hash(labels)
 }
 

@@ -160,11 +160,14 @@ async fn dry_run(runtime: &Runtime, spec: PipelineSpec, input: Input) -> anyhow:
     }
     let trace = dry.run(input).await;
     print_trace(&dry, &trace)?;
+    let groups = dry.flush_groups().await;
+    print_groups(&dry, &groups);
     let ok = trace.failure.is_none()
         && !matches!(trace.source, SourceStep::Rejected(_))
         && trace
             .deliveries
             .iter()
+            .chain(groups.iter().flatten())
             .all(|d| matches!(d.outcome, Ok(DeliveryOutcome::Delivered)));
     Ok(if ok {
         ExitCode::SUCCESS
@@ -218,28 +221,10 @@ fn print_trace(dry: &DryRun, trace: &Trace) -> anyhow::Result<()> {
     }
     for delivery in &trace.deliveries {
         println!("\nsink {} ← {}", delivery.sink, delivery.message.id);
-        for request in &delivery.requests {
-            print!("DRY RUN: would send\n{}\n", show_request(request, &secrets));
-        }
-        for (path, bytes) in &delivery.written {
-            println!(
-                "DRY RUN: would write to {path}:\n{}",
-                tocsin::dry_run::redact(&String::from_utf8_lossy(bytes), &secrets)
-            );
-        }
-        if !delivery.stdout.is_empty() {
-            println!(
-                "DRY RUN: would print:\n{}",
-                tocsin::dry_run::redact(&String::from_utf8_lossy(&delivery.stdout), &secrets)
-            );
-        }
-        match &delivery.outcome {
-            Ok(DeliveryOutcome::Delivered) => {
-                println!("outcome: delivered (dry run: nothing was sent)")
-            }
-            Ok(other) => println!("outcome: {other:?}"),
-            Err(e) => println!("outcome: the call failed: {e}"),
-        }
+        print_delivery(delivery, &secrets);
+    }
+    for (sink, id) in &trace.grouped {
+        println!("\nsink {sink}: {id} joins its group (sent below, at the end of the run)");
     }
     for (sink, id) in &trace.unrouted {
         println!("\nsink {sink}: {id} not routed here (its `match` does not take it)");
@@ -252,6 +237,50 @@ fn print_trace(dry: &DryRun, trace: &Trace) -> anyhow::Result<()> {
         println!("\nnothing reaches the sinks");
     }
     Ok(())
+}
+
+/// What one delivery would have sent, written and printed, and its outcome.
+fn print_delivery(delivery: &tocsin::dry_run::Delivery, secrets: &[String]) {
+    for request in &delivery.requests {
+        print!("DRY RUN: would send\n{}\n", show_request(request, secrets));
+    }
+    for (path, bytes) in &delivery.written {
+        println!(
+            "DRY RUN: would write to {path}:\n{}",
+            tocsin::dry_run::redact(&String::from_utf8_lossy(bytes), secrets)
+        );
+    }
+    if !delivery.stdout.is_empty() {
+        println!(
+            "DRY RUN: would print:\n{}",
+            tocsin::dry_run::redact(&String::from_utf8_lossy(&delivery.stdout), secrets)
+        );
+    }
+    match &delivery.outcome {
+        Ok(DeliveryOutcome::Delivered) => {
+            println!("outcome: delivered (dry run: nothing was sent)")
+        }
+        Ok(other) => println!("outcome: {other:?}"),
+        Err(e) => println!("outcome: the call failed: {e}"),
+    }
+}
+
+/// The notifications grouping sinks send at the end of the run.
+fn print_groups(dry: &DryRun, groups: &[Vec<tocsin::dry_run::Delivery>]) {
+    let secrets = dry.secret_values();
+    for members in groups {
+        let Some(first) = members.first() else {
+            continue;
+        };
+        let ids: Vec<&str> = members.iter().map(|d| d.message.id.as_str()).collect();
+        println!(
+            "\nsink {} ← one group notification of {}: {}",
+            first.sink,
+            count(members.len()),
+            ids.join(", ")
+        );
+        print_delivery(first, &secrets);
+    }
 }
 
 fn count(n: usize) -> String {

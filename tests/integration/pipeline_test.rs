@@ -463,7 +463,11 @@ sends = ["[FIRING:1] alertname=HighLoad"]
     let sample = dir.path().join("two.json");
     std::fs::write(
         &sample,
-        format!("[{}, {}]", alert("db1", "DiskFull"), alert("db2", "DiskFull")),
+        format!(
+            "[{}, {}]",
+            alert("db1", "DiskFull"),
+            alert("db2", "DiskFull")
+        ),
     )
     .unwrap();
     let out = tocsin(
@@ -480,4 +484,61 @@ sends = ["[FIRING:1] alertname=HighLoad"]
             && seen.contains("[FIRING:2] alertname=DiskFull"),
         "{seen}"
     );
+}
+
+/// A message's link reaches every sink that shows it as a field or a line: `webhook` and
+/// `file` as the JSON field `link`, `stdout` at the end of its text line (Matrix and Mastodon
+/// render it as a link: their own unit tests).
+#[test]
+fn a_link_reaches_the_webhook_the_file_and_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::write(
+        dir.path().join("ci.toml"),
+        r#"
+[source]
+plugin = "json"
+auth   = { none = true }
+
+[[sink]]
+name   = "log"
+plugin = "file"
+config = { path = "out/ci.jsonl" }
+grants = { write_dirs = ["out"] }
+
+[[sink]]
+name   = "hook"
+plugin = "webhook"
+config = { url = "https://hooks.example.org/ci" }
+grants = { hosts = ["hooks.example.org"] }
+
+[[sink]]
+name   = "console"
+plugin = "stdout"
+grants = { stdout = true }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ci.test.toml"),
+        r#"
+[[case]]
+name  = "the failed run's page is in every sink's output"
+input = '{"id": "run-1", "severity": "error", "summary": "CI failed", "body": "main is red", "link": "https://ci.example/runs/1"}'
+[[case.expect]]
+sink  = "log"
+sends = ['"link":"https://ci.example/runs/1"']
+[[case.expect]]
+sink  = "hook"
+sends = ['"link":"https://ci.example/runs/1"']
+[[case.expect]]
+sink  = "console"
+sends = ["CI failed: main is red () https://ci.example/runs/1"]
+"#,
+    )
+    .unwrap();
+    let out = tocsin(dir.path(), &["test", "ci.toml"]);
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("1 passed, 0 failed"), "{seen}");
 }

@@ -4,7 +4,9 @@
 //! `X-Hub-Signature-256` before this plugin sees the request. The delivery GUID
 //! (`X-GitHub-Delivery`) becomes the message id, so GitHub's redeliveries are the same message;
 //! the event (`X-GitHub-Event`), repository, action and sender become labels. Both content
-//! types GitHub offers are read: `application/json` and the form-encoded `payload=`.
+//! types GitHub offers are read: `application/json` and the form-encoded `payload=`. Every
+//! event family gets a sentence in GitHub's own words (`ada merged pull request #12: Fix
+//! login`, `sentences.rs`), checked over GitHub's payload examples (`corpus_tests.rs`).
 //!
 //! Severity from what happened: `error` for a failed workflow run or job, check run or suite,
 //! deployment status or commit status (`failure`, `error`, `timed_out`, `startup_failure`);
@@ -14,6 +16,8 @@
 //! carries a key (its kind, repository and number) and a `status` label: `firing` when it is
 //! created or reopened, `resolved` when it is fixed, dismissed or resolved — so grouping and
 //! per-alert order treat them as one alert. Otherwise `info`.
+
+mod sentences;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -347,37 +351,9 @@ fn describe(event: &str, p: &Value) -> (String, Severity) {
         }
     };
     match event {
-        "push" => {
-            let n = p
-                .get("commits")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let who = s(p, &["pusher", "name"]).unwrap_or("someone");
-            let r#ref = s(p, &["ref"]).unwrap_or("?");
-            (
-                format!("{who} pushed {n} commit(s) to {ref}"),
-                Severity::Info,
-            )
-        }
-        "pull_request" => {
-            let n = p
-                .pointer("/pull_request/number")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let title = s(p, &["pull_request", "title"]).unwrap_or("");
-            (
-                format!("pull request #{n} {action}: {title}"),
-                Severity::Info,
-            )
-        }
-        "issues" => {
-            let n = p
-                .pointer("/issue/number")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let title = s(p, &["issue", "title"]).unwrap_or("");
-            (format!("issue #{n} {action}: {title}"), Severity::Info)
-        }
+        "push" => (sentences::push(p), Severity::Info),
+        "pull_request" => (sentences::pull_request_event(action, p), Severity::Info),
+        "issues" => (sentences::issues_event(action, p), Severity::Info),
         "workflow_run" => {
             // An empty name falls back to the run's title, then to the word.
             let name = s(p, &["workflow_run", "name"])
@@ -404,8 +380,11 @@ fn describe(event: &str, p: &Value) -> (String, Severity) {
             format!("ping: {}", s(p, &["zen"]).unwrap_or("hello")),
             Severity::Info,
         ),
-        other if action.is_empty() => (format!("{other} event"), Severity::Info),
-        other => (format!("{other} {action}"), Severity::Info),
+        other => match sentences::sentence(other, action, p) {
+            Some(sentence) => (sentence, Severity::Info),
+            None if action.is_empty() => (format!("{other} event"), Severity::Info),
+            None => (format!("{other} {action}"), Severity::Info),
+        },
     }
 }
 
@@ -488,13 +467,15 @@ export_decoder!(GithubWebhook);
 tocsin_sdk::declare_settings!(Config);
 
 #[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
 mod prop_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(event: &str, body: &str, form: bool) -> HttpRequest {
+    pub(crate) fn request(event: &str, body: &str, form: bool) -> HttpRequest {
         let mut headers = vec![
             ("x-github-event".to_string(), event.to_string()),
             (
@@ -522,7 +503,7 @@ mod tests {
         }
     }
 
-    fn plugin() -> GithubWebhook {
+    pub(crate) fn plugin() -> GithubWebhook {
         GithubWebhook::new(Config {
             keep_payload: false,
             events: vec![],
@@ -536,7 +517,7 @@ mod tests {
         for form in [false, true] {
             let m = &plugin().decode(request("push", body, form)).unwrap()[0];
             assert_eq!(m.id, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
-            assert_eq!(m.body, "ada pushed 2 commit(s) to refs/heads/main");
+            assert_eq!(m.body, "ada pushed 2 commits to main");
             assert_eq!(m.summary.as_deref(), Some("GitHub push on acme/api"));
             assert_eq!(m.label("github-event"), Some("push"));
             assert_eq!(m.label("repository"), Some("acme/api"));

@@ -77,7 +77,7 @@ fn every_event_of_the_corpus_is_a_known_event() {
 }
 
 /// How many messages of the corpus say no more than "<event> <action>", per event: printed
-/// (`--nocapture`) for the figure, and held to what the sentences cover.
+/// (`--nocapture`), and none since every family has its sentence.
 #[test]
 fn the_share_of_generic_sentences_over_the_corpus() {
     let mut generic: BTreeMap<String, usize> = BTreeMap::new();

@@ -101,3 +101,31 @@ fn the_share_of_generic_sentences_over_the_corpus() {
     );
     assert_eq!(count, 0, "generic messages: {generic:?}");
 }
+
+/// The message of the first example of each event, one block per event: the snapshot a
+/// person reviews when a sentence changes (`cargo insta review`).
+#[test]
+fn one_message_per_event_family() {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut snapshot = String::new();
+    for (event, name, json) in corpus() {
+        if !seen.insert(event.clone()) {
+            continue;
+        }
+        let m = plugin()
+            .decode(request(&event, &json, false))
+            .unwrap()
+            .remove(0);
+        snapshot += &format!(
+            "{event}/{name}\n  severity: {:?}\n  summary:  {}\n  body:     {}\n  link:     {}\n",
+            m.severity,
+            m.summary.as_deref().unwrap_or(""),
+            m.body,
+            m.link.as_deref().unwrap_or("-"),
+        );
+        if let Some(key) = &m.key {
+            snapshot += &format!("  key:      {key} ({})\n", m.label("status").unwrap_or("-"));
+        }
+    }
+    insta::assert_snapshot!(snapshot);
+}

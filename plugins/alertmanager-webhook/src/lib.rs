@@ -44,7 +44,8 @@ struct Alert {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
     starts_at: String,
-    #[serde(default)]
+    /// Alertmanager writes `generatorURL`, which `camelCase` would spell `generatorUrl`.
+    #[serde(default, rename = "generatorURL")]
     generator_url: String,
     fingerprint: String,
 }
@@ -232,6 +233,10 @@ mod tests {
         assert_eq!(ms[0].label("instance"), Some("db1"));
         assert_eq!(ms[0].label("status"), Some("firing"));
         assert_eq!(ms[0].label("fingerprint"), Some("c0ffee1234"));
+        // The graph that fired is the message's link (and a label).
+        assert_eq!(ms[0].link.as_deref(), Some("http://prom/graph"));
+        assert_eq!(ms[0].label("generator-url"), Some("http://prom/graph"));
+        assert_eq!(ms[1].link, None);
         assert_eq!(ms[1].severity, Severity::Info);
         // No description: the summary is the body, said once.
         assert_eq!(ms[1].summary, None);

@@ -5,12 +5,15 @@
 //! {"severity": "warning", "summary": "Disk almost full", "body": "/ is 93 % full",
 //!  "labels": {"host": "db1"}, "metrics": {"disk-used-percent": 93.0}}
 //! ```
-//! `body` is required; `id` (default: derived by the host from the request), `timestamp_ms`
+//! A message needs a `body` or a `summary` (a summary alone is the message's text, said once);
+//! `id` (default: derived by the host from the request), `timestamp_ms`
 //! (default: now), `severity` (`none`…`alert`, default `info`), `summary`, `labels`, `metrics`
 //! `payload`, `link` (an http(s) URL a person opens to act: shown as a link by every sink) and
 //! `key` (the alert's identity, the same on its firing and its resolved message) are optional. Unknown fields are refused, so a typo does not silently drop
-//! information. Answers: malformed JSON 400, valid JSON of the wrong shape 422, a declared
-//! content type other than JSON 415, more than 1000 messages or 16 MiB of them (what the host
+//! information. A body without a content type, or sent as curl's default form type
+//! (`application/x-www-form-urlencoded`, what `curl -d` says), is read as JSON when it is JSON.
+//! Answers: malformed JSON 400, valid JSON of the wrong shape 422, another declared content
+//! type (or a form that is not JSON) 415, more than 1000 messages or 16 MiB of them (what the host
 //! takes from one call) 413. Numbers are read exactly (`float_roundtrip`): a metric keeps the
 //! value its text names.
 
@@ -37,7 +40,7 @@ struct Incoming {
     timestamp_ms: Option<u64>,
     severity: Option<String>,
     summary: Option<String>,
-    body: String,
+    body: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -104,10 +107,26 @@ impl Decoder for Json {
             .iter()
             .find(|(k, _)| k == "content-type")
             .map(|(_, v)| v.to_ascii_lowercase());
-        if let Some(ct) = content_type {
-            if !ct.starts_with("application/json") {
-                return Err(reject(415, format!("expected application/json, got {ct}")));
+        let form = "application/x-www-form-urlencoded";
+        let json_type = |ct: &str| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence == "application/json" || essence.ends_with("+json")
+        };
+        match content_type.as_deref() {
+            None => {}
+            Some(ct) if json_type(ct) => {}
+            // `curl -d '{…}'` sends JSON under the form type: take it when it is JSON.
+            Some(ct) if ct.starts_with(form) => {
+                if serde_json::from_slice::<IgnoredAny>(&request.body).is_err() {
+                    return Err(reject(
+                        415,
+                        "the body was sent as a form (application/x-www-form-urlencoded) and \
+                         is not JSON: post a JSON message, with -H 'Content-Type: \
+                         application/json'",
+                    ));
+                }
             }
+            Some(ct) => return Err(reject(415, format!("expected application/json, got {ct}"))),
         }
         let now = now_ms();
         // More messages or bytes than the host takes from one call would fail the call (a
@@ -128,12 +147,23 @@ impl Decoder for Json {
                         )
                     })?,
                 };
+                // A summary alone is the text, said once (not a title over an empty text).
+                let (summary, body) = match (m.summary, m.body) {
+                    (summary, Some(body)) => (summary, body),
+                    (Some(summary), None) => (None, summary),
+                    (None, None) => {
+                        return Err(reject(
+                            422,
+                            "not a message: give it a `body` or a `summary` (or both)",
+                        ))
+                    }
+                };
                 let message = Message {
                     id: m.id.unwrap_or_default(),
                     timestamp_ms: m.timestamp_ms.unwrap_or(now),
                     severity,
-                    summary: m.summary,
-                    body: m.body,
+                    summary,
+                    body,
                     labels: m.labels.into_iter().collect(),
                     metrics: m.metrics.into_iter().collect(),
                     payload: m.payload,
@@ -250,6 +280,42 @@ mod tests {
                 .unwrap_err()
                 .status,
             415
+        );
+    }
+
+    #[test]
+    fn a_first_post_as_curl_sends_it_is_taken() {
+        // `curl -d '{…}'`: JSON under the form type, or no type at all.
+        let form = Some("application/x-www-form-urlencoded");
+        for ct in [form, None, Some("application/json; charset=utf-8")] {
+            let m = decode(r#"{"summary": "x", "body": "y"}"#, ct).unwrap();
+            assert_eq!(
+                (m[0].summary.as_deref(), m[0].body.as_str()),
+                (Some("x"), "y")
+            );
+        }
+        // A real form is not JSON: 415, saying what to send.
+        let e = decode("summary=x&body=y", form).unwrap_err();
+        assert_eq!(e.status, 415);
+        assert!(
+            e.reason.contains("Content-Type: application/json"),
+            "{}",
+            e.reason
+        );
+        // A summary alone is the text, said once; neither is a 422 saying so.
+        let m = decode(r#"{"summary": "Disk almost full"}"#, None).unwrap();
+        assert_eq!(
+            (m[0].summary.as_deref(), m[0].body.as_str()),
+            (None, "Disk almost full")
+        );
+        let e = decode(r#"{"severity": "error"}"#, None).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(e.reason.contains("`body` or a `summary`"), "{}", e.reason);
+        assert_eq!(
+            decode(r#"{"body": "x"}"#, Some("application/problem+json"))
+                .unwrap()
+                .len(),
+            1
         );
     }
 }

@@ -293,6 +293,19 @@ pub fn file_sink(env: &Env, name: &str, file: &str) -> String {
     )
 }
 
+/// A label of a message as the `file` sink writes it (`labels`: `[[name, value], …]`); empty
+/// when it has none of that name.
+pub fn file_sink_label(m: &serde_json::Value, name: &str) -> String {
+    m["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Polls `check` until it holds, or panics after `timeout` naming `what`.
 pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use tocsin_tests::process::{cli_with_token, Port, Tocsin};
-use tocsin_tests::{file_sink, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN};
+use tocsin_tests::{
+    file_sink, file_sink_label, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN,
+};
 
 /// An ingest pipeline expecting every host every 3 s (grace 2 s), writing what it delivers
 /// in order to `out/room.jsonl`.
@@ -27,20 +29,8 @@ fn absences(env: &Env) -> Vec<(String, String)> {
     env.read_json_lines("out/room.jsonl")
         .into_iter()
         .filter(|m| m["key"].as_str().is_some_and(|k| k.starts_with("absence/")))
-        .map(|m| (label(&m, "host"), label(&m, "status")))
+        .map(|m| (file_sink_label(&m, "host"), file_sink_label(&m, "status")))
         .collect()
-}
-
-/// A label of a message as the file sink writes it (`labels`: `[[name, value], …]`).
-fn label(m: &Value, name: &str) -> String {
-    m["labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|pair| pair[0] == name)
-        .and_then(|pair| pair[1].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn absence(host: &str, status: &str) -> (String, String) {
@@ -111,7 +101,7 @@ async fn a_silent_reporter_raises_one_alert_and_one_resolution_and_a_restart_rai
             .starts_with("db2: no report for"),
         "{alert}"
     );
-    assert_eq!(label(&alert, "alertname"), "NoReport");
+    assert_eq!(file_sink_label(&alert, "alertname"), "NoReport");
     assert_eq!(alert["severity"], "warning");
 
     // The CLI lists it as absent, and the others as reporting.

@@ -542,3 +542,54 @@ sends = ["CI failed: main is red () https://ci.example/runs/1"]
     assert!(out.status.success(), "{seen}");
     assert!(seen.contains("1 passed, 0 failed"), "{seen}");
 }
+
+/// `tocsin init DIR` writes a pipeline per scenario, each disabled, that validates and whose
+/// behaviour tests pass as written; it says what comes next and never overwrites a file.
+#[test]
+fn init_writes_disabled_pipelines_that_validate_and_pass_their_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tocsin(dir.path(), &["init", "starter"]);
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    assert!(
+        seen.contains("tocsin test starter")
+            && seen.contains("tocsin validate --env starter")
+            && seen.contains("tocsin run --pipelines starter"),
+        "{seen}"
+    );
+    let starter = dir.path().join("starter");
+    let pipelines = tocsin_config::pipeline_files(&starter).unwrap();
+    assert!(pipelines.len() >= 9, "{pipelines:?}");
+    let resolver = tocsin_config::PluginResolver::new(vec![plugins_dir().to_path_buf()]);
+    for path in &pipelines {
+        let spec = tocsin_config::load_file(path, &resolver, tocsin_config::MachineCheck::Skip)
+            .unwrap_or_else(|d| panic!("{}: {d:?}", path.display()));
+        assert!(
+            spec.disabled,
+            "{} starts before its blanks are filled",
+            path.display()
+        );
+        assert!(
+            tocsin::behaviour::tests_of(path).is_file(),
+            "{}",
+            path.display()
+        );
+    }
+    let out = tocsin(dir.path(), &["validate", "starter"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tocsin(dir.path(), &["test", "starter"]);
+    let seen = text(&out);
+    assert!(
+        out.status.success() && seen.contains(" passed, 0 failed"),
+        "{seen}"
+    );
+
+    // A second init overwrites nothing, and says so.
+    let before = std::fs::read_to_string(&pipelines[0]).unwrap();
+    std::fs::write(&pipelines[0], "# mine\n").unwrap();
+    let out = tocsin(dir.path(), &["init", "starter"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("overwrites nothing"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&pipelines[0]).unwrap(), "# mine\n");
+    assert!(before.starts_with("# Written by `tocsin init`"), "{before}");
+}

@@ -12,21 +12,9 @@ use serde_json::{json, Value};
 use tocsin_tests::process::{cli_with_token, log_tail, Port, Tocsin};
 use tocsin_tests::receiver::{Behaviour, Receiver};
 use tocsin_tests::{
-    api_get, file_sink, post_accepted, wait_until, write_api_tokens, Env, ADMIN_TOKEN,
-    OPEN_JSON_SOURCE,
+    api_get, file_sink, file_sink_label, post_accepted, wait_until, write_api_tokens, Env,
+    ADMIN_TOKEN, OPEN_JSON_SOURCE,
 };
-
-/// A label of a message as the file sink writes it (`labels`: `[[name, value], …]`).
-fn label(m: &Value, name: &str) -> String {
-    m["labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|pair| pair[0] == name)
-        .and_then(|pair| pair[1].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// What the `@tocsin` pipeline delivered about `key`: (status, summary), in order.
 fn about(env: &Env, key: &str) -> Vec<(String, String)> {
@@ -35,7 +23,7 @@ fn about(env: &Env, key: &str) -> Vec<(String, String)> {
         .filter(|m| m["key"] == key)
         .map(|m| {
             (
-                label(&m, "status"),
+                file_sink_label(&m, "status"),
                 m["summary"].as_str().unwrap().to_string(),
             )
         })
@@ -106,9 +94,9 @@ async fn tocsins_own_trouble_is_announced_once_resolved_once_and_never_loops() {
         .into_iter()
         .find(|m| m["key"] == DEAD)
         .unwrap();
-    assert_eq!(label(&alert, "alertname"), "TocsinDeadLetters");
-    assert_eq!(label(&alert, "pipeline"), "alerts");
-    assert_eq!(label(&alert, "queue"), "hook");
+    assert_eq!(file_sink_label(&alert, "alertname"), "TocsinDeadLetters");
+    assert_eq!(file_sink_label(&alert, "pipeline"), "alerts");
+    assert_eq!(file_sink_label(&alert, "queue"), "hook");
     assert_eq!(alert["severity"], "error");
     let summary = alert["summary"].as_str().unwrap();
     assert!(
@@ -219,7 +207,7 @@ async fn tocsins_own_trouble_is_announced_once_resolved_once_and_never_loops() {
     let about_ops: Vec<Value> = env
         .read_json_lines("out/ops.jsonl")
         .into_iter()
-        .filter(|m| label(m, "pipeline") == "ops")
+        .filter(|m| file_sink_label(m, "pipeline") == "ops")
         .collect();
     assert!(about_ops.is_empty(), "{about_ops:?}");
     tocsin.terminate(Duration::from_secs(20));

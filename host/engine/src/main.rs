@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod alerts_cli;
 mod expected_cli;
+mod init_cli;
 mod plugin_cli;
 mod scaffold;
 mod silence_cli;
@@ -97,6 +98,14 @@ struct ServerArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a starter pipelines directory: a commented pipeline per scenario (Matrix, Mastodon,
+    /// GitHub, Alertmanager, Pub/Sub, agents, tocsin itself), each disabled until its blanks are
+    /// filled in, with its behaviour tests.
+    Init {
+        /// Where to write them (created; nothing in it is overwritten).
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+    },
     /// Run every pipeline of the pipelines directory until SIGINT or SIGTERM.
     Run {
         #[command(flatten)]
@@ -656,6 +665,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => anyhow::bail!("name a pipeline file, or a plugin with --plugin"),
             }
         }
+        Command::Init { dir } => init_cli::init(&dir).map(|()| ExitCode::SUCCESS),
         Command::Plugin { action } => match action {
             PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),
             PluginAction::New {

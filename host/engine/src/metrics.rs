@@ -191,13 +191,7 @@ impl PipelineCollector {
 
 impl Collector for PipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let statuses: Vec<_> = self
-            .board
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(name, status)| (name.clone(), status.clone()))
-            .collect();
+        let statuses = crate::status::board_snapshot(&self.board);
         for (name, help, pick) in COUNTERS {
             let mut family = encoder.encode_descriptor(
                 name,

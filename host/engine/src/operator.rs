@@ -84,7 +84,7 @@ impl Selection {
 }
 
 /// A pipeline as the status page and `GET /api/v1/pipelines` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineView {
     /// Its name (its file's stem).
     pub name: String,
@@ -116,6 +116,17 @@ pub struct PipelineView {
     pub absent: Vec<(String, Option<u64>)>,
 }
 
+impl PipelineView {
+    /// A running pipeline named `name` with nothing queued, counted or stored.
+    pub fn running(name: &str) -> Self {
+        PipelineView {
+            name: name.to_string(),
+            state: "running".into(),
+            ..PipelineView::default()
+        }
+    }
+}
+
 /// One stage's plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginView {
@@ -143,12 +154,7 @@ pub fn pipelines(
     board: &StatusBoard,
     store: &dyn QueueStore,
 ) -> Result<Vec<PipelineView>, QueueError> {
-    let statuses: Vec<_> = board
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(name, status)| (name.clone(), status.clone()))
-        .collect();
+    let statuses = crate::status::board_snapshot(board);
     let now = tocsin_queue::now_ms();
     let age = |env: Option<(Seq, Envelope)>| {
         env.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0)
@@ -601,17 +607,9 @@ mod tests {
 
     fn view(name: &str, state: &str) -> PipelineView {
         PipelineView {
-            name: name.into(),
             state: state.into(),
             reason: (state == "failed").then(|| "filter.0 (dedup): init failed".into()),
-            file_error: None,
-            counters: BTreeMap::new(),
-            queues: vec![],
-            dead_letters: BTreeMap::new(),
-            stored_bytes: 0,
-            queue_budget: None,
-            plugins: vec![],
-            absent: vec![],
+            ..PipelineView::running(name)
         }
     }
 

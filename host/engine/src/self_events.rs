@@ -666,13 +666,7 @@ impl SelfSource {
     /// What the server knows about itself now.
     fn evidence(&self, now: u64, stops: &mut StopWindow) -> tocsin_queue::Result<Evidence> {
         let views = crate::operator::pipelines(&self.board, self.queue.as_ref())?;
-        let statuses: Vec<(String, Arc<PipelineStatus>)> = self
-            .board
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(name, status)| (name.clone(), status.clone()))
-            .collect();
+        let statuses = crate::status::board_snapshot(&self.board);
         let mut failing = BTreeMap::new();
         let mut dead_letter_errors = BTreeMap::new();
         let mut totals = BTreeMap::new();
@@ -738,19 +732,7 @@ pub fn sample_pair(
             "a @tocsin pipeline hears nothing about itself: name another pipeline than `{own}`"
         ));
     }
-    let mut view = PipelineView {
-        name: pipeline.to_string(),
-        state: "running".into(),
-        reason: None,
-        file_error: None,
-        counters: BTreeMap::new(),
-        queues: vec![],
-        dead_letters: BTreeMap::new(),
-        stored_bytes: 0,
-        queue_budget: None,
-        plugins: vec![],
-        absent: vec![],
-    };
+    let mut view = PipelineView::running(pipeline);
     let mut evidence = Evidence {
         now_ms: now,
         ..Evidence::default()
@@ -834,19 +816,7 @@ mod tests {
     const MIN: u64 = 60_000;
 
     fn view(name: &str) -> PipelineView {
-        PipelineView {
-            name: name.into(),
-            state: "running".into(),
-            reason: None,
-            file_error: None,
-            counters: BTreeMap::new(),
-            queues: vec![],
-            dead_letters: BTreeMap::new(),
-            stored_bytes: 0,
-            queue_budget: None,
-            plugins: vec![],
-            absent: vec![],
-        }
+        PipelineView::running(name)
     }
 
     fn self_source(name: &str) -> PipelineView {

@@ -368,3 +368,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The statuses of every known pipeline, shared with whoever reports them.
 pub type StatusBoard = Arc<Mutex<BTreeMap<String, Arc<PipelineStatus>>>>;
+
+/// Every pipeline's status as the board holds it now, by name (the board's lock is held only
+/// while they are copied).
+pub fn board_snapshot(board: &StatusBoard) -> Vec<(String, Arc<PipelineStatus>)> {
+    lock(board)
+        .iter()
+        .map(|(name, status)| (name.clone(), status.clone()))
+        .collect()
+}

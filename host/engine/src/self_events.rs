@@ -640,7 +640,7 @@ impl SelfSource {
         let mut stops = StopWindow::default();
         loop {
             let now = now_ms();
-            match self.evidence(now, &mut stops) {
+            match self.evidence(now, &mut stops).await {
                 Ok(evidence) => {
                     let found = conditions(&self.spec, &self.pipeline, &evidence);
                     let (changes, next) = announcer.changes(&found, now);
@@ -663,32 +663,17 @@ impl SelfSource {
         }
     }
 
-    /// What the server knows about itself now.
-    fn evidence(&self, now: u64, stops: &mut StopWindow) -> tocsin_queue::Result<Evidence> {
-        let views = crate::operator::pipelines(&self.board, self.queue.as_ref())?;
-        let statuses = crate::status::board_snapshot(&self.board);
-        let mut failing = BTreeMap::new();
-        let mut dead_letter_errors = BTreeMap::new();
-        let mut totals = BTreeMap::new();
-        for (name, status) in &statuses {
-            failing.insert(name.clone(), status.failing_sinks());
-            for (queue, error) in status.dead_letter_errors() {
-                dead_letter_errors.insert((name.clone(), queue), error);
-            }
-            for (stage, event, n) in status.stage_events() {
-                if event == StageEvent::Trap {
-                    totals.insert((name.clone(), stage), n);
-                }
-            }
-        }
-        Ok(Evidence {
-            views,
-            failing,
-            dead_letter_errors,
-            stops: stops.observe(now, self.spec.stops_within, totals),
-            storage: self.budget.storage(),
-            now_ms: now,
-        })
+    /// What the server knows about itself now. The store and the filesystem are read on a
+    /// blocking thread (as the admin API does), never on the runtime's.
+    async fn evidence(&self, now: u64, stops: &mut StopWindow) -> Result<Evidence, String> {
+        let (board, queue, budget) = (self.board.clone(), self.queue.clone(), self.budget.clone());
+        let (mut evidence, traps) =
+            tokio::task::spawn_blocking(move || gather(&board, queue.as_ref(), &budget, now))
+                .await
+                .map_err(|e| format!("reading the server's state panicked: {e}"))?
+                .map_err(|e| e.to_string())?;
+        evidence.stops = stops.observe(now, self.spec.stops_within, traps);
+        Ok(evidence)
     }
 
     /// Appends the messages with their records, in one commit. Not held to the queue budget:
@@ -714,6 +699,38 @@ impl SelfSource {
         }
         Ok(())
     }
+}
+
+/// The evidence of one look (its stops still to be counted) and the trap counters per
+/// (pipeline, stage) they are counted from.
+fn gather(
+    board: &StatusBoard,
+    queue: &dyn QueueStore,
+    budget: &DiskBudget,
+    now: u64,
+) -> tocsin_queue::Result<(Evidence, StageCounts)> {
+    let views = crate::operator::pipelines(board, queue)?;
+    let mut evidence = Evidence {
+        views,
+        storage: budget.storage(),
+        now_ms: now,
+        ..Evidence::default()
+    };
+    let mut traps = StageCounts::new();
+    for (name, status) in crate::status::board_snapshot(board) {
+        for (queue, error) in status.dead_letter_errors() {
+            evidence
+                .dead_letter_errors
+                .insert((name.clone(), queue), error);
+        }
+        for (stage, event, n) in status.stage_events() {
+            if event == StageEvent::Trap {
+                traps.insert((name.clone(), stage), n);
+            }
+        }
+        evidence.failing.insert(name, status.failing_sinks());
+    }
+    Ok((evidence, traps))
 }
 
 /// One condition of `event` about `pipeline` (`part`: its queue, sink or stage), as the

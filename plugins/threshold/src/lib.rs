@@ -31,6 +31,54 @@ struct Levels {
     error: Option<f64>,
 }
 
+/// What a metric's numbers are, so messages say them for people.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+enum Unit {
+    /// A duration in seconds: said as seconds, minutes, hours or days ("3 days").
+    Seconds,
+    /// A size in bytes: said in binary units ("92.3 GiB").
+    Bytes,
+    /// A percentage: "92 %".
+    Percent,
+}
+
+impl Unit {
+    /// `value` for people, with at most one decimal.
+    fn show(self, value: f64) -> String {
+        let one = |v: f64| {
+            let text = format!("{:.1}", v);
+            text.strip_suffix(".0").map_or(text.clone(), str::to_string)
+        };
+        match self {
+            Unit::Seconds => {
+                let scales = [(86_400.0, "day"), (3_600.0, "hour"), (60.0, "minute")];
+                let (n, name) = scales
+                    .iter()
+                    .find(|(s, _)| value.abs() >= 2.0 * s)
+                    .map_or((value, "second"), |(s, name)| (value / s, *name));
+                let n = one(n);
+                let plural = if n == "1" { "" } else { "s" };
+                format!("{n} {name}{plural}")
+            }
+            Unit::Bytes => {
+                let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+                match units
+                    .iter()
+                    .find(|(shift, _)| value.abs() >= (1u64 << shift) as f64)
+                {
+                    Some((shift, name)) => {
+                        format!("{} {name}", one(value / (1u64 << shift) as f64))
+                    }
+                    None => format!("{} B", one(value)),
+                }
+            }
+            Unit::Percent => format!("{} %", one(value)),
+        }
+    }
+}
+
 /// Compares a metric of each message with warn and error levels and speaks only when the state
 /// changes, with hysteresis and an optional reminder.
 #[derive(Deserialize)]
@@ -52,6 +100,9 @@ struct Config {
     repeat_every: Option<String>,
     /// Name of the check in messages; defaults to the metric.
     name: Option<String>,
+    /// What the metric's numbers are (`seconds`, `bytes`, `percent`), so messages say "3 days"
+    /// or "92.3 GiB" instead of the raw number; raw when absent.
+    unit: Option<Unit>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, Deserialize, Debug)]
@@ -94,6 +145,7 @@ struct Threshold {
     hysteresis_error: f64,
     key_labels: Vec<String>,
     repeat_every_ms: Option<u64>,
+    unit: Option<Unit>,
 }
 
 impl Threshold {
@@ -136,7 +188,9 @@ impl Threshold {
             ),
         };
         let dir = if self.sign > 0.0 { "above" } else { "below" };
-        match limit {
+        let show = |v: f64| self.unit.map_or_else(|| v.to_string(), |u| u.show(v));
+        let value = show(value);
+        match limit.map(show) {
             Some(l) if level != Level::Ok => {
                 format!("{} is {value} and {cmp} ({dir} {l})", self.metric)
             }
@@ -181,6 +235,7 @@ impl Filter for Threshold {
             hysteresis_error: c.hysteresis.unwrap_or_else(|| pct(levels.error)),
             key_labels: c.key_labels,
             repeat_every_ms,
+            unit: c.unit,
         })
     }
 
@@ -264,6 +319,31 @@ mod tests {
 
     fn threshold(config: serde_json::Value) -> Threshold {
         Threshold::new(serde_json::from_value(config).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn units_say_numbers_for_people() {
+        assert_eq!(Unit::Seconds.show(259_393.0), "3 days");
+        assert_eq!(Unit::Seconds.show(180_000.0), "2.1 days");
+        assert_eq!(Unit::Seconds.show(93_600.0), "26 hours");
+        assert_eq!(Unit::Seconds.show(150.0), "2.5 minutes");
+        assert_eq!(Unit::Seconds.show(1.0), "1 second");
+        assert_eq!(Unit::Bytes.show(99_103_948_390.0), "92.3 GiB");
+        assert_eq!(Unit::Bytes.show(512.0), "512 B");
+        assert_eq!(Unit::Percent.show(92.04), "92 %");
+        let t = threshold(serde_json::json!({
+            "metric": "backup-age-seconds", "above": {"warn": 93600, "error": 180000},
+            "unit": "seconds"
+        }));
+        assert_eq!(
+            t.describe(259_393.0, Level::Error),
+            "backup-age-seconds is 3 days and reached the error level (above 2.1 days)"
+        );
+        let raw = threshold(serde_json::json!({"metric": "m", "above": {"warn": 1.5}}));
+        assert_eq!(
+            raw.describe(2.0, Level::Warning),
+            "m is 2 and reached the warning level (above 1.5)"
+        );
     }
 
     #[test]

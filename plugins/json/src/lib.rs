@@ -116,15 +116,15 @@ impl Decoder for Json {
             None => {}
             Some(ct) if json_type(ct) => {}
             // `curl -d '{…}'` sends JSON under the form type: take it when it is JSON.
+            Some(ct)
+                if ct.starts_with(form)
+                    && serde_json::from_slice::<IgnoredAny>(&request.body).is_ok() => {}
             Some(ct) if ct.starts_with(form) => {
-                if serde_json::from_slice::<IgnoredAny>(&request.body).is_err() {
-                    return Err(reject(
-                        415,
-                        "the body was sent as a form (application/x-www-form-urlencoded) and \
-                         is not JSON: post a JSON message, with -H 'Content-Type: \
-                         application/json'",
-                    ));
-                }
+                return Err(reject(
+                    415,
+                    "the body was sent as a form (application/x-www-form-urlencoded) and is not \
+                     JSON: post a JSON message, with -H 'Content-Type: application/json'",
+                ))
             }
             Some(ct) => return Err(reject(415, format!("expected application/json, got {ct}"))),
         }

@@ -90,6 +90,14 @@ impl Decoder for Janitor {
         if hostname.len() > 253 {
             return Err(reject(400, "`hostname` is longer than 253 characters"));
         }
+        // The hostname names the message (its id): a character the host refuses there is the
+        // client's mistake, said as such.
+        if hostname.chars().any(tocsin_sdk::is_unprintable) {
+            return Err(reject(
+                400,
+                "`hostname` holds control or bidirectional-formatting characters",
+            ));
+        }
         let severity = match f.message_type.as_deref().unwrap_or("none") {
             "none" | "" => Severity::None,
             "info" => Severity::Info,

@@ -81,7 +81,7 @@ fn expected(
     let message = get("message")
         .filter(|m| !m.trim().is_empty())
         .ok_or(400u16)?;
-    if hostname.len() > 253 {
+    if hostname.len() > 253 || hostname.chars().any(tocsin_sdk::is_unprintable) {
         return Err(400);
     }
     let severity = match get("message_type").as_deref().unwrap_or("none") {

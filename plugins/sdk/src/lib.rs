@@ -60,8 +60,9 @@ pub use bindings::source::tocsin::plugin::types::{
     DeliveryError, Group, HttpRequest, Message, Notification, Rejection, Severity,
 };
 pub use message::{
-    check_link, check_message, rank, severity_emoji, severity_from_str, severity_name, MessageExt,
-    OutputBudget, MAX_ID_BYTES, MAX_LINK_BYTES, MAX_TIMESTAMP_AHEAD_MS, MIN_TIMESTAMP_MS,
+    check_link, check_message, is_unprintable, rank, severity_emoji, severity_from_str,
+    severity_name, MessageExt, OutputBudget, MAX_ID_BYTES, MAX_LINK_BYTES, MAX_TIMESTAMP_AHEAD_MS,
+    MIN_TIMESTAMP_MS,
 };
 
 /// The contract version this SDK builds plugins against (`wit/tocsin.wit`).

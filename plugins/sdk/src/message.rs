@@ -166,7 +166,7 @@ pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
             m.id.len()
         ));
     }
-    if m.id.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    if m.id.chars().any(is_unprintable) {
         return Err("an id holds control or bidirectional-formatting characters".into());
     }
     if let Some(link) = &m.link {
@@ -179,11 +179,17 @@ pub fn check_message(m: &Message, now_ms: u64) -> Result<(), String> {
                 key.len()
             ));
         }
-        if key.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        if key.chars().any(is_unprintable) {
             return Err("a key holds control or bidirectional-formatting characters".into());
         }
     }
     Ok(())
+}
+
+/// Whether `c` is a control or bidirectional-formatting character: what the host refuses in
+/// an id or a key (a decoder that builds an id from a client's field refuses such a field).
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control() || is_bidi_control(c)
 }
 
 fn is_bidi_control(c: char) -> bool {

@@ -317,10 +317,7 @@ impl PipelineStatus {
 
     /// `sink` delivered: it is not failing any more.
     pub fn sink_delivered(&self, sink: &str) {
-        let mut failing = lock(&self.failing_sinks);
-        if !failing.is_empty() {
-            failing.remove(sink);
-        }
+        lock(&self.failing_sinks).remove(sink);
     }
 
     /// The sinks whose deliveries fail, since when, with the last error.

@@ -49,12 +49,14 @@ impl Outcome {
     }
 }
 
-struct Connection {
+/// One kept-alive HTTP/1.1 connection.
+pub(crate) struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    /// Connects to `addr`.
+    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
@@ -63,7 +65,7 @@ impl Connection {
     }
 
     /// Sends one POST; true for a 2xx answer.
-    async fn post(&mut self, target: &Target, body: Bytes) -> anyhow::Result<bool> {
+    pub(crate) async fn post(&mut self, target: &Target, body: Bytes) -> anyhow::Result<bool> {
         self.sender.ready().await?;
         let mut request = hyper::Request::post(target.path.as_str())
             .header(hyper::header::HOST, target.addr.to_string())

@@ -18,8 +18,11 @@ type SendFuture =
 
 /// The granted authorities of one stage, and where granted requests go out.
 pub struct HostAllowList {
-    /// Lower-case `host` (default ports of http and https) or `host:port` (that port only).
-    pub hosts: Vec<String>,
+    /// The stage's `grants.hosts`, parsed once when its instance is made: `host` (the
+    /// scheme's default port), `host:port` (that port only), `*.domain` (names below it).
+    /// Entries were checked when the pipeline file was read; one that does not parse grants
+    /// nothing (see [`HostAllowList::parse_grants`]).
+    pub grants: Vec<HostGrant>,
     /// Pipeline and stage, for the log line when a request is refused.
     pub who: String,
     /// In a dry run, granted requests are recorded here and answered `200 {}` instead of sent.
@@ -85,6 +88,15 @@ impl DryRunRecorder {
 }
 
 impl HostAllowList {
+    /// Parses a stage's `grants.hosts` entries, leaving out any that do not parse (a grant
+    /// that cannot be read grants nothing).
+    pub fn parse_grants(hosts: &[String]) -> Vec<HostGrant> {
+        hosts
+            .iter()
+            .filter_map(|entry| HostGrant::parse(entry).ok())
+            .collect()
+    }
+
     /// Whether a request to `scheme://host[:port]` may go out.
     pub fn allows(&self, scheme: Option<&str>, host: &str, port: Option<u16>) -> bool {
         let default_port = match scheme {
@@ -93,12 +105,10 @@ impl HostAllowList {
             Some(_) => return false,
         };
         let port = port.unwrap_or(default_port);
-        // Entries were checked when the pipeline file was read; one that does not parse
-        // grants nothing. A grant without a port is the scheme's own: https to port 80 is
-        // not granted.
-        self.hosts.iter().any(|granted| {
-            HostGrant::parse(granted).is_ok_and(|g| g.allows(host, port, default_port))
-        })
+        // A grant without a port is the scheme's own: https to port 80 is not granted.
+        self.grants
+            .iter()
+            .any(|granted| granted.allows(host, port, default_port))
     }
 }
 
@@ -182,7 +192,9 @@ mod tests {
 
     fn granting(hosts: &[&str]) -> HostAllowList {
         HostAllowList {
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            grants: HostAllowList::parse_grants(
+                &hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            ),
             who: String::new(),
             recorder: None,
             outbound: Arc::new(OutboundPool::new(

@@ -111,7 +111,7 @@ impl PluginState {
             table: ResourceTable::new(),
             limits,
             allow_list: HostAllowList {
-                hosts: ctx.grants.hosts.clone(),
+                grants: HostAllowList::parse_grants(&ctx.grants.hosts),
                 who: format!("{}/{}", ctx.pipeline, ctx.stage),
                 recorder: ctx.dry_run.clone(),
                 outbound,

@@ -14,11 +14,13 @@ setup:
 plugins: setup
 	cd plugins && $(CARGO) build --release
 
-## Build the host: the engine and the `tocsin` binary.
+## Build the `tocsin` binary, the shipped plugins inside it (built first). Only the `tocsin`
+## package: the workspace's test and bench crates would turn on other features of shared
+## dependencies, and a later `cargo run -p tocsin` would compile half the tree again.
 build: plugins
-	$(CARGO) build --workspace
+	$(CARGO) build -p tocsin
 
-## Build everything and run the example pipelines of pipelines/ (demo data inside the repo,
+## Build what it runs and run the example pipelines of pipelines/ (demo data inside the repo,
 ## output to stdout and pipelines/demo/out/alerts.jsonl). The demo backup is made three days
 ## old first, so the demo has something to say.
 run: build

@@ -1,4 +1,14 @@
-//! Rebuild the `tocsin` binary when what `tocsin plugin new` and `tocsin init` embed changes.
+//! Rebuild the `tocsin` binary when what `tocsin plugin new` and `tocsin init` embed changes,
+//! and embed the shipped plugins' components (`src/embedded.rs`).
+//!
+//! The shipped plugins are the plugin workspace's default members but the SDK; their built
+//! components are read from `TOCSIN_EMBED_PLUGINS` when set, else from
+//! `plugins/target/wasm32-wasip2/release` (what `make plugins` builds). A plugin not built yet
+//! is left out with a warning: the binary then finds it only in a plugin directory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
 fn main() {
     for path in [
         "../../plugins/sdk",
@@ -9,4 +19,58 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={path}");
     }
+    println!("cargo:rerun-if-env-changed=TOCSIN_EMBED_PLUGINS");
+
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let repo = manifest_dir.join("../..");
+    let built = std::env::var_os("TOCSIN_EMBED_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("plugins/target/wasm32-wasip2/release"));
+
+    let mut code = String::from(
+        "/// The shipped plugins' components, as built when this binary was.\n\
+         pub static PLUGINS: &[tocsin_config::plugin_origin::EmbeddedPlugin] = &[\n",
+    );
+    let mut missing = Vec::new();
+    for name in shipped_plugins(&repo.join("plugins/Cargo.toml")) {
+        let file = built.join(format!("{}.wasm", name.replace('-', "_")));
+        println!("cargo:rerun-if-changed={}", file.display());
+        if !file.is_file() {
+            missing.push(name);
+            continue;
+        }
+        let file = file
+            .canonicalize()
+            .expect("an existing file has a canonical path");
+        writeln!(
+            code,
+            "    tocsin_config::plugin_origin::EmbeddedPlugin {{ name: {name:?}, bytes: include_bytes!({:?}) }},",
+            file.display().to_string()
+        )
+        .expect("writing to a String");
+    }
+    code.push_str("];\n");
+    if !missing.is_empty() {
+        println!(
+            "cargo:warning=plugins not built in (no component in {}): {}; build them first (make plugins)",
+            built.display(),
+            missing.join(", ")
+        );
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    std::fs::write(out.join("embedded_plugins.rs"), code).expect("OUT_DIR is writable");
+}
+
+/// The default members of the plugin workspace, but the SDK: the plugins tocsin ships.
+fn shipped_plugins(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).expect("plugins/Cargo.toml is in the repository");
+    let value: toml::Table = toml::from_str(&text).expect("plugins/Cargo.toml is valid TOML");
+    value["workspace"]["default-members"]
+        .as_array()
+        .expect("the plugin workspace lists its default members")
+        .iter()
+        .filter_map(|member| member.as_str())
+        .filter(|member| *member != "sdk")
+        .map(str::to_string)
+        .collect()
 }

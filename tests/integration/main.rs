@@ -38,6 +38,8 @@
 //! - `redelivery`: max attempts → dead letters → `tocsin dlq` → replay; reload keeps queues.
 //! - `restart`: the real binary, SIGKILLed during an outage: every message arrives once.
 //! - `status_page`: the page at `/` in headless Chromium: replay from a button, graphs per host.
+//! - `single_binary`: the binary alone runs shipped plugins; a plugin directory overrides one;
+//!   `plugin ls`; pins on built-in plugins.
 //! - `shutdown`: SIGTERM: stop accepting, finish or abandon in-flight deliveries, exit in bound.
 //! - `torture`: ingest load, 50 random SIGKILLs: nothing acknowledged lost, nothing shown twice.
 
@@ -78,6 +80,7 @@ mod secrets;
 mod self_events;
 mod shutdown;
 mod silences;
+mod single_binary;
 mod status_page;
 mod sysmetrics;
 mod torture;

@@ -19,6 +19,7 @@ pub mod file;
 pub mod host_grant;
 pub mod maintenance;
 pub mod matchers;
+pub mod plugin_origin;
 pub mod schedule;
 pub mod self_events;
 pub mod settings;

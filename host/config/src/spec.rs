@@ -240,8 +240,8 @@ pub struct StageSpec {
 pub struct PluginRef {
     /// As written in the file.
     pub name: String,
-    /// The `.wasm` it resolved to.
-    pub path: PathBuf,
+    /// The component it resolved to: a `.wasm` file, or a plugin built into the binary.
+    pub origin: crate::plugin_origin::PluginOrigin,
     /// The pinned sha256 (hex, lower case), if any.
     pub sha256: Option<String>,
 }

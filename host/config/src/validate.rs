@@ -14,6 +14,7 @@ use crate::file::{
     PipelineFile, RetryTable, SelfEventsTable, SinkTable, SourceTable,
 };
 use crate::maintenance::MaintenanceWindow;
+use crate::plugin_origin::{EmbeddedPlugin, PluginOrigin};
 use crate::schedule::parse_cron;
 use crate::self_events::{SelfEvent, SelfEventsSpec, TOCSIN_SOURCE};
 use crate::spec::*;
@@ -60,29 +61,50 @@ pub enum MachineCheck {
     Skip,
 }
 
-/// Finds the `.wasm` of a plugin by name.
+/// Finds the component of a plugin by name.
 ///
 /// A name with a `/` or ending in `.wasm` is a path, relative to the pipeline file's directory.
 /// Any other name is looked up as `<name>.wasm` in each plugin directory in turn, then as
-/// `<name_with_underscores>.wasm` (Cargo writes hyphens in crate names as underscores).
+/// `<name_with_underscores>.wasm` (Cargo writes hyphens in crate names as underscores), and
+/// last among the plugins built into the binary ([`PluginResolver::with_embedded`]) — so a
+/// file in a plugin directory overrides a shipped plugin of the same name.
 #[derive(Debug, Clone, Default)]
 pub struct PluginResolver {
     /// Directories searched in order.
     pub dirs: Vec<PathBuf>,
+    /// Plugins built into the binary, searched after the directories.
+    pub embedded: &'static [EmbeddedPlugin],
 }
 
 impl PluginResolver {
-    /// A resolver over these directories.
+    /// A resolver over these directories (and no built-in plugins).
     pub fn new(dirs: Vec<PathBuf>) -> Self {
-        PluginResolver { dirs }
+        PluginResolver {
+            dirs,
+            embedded: &[],
+        }
+    }
+
+    /// The same, also finding these built-in plugins when no directory has the name.
+    pub fn with_embedded(mut self, embedded: &'static [EmbeddedPlugin]) -> Self {
+        self.embedded = embedded;
+        self
+    }
+
+    /// The built-in plugin called `name` (`rate-limit` or `rate_limit`).
+    pub fn embedded(&self, name: &str) -> Option<EmbeddedPlugin> {
+        self.embedded
+            .iter()
+            .find(|p| p.name == name || p.name.replace('-', "_") == name)
+            .copied()
     }
 
     /// Resolves `name` as written in a pipeline file in `pipeline_dir`.
-    pub fn resolve(&self, name: &str, pipeline_dir: &Path) -> Result<PathBuf, String> {
+    pub fn resolve(&self, name: &str, pipeline_dir: &Path) -> Result<PluginOrigin, String> {
         if name.contains('/') || name.ends_with(".wasm") {
             let path = pipeline_dir.join(name);
             return if path.is_file() {
-                Ok(path)
+                Ok(PluginOrigin::File(path))
             } else {
                 Err(format!("plugin file {} does not exist", path.display()))
             };
@@ -100,18 +122,27 @@ impl PluginResolver {
             for file in &candidates {
                 let path = dir.join(file);
                 if path.is_file() {
-                    return Ok(path);
+                    return Ok(PluginOrigin::File(path));
                 }
             }
         }
+        if let Some(plugin) = self.embedded(name) {
+            return Ok(PluginOrigin::Embedded(plugin));
+        }
         let searched: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        let dirs = if searched.is_empty() {
+            "any plugin directory (none configured)".to_string()
+        } else {
+            searched.join(", ")
+        };
+        let built_in = if self.embedded.is_empty() {
+            "no plugin is built into this tocsin".to_string()
+        } else {
+            let names: Vec<&str> = self.embedded.iter().map(|p| p.name).collect();
+            format!("none built in by that name ({})", names.join(", "))
+        };
         Err(format!(
-            "unknown plugin `{name}`: no {name}.wasm in {}",
-            if searched.is_empty() {
-                "any plugin directory (none configured)".to_string()
-            } else {
-                searched.join(", ")
-            }
+            "unknown plugin `{name}`: no {name}.wasm in {dirs}, and {built_in}"
         ))
     }
 }
@@ -504,19 +535,19 @@ impl Checker<'_> {
     ) -> Option<StageSpec> {
         let (default_fuel, default_timeout) = (defaults.fuel, defaults.timeout);
         let errors_before = self.diags.len();
-        let path = self
+        let origin = self
             .resolver
             .resolve(plugin.get_ref(), &self.base_dir)
             .map_err(|m| self.error(Some(plugin.span()), &format!("{field}.plugin"), m))
             .ok();
         // The component's bytes, for its pin and its settings schema.
-        let bytes = path.as_ref().and_then(|path| match std::fs::read(path) {
+        let bytes = origin.as_ref().and_then(|origin| match origin.read() {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 self.error(
                     Some(plugin.span()),
                     &format!("{field}.plugin"),
-                    format!("cannot read {}: {e}", path.display()),
+                    format!("cannot read {origin}: {e}"),
                 );
                 None
             }
@@ -531,15 +562,14 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            if let (Some(path), Some(bytes)) = (&path, &bytes) {
+            if let (Some(origin), Some(bytes)) = (&origin, &bytes) {
                 let actual = hex::encode(Sha256::digest(bytes));
                 if actual != hex_pin {
                     self.error(
                         Some(pin.span()),
                         &format!("{field}.sha256"),
                         format!(
-                            "{} has sha256 {actual}, not the pinned {hex_pin}; refusing to run other code than the pipeline names",
-                            path.display()
+                            "{origin} has sha256 {actual}, not the pinned {hex_pin}; refusing to run other code than the pipeline names",
                         ),
                     );
                 }
@@ -573,7 +603,7 @@ impl Checker<'_> {
         Some(StageSpec {
             plugin: PluginRef {
                 name: plugin.get_ref().clone(),
-                path: path?,
+                origin: origin?,
                 sha256: pin,
             },
             config_json,
@@ -1942,7 +1972,8 @@ match = { severity = ">= info" }
             .as_ref()
             .unwrap()
             .plugin
-            .path
+            .origin
+            .to_string()
             .ends_with("backup_check.wasm"));
         assert!(matches!(spec.source.trigger, Trigger::Schedule(_)));
         assert_eq!(spec.filters.len(), 1);
@@ -1957,6 +1988,42 @@ match = { severity = ">= info" }
             DEFAULT_MEMORY
         );
         assert_eq!(spec.filters[0].limits.timeout, DEFAULT_FILTER_TIMEOUT);
+    }
+
+    static BUILT_IN: [EmbeddedPlugin; 2] = [
+        EmbeddedPlugin {
+            name: "rate-limit",
+            bytes: b"built-in rate-limit",
+        },
+        EmbeddedPlugin {
+            name: "threshold",
+            bytes: b"built-in threshold",
+        },
+    ];
+
+    #[test]
+    fn a_plugin_directory_comes_before_the_plugins_built_in() {
+        let fx = fixture();
+        let resolver = fx.resolver.clone().with_embedded(&BUILT_IN);
+        let here = fx.dir.path();
+        // The fixture's directory has a threshold.wasm: it wins over the built-in one.
+        assert!(matches!(
+            resolver.resolve("threshold", here).unwrap(),
+            PluginOrigin::File(path) if path.ends_with("threshold.wasm")
+        ));
+        // Either spelling finds the built-in rate-limit.
+        for name in ["rate-limit", "rate_limit"] {
+            let origin = resolver.resolve(name, here).unwrap();
+            assert_eq!(&*origin.read().unwrap(), b"built-in rate-limit");
+            assert_eq!(origin.to_string(), "rate-limit (built into tocsin)");
+        }
+        let err = resolver.resolve("thresold", here).unwrap_err();
+        assert!(
+            err.contains("none built in by that name (rate-limit, threshold)"),
+            "{err}"
+        );
+        let err = fx.resolver.resolve("rate-limit", here).unwrap_err();
+        assert!(err.contains("no plugin is built into this tocsin"), "{err}");
     }
 
     #[test]

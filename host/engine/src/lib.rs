@@ -43,6 +43,7 @@ pub mod budget;
 pub mod delivery;
 pub mod delivery_order;
 pub mod dry_run;
+pub mod embedded_plugins;
 pub mod filtering;
 pub mod group_delivery;
 pub mod history;

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use tocsin::operator;
 use tocsin::Settings;
-use tocsin_config::{load_dir, MachineCheck, PluginResolver};
+use tocsin_config::{load_dir, MachineCheck};
 use tocsin_queue::{QueueStore, SledStore};
 
 /// mimalloc instead of glibc's malloc: sled and the HTTP stack allocate and free small blocks
@@ -57,17 +57,23 @@ enum LogFormat {
     Json,
 }
 
+/// Where plugins are looked up by name when no `--plugin-dir` is given (the Debian package
+/// installs none there: the shipped plugins are built into the binary; a `.wasm` dropped here
+/// overrides one of them or adds another).
+const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/tocsin/plugins";
+
 #[derive(clap::Args, Clone)]
 struct Paths {
     /// Directory of pipeline files (*.toml), watched for changes.
     #[arg(long, env = "TOCSIN_PIPELINES", default_value = "pipelines")]
     pipelines: PathBuf,
-    /// Where plugins are looked up by name (repeat, or separate with ':').
+    /// Where plugins are looked up by name (repeat, or separate with ':'), before the ones
+    /// built into tocsin.
     #[arg(
         long = "plugin-dir",
         env = "TOCSIN_PLUGIN_DIRS",
         value_delimiter = ':',
-        default_value = "plugins/target/wasm32-wasip2/release"
+        default_value = DEFAULT_PLUGIN_DIR
     )]
     plugin_dirs: Vec<PathBuf>,
 }
@@ -191,12 +197,12 @@ enum Command {
         /// and scheduled sources' `init` accepts its settings here.
         #[arg(long)]
         env: bool,
-        /// Where plugins are looked up by name.
+        /// Where plugins are looked up by name, before the ones built into tocsin.
         #[arg(
             long = "plugin-dir",
             env = "TOCSIN_PLUGIN_DIRS",
             value_delimiter = ':',
-            default_value = "plugins/target/wasm32-wasip2/release"
+            default_value = DEFAULT_PLUGIN_DIR
         )]
         plugin_dirs: Vec<PathBuf>,
         /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
@@ -246,12 +252,12 @@ enum Command {
         /// With --plugin: a secret the plugin is granted, NAME=VALUE (repeat); shown as REDACTED.
         #[arg(long = "secret", value_parser = try_plugin::parse_secret, requires = "plugin")]
         secrets: Vec<(String, String)>,
-        /// Where plugins are looked up by name.
+        /// Where plugins are looked up by name, before the ones built into tocsin.
         #[arg(
             long = "plugin-dir",
             env = "TOCSIN_PLUGIN_DIRS",
             value_delimiter = ':',
-            default_value = "plugins/target/wasm32-wasip2/release"
+            default_value = DEFAULT_PLUGIN_DIR
         )]
         plugin_dirs: Vec<PathBuf>,
         /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
@@ -409,10 +415,25 @@ enum PluginAction {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Every plugin a pipeline can name: in the plugin directories, in order, then the ones
+    /// built into tocsin; where each comes from and its sha256 (for a pipeline's `sha256` pin).
+    Ls {
+        /// Where plugins are looked up by name, before the ones built into tocsin.
+        #[arg(
+            long = "plugin-dir",
+            env = "TOCSIN_PLUGIN_DIRS",
+            value_delimiter = ':',
+            default_value = DEFAULT_PLUGIN_DIR
+        )]
+        plugin_dirs: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Which world a component implements, its imports, size and sha256, and whether this
     /// host can run it (exit 1 with the reason when not).
     Inspect {
-        /// The component (.wasm).
+        /// The component (.wasm), or the name of a plugin built into tocsin.
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -667,6 +688,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Init { dir } => init_cli::init(&dir).map(|()| ExitCode::SUCCESS),
         Command::Plugin { action } => match action {
+            PluginAction::Ls { plugin_dirs, json } => plugin_cli::ls(&plugin_dirs, json),
             PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),
             PluginAction::New {
                 name,
@@ -737,7 +759,7 @@ fn validate(
     plugin_dirs: Vec<PathBuf>,
     cache_dir: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let resolver = PluginResolver::new(plugin_dirs);
+    let resolver = tocsin::embedded_plugins::resolver(plugin_dirs);
     let machine = if env {
         MachineCheck::Check
     } else {

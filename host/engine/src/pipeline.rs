@@ -215,10 +215,7 @@ pub async fn start(
         if let Err(e) = stage.start().await {
             // A trap in `init` is a trap like any other: counted, not only logged.
             status.call_failed(&stage_name, &e);
-            return Err(format!(
-                "{stage_name} ({}): {e}",
-                stage.plugin().path.display()
-            ));
+            return Err(format!("{stage_name} ({}): {e}", stage.plugin().origin));
         }
     }
 
@@ -475,9 +472,9 @@ pub async fn load_stage_plugin(
 ) -> Result<Arc<Plugin>, String> {
     let plugin: Arc<Plugin> = {
         let runtime = runtime.clone();
-        let path = spec.plugin.path.clone();
+        let origin = spec.plugin.origin.clone();
         let pin = spec.plugin.sha256.clone();
-        tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
+        tokio::task::spawn_blocking(move || runtime.load_from(&origin, pin.as_deref()))
             .await
             .map_err(|e| format!("{stage}: loading the plugin panicked: {e}"))?
             .map_err(|e| format!("{stage}: {e}"))?

@@ -101,6 +101,6 @@ impl Settings {
 
     /// The plugin resolver for these settings.
     pub fn resolver(&self) -> PluginResolver {
-        PluginResolver::new(self.plugin_dirs.clone())
+        crate::embedded_plugins::resolver(self.plugin_dirs.clone())
     }
 }

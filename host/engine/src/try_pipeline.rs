@@ -41,7 +41,7 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         ..RuntimeConfig::default()
     })
     .map_err(anyhow::Error::msg)?;
-    let resolver = PluginResolver::new(options.plugin_dirs.clone());
+    let resolver = tocsin::embedded_plugins::resolver(options.plugin_dirs.clone());
     let path = &options.path;
     if path.is_dir() {
         if options.input.is_some() {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use tocsin_config::plugin_origin::PluginOrigin;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
@@ -129,7 +130,7 @@ pub struct Plugin {
     /// Which contract version it is built against.
     pub contract: Contract,
     /// Where it was loaded from.
-    pub path: PathBuf,
+    pub origin: PluginOrigin,
     /// sha256 of its bytes (hex).
     pub sha256: String,
     /// Whether it came from the compile cache.
@@ -141,7 +142,7 @@ impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
             .field("kind", &self.kind)
-            .field("path", &self.path)
+            .field("origin", &self.origin)
             .field("sha256", &self.sha256)
             .finish()
     }
@@ -215,8 +216,17 @@ impl Runtime {
     /// Reads, checks and compiles (or loads from cache) the plugin at `path`. With `pinned`,
     /// refuses a file whose sha256 differs.
     pub fn load(&self, path: &Path, pinned: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
-        let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        self.load_from(&PluginOrigin::File(path.to_path_buf()), pinned)
+    }
+
+    /// [`Runtime::load`] of a plugin wherever it comes from: a file, or built into the binary.
+    pub fn load_from(
+        &self,
+        origin: &PluginOrigin,
+        pinned: Option<&str>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let display = origin.to_string();
+        let bytes = origin.read().map_err(|source| LoadError::Read {
             path: display.clone(),
             source,
         })?;
@@ -277,7 +287,7 @@ impl Runtime {
         Ok(Arc::new(Plugin {
             kind,
             contract,
-            path: path.to_path_buf(),
+            origin: origin.clone(),
             sha256,
             cache,
             pre,
@@ -289,8 +299,13 @@ impl Runtime {
     /// unreadable file, or one that is not a component, is an `Err`; every other misfit is in
     /// [`Inspection::verdict`].
     pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
-        let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        self.inspect_from(&PluginOrigin::File(path.to_path_buf()))
+    }
+
+    /// [`Runtime::inspect`] of a plugin wherever it comes from: a file, or built into the binary.
+    pub fn inspect_from(&self, origin: &PluginOrigin) -> Result<Inspection, LoadError> {
+        let display = origin.to_string();
+        let bytes = origin.read().map_err(|source| LoadError::Read {
             path: display.clone(),
             source,
         })?;
@@ -320,7 +335,7 @@ impl Runtime {
                 .map_err(|e| format!("imports something the {kind} world does not offer: {e:#}")),
         };
         Ok(Inspection {
-            path: path.to_path_buf(),
+            origin: origin.clone(),
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
             kind: found.as_ref().ok().map(|f| f.0),
@@ -381,8 +396,8 @@ impl Runtime {
 /// What [`Runtime::inspect`] found in a component.
 #[derive(Debug, Clone)]
 pub struct Inspection {
-    /// The file.
-    pub path: PathBuf,
+    /// The file, or the plugin built in.
+    pub origin: PluginOrigin,
     /// Its size in bytes.
     pub size: u64,
     /// sha256 of its bytes (hex): what a pipeline file pins with `sha256 = "…"`.

@@ -528,8 +528,7 @@ impl Stage {
         } else {
             Err(CallError::WrongKind(format!(
                 "{} is a {} plugin, not a {kind}",
-                self.plugin.path.display(),
-                self.plugin.kind
+                self.plugin.origin, self.plugin.kind
             )))
         }
     }
@@ -683,7 +682,7 @@ impl Stage {
         if messages.is_empty() || messages.len() > limit as usize {
             return Err(CallError::WrongKind(format!(
                 "{} takes 1 to {limit} messages per call, not {}",
-                self.plugin.path.display(),
+                self.plugin.origin,
                 messages.len()
             )));
         }

@@ -831,7 +831,7 @@ impl GenStage {
         StageSpec {
             plugin: PluginRef {
                 name: self.plugin.clone(),
-                path,
+                origin: tocsin_config::plugin_origin::PluginOrigin::File(path),
                 sha256: self.pin.as_ref().map(|p| p.trim().to_ascii_lowercase()),
             },
             config_json: match &self.config {

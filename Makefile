@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Plugins' unit tests run natively (their logic is plain Rust; host imports are never called).
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: setup plugins build run test lint fmt bench clean-demo
+.PHONY: setup plugins build run test lint fmt bench clean-demo deb
 
 ## Install the one thing a fresh Rust toolchain lacks: the wasm32-wasip2 target.
 setup:
@@ -33,6 +33,14 @@ test: setup
 	cd plugins && $(CARGO) test --target $(HOST_TARGET) --workspace
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
+
+## The Debian package, target/debian/tocsin_VERSION_ARCH.deb: the release binary (its plugins
+## inside), the systemd unit, disabled examples in /etc/tocsin/pipelines. Needs cargo-deb
+## (installed here when missing).
+deb: plugins
+	command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) build --release -p tocsin
+	packaging/debian/build-deb target/release/tocsin target/debian
 
 ## Formatting and lints, as CI checks them.
 lint:

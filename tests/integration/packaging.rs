@@ -1,10 +1,11 @@
 //! The systemd unit in `packaging/`: systemd accepts it, it keeps its hardening, and the
 //! command line it runs is one the real binary starts with and stops from cleanly.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tocsin_tests::process::{log_tail, Port};
+use tocsin_tests::process::Port;
 use tocsin_tests::{plugins_dir, repo_root, tocsin_bin, Env};
 
 fn unit() -> String {
@@ -75,7 +76,7 @@ fn the_unit_is_hardened_and_systemd_accepts_it() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("tocsin.service");
     let bin = tocsin_bin().display().to_string();
-    std::fs::write(&local, unit.replace("/usr/local/bin/tocsin", &bin)).unwrap();
+    std::fs::write(&local, unit.replace("/usr/bin/tocsin", &bin)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&local)
@@ -89,6 +90,54 @@ fn the_unit_is_hardened_and_systemd_accepts_it() {
     );
 }
 
+/// The unit's `ExecStart` arguments (without the binary), its paths replaced by `paths`
+/// (flag, value): the same command line, moved into a test's directories.
+fn units_arguments(unit: &str, paths: &[(&str, String)]) -> Vec<String> {
+    let mut args = exec_start(unit);
+    args.remove(0); // the binary
+    for (flag, value) in paths {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
+        args[i + 1] = value.clone();
+    }
+    args
+}
+
+/// Runs `binary ARGS` (its log to `log`) until it serves `/healthz` on `port`, then stops it
+/// with SIGTERM and asserts it exited cleanly.
+async fn serve_then_stop(binary: &Path, args: &[String], port: u16, log: &Path) {
+    let tail = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let mut child = Command::new(binary)
+        .args(args)
+        .stderr(std::fs::File::create(log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reqwest::get(&url).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving:\n{}",
+            tail()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "exited:\n{}", tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", tail());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_units_command_line_starts_tocsin_and_sigterm_stops_it() {
     let env = Env::new();
@@ -97,50 +146,17 @@ async fn the_units_command_line_starts_tocsin_and_sigterm_stops_it() {
         "[source]\nplugin = \"json\"\nauth = { none = true }\n\n[[sink]]\nname = \"out\"\nplugin = \"stdout\"\ngrants = { stdout = true }\n",
     );
     let port = Port::free();
-    let mut args = exec_start(&unit());
-    args.remove(0); // the binary
+    let mut args = units_arguments(
+        &unit(),
+        &[
+            ("--pipelines", env.path("pipelines").display().to_string()),
+            ("--plugin-dir", plugins_dir().display().to_string()),
+            ("--data", env.path("data").display().to_string()),
+            ("--listen", format!("127.0.0.1:{}", port.0)),
+        ],
+    );
     args.extend(["--queue-budget".to_string(), "3GiB".to_string()]);
-    // The unit's paths, moved into the test's directory.
-    for (flag, value) in [
-        ("--pipelines", env.path("pipelines").display().to_string()),
-        ("--plugin-dir", plugins_dir().display().to_string()),
-        ("--data", env.path("data").display().to_string()),
-        ("--listen", format!("127.0.0.1:{}", port.0)),
-    ] {
-        let i = args
-            .iter()
-            .position(|a| a == flag)
-            .unwrap_or_else(|| panic!("no {flag}"));
-        args[i + 1] = value;
-    }
-    let log = std::fs::File::create(env.path("tocsin.log")).unwrap();
-    let mut child = Command::new(tocsin_bin())
-        .args(&args)
-        .stderr(log)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/healthz", port.0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while reqwest::get(&url).await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not serving:\n{}",
-            log_tail(&env)
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "exited:\n{}",
-            log_tail(&env)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}:\n{}", log_tail(&env));
+    serve_then_stop(tocsin_bin(), &args, port.0, &env.path("tocsin.log")).await;
     // --log-format json: every line of the log is a JSON object.
     let text = std::fs::read_to_string(env.path("tocsin.log")).unwrap();
     assert!(!text.is_empty());
@@ -286,4 +302,148 @@ fn readme_names_every_command_and_plugin_language() {
             "README lacks `plugin new --lang {lang}`"
         );
     }
+}
+
+/// `dpkg ARGS` on the scratch root `root`; its output when it fails.
+fn dpkg(root: &Path, args: &[&str]) -> String {
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-not-root", "--log=/dev/null"])
+        .args(args)
+        .output()
+        .expect("dpkg runs");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dpkg {args:?}:\n{said}");
+    said
+}
+
+/// `make deb`'s package, made from the binary the tests built: installed with `dpkg -i` into a
+/// scratch root, its files are where the unit and a Debian administrator expect them, the
+/// examples are configuration files (kept on upgrade), the installed unit verifies, the
+/// installed binary starts with the unit's command line and its disabled examples, and a purge
+/// leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_package_installs_and_its_unit_starts_the_installed_binary() {
+    if Command::new("dpkg").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no dpkg on this machine (the package is for Debian)");
+        return;
+    }
+    plugins_dir(); // the binary embeds the plugins: build them first
+    let bin = tocsin_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let made = Command::new(repo_root().join("packaging/debian/build-deb"))
+        .arg(bin)
+        .arg(&out)
+        .args(["--fast", "--no-strip"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "build-deb (needs cargo-deb: cargo install cargo-deb --locked):\n{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let deb = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+
+    // A scratch root with an empty package database. libc6 is not in it: --force-depends.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    dpkg(&root, &["--force-depends", "-i", deb.to_str().unwrap()]);
+    assert!(dpkg(&root, &["-s", "tocsin"]).contains("Status: install ok installed"));
+
+    let installed = root.join("usr/bin/tocsin");
+    assert_eq!(
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/tocsin.service")).unwrap(),
+        unit()
+    );
+    assert!(root.join("usr/lib/tocsin/plugins/README").is_file());
+    assert!(root.join("usr/share/doc/tocsin/copyright").is_file());
+    let examples: Vec<String> = std::fs::read_dir(root.join("etc/tocsin/pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        examples.iter().any(|f| f == "nightly-backup-matrix.toml"),
+        "{examples:?}"
+    );
+    let conffiles = dpkg(&root, &["--status", "tocsin"]);
+    for example in &examples {
+        assert!(
+            conffiles.contains(&format!("/etc/tocsin/pipelines/{example}")),
+            "{example} is not a conffile:\n{conffiles}"
+        );
+    }
+
+    // The installed unit verifies, pointing at the installed binary.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let local = dir.path().join("tocsin.service");
+        std::fs::write(
+            &local,
+            unit().replace("/usr/bin/tocsin", installed.to_str().unwrap()),
+        )
+        .unwrap();
+        let verified = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&local)
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    }
+
+    // The installed binary, alone, with the unit's command line and the installed examples
+    // (all disabled until filled in): it starts, serves, and stops on SIGTERM.
+    let (ok, said) = {
+        let out = Command::new(&installed)
+            .arg("validate")
+            .arg(root.join("etc/tocsin/pipelines"))
+            .env_remove("TOCSIN_PLUGIN_DIRS")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(ok, "{said}");
+    let port = Port::free();
+    let args = units_arguments(
+        &unit(),
+        &[
+            (
+                "--pipelines",
+                root.join("etc/tocsin/pipelines").display().to_string(),
+            ),
+            (
+                "--plugin-dir",
+                root.join("usr/lib/tocsin/plugins").display().to_string(),
+            ),
+            ("--data", dir.path().join("data").display().to_string()),
+            ("--listen", format!("127.0.0.1:{}", port.0)),
+        ],
+    );
+    let log = dir.path().join("tocsin.log");
+    serve_then_stop(&installed, &args, port.0, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("tocsin started"), "{text}");
+
+    dpkg(&root, &["--purge", "tocsin"]);
+    assert!(!installed.exists());
+    assert!(!root
+        .join("etc/tocsin/pipelines/nightly-backup-matrix.toml")
+        .exists());
 }

@@ -35,7 +35,7 @@ use tocsin_message::idempotency_key;
 use tocsin_queue::{now_ms, Envelope, QueueStore, Seq};
 use tocsin_runtime::{CallError, DeliveryOutcome, StateChanges};
 
-use crate::delivery_order::{HeadCache, OrderKeys};
+use crate::delivery_order::{batches, HeadCache, OrderKeys};
 use crate::sink_instances::SinkInstances;
 use crate::status::{Counters, PipelineStatus};
 use crate::trace::Step;
@@ -93,7 +93,15 @@ impl DeliveryWorker {
                 let now = now_ms();
                 let read = |limit| self.queue.sink_heads(&self.pipeline, &self.sink, limit);
                 let wanted = free * batch_limit;
-                match head.take(read, &order, window_len, &in_flight, wanted, now) {
+                match head.take(
+                    read,
+                    &order,
+                    window_len,
+                    &in_flight,
+                    wanted,
+                    batch_limit,
+                    now,
+                ) {
                     Ok((taken, next_due_ms)) => {
                         if let Some(due) = next_due_ms {
                             wake = wake.min(Duration::from_millis(due.saturating_sub(now)));
@@ -330,25 +338,6 @@ impl DeliveryWorker {
             }
         }
     }
-}
-
-/// Spreads the messages taken for delivery (queue order) over up to `free` calls of at most
-/// `limit` messages each: as many calls as there are free instances while each gets fewer
-/// than `limit`, so a quiet queue still delivers one message per call, at once.
-fn batches(
-    taken: Vec<(Seq, String, Envelope)>,
-    free: usize,
-    limit: usize,
-) -> Vec<Vec<(Seq, String, Envelope)>> {
-    let per_call = taken.len().div_ceil(free.max(1)).clamp(1, limit.max(1));
-    let mut out: Vec<Vec<_>> = Vec::new();
-    for entry in taken {
-        match out.last_mut() {
-            Some(last) if last.len() < per_call => last.push(entry),
-            _ => out.push(vec![entry]),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

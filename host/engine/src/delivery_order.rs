@@ -125,6 +125,7 @@ impl HeadCache {
     /// a window of `window_len` entries past those `in_flight` (seq → key), widened (up to
     /// [`MAX_LOOK_AHEAD`]) while it is all held back by a few alerts' earlier messages and more
     /// is queued, so one alert's backlog waiting for a retry does not hold back the others.
+    #[allow(clippy::too_many_arguments)]
     pub fn take<E>(
         &mut self,
         mut read: impl FnMut(usize) -> Result<Vec<(Seq, Envelope)>, E>,
@@ -132,10 +133,11 @@ impl HeadCache {
         window_len: usize,
         in_flight: &HashMap<Seq, String>,
         free: usize,
+        per_key: usize,
         now_ms: u64,
     ) -> Result<Taken, E> {
         let busy: HashSet<String> = in_flight.values().cloned().collect();
-        let mut picked = pick(&self.entries, order, &busy, free, now_ms);
+        let mut picked = pick(&self.entries, order, &busy, free, per_key, now_ms);
         let mut len = window_len;
         while picked.now.len() < free && (self.stale || !self.complete) {
             let limit = len + in_flight.len();
@@ -146,7 +148,7 @@ impl HeadCache {
                 .into_iter()
                 .filter(|(seq, _)| !in_flight.contains_key(seq))
                 .collect();
-            picked = pick(&self.entries, order, &busy, free, now_ms);
+            picked = pick(&self.entries, order, &busy, free, per_key, now_ms);
             if order.whole_sink() || len >= MAX_LOOK_AHEAD {
                 break;
             }
@@ -164,15 +166,20 @@ impl HeadCache {
 /// Chooses up to `free` entries of `window` (the queue's head, in order) to deliver now.
 ///
 /// An entry goes when it is due and no earlier entry of its key is in flight (`in_flight`:
-/// the keys being delivered) or still queued before it — whatever that entry waits for.
+/// the keys being delivered) or still queued before it — whatever that entry waits for. Up to
+/// `per_key` consecutive entries of one key may go together (a sink that takes several
+/// messages per call, `batch-limit`): [`batches`] keeps them in one call, in queue order, so a
+/// sink of `concurrency = 1` still batches and still keeps queue order.
 pub fn pick<'a>(
     window: impl IntoIterator<Item = (&'a Seq, &'a Envelope)>,
     keys: &OrderKeys,
     in_flight: &HashSet<String>,
     free: usize,
+    per_key: usize,
     now_ms: u64,
 ) -> Picked {
     let mut held: HashSet<String> = in_flight.clone();
+    let mut taken_of: HashMap<String, usize> = HashMap::new();
     let mut picked = Picked::default();
     for (seq, envelope) in window {
         if picked.now.len() >= free {
@@ -182,17 +189,56 @@ pub fn pick<'a>(
         if held.contains(&key) {
             continue;
         }
-        held.insert(key.clone());
+        let taken = taken_of.entry(key.clone()).or_default();
+        if *taken >= per_key.max(1) {
+            held.insert(key);
+            continue;
+        }
         if envelope.not_before_ms > now_ms {
             let due = picked
                 .next_due_ms
                 .map_or(envelope.not_before_ms, |t| t.min(envelope.not_before_ms));
             picked.next_due_ms = Some(due);
+            held.insert(key);
             continue;
         }
+        *taken += 1;
         picked.now.push((*seq, key));
     }
     picked
+}
+
+/// Splits entries taken to deliver now into at most about `free` calls of at most `limit`
+/// messages, spread evenly (20 entries on 8 free instances: calls of 3, not one of 20). The
+/// entries of one key stay together in one call, in queue order — never two calls of one key
+/// at once. There can be more calls than `free` when keys' runs do not pack; the caller puts
+/// back what it has no instance for.
+pub fn batches(
+    taken: Vec<(Seq, String, Envelope)>,
+    free: usize,
+    limit: usize,
+) -> Vec<Vec<(Seq, String, Envelope)>> {
+    let total = taken.len();
+    let mut groups: Vec<Vec<(Seq, String, Envelope)>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for entry in taken {
+        match group_of.get(&entry.1) {
+            Some(&i) => groups[i].push(entry),
+            None => {
+                group_of.insert(entry.1.clone(), groups.len());
+                groups.push(vec![entry]);
+            }
+        }
+    }
+    let per_call = total.div_ceil(free.max(1)).clamp(1, limit.max(1));
+    let mut out: Vec<Vec<_>> = Vec::new();
+    for group in groups {
+        match out.last_mut() {
+            Some(last) if last.len() + group.len() <= per_call => last.extend(group),
+            _ => out.push(group),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -248,15 +294,61 @@ mod tests {
         ];
         let keys = OrderKeys::for_concurrency(8);
         let entries = || window.iter().map(|(s, e)| (s, e));
-        let picked = pick(entries(), &keys, &HashSet::new(), 8, 100);
+        let picked = pick(entries(), &keys, &HashSet::new(), 8, 1, 100);
         let seqs: Vec<Seq> = picked.now.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, [3, 4], "a2 waits behind a1, c2 behind c1");
         assert_eq!(picked.next_due_ms, Some(500));
         // With `b` in flight and one slot free, only c1 goes.
         let busy = HashSet::from([keys.key(&window[2].1)]);
-        let picked = pick(entries(), &keys, &busy, 1, 100);
+        let picked = pick(entries(), &keys, &busy, 1, 1, 100);
         assert_eq!(picked.now.len(), 1);
         assert_eq!(picked.now[0].0, 4);
+    }
+
+    #[test]
+    fn consecutive_messages_of_one_key_go_together_in_one_call() {
+        let mut later = envelope("b2", Some("b"));
+        later.not_before_ms = 500;
+        let window = [
+            (1, envelope("a1", Some("a"))),
+            (2, envelope("b1", Some("b"))),
+            (3, envelope("a2", Some("a"))),
+            (4, envelope("a3", Some("a"))),
+            (5, later),
+            (6, envelope("b3", Some("b"))),
+        ];
+        let keys = OrderKeys::for_concurrency(8);
+        let entries = || window.iter().map(|(s, e)| (s, e));
+        // One per key without batches, as before.
+        let seqs = |p: &Picked| p.now.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(&pick(entries(), &keys, &HashSet::new(), 8, 1, 100)),
+            [1, 2]
+        );
+        // Up to two per key: a1 a2 (a3 waits for the next call of `a`), b1 (b2 is not due,
+        // so b3 waits behind it).
+        let picked = pick(entries(), &keys, &HashSet::new(), 8, 2, 100);
+        assert_eq!(seqs(&picked), [1, 2, 3]);
+        let taken: Vec<(Seq, String, Envelope)> = picked
+            .now
+            .into_iter()
+            .map(|(seq, key)| (seq, key, window[seq as usize - 1].1.clone()))
+            .collect();
+        let calls: Vec<Vec<Seq>> = batches(taken, 8, 2)
+            .into_iter()
+            .map(|call| call.into_iter().map(|(seq, _, _)| seq).collect())
+            .collect();
+        assert_eq!(
+            calls,
+            [vec![1, 3], vec![2]],
+            "a's two in one call, in order"
+        );
+        // Concurrency 1: the whole sink is one key, taken in queue order up to the limit.
+        let strict = OrderKeys::for_concurrency(1);
+        assert_eq!(
+            seqs(&pick(entries(), &strict, &HashSet::new(), 100, 100, 100)),
+            [1, 2, 3, 4]
+        );
     }
 
     /// What happens to one delivery attempt in the model.
@@ -278,14 +370,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// A model of the worker: a queue of messages of a few keys, deliveries that finish in
-        /// random order with random outcomes, retries that come due later. Whatever happens,
-        /// each key's messages are delivered (or dead-lettered) in queue order, never two of
-        /// one key at once, and every message ends delivered or dead-lettered exactly once.
+        /// A model of the worker: a queue of messages of a few keys, calls of one or more
+        /// messages (a sink's batch limit, 1–3) that finish in random order with random
+        /// outcomes, retries that come due later. Whatever happens, each key's messages are
+        /// delivered (or dead-lettered) in queue order, never in two calls at once, and every
+        /// message ends delivered or dead-lettered exactly once.
         #[test]
         fn prop_per_key_order_holds_and_nothing_is_lost(
             keys_of in prop::collection::vec(prop_oneof![8 => Just(0u8), 1 => 1..4u8], 1..60),
             concurrency in 1..6usize,
+            batch_limit in 1..4usize,
             outcomes in prop::collection::vec(outcome(), 200),
             finish_order in prop::collection::vec(any::<prop::sample::Index>(), 200),
         ) {
@@ -298,6 +392,7 @@ mod tests {
             let key_of: HashMap<Seq, u8> =
                 keys_of.iter().enumerate().map(|(i, k)| (i as Seq, *k)).collect();
             let mut in_flight: HashMap<Seq, String> = HashMap::new();
+            let mut calls: Vec<Vec<Seq>> = Vec::new();
             let mut settled: Vec<Seq> = Vec::new();
             let (mut outcomes, mut finishes) = (outcomes.into_iter().cycle(), finish_order.into_iter().cycle());
             let mut now = 0u64;
@@ -310,10 +405,11 @@ mod tests {
                     Ok(queue.iter().take(limit).map(|(s, e)| (*s, e.clone())).collect())
                 };
                 let busy: HashSet<String> = in_flight.values().cloned().collect();
-                let free = concurrency - in_flight.len();
-                let window_len = order.window(concurrency);
-                let (taken, next_due_ms) =
-                    cache.take(read, &order, window_len, &in_flight, free, now).unwrap();
+                let free = concurrency - calls.len();
+                let window_len = order.window(concurrency).max(concurrency * batch_limit);
+                let (taken, next_due_ms) = cache
+                    .take(read, &order, window_len, &in_flight, free * batch_limit, batch_limit, now)
+                    .unwrap();
                 if taken.is_empty() && free > 0 {
                     // Nothing went: then nothing queued may go — every due entry has an
                     // earlier entry of its alert queued, or its alert in flight.
@@ -327,39 +423,58 @@ mod tests {
                         held.insert(key);
                     }
                 }
-                for (seq, key, _) in &taken {
-                    prop_assert!(!busy.contains(key), "two of one key in flight");
-                    // Nothing earlier of its key is still queued.
-                    let earlier = queue.keys().take_while(|s| *s < seq).any(|s| {
-                        order.key(&queue[s]) == *key
-                    });
-                    prop_assert!(!earlier, "{seq} overtook an earlier message of its key");
+                let mut keys_called: HashSet<String> = HashSet::new();
+                for (i, call) in batches(taken, free, batch_limit).into_iter().enumerate() {
+                    if i >= free {
+                        // No instance for it: back to the cache, as the worker does.
+                        for (seq, _, envelope) in call {
+                            cache.put_back(seq, envelope);
+                        }
+                        continue;
+                    }
+                    prop_assert!(call.len() <= batch_limit, "a call over the batch limit");
+                    let mut keys_here: HashSet<String> = HashSet::new();
+                    for (pos, (seq, key, _)) in call.iter().enumerate() {
+                        prop_assert!(!busy.contains(key), "two calls of one key in flight");
+                        prop_assert!(!keys_called.contains(key), "one key in two calls at once");
+                        keys_here.insert(key.clone());
+                        // Every earlier queued message of its key is before it in this call.
+                        for earlier in queue.keys().take_while(|s| *s < seq) {
+                            if order.key(&queue[earlier]) == *key {
+                                let before = call[..pos].iter().any(|(s, _, _)| s == earlier);
+                                prop_assert!(before, "{} overtook {} of its key", seq, earlier);
+                            }
+                        }
+                    }
+                    keys_called.extend(keys_here);
+                    in_flight.extend(call.iter().map(|(seq, key, _)| (*seq, key.clone())));
+                    calls.push(call.into_iter().map(|(seq, _, _)| seq).collect());
                 }
-                in_flight.extend(taken.into_iter().map(|(seq, key, _)| (seq, key)));
-                if in_flight.is_empty() {
+                if calls.is_empty() {
                     // Everything waits for a retry: the clock moves on to the first due.
                     now = next_due_ms.expect("something is due later");
                     continue;
                 }
-                // One delivery finishes, not necessarily the oldest.
-                let mut flying: Vec<Seq> = in_flight.keys().copied().collect();
-                flying.sort_unstable();
-                let seq = flying[finishes.next().unwrap().index(flying.len())];
-                in_flight.remove(&seq);
-                match outcomes.next().unwrap() {
-                    Outcome::Delivered | Outcome::Refused => {
-                        queue.remove(&seq);
-                        settled.push(seq);
-                    }
-                    Outcome::Retry => {
-                        let entry = queue.get_mut(&seq).unwrap();
-                        entry.attempts += 1;
-                        if entry.attempts >= 5 {
+                // One call finishes, not necessarily the oldest; one outcome for all of it.
+                let call = calls.remove(finishes.next().unwrap().index(calls.len()));
+                let outcome = outcomes.next().unwrap();
+                for seq in call {
+                    in_flight.remove(&seq);
+                    match outcome {
+                        Outcome::Delivered | Outcome::Refused => {
                             queue.remove(&seq);
                             settled.push(seq);
-                        } else {
-                            entry.not_before_ms = now + 10;
-                            cache.put_back(seq, entry.clone());
+                        }
+                        Outcome::Retry => {
+                            let entry = queue.get_mut(&seq).unwrap();
+                            entry.attempts += 1;
+                            if entry.attempts >= 5 {
+                                queue.remove(&seq);
+                                settled.push(seq);
+                            } else {
+                                entry.not_before_ms = now + 10;
+                                cache.put_back(seq, entry.clone());
+                            }
                         }
                     }
                 }

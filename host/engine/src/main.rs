@@ -67,6 +67,13 @@ struct Paths {
     /// Directory of pipeline files (*.toml), watched for changes.
     #[arg(long, env = "TOCSIN_PIPELINES", default_value = "pipelines")]
     pipelines: PathBuf,
+    #[command(flatten)]
+    plugins: PluginDirs,
+}
+
+/// Where plugins are looked up by name: `run`, `validate`, `test`, `plugin ls`.
+#[derive(clap::Args, Clone)]
+struct PluginDirs {
     /// Where plugins are looked up by name (repeat, or separate with ':'), before the ones
     /// built into tocsin.
     #[arg(
@@ -197,14 +204,8 @@ enum Command {
         /// and scheduled sources' `init` accepts its settings here.
         #[arg(long)]
         env: bool,
-        /// Where plugins are looked up by name, before the ones built into tocsin.
-        #[arg(
-            long = "plugin-dir",
-            env = "TOCSIN_PLUGIN_DIRS",
-            value_delimiter = ':',
-            default_value = DEFAULT_PLUGIN_DIR
-        )]
-        plugin_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginDirs,
         /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
         #[arg(long, env = "TOCSIN_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -252,14 +253,8 @@ enum Command {
         /// With --plugin: a secret the plugin is granted, NAME=VALUE (repeat); shown as REDACTED.
         #[arg(long = "secret", value_parser = try_plugin::parse_secret, requires = "plugin")]
         secrets: Vec<(String, String)>,
-        /// Where plugins are looked up by name, before the ones built into tocsin.
-        #[arg(
-            long = "plugin-dir",
-            env = "TOCSIN_PLUGIN_DIRS",
-            value_delimiter = ':',
-            default_value = DEFAULT_PLUGIN_DIR
-        )]
-        plugin_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginDirs,
         /// Compile cache of plugins [default: $XDG_CACHE_HOME/tocsin or ~/.cache/tocsin].
         #[arg(long, env = "TOCSIN_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -418,14 +413,8 @@ enum PluginAction {
     /// Every plugin a pipeline can name: in the plugin directories, in order, then the ones
     /// built into tocsin; where each comes from and its sha256 (for a pipeline's `sha256` pin).
     Ls {
-        /// Where plugins are looked up by name, before the ones built into tocsin.
-        #[arg(
-            long = "plugin-dir",
-            env = "TOCSIN_PLUGIN_DIRS",
-            value_delimiter = ':',
-            default_value = DEFAULT_PLUGIN_DIR
-        )]
-        plugin_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginDirs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -540,7 +529,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let settings = Settings {
                 pipelines_dir: paths.pipelines,
                 data_dir: data.data,
-                plugin_dirs: paths.plugin_dirs,
+                plugin_dirs: paths.plugins.plugin_dirs,
                 listen,
                 janitor_pipeline,
                 janitor_listen,
@@ -586,12 +575,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate {
             path,
             env,
-            plugin_dirs,
+            plugins,
             cache_dir,
         } => validate(
             &path,
             env,
-            plugin_dirs,
+            plugins.plugin_dirs,
             cache_dir.or_else(try_pipeline::default_cache_dir),
         ),
         Command::Dlq {
@@ -659,7 +648,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             hosts,
             secrets,
-            plugin_dirs,
+            plugins,
             cache_dir,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -680,7 +669,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     input,
                     headers,
                     poll,
-                    plugin_dirs,
+                    plugin_dirs: plugins.plugin_dirs,
                     cache_dir: cache_dir.or_else(try_pipeline::default_cache_dir),
                 })),
                 (None, None) => anyhow::bail!("name a pipeline file, or a plugin with --plugin"),
@@ -688,7 +677,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Init { dir } => init_cli::init(&dir).map(|()| ExitCode::SUCCESS),
         Command::Plugin { action } => match action {
-            PluginAction::Ls { plugin_dirs, json } => plugin_cli::ls(&plugin_dirs, json),
+            PluginAction::Ls { plugins, json } => plugin_cli::ls(&plugins.plugin_dirs, json),
             PluginAction::Inspect { file, json } => plugin_cli::inspect(&file, json),
             PluginAction::New {
                 name,

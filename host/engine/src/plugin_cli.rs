@@ -2,10 +2,9 @@
 //! library).
 
 use std::path::{Path, PathBuf};
-
-use anyhow::Context as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tocsin_config::plugin_origin::PluginOrigin;
 use tocsin_config::settings;
 use tocsin_runtime::{Inspection, Runtime, RuntimeConfig, CONTRACT_PACKAGE, CONTRACT_VERSION};

@@ -148,7 +148,12 @@ async fn a_silent_reporter_raises_one_alert_and_one_resolution_and_a_restart_rai
     .await;
     let mut after = absences(&env)[2..].to_vec();
     after.sort();
-    assert_eq!(after, [absence("db2", "firing"), absence("db3", "firing")]);
+    assert_eq!(
+        after,
+        [absence("db2", "firing"), absence("db3", "firing")],
+        "all: {:?}",
+        absences(&env)
+    );
 
     // db3 is retired: forgetting it resolves its alert; an unknown reporter is a 404.
     let client = reqwest::Client::new();

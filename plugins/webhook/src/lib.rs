@@ -10,7 +10,9 @@
 //! Without `body`, the message is sent as JSON (`id`, `timestamp_ms`, `severity`, `summary`,
 //! `body`, `labels`, `metrics`, `link`, `key`); with `batch = N` (N > 1, no `body`), a queue
 //! that has several messages waiting sends up to N of them in one request, as a JSON array
-//! (one message alone is still sent as an object). A group of alerts (the sink's `group`
+//! (one message alone is still sent as an object); a message retried after a failure or a crash
+//! may go out in another array than before, under another `Idempotency-Key`, so a receiver of
+//! arrays leaves out the messages whose `id` it has. A group of alerts (the sink's `group`
 //! setting) is one request: `{"group": {labels, key, sequence, firing, status}, "messages":
 //! [...]}`, or the `body` template rendered over the group summed up as one message
 //! (`[FIRING:3] alertname=DiskFull` as its summary, a line per alert as its body). Every request carries `Idempotency-Key`. `headers` adds
@@ -48,7 +50,8 @@ struct Config {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     /// Up to this many waiting messages in one request, as a JSON array (1, the default: one
-    /// message per request). Needs the default JSON body (no `body` template).
+    /// message per request). Needs the default JSON body (no `body` template). A retried
+    /// message may go out in another array than before: a receiver dedupes arrays by `id`.
     #[cfg_attr(test, schemars(range(min = 1, max = 1000)))]
     #[serde(default = "one")]
     batch: u32,

@@ -13,6 +13,7 @@ pub mod alertmanager;
 pub mod browser;
 pub mod load;
 pub mod mastodon;
+pub mod nats;
 pub mod process;
 pub mod python;
 pub mod receiver;

@@ -13,11 +13,14 @@
 //!   all, even across `kill -9`.
 //! - **Order.** Each queue iterates in arrival order.
 //!
-//! [`sled_store::SledStore`] is the embedded backend. The trait is shaped so a distributed one
-//! (NATS JetStream: append with a dedup id, a consumer that acks, dead letters as another
-//! stream) fits later.
+//! [`sled_store::SledStore`] is the embedded backend (one machine);
+//! [`jetstream::JetStreamStore`] keeps the same queues in replicated NATS JetStream streams
+//! (see its docs for what is atomic there and what is at least once).
 
+mod attempts;
+pub mod contract;
 pub mod ingress_batch;
+pub mod jetstream;
 pub mod sled_store;
 mod sled_writes;
 mod value_files;
@@ -29,6 +32,7 @@ use std::task::{Context, Poll};
 use serde::{Deserialize, Serialize};
 use tocsin_message::Message;
 
+pub use jetstream::{JetStreamOptions, JetStreamStore};
 pub use sled_store::{ScanReport, SledStore};
 
 /// A position in a queue: increasing in arrival order, unique within its queue.

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use tocsin_message::{decode_record, encode_record, Message};
 use tokio::sync::oneshot;
 
+use crate::attempts::Attempts;
 use crate::ingress_batch::{self, MAX_ENTRIES};
 use crate::sled_writes::{
     holds_message, stored_bytes, PipelineTree, Writes, DEAD, FAILED, INGRESS, SINK, STATE,
@@ -744,34 +745,6 @@ fn unpack_trace(packed: &[u8]) -> Vec<&[u8]> {
     records
 }
 
-/// What failed attempts changed of a queued sink entry, kept beside it (`f` records).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Attempts {
-    attempts: u32,
-    last_error: Option<String>,
-    not_before_ms: u64,
-}
-
-impl tocsin_message::Record for Attempts {
-    type Format1 = Attempts;
-}
-
-impl Attempts {
-    fn of(envelope: &Envelope) -> Self {
-        Attempts {
-            attempts: envelope.attempts,
-            last_error: envelope.last_error.clone(),
-            not_before_ms: envelope.not_before_ms,
-        }
-    }
-
-    fn apply(self, envelope: &mut Envelope) {
-        envelope.attempts = self.attempts;
-        envelope.last_error = self.last_error;
-        envelope.not_before_ms = self.not_before_ms;
-    }
-}
-
 fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
@@ -1410,7 +1383,7 @@ impl QueueStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tocsin_message::Severity;
+    use crate::contract::{msg, state};
 
     /// What sled's blob files in the store at `dir` take. sled deletes blob files from its own
     /// threads, so a file listed may be gone before it is measured: it then takes nothing.
@@ -1423,21 +1396,6 @@ mod tests {
                     .sum()
             })
             .unwrap_or(0)
-    }
-
-    fn msg(id: &str) -> Message {
-        Message {
-            id: id.into(),
-            timestamp_ms: 1,
-            severity: Severity::Error,
-            summary: None,
-            body: format!("body of {id}"),
-            labels: vec![],
-            metrics: vec![],
-            payload: None,
-            link: None,
-            key: None,
-        }
     }
 
     /// sled writes a large value (here a plugin's state: message records go to value files)
@@ -1615,136 +1573,88 @@ mod tests {
         drop(first);
     }
 
-    fn state(stage: &str, key: &str, v: &[u8]) -> StateWrite {
-        StateWrite {
-            stage: stage.into(),
-            key: key.into(),
-            value: Some(v.to_vec()),
-        }
-    }
-
+    /// sled keeps an append in one record: a limit inside it reads the rest of it, and stops
+    /// there, so what was appended together is handed over together.
     #[tokio::test]
-    async fn ingress_is_fifo_and_hand_over_moves_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a"), msg("b")], &[])
-            .await
-            .unwrap();
-        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-        assert_eq!(env.message.id, "a");
-        q.hand_over(
-            "p",
-            HandOver {
-                ingress: seq,
-                outputs: vec![
-                    ("s1".into(), vec![Envelope::new(msg("a"), 0)]),
-                    ("s2".into(), vec![Envelope::new(msg("a"), 0)]),
-                ],
-                state: vec![state("filter.0", "k", b"v")],
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "b");
-        assert_eq!(q.sink_head("p", "s1").unwrap().unwrap().1.message.id, "a");
-        assert_eq!(q.sink_head("p", "s2").unwrap().unwrap().1.message.id, "a");
-        assert_eq!(q.state_get("p", "filter.0", "k").unwrap().unwrap(), b"v");
-        let d = q.depths("p").unwrap();
-        assert_eq!(d.ingress, 1);
-        assert_eq!(d.sinks, vec![("s1".into(), 1), ("s2".into(), 1)]);
-    }
-
-    #[tokio::test]
-    async fn a_run_of_hand_overs_is_one_ordered_batch() {
+    async fn ingress_heads_read_whole_appends() {
         let dir = tempfile::tempdir().unwrap();
         let q = SledStore::open(dir.path()).unwrap();
         q.append_ingress("p", &[msg("a"), msg("b")], &[])
             .await
             .unwrap();
         q.append_ingress("p", &[msg("c")], &[]).await.unwrap();
-        // Whole appends: a limit inside one reads the rest of it, and stops there.
         let ids = |heads: &[(Seq, Envelope)]| -> Vec<String> {
             heads.iter().map(|(_, e)| e.message.id.clone()).collect()
         };
         assert_eq!(ids(&q.ingress_heads("p", 1).unwrap()), ["a", "b"]);
         assert_eq!(ids(&q.ingress_heads("p", 3).unwrap()), ["a", "b", "c"]);
-        let heads = q.ingress_heads("p", 2).unwrap();
-        let hand_overs = heads
-            .iter()
-            .enumerate()
-            .map(|(i, (seq, env))| HandOver {
-                ingress: *seq,
-                outputs: vec![("s".into(), vec![Envelope::new(env.message.clone(), 0)])],
-                // The second write of the same key wins, as with one commit each.
-                state: vec![state("filter.0", "k", if i == 0 { b"1" } else { b"2" })],
-            })
-            .collect();
-        q.hand_over_all("p", hand_overs).await.unwrap();
-        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "c");
-        let heads: Vec<String> = q
-            .sink_heads("p", "s", 5)
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.message.id)
-            .collect();
-        assert_eq!(heads, ["a", "b"]);
-        let (first, env) = q.sink_head("p", "s").unwrap().unwrap();
-        assert_eq!(env.message.id, "a");
-        q.ack("p", "s", first, &[]).unwrap();
-        assert_eq!(q.sink_head("p", "s").unwrap().unwrap().1.message.id, "b");
-        assert_eq!(q.state_get("p", "filter.0", "k").unwrap().unwrap(), b"2");
     }
 
-    #[tokio::test]
-    async fn part_of_an_append_can_be_handed_over_retried_and_dead_lettered() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a"), msg("b"), msg("c"), msg("d")], &[])
-            .await
-            .unwrap();
-        let heads = q.ingress_heads("p", 10).unwrap();
-        let seqs: Vec<Seq> = heads.iter().map(|(s, _)| *s).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-        // The filters took a; b failed and waits for a retry.
-        q.hand_over(
-            "p",
-            HandOver {
-                ingress: seqs[0],
-                outputs: vec![("s".into(), vec![heads[0].1.clone()])],
-                state: vec![],
-            },
-        )
-        .await
-        .unwrap();
-        let mut retried = heads[1].1.clone();
-        retried.attempts = 1;
-        q.update_ingress("p", seqs[1], &retried).unwrap();
-        let (seq, head) = q.ingress_head("p").unwrap().unwrap();
-        assert_eq!(
-            (seq, head.message.id.as_str(), head.attempts),
-            (seqs[1], "b", 1)
-        );
-        assert_eq!(q.depths("p").unwrap().ingress, 3);
-        // b goes to dead letters; c and d stay, in order, under their seqs.
-        q.dead_letter("p", FILTERS_QUEUE, seq, &head).await.unwrap();
-        let rest = q.ingress_heads("p", 10).unwrap();
-        assert_eq!(
-            rest.iter()
-                .map(|(s, e)| (*s, e.message.id.as_str()))
-                .collect::<Vec<_>>(),
-            [(seqs[2], "c"), (seqs[3], "d")]
-        );
-        assert_eq!(q.dead_letters("p", FILTERS_QUEUE).unwrap()[0].0, seqs[1]);
-        // A replayed letter comes back behind them.
-        assert_eq!(q.replay("p", FILTERS_QUEUE, None).unwrap(), 1);
-        let ids: Vec<String> = q
-            .ingress_heads("p", 10)
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.message.id)
-            .collect();
-        assert_eq!(ids, ["c", "d", "b"]);
-        assert_eq!(q.depths("p").unwrap().ingress, 3);
+    /// The backend contract (`crate::contract`), on sled.
+    mod contract_on_sled {
+        use super::*;
+        use crate::contract;
+
+        fn open() -> (tempfile::TempDir, Arc<SledStore>) {
+            let dir = tempfile::tempdir().unwrap();
+            let q = SledStore::open(dir.path()).unwrap();
+            (dir, q)
+        }
+
+        #[tokio::test]
+        async fn ingress_is_fifo_and_hand_over_moves_atomically() {
+            let (_dir, q) = open();
+            contract::ingress_is_fifo_and_hand_over_moves_atomically(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn a_run_of_hand_overs_is_one_ordered_batch() {
+            let (_dir, q) = open();
+            contract::a_run_of_hand_overs_is_one_ordered_batch(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn part_of_an_append_can_be_handed_over_retried_and_dead_lettered() {
+            let (_dir, q) = open();
+            contract::part_of_an_append_can_be_handed_over_retried_and_dead_lettered(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn everything_survives_reopen() {
+            let (dir, q) = open();
+            let path = dir.path().to_path_buf();
+            contract::everything_survives_reopen(q, move || SledStore::open(&path).unwrap()).await;
+        }
+
+        #[tokio::test]
+        async fn sink_queues_keep_order_across_sinks_and_acks() {
+            let (_dir, q) = open();
+            contract::sink_queues_keep_order_across_sinks_and_acks(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn dead_letters_can_be_listed_replayed_and_purged() {
+            let (_dir, q) = open();
+            contract::dead_letters_can_be_listed_replayed_and_purged(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn filter_failures_dead_letter_from_ingress() {
+            let (_dir, q) = open();
+            contract::filter_failures_dead_letter_from_ingress(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn purging_a_pipeline_removes_its_queues() {
+            let (_dir, q) = open();
+            contract::purging_a_pipeline_removes_its_queues(&*q).await;
+        }
+
+        #[tokio::test]
+        async fn state_is_scanned_by_stage_and_server_state_by_prefix() {
+            let (_dir, q) = open();
+            contract::state_is_scanned_by_stage_and_server_state_by_prefix(&*q).await;
+        }
     }
 
     /// Ingress records written before appends were batched hold one envelope under the raw
@@ -1778,97 +1688,6 @@ mod tests {
         assert_eq!(q.verify(Duration::from_secs(10)).unwrap().records, 1);
     }
 
-    #[tokio::test]
-    async fn everything_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let q = SledStore::open(dir.path()).unwrap();
-            q.append_ingress("p", &[msg("a")], &[state("source", "n", b"1")])
-                .await
-                .unwrap();
-        }
-        let q = SledStore::open(dir.path()).unwrap();
-        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "a");
-        assert_eq!(q.state_get("p", "source", "n").unwrap().unwrap(), b"1");
-        assert_eq!(q.pipelines().unwrap(), vec!["p".to_string()]);
-    }
-
-    #[tokio::test]
-    async fn sink_queues_keep_order_across_sinks_and_acks() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        for id in ["a", "b", "c"] {
-            q.append_ingress("p", &[msg(id)], &[]).await.unwrap();
-            let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-            q.hand_over(
-                "p",
-                HandOver {
-                    ingress: seq,
-                    outputs: vec![("s".into(), vec![env])],
-                    state: vec![],
-                },
-            )
-            .await
-            .unwrap();
-        }
-        let mut seen = vec![];
-        while let Some((seq, env)) = q.sink_head("p", "s").unwrap() {
-            seen.push(env.message.id.clone());
-            q.ack("p", "s", seq, &[]).unwrap();
-        }
-        assert_eq!(seen, ["a", "b", "c"]);
-    }
-
-    #[tokio::test]
-    async fn dead_letters_can_be_listed_replayed_and_purged() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a")], &[]).await.unwrap();
-        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-        q.hand_over(
-            "p",
-            HandOver {
-                ingress: seq,
-                outputs: vec![("s".into(), vec![env])],
-                state: vec![],
-            },
-        )
-        .await
-        .unwrap();
-        let (seq, mut env) = q.sink_head("p", "s").unwrap().unwrap();
-        env.attempts = 3;
-        env.last_error = Some("HTTP 500".into());
-        q.dead_letter("p", "s", seq, &env).await.unwrap();
-        assert!(q.sink_head("p", "s").unwrap().is_none());
-        let dead = q.dead_letters("p", "s").unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].1.last_error.as_deref(), Some("HTTP 500"));
-        assert_eq!(q.replay("p", "s", None).unwrap(), 1);
-        let (_, back) = q.sink_head("p", "s").unwrap().unwrap();
-        assert_eq!(back.attempts, 0);
-        assert!(q.dead_letters("p", "s").unwrap().is_empty());
-        let (seq, env) = q.sink_head("p", "s").unwrap().unwrap();
-        q.dead_letter("p", "s", seq, &env).await.unwrap();
-        assert_eq!(q.purge_dead("p", "s", Some(seq)).unwrap(), 1);
-        assert_eq!(q.purge_dead("p", "s", Some(seq)).unwrap(), 0);
-        assert!(matches!(
-            q.replay("p", "s", Some(seq)),
-            Err(QueueError::NotFound { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn filter_failures_dead_letter_from_ingress() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("p", &[msg("a")], &[]).await.unwrap();
-        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-        q.dead_letter("p", FILTERS_QUEUE, seq, &env).await.unwrap();
-        assert!(q.ingress_head("p").unwrap().is_none());
-        assert_eq!(q.replay("p", FILTERS_QUEUE, None).unwrap(), 1);
-        assert_eq!(q.ingress_head("p").unwrap().unwrap().1.message.id, "a");
-    }
-
     /// Regression (found by `prop_corrupt_stored_records_are_reported_not_panicked`): a
     /// corrupt record was reported as in queue `i` or `qout\0` (the raw key prefix, with a
     /// NUL), not by pipeline and queue.
@@ -1893,16 +1712,6 @@ mod tests {
         );
         let e = q.replay("p", "out", Some(3)).unwrap_err();
         assert_eq!(queue_of(e), "dead letters of p/out");
-    }
-
-    #[tokio::test]
-    async fn purging_a_pipeline_removes_its_queues() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SledStore::open(dir.path()).unwrap();
-        q.append_ingress("gone", &[msg("a")], &[]).await.unwrap();
-        q.purge_pipeline("gone").unwrap();
-        assert!(q.pipelines().unwrap().is_empty());
-        assert!(q.ingress_head("gone").unwrap().is_none());
     }
 
     /// The counts the budgets read must equal what the records hold, through every kind of

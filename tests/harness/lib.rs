@@ -140,6 +140,7 @@ impl Env {
             trace_retention: tocsin::trace::DEFAULT_RETENTION,
             trace_max: tocsin::trace::DEFAULT_MAX_PER_PIPELINE,
             max_timestamp_ahead: None,
+            queue: tocsin::settings::QueueBackend::Sled,
         }
     }
 

@@ -22,6 +22,8 @@
 //! - `ingest`: `POST /ingest/{pipeline}`: auth, limits, decoder rejections, durable 202.
 //! - `lock`: a second process on a data directory in use is told so, with the holder's pid;
 //!   an operator command on a directory without tocsin data says so (exit 2), creating nothing.
+//! - `jetstream_run`: the binary on a 3-node JetStream cluster; a NATS server and tocsin
+//!   killed mid-stream: every acknowledged message delivered, once.
 //! - `jetstream_store`: the queue store on real NATS JetStream, one server and a cluster of three.
 //! - `janitor`: Janitor clients' `POST /message` → Mastodon statuses (a checking fake).
 //! - `matrix`: the same against a real Synapse, and what a rejected token does.
@@ -62,6 +64,7 @@ mod hot_reload;
 mod howto;
 mod ingest;
 mod janitor;
+mod jetstream_run;
 mod jetstream_store;
 mod lock;
 mod matrix;

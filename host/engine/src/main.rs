@@ -8,6 +8,7 @@ mod alerts_cli;
 mod expected_cli;
 mod init_cli;
 mod plugin_cli;
+mod queue_args;
 mod scaffold;
 mod silence_cli;
 mod try_pipeline;
@@ -109,6 +110,9 @@ struct ServerArgs {
     token_file: Option<PathBuf>,
 }
 
+// Parsed once per process: `run`'s many settings being larger than the other commands'
+// costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Write a starter pipelines directory: a commented pipeline per scenario (Matrix, Mastodon,
@@ -195,6 +199,8 @@ enum Command {
         /// plugin output dated later (or before 2000-01-01) is refused. Default: a day.
         #[arg(long, env = "TOCSIN_MAX_TIMESTAMP_AHEAD", value_parser = parse_duration)]
         max_timestamp_ahead: Option<std::time::Duration>,
+        #[command(flatten)]
+        queue: queue_args::QueueArgs,
     },
     /// Check pipeline files without running anything; exit 1 if any is invalid.
     Validate {
@@ -503,7 +509,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             trace_retention,
             trace_max,
             max_timestamp_ahead,
+            queue,
         } => {
+            let queue = queue.backend()?;
             let metrics_token = metrics_token
                 .map(|text| {
                     tocsin_config::SecretRef::parse(&text, Path::new("."))
@@ -550,6 +558,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 trace_retention,
                 trace_max,
                 max_timestamp_ahead,
+                queue,
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let shutdown_grace = settings.shutdown_grace;

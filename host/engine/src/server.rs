@@ -7,7 +7,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use tocsin_queue::{QueueStore, SledStore};
+use tocsin_queue::{JetStreamStore, QueueError, QueueStore, SledStore};
+
+use crate::settings::QueueBackend;
 use tocsin_runtime::{Runtime, RuntimeConfig};
 
 use crate::ingest::IngestTable;
@@ -95,7 +97,8 @@ pub struct Server {
 }
 
 /// The one line that says what this process is and uses: its version, its directories, where
-/// it listens and its queue budget (an operator's first question about a running service).
+/// it listens, where its queues are and their budget (an operator's first question about a
+/// running service).
 fn log_start(settings: &Settings, listen: Option<std::net::SocketAddr>) {
     let plugin_dirs: Vec<String> = settings
         .plugin_dirs
@@ -108,6 +111,16 @@ fn log_start(settings: &Settings, listen: Option<std::net::SocketAddr>) {
         data = %settings.data_dir.display(),
         plugin_dirs = %plugin_dirs.join(":"),
         listen = %listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        queue = %match &settings.queue {
+            QueueBackend::Sled => format!("sled in {}", settings.queue_dir().display()),
+            QueueBackend::JetStream(o) => format!(
+                "JetStream {} (namespace {}, {} replica{})",
+                o.servers.join(","),
+                o.namespace,
+                o.replicas,
+                if o.replicas == 1 { "" } else { "s" }
+            ),
+        },
         queue_budget = %settings
             .queue_budget
             .map_or_else(|| "none".to_string(), tocsin_config::units::format_size),
@@ -124,11 +137,7 @@ impl Server {
                 error: "not a directory".into(),
             });
         }
-        let store = SledStore::open(&settings.queue_dir())?;
-        let checking = std::time::Instant::now();
-        let report = store.verify(settings.store_check_timeout)?;
-        tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
-        let queue: Arc<dyn QueueStore> = store;
+        let queue = open_queue(&settings).await?;
         let silences = crate::silences::Silences::load(queue.clone())?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(settings.cache_dir()),
@@ -375,6 +384,31 @@ impl Server {
         match store_failure {
             Some(failure) => Err(ServerError::StoreFailed(failure)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Opens the queue store the settings name: sled in the data directory, checked, or
+/// JetStream, connected to (waiting while a cluster elects a leader).
+async fn open_queue(settings: &Settings) -> Result<Arc<dyn QueueStore>, ServerError> {
+    match &settings.queue {
+        QueueBackend::Sled => {
+            let store = SledStore::open(&settings.queue_dir())?;
+            let checking = std::time::Instant::now();
+            let report = store.verify(settings.store_check_timeout)?;
+            tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
+            Ok(store)
+        }
+        QueueBackend::JetStream(options) => {
+            let options = options.clone();
+            let servers = options.servers.join(",");
+            let connecting = std::time::Instant::now();
+            // The connection waits on the client's own runtime: not on this one's workers.
+            let store = tokio::task::spawn_blocking(move || JetStreamStore::connect(options))
+                .await
+                .map_err(|e| ServerError::Queue(QueueError::Storage(e.to_string())))??;
+            tracing::info!(servers = %servers, took = ?connecting.elapsed(), "queue store on JetStream connected");
+            Ok(Arc::new(store))
         }
     }
 }

@@ -51,6 +51,18 @@ pub struct Settings {
     /// How far ahead of this machine's clock a message's timestamp may be (clock skew of the
     /// senders); `None` for a day. Earlier than 2000-01-01 is always refused.
     pub max_timestamp_ahead: Option<Duration>,
+    /// Where the queues are kept.
+    pub queue: QueueBackend,
+}
+
+/// Where the queues, dead letters and plugin state are kept.
+#[derive(Debug, Clone, Default)]
+pub enum QueueBackend {
+    /// sled, in the data directory's `queue/` (one machine).
+    #[default]
+    Sled,
+    /// NATS JetStream (streams replicated across servers).
+    JetStream(tocsin_queue::JetStreamOptions),
 }
 
 /// Bounds of the HTTP listeners (each listener has its own connection cap).

@@ -8,11 +8,13 @@
 //!   a million queued messages, scaling by message size and pipeline count — and Prometheus
 //!   Alertmanager side by side, through the same webhook receiver ([`receiver`]), driven by the
 //!   same load generator ([`load`]).
+//! - [`jetstream`]: the queues on NATS JetStream (one server, three) next to sled.
 //! - [`storm`]: a storm of unique alerts through Alertmanager alone, tocsin alone with its
 //!   defaults, and Alertmanager → tocsin, side by side.
 //!
 //! Timed assertions do not belong in tests: regressions are caught by comparing reports.
 
+mod jetstream;
 mod load;
 mod micro;
 mod procs;
@@ -49,6 +51,8 @@ pub enum Section {
     /// A storm of unique alerts: Alertmanager alone, tocsin with its defaults, Alertmanager →
     /// tocsin, side by side.
     Storm,
+    /// The queues on NATS JetStream (one server, three) next to sled.
+    Jetstream,
 }
 
 /// The command line.
@@ -191,6 +195,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(Section::Trace) {
         bench.trace_cost(&mut report).await?;
+    }
+    if wanted(Section::Jetstream) {
+        bench.jetstream(&mut report).await?;
     }
     if wanted(Section::Storm) {
         bench.storm(&mut report).await?;

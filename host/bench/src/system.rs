@@ -144,7 +144,7 @@ pub(crate) fn ingest_target(port: u16, pipeline: &str) -> Target {
 pub(crate) const STOP_BOUND: Duration = Duration::from_secs(15);
 
 impl Bench<'_> {
-    fn seconds(&self) -> Duration {
+    pub(crate) fn seconds(&self) -> Duration {
         Duration::from_secs_f64(self.args.seconds)
     }
 

@@ -115,7 +115,10 @@ impl Bench<'_> {
         let pipeline = delivering_pipeline(&self.receiver.url(), self.receiver.port);
         let setups: [(&str, Option<(&str, &str)>); 3] = [
             ("sled (default)", None),
-            ("JetStream, 1 server", Some((single_server.urls.as_str(), "1"))),
+            (
+                "JetStream, 1 server",
+                Some((single_server.urls.as_str(), "1")),
+            ),
             (
                 "JetStream, 3 servers, 3 replicas",
                 Some((cluster.urls.as_str(), "3")),

@@ -244,7 +244,9 @@ impl Future for Commit {
 
 /// The durable queues of every pipeline.
 ///
-/// Reads (`*_head`, `state_get`, listings) see every write made so far, durable or not.
+/// Reads (`*_head`, `state_get`, listings) see every write made so far, durable or not —
+/// except an ingress append on JetStream, readable once its commit resolves (callers wake the
+/// filters after that).
 /// Writes whose loss would lose a message return a [`Commit`]; the others (`ack`,
 /// `record_failure`) are made durable by the next commit or within a second, since losing them
 /// only causes a redelivery under the same idempotency key.

@@ -132,9 +132,31 @@ struct Index {
     state: BTreeMap<String, (u64, Bytes)>,
     /// Bytes of everything above: what the queue budget is checked against.
     bytes: u64,
+    /// Bodies of entries this process wrote, so reading them back takes no round trip (up to
+    /// [`BODY_CACHE_BYTES`]; past it, bodies are fetched).
+    bodies: HashMap<Seq, Bytes>,
+    /// Bytes of `bodies`.
+    body_bytes: u64,
 }
 
+/// The most bytes of message bodies a pipeline keeps in memory.
+const BODY_CACHE_BYTES: u64 = 64 << 20;
+
 impl Index {
+    fn cache_body(&mut self, seq: Seq, body: Bytes) {
+        let len = body.len() as u64;
+        if self.body_bytes + len <= BODY_CACHE_BYTES {
+            self.body_bytes += len;
+            self.bodies.insert(seq, body);
+        }
+    }
+
+    fn forget_body(&mut self, seq: Seq) {
+        if let Some(body) = self.bodies.remove(&seq) {
+            self.body_bytes -= body.len() as u64;
+        }
+    }
+
     fn add(&mut self, bytes: u64) {
         self.bytes += bytes;
     }
@@ -327,137 +349,70 @@ impl JetStreamStore {
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `(subject, headers, payload)` in order, pipelined, and waits for every
-    /// acknowledgement: their seqs, and whether JetStream took each as a duplicate.
+    /// [`publish_messages`], waited for.
     fn publish_all(&self, messages: Vec<(String, HeaderMap, Bytes)>) -> Result<Vec<(Seq, bool)>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let js = self.js.clone();
-        self.bridge.wait(async move {
-            let mut acks = Vec::with_capacity(messages.len());
-            for (subject, headers, payload) in messages {
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .map_err(|e| storage(&format!("publish to {subject}"), e))?;
-                acks.push((subject, ack));
-            }
-            let mut seqs = Vec::with_capacity(acks.len());
-            for (subject, ack) in acks {
-                let ack = ack
-                    .await
-                    .map_err(|e| storage(&format!("publish to {subject}"), e))?;
-                seqs.push((ack.sequence, ack.duplicate));
-            }
-            Ok(seqs)
-        })
+        self.bridge
+            .wait(publish_messages(self.js.clone(), messages))
     }
 
-    /// Deletes stream messages by seq (a queue entry that moved on).
+    /// Deletes stream messages by seq (queue entries that moved on), and waits.
     fn delete_all(&self, p: &Pipeline, seqs: Vec<Seq>) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
-        let stream = p.stream.clone();
-        self.bridge.wait(async move {
-            for seq in seqs {
-                // `false`: already gone (a repeat after a crash) — what was wanted.
-                stream
-                    .delete_message(seq)
-                    .await
-                    .or_else(|e| match e.kind() {
-                        stream::DeleteMessageErrorKind::JetStream(j)
-                            if j.error_code()
-                                == async_nats::jetstream::ErrorCode::SEQUENCE_NOT_FOUND =>
-                        {
-                            Ok(false)
-                        }
-                        _ => Err(e),
-                    })
-                    .map_err(|e| storage(&format!("delete {seq}"), e))?;
-            }
-            Ok(())
-        })
+        self.bridge.wait(delete_seqs(p.stream.clone(), seqs))
     }
 
-    /// Writes state values with the revisions last seen (so a write made by another process
-    /// meanwhile is refused, not overwritten), and records the new revisions.
-    fn write_state(&self, p: &Pipeline, state: &[StateWrite]) -> Result<()> {
+    /// Deletes stream messages in the background: for a removal whose loss in a crash only
+    /// delivers a message again under its idempotency key (an acknowledgement, as sled's are
+    /// made durable by the next commit).
+    fn delete_later(&self, p: &Pipeline, seqs: Vec<Seq>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let (stream, pipeline) = (p.stream.clone(), p.name.clone());
+        self.bridge.handle().spawn(async move {
+            if let Err(e) = delete_seqs(stream, seqs).await {
+                tracing::warn!(pipeline = %pipeline, error = %e, "cannot remove delivered entries from JetStream; after a restart they go again under their idempotency keys");
+            }
+        });
+    }
+
+    /// [`write_state`], waited for.
+    fn write_state(&self, p: &Arc<Pipeline>, state: &[StateWrite]) -> Result<()> {
         if state.is_empty() {
             return Ok(());
         }
-        // The last write of a key wins, as in one sled batch.
-        let mut last: BTreeMap<String, Option<Bytes>> = BTreeMap::new();
-        for w in state {
-            last.insert(
-                names::state_key(&w.stage, &w.key),
-                w.value.clone().map(Bytes::from),
-            );
-        }
-        let known: Vec<(String, Option<u64>, Option<Bytes>)> = {
-            let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
-            last.into_iter()
-                .map(|(k, v)| {
-                    let revision = index.state.get(&k).map(|(r, _)| *r);
-                    (k, revision, v)
-                })
-                .collect()
-        };
-        let kv = p.kv.clone();
-        let written = self.bridge.wait(async move {
-            let mut written = Vec::new();
-            for (key, revision, value) in known {
-                let revision = match (&value, revision) {
-                    (Some(v), Some(r)) => {
-                        Some(kv.update(&key, v.clone(), r).await.map_err(|e| {
-                            storage(&format!("state {key} (changed by another process?)"), e)
-                        })?)
-                    }
-                    (Some(v), None) => Some(kv.create(&key, v.clone()).await.map_err(|e| {
-                        storage(&format!("state {key} (written by another process?)"), e)
-                    })?),
-                    (None, Some(r)) => {
-                        kv.delete_expect_revision(&key, Some(r))
-                            .await
-                            .map_err(|e| storage(&format!("state {key}"), e))?;
-                        None
-                    }
-                    (None, None) => None,
-                };
-                written.push((key, revision, value));
-            }
-            Ok::<_, QueueError>(written)
-        })?;
-        let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, revision, value) in written {
-            if let Some((_, old)) = index.state.remove(&key) {
-                let gone = (key.len() + old.len()) as u64;
-                index.sub(gone);
-            }
-            if let (Some(revision), Some(value)) = (revision, value) {
-                index.add((key.len() + value.len()) as u64);
-                index.state.insert(key, (revision, value));
-            }
-        }
-        Ok(())
+        self.bridge.wait(write_state(p.clone(), state.to_vec()))
     }
 
     /// The bodies of `seqs`, fetched together, in order; an entry gone meanwhile is left out.
     fn fetch(&self, p: &Pipeline, seqs: Vec<Seq>) -> Result<Vec<(Seq, Bytes)>> {
-        if seqs.is_empty() {
-            return Ok(Vec::new());
+        let cached: Vec<Option<Bytes>> = {
+            let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
+            seqs.iter().map(|s| index.bodies.get(s).cloned()).collect()
+        };
+        if cached.iter().all(Option::is_some) {
+            return Ok(seqs.into_iter().zip(cached.into_iter().flatten()).collect());
         }
         let stream = p.stream.clone();
         self.bridge.wait(async move {
-            let gets = seqs.iter().map(|&seq| {
+            let gets = seqs.iter().zip(cached).map(|(&seq, cached)| {
                 let stream = stream.clone();
-                async move { (seq, stream.get_raw_message(seq).await) }
+                async move {
+                    match cached {
+                        Some(body) => (seq, Ok(body)),
+                        None => (seq, stream.get_raw_message(seq).await.map(|m| m.payload)),
+                    }
+                }
             });
             let mut out = Vec::new();
             for (seq, got) in futures_util::future::join_all(gets).await {
                 match got {
-                    Ok(message) => out.push((seq, message.payload)),
+                    Ok(body) => out.push((seq, body)),
                     Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
                     Err(e) => return Err(storage(&format!("read {seq}"), e)),
                 }
@@ -524,7 +479,7 @@ impl JetStreamStore {
         &self,
         p: &Pipeline,
         outputs: Vec<(String, Envelope, Option<String>)>,
-    ) -> Result<Vec<(String, Seq, u64, bool)>> {
+    ) -> Result<Vec<(String, Seq, Bytes, bool)>> {
         let messages: Vec<(String, HeaderMap, Bytes)> = outputs
             .iter()
             .map(|(sink, env, msg_id)| {
@@ -535,26 +490,27 @@ impl JetStreamStore {
                 (p.names.sink(sink), headers, Bytes::from(encode_record(env)))
             })
             .collect();
-        let sizes: Vec<u64> = messages.iter().map(|(_, _, b)| b.len() as u64).collect();
+        let bodies: Vec<Bytes> = messages.iter().map(|(_, _, b)| b.clone()).collect();
         let acks = self.publish_all(messages)?;
         Ok(outputs
             .into_iter()
-            .zip(sizes)
+            .zip(bodies)
             .zip(acks)
-            .map(|(((sink, _, _), size), (seq, duplicate))| (sink, seq, size, duplicate))
+            .map(|(((sink, _, _), body), (seq, duplicate))| (sink, seq, body, duplicate))
             .collect())
     }
 
-    fn index_sink_entries(p: &Pipeline, added: Vec<(String, Seq, u64, bool)>) {
+    fn index_sink_entries(p: &Pipeline, added: Vec<(String, Seq, Bytes, bool)>) {
         let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
-        for (sink, seq, size, duplicate) in added {
-            let queue = index.sinks.entry(sink).or_default();
+        for (sink, seq, body, duplicate) in added {
             // A duplicate names the entry stored the first time: counted once, if still there.
             if duplicate {
                 continue;
             }
-            queue.insert(seq, size);
+            let size = body.len() as u64;
+            index.sinks.entry(sink).or_default().insert(seq, size);
             index.add(size);
+            index.cache_body(seq, body);
         }
     }
 }
@@ -644,6 +600,107 @@ async fn open_bucket(
     Ok((kv, stream))
 }
 
+/// Publishes `(subject, headers, payload)` in order, pipelined, and waits for every
+/// acknowledgement: their seqs, and whether JetStream took each as a duplicate.
+async fn publish_messages(
+    js: jetstream::Context,
+    messages: Vec<(String, HeaderMap, Bytes)>,
+) -> Result<Vec<(Seq, bool)>> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (subject, headers, payload) in messages {
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| storage(&format!("publish to {subject}"), e))?;
+        acks.push((subject, ack));
+    }
+    let mut seqs = Vec::with_capacity(acks.len());
+    for (subject, ack) in acks {
+        let ack = ack
+            .await
+            .map_err(|e| storage(&format!("publish to {subject}"), e))?;
+        seqs.push((ack.sequence, ack.duplicate));
+    }
+    Ok(seqs)
+}
+
+/// Writes state values with the revisions last seen (so a write made by another process
+/// meanwhile is refused, not overwritten), and records the new revisions.
+async fn write_state(p: Arc<Pipeline>, state: Vec<StateWrite>) -> Result<()> {
+    // The last write of a key wins, as in one sled batch.
+    let mut last: BTreeMap<String, Option<Bytes>> = BTreeMap::new();
+    for w in state {
+        last.insert(names::state_key(&w.stage, &w.key), w.value.map(Bytes::from));
+    }
+    let known: Vec<(String, Option<u64>, Option<Bytes>)> = {
+        let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
+        last.into_iter()
+            .map(|(k, v)| {
+                let revision = index.state.get(&k).map(|(r, _)| *r);
+                (k, revision, v)
+            })
+            .collect()
+    };
+    let kv = &p.kv;
+    let mut written = Vec::new();
+    for (key, revision, value) in known {
+        let revision =
+            match (&value, revision) {
+                (Some(v), Some(r)) => Some(kv.update(&key, v.clone(), r).await.map_err(|e| {
+                    storage(&format!("state {key} (changed by another process?)"), e)
+                })?),
+                (Some(v), None) => Some(kv.create(&key, v.clone()).await.map_err(|e| {
+                    storage(&format!("state {key} (written by another process?)"), e)
+                })?),
+                (None, Some(r)) => {
+                    kv.delete_expect_revision(&key, Some(r))
+                        .await
+                        .map_err(|e| storage(&format!("state {key}"), e))?;
+                    None
+                }
+                (None, None) => None,
+            };
+        written.push((key, revision, value));
+    }
+    let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
+    for (key, revision, value) in written {
+        if let Some((_, old)) = index.state.remove(&key) {
+            let gone = (key.len() + old.len()) as u64;
+            index.sub(gone);
+        }
+        if let (Some(revision), Some(value)) = (revision, value) {
+            index.add((key.len() + value.len()) as u64);
+            index.state.insert(key, (revision, value));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes stream messages by seq, together; one already gone (a repeat after a crash) is
+/// what was wanted.
+async fn delete_seqs(stream: stream::Stream, seqs: Vec<Seq>) -> Result<()> {
+    let deletes = seqs.into_iter().map(|seq| {
+        let stream = stream.clone();
+        async move {
+            match stream.delete_message(seq).await {
+                Ok(_) => Ok(()),
+                Err(e) => match e.kind() {
+                    stream::DeleteMessageErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(storage(&format!("delete {seq}"), e)),
+                },
+            }
+        }
+    });
+    futures_util::future::join_all(deletes)
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// Reads a pipeline's stream and bucket into an [`Index`].
 async fn load_index(
     names: &PipelineNames,
@@ -702,33 +759,55 @@ async fn load_index(
 }
 
 impl QueueStore for JetStreamStore {
+    /// Counted in the byte totals at once (what the budgets check), published and its state
+    /// written on the client's runtime: the caller's thread waits for nothing but the commit,
+    /// which resolves once JetStream acknowledged all of it and the entries are readable.
     fn append_ingress(&self, pipeline: &str, messages: &[Message], state: &[StateWrite]) -> Commit {
-        let run = || -> Result<()> {
-            let p = self.pipeline(pipeline)?;
-            let now = crate::now_ms();
-            let published: Vec<(String, HeaderMap, Bytes)> = messages
-                .iter()
-                .map(|m| {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, m.id.as_str());
-                    let body = encode_record(&Envelope::new(m.clone(), now));
-                    (p.names.ingress(), headers, Bytes::from(body))
-                })
-                .collect();
-            let sizes: Vec<u64> = published.iter().map(|(_, _, b)| b.len() as u64).collect();
-            let acks = self.publish_all(published)?;
-            {
-                let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
-                for ((seq, duplicate), size) in acks.into_iter().zip(sizes) {
-                    if !duplicate {
-                        index.ingress.insert(seq, size);
-                        index.add(size);
-                    }
-                }
-            }
-            self.write_state(&p, state)
+        let p = match self.pipeline(pipeline) {
+            Ok(p) => p,
+            Err(e) => return Commit::ready(Err(e)),
         };
-        Commit::ready(run())
+        let now = crate::now_ms();
+        let published: Vec<(String, HeaderMap, Bytes)> = messages
+            .iter()
+            .map(|m| {
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, m.id.as_str());
+                let body = encode_record(&Envelope::new(m.clone(), now));
+                (p.names.ingress(), headers, Bytes::from(body))
+            })
+            .collect();
+        let bodies: Vec<Bytes> = published.iter().map(|(_, _, b)| b.clone()).collect();
+        let counted: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+        p.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(counted);
+        let (js, state) = (self.js.clone(), state.to_vec());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.bridge.handle().spawn(async move {
+            let acks = publish_messages(js, published).await;
+            let result = {
+                let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
+                // Counted again below for what was stored.
+                index.sub(counted);
+                acks.map(|acks| {
+                    for ((seq, duplicate), body) in acks.into_iter().zip(bodies) {
+                        if !duplicate {
+                            index.ingress.insert(seq, body.len() as u64);
+                            index.add(body.len() as u64);
+                            index.cache_body(seq, body);
+                        }
+                    }
+                })
+            };
+            let result = match result {
+                Ok(()) if !state.is_empty() => write_state(p, state).await,
+                other => other,
+            };
+            let _ = tx.send(result);
+        });
+        Commit::waiting(rx)
     }
 
     fn ingress_head(&self, pipeline: &str) -> Result<Option<(Seq, Envelope)>> {
@@ -775,6 +854,7 @@ impl QueueStore for JetStreamStore {
                     if let Some(size) = index.ingress.remove(seq) {
                         index.sub(size);
                     }
+                    index.forget_body(*seq);
                 }
                 gone.extend(Self::drop_attempts(&mut index, FILTERS_QUEUE, &taken));
             }
@@ -808,11 +888,13 @@ impl QueueStore for JetStreamStore {
             if let Some(size) = index.sinks.get_mut(sink).and_then(|q| q.remove(&seq)) {
                 index.sub(size);
             }
+            index.forget_body(seq);
             let mut gone = vec![seq];
             gone.extend(Self::drop_attempts(&mut index, sink, &[seq]));
             gone
         };
-        self.delete_all(&p, gone)
+        self.delete_later(&p, gone);
+        Ok(())
     }
 
     fn put_state(&self, pipeline: &str, state: &[StateWrite]) -> Commit {
@@ -938,6 +1020,7 @@ impl QueueStore for JetStreamStore {
                 if let Some(size) = removed {
                     index.sub(size);
                 }
+                index.forget_body(seq);
                 let mut gone = vec![seq];
                 gone.extend(Self::drop_attempts(&mut index, queue, &[seq]));
                 gone

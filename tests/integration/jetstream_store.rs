@@ -1,8 +1,9 @@
 //! The queue store on a real NATS JetStream (Debian `nats-server`): the backend contract every
 //! store passes (`tocsin_queue::contract`, which the sled store's tests run too), on one
 //! server and on a cluster of three with three replicas; what the JetStream store adds:
-//! de-duplication of a client's retry by message id, revision-checked state, byte counts that
-//! a fresh reading agrees with, and queues that outlive a lost server of the cluster.
+//! de-duplication of a client's retry by message id, byte counts that a fresh reading agrees
+//! with, one process per namespace (a lease), and queues that outlive a lost server of the
+//! cluster.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,26 +81,51 @@ async fn a_retried_append_is_stored_once_and_counts_agree_with_a_fresh_reading()
     failed.attempts = 2;
     q.record_failure("p", "s", seq, &failed).unwrap();
     q.dead_letter("p", "s", seq, &failed).await.unwrap();
+    let (bytes, depths) = (q.stored_bytes("p").unwrap(), q.depths("p").unwrap());
+    drop(q);
     let again = store(&opts);
     assert_eq!(
         again.stored_bytes("p").unwrap(),
-        q.stored_bytes("p").unwrap(),
+        bytes,
         "a fresh reading of the stream and bucket counts what the writer counted"
     );
-    assert_eq!(again.depths("p").unwrap(), q.depths("p").unwrap());
+    assert_eq!(again.depths("p").unwrap(), depths);
     assert_eq!(again.dead_letters("p", "s").unwrap()[0].1.attempts, 2);
-    // The state it wrote has moved on: a write from the stale copy is refused, not lost.
-    q.put_state("p", &[state("filter.0", "k", b"newer")])
-        .await
-        .unwrap();
-    let stale = again
-        .put_state("p", &[state("filter.0", "k", b"stale")])
-        .await;
-    assert!(stale.is_err(), "{stale:?}");
     assert_eq!(
-        q.state_get("p", "filter.0", "k").unwrap().unwrap(),
-        b"newer"
+        again.state_get("p", "filter.0", "k").unwrap().unwrap(),
+        b"v"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_a_namespace_is_refused_naming_the_first() {
+    let nats = Nats::single().await;
+    let opts = options(&nats, 1);
+    let first = store(&opts);
+    first.append_ingress("p", &[msg("a")], &[]).await.unwrap();
+    let second = {
+        let opts = opts.clone();
+        std::thread::spawn(move || JetStreamStore::connect(opts).err())
+            .join()
+            .unwrap()
+    };
+    let refused = second.expect("a second process on a live namespace is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("is in use by another tocsin process")
+            && refused
+                .to_string()
+                .contains(&format!("pid {}", std::process::id())),
+        "{refused}"
+    );
+    assert!(first.failure().is_none(), "the first keeps its lease");
+    // A clean stop gives the namespace back: the next start takes it at once.
+    drop(first);
+    let started = std::time::Instant::now();
+    let next = store(&opts);
+    assert!(started.elapsed() < tocsin_queue::jetstream::lease::TTL);
+    assert_eq!(next.ingress_head("p").unwrap().unwrap().1.message.id, "a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

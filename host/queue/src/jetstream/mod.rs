@@ -31,6 +31,7 @@
 //! stream's leader). That is exact while one process owns a pipeline's queues.
 
 mod bridge;
+pub mod lease;
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -105,6 +106,8 @@ pub struct JetStreamStore {
     server_kv: kv::Store,
     server_kv_stream: stream::Stream,
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
+    /// This process's hold on the namespace (one process at a time: see [`lease`]).
+    lease: Mutex<Option<lease::Lease>>,
     bridge: Bridge,
 }
 
@@ -279,7 +282,7 @@ impl JetStreamStore {
         }
         let bridge = Bridge::new()?;
         let opts = options.clone();
-        let (js, server_kv, server_kv_stream) = bridge.wait(async move {
+        let (js, server_kv, server_kv_stream, lease) = bridge.wait(async move {
             let mut connect = async_nats::ConnectOptions::new()
                 .name("tocsin")
                 .request_timeout(Some(REQUEST_TIMEOUT));
@@ -314,7 +317,12 @@ impl JetStreamStore {
             let bucket = names::server_bucket(&opts.namespace);
             let (server_kv, server_kv_stream) =
                 until_available(|| open_bucket(&js, &bucket, opts.replicas)).await?;
-            Ok::<_, QueueError>((js, server_kv, server_kv_stream))
+            let holder = lease::holder_name();
+            let lease = until_available(|| {
+                lease::Lease::acquire(server_kv.clone(), &holder, &opts.namespace)
+            })
+            .await?;
+            Ok::<_, QueueError>((js, server_kv, server_kv_stream, lease))
         })?;
         Ok(JetStreamStore {
             js,
@@ -322,6 +330,7 @@ impl JetStreamStore {
             server_kv,
             server_kv_stream,
             pipelines: Mutex::new(HashMap::new()),
+            lease: Mutex::new(Some(lease)),
             bridge,
         })
     }
@@ -511,6 +520,15 @@ impl JetStreamStore {
             index.sinks.entry(sink).or_default().insert(seq, size);
             index.add(size);
             index.cache_body(seq, body);
+        }
+    }
+}
+
+impl Drop for JetStreamStore {
+    /// Gives the namespace back, so the next start takes it at once.
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.bridge.wait(lease.release());
         }
     }
 }
@@ -1268,6 +1286,14 @@ impl QueueStore for JetStreamStore {
             .iter()
             .map(|p| p.index.lock().unwrap_or_else(|e| e.into_inner()).bytes)
             .sum()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(lease::Lease::lost)
     }
 
     fn append_size_bound(&self, messages: &[Message], state: &[StateWrite]) -> u64 {

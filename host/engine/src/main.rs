@@ -564,9 +564,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let shutdown_grace = settings.shutdown_grace;
             let served = rt.block_on(async {
                 let shutdown = shutdown_signal()?;
-                let server = match tocsin::server::Server::start(settings).await {
-                    Ok(server) => server,
-                    Err(e) => return anyhow::Ok(Err(e)),
+                tokio::pin!(shutdown);
+                let server = tokio::select! {
+                    started = tocsin::server::Server::start(settings) => match started {
+                        Ok(server) => server,
+                        Err(e) => return anyhow::Ok(Err(e)),
+                    },
+                    () = &mut shutdown => {
+                        // Stopped before anything ran (a JetStream standby that never took
+                        // over): nothing to finish, and the wait for the lease cannot be
+                        // cancelled from here.
+                        tracing::info!("stopped before starting");
+                        std::process::exit(0);
+                    }
                 };
                 arm_watchdog(server.queue(), shutdown_grace)?;
                 anyhow::Ok(server.run_until(shutdown).await)

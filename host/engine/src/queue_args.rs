@@ -41,6 +41,10 @@ pub struct QueueArgs {
     /// share servers keep apart by it.
     #[arg(long, env = "TOCSIN_QUEUE_NAMESPACE", default_value = "tocsin")]
     queue_namespace: String,
+    /// JetStream: when another tocsin process runs the namespace, wait (not serving HTTP) and
+    /// take over within seconds of its stop or loss, instead of refusing to start.
+    #[arg(long, env = "TOCSIN_QUEUE_STANDBY")]
+    queue_standby: bool,
 }
 
 impl QueueArgs {
@@ -52,6 +56,7 @@ impl QueueArgs {
                 ("--queue-user", self.queue_user.is_some()),
                 ("--queue-creds", self.queue_creds.is_some()),
                 ("--queue-ca", self.queue_ca.is_some()),
+                ("--queue-standby", self.queue_standby),
             ];
             if let Some((arg, _)) = jetstream_only.iter().find(|(_, set)| *set) {
                 anyhow::bail!("{arg} is for JetStream: give --queue nats://… as well");
@@ -86,6 +91,7 @@ impl QueueArgs {
         options.ca_file = self.queue_ca.clone();
         options.replicas = usize::from(self.queue_replicas);
         options.namespace = self.queue_namespace.clone();
+        options.standby = self.queue_standby;
         Ok(QueueBackend::JetStream(options))
     }
 }

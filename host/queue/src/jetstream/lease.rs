@@ -51,31 +51,28 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Takes the lease for `holder`, waiting up to [`TTL`] for a silent holder's to lapse;
-    /// refuses, naming the holder, when it is renewed meanwhile.
-    pub async fn acquire(kv: kv::Store, holder: &str, namespace: &str) -> Result<Lease> {
+    /// Takes the lease for `holder`, waiting up to [`TTL`] for a silent holder's to lapse.
+    /// When a live holder renews it meanwhile: refuses, naming the holder — or, `standby`,
+    /// keeps watching and takes the lease over once its holder stops (a hot standby).
+    pub async fn acquire(
+        kv: kv::Store,
+        holder: &str,
+        namespace: &str,
+        standby: bool,
+    ) -> Result<Lease> {
         let value = Bytes::from(holder.to_string());
-        let revision = match kv.entry(LEASE_KEY).await.map_err(lease_error)? {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let other = String::from_utf8_lossy(&entry.value).into_owned();
-                tracing::warn!(holder = %other, "the JetStream namespace's lease is held; waiting to see whether its holder still renews it");
-                tokio::time::sleep(TTL).await;
-                let now = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
-                match now {
-                    Some(again) if again.revision != entry.revision => {
-                        return Err(in_use(namespace, &other));
+        let mut announced = false;
+        let revision = loop {
+            match take(&kv, &value).await? {
+                Taken(revision) => break revision,
+                HeldBy(other) if standby => {
+                    if !announced {
+                        tracing::warn!(holder = %other, "standing by: another tocsin process runs this JetStream namespace; taking over when it stops renewing its lease");
+                        announced = true;
                     }
-                    _ => kv
-                        .update(LEASE_KEY, value, entry.revision)
-                        .await
-                        .map_err(|_| in_use(namespace, &other))?,
                 }
+                HeldBy(other) => return Err(in_use(namespace, &other)),
             }
-            Some(entry) => kv
-                .update(LEASE_KEY, value, entry.revision)
-                .await
-                .map_err(lease_error)?,
-            None => kv.create(LEASE_KEY, value).await.map_err(lease_error)?,
         };
         let revision = Arc::new(Mutex::new(revision));
         let lost = Arc::new(Mutex::new(None));
@@ -110,6 +107,43 @@ impl Lease {
                 .await;
         }
     }
+}
+
+/// What one try at the lease found.
+enum Attempt {
+    /// The lease is ours, at this revision.
+    Taken(u64),
+    /// Its holder, alive: it renewed the lease while we watched.
+    HeldBy(String),
+}
+use Attempt::{HeldBy, Taken};
+
+/// One try: takes a free lease at once; watches a held one for [`TTL`] and takes it over
+/// only if nobody rewrote it meanwhile (a revision-checked write: a race is lost, not won
+/// twice).
+async fn take(kv: &kv::Store, value: &Bytes) -> Result<Attempt> {
+    let entry = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
+    let Some(entry) = entry else {
+        return Ok(match kv.create(LEASE_KEY, value.clone()).await {
+            Ok(revision) => Taken(revision),
+            Err(_) => HeldBy("a process that took it just now".into()),
+        });
+    };
+    let holder = String::from_utf8_lossy(&entry.value).into_owned();
+    if entry.operation == kv::Operation::Put {
+        tracing::info!(holder = %holder, "the JetStream namespace's lease is held; watching whether its holder still renews it");
+        tokio::time::sleep(TTL).await;
+        let again = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
+        if again.is_some_and(|a| a.revision != entry.revision) {
+            return Ok(HeldBy(holder));
+        }
+    }
+    Ok(
+        match kv.update(LEASE_KEY, value.clone(), entry.revision).await {
+            Ok(revision) => Taken(revision),
+            Err(_) => HeldBy(holder),
+        },
+    )
 }
 
 /// Rewrites the lease every [`RENEW_EVERY`]; records why when it cannot for a whole [`TTL`],

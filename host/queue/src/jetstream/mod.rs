@@ -81,6 +81,9 @@ pub struct JetStreamOptions {
     /// Prefix of every stream, bucket and subject (`[A-Za-z0-9_]`, default `tocsin`): two
     /// tocsin deployments sharing servers keep apart by it.
     pub namespace: String,
+    /// When another process holds the namespace: wait, and take over once it stops (a hot
+    /// standby), instead of refusing to start.
+    pub standby: bool,
 }
 
 impl JetStreamOptions {
@@ -94,6 +97,7 @@ impl JetStreamOptions {
             ca_file: None,
             replicas: 1,
             namespace: "tocsin".to_string(),
+            standby: false,
         }
     }
 }
@@ -319,7 +323,7 @@ impl JetStreamStore {
                 until_available(|| open_bucket(&js, &bucket, opts.replicas)).await?;
             let holder = lease::holder_name();
             let lease = until_available(|| {
-                lease::Lease::acquire(server_kv.clone(), &holder, &opts.namespace)
+                lease::Lease::acquire(server_kv.clone(), &holder, &opts.namespace, opts.standby)
             })
             .await?;
             Ok::<_, QueueError>((js, server_kv, server_kv_stream, lease))

@@ -38,6 +38,22 @@ fn ids(heads: &[(Seq, Envelope)]) -> Vec<String> {
     heads.iter().map(|(_, e)| e.message.id.clone()).collect()
 }
 
+/// Appends `id` to ingress and hands it over to sink `s` of pipeline `p`.
+async fn queue_for_sink(q: &dyn QueueStore, id: &str) {
+    q.append_ingress("p", &[msg(id)], &[]).await.unwrap();
+    let (seq, env) = q.ingress_head("p").unwrap().unwrap();
+    q.hand_over(
+        "p",
+        HandOver {
+            ingress: seq,
+            outputs: vec![("s".into(), vec![env])],
+            state: vec![],
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Ingress is first in, first out; a hand-over moves a message to sink queues with state.
 pub async fn ingress_is_fifo_and_hand_over_moves_atomically(q: &dyn QueueStore) {
     q.append_ingress("p", &[msg("a"), msg("b")], &[])
@@ -146,20 +162,10 @@ pub async fn everything_survives_reopen(
     q: Arc<dyn QueueStore>,
     reopen: impl FnOnce() -> Arc<dyn QueueStore>,
 ) {
-    q.append_ingress("p", &[msg("a")], &[state("source", "n", b"1")])
+    q.put_state("p", &[state("source", "n", b"1")])
         .await
         .unwrap();
-    let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-    q.hand_over(
-        "p",
-        HandOver {
-            ingress: seq,
-            outputs: vec![("s".into(), vec![env.clone()])],
-            state: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    queue_for_sink(q.as_ref(), "a").await;
     let (seq, mut failed) = q.sink_head("p", "s").unwrap().unwrap();
     failed.attempts = 2;
     failed.last_error = Some("HTTP 503".into());
@@ -181,18 +187,7 @@ pub async fn everything_survives_reopen(
 /// A sink queue is delivered in the order it was filled.
 pub async fn sink_queues_keep_order_across_sinks_and_acks(q: &dyn QueueStore) {
     for id in ["a", "b", "c"] {
-        q.append_ingress("p", &[msg(id)], &[]).await.unwrap();
-        let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-        q.hand_over(
-            "p",
-            HandOver {
-                ingress: seq,
-                outputs: vec![("s".into(), vec![env])],
-                state: vec![],
-            },
-        )
-        .await
-        .unwrap();
+        queue_for_sink(q, id).await;
     }
     let mut seen = vec![];
     while let Some((seq, env)) = q.sink_head("p", "s").unwrap() {
@@ -204,18 +199,7 @@ pub async fn sink_queues_keep_order_across_sinks_and_acks(q: &dyn QueueStore) {
 
 /// Dead letters are listed, replayed with fresh attempts, purged; a purged one is gone.
 pub async fn dead_letters_can_be_listed_replayed_and_purged(q: &dyn QueueStore) {
-    q.append_ingress("p", &[msg("a")], &[]).await.unwrap();
-    let (seq, env) = q.ingress_head("p").unwrap().unwrap();
-    q.hand_over(
-        "p",
-        HandOver {
-            ingress: seq,
-            outputs: vec![("s".into(), vec![env])],
-            state: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    queue_for_sink(q, "a").await;
     let (seq, mut env) = q.sink_head("p", "s").unwrap().unwrap();
     env.attempts = 3;
     env.last_error = Some("HTTP 500".into());

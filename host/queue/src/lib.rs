@@ -149,7 +149,30 @@ impl tocsin_message::Record for Envelope {
     type Format1 = EnvelopeFormat1;
 }
 
+/// How errors name the dead letters of `queue` in `pipeline`.
+pub(crate) fn dead_letters_of(pipeline: &str, queue: &str) -> String {
+    format!("dead letters of {pipeline}/{queue}")
+}
+
+/// Decodes a stored envelope; `queue` names where it lay (`ingress of p`, `p/out`,
+/// `dead letters of p/out`) for the error.
+pub(crate) fn decode_envelope(bytes: &[u8], queue: impl FnOnce() -> String) -> Result<Envelope> {
+    tocsin_message::decode_record(bytes).map_err(|source| QueueError::Corrupt {
+        queue: queue(),
+        source,
+    })
+}
+
 impl Envelope {
+    /// The envelope a replayed dead letter goes back with: no attempts, due at once.
+    pub fn replayed(&self) -> Envelope {
+        Envelope {
+            attempts: 0,
+            not_before_ms: 0,
+            ..self.clone()
+        }
+    }
+
     /// A fresh envelope with no attempts.
     pub fn new(message: Message, now_ms: u64) -> Self {
         Envelope {

@@ -47,8 +47,8 @@ use crate::sled_writes::{
 };
 use crate::value_files::{value_head, Pointer, Unreadable, ValueFiles};
 use crate::{
-    now_ms, Commit, Depths, Envelope, HandOver, QueueError, QueueStore, Result, Seq, StateWrite,
-    FILTERS_QUEUE,
+    dead_letters_of, decode_envelope, now_ms, Commit, Depths, Envelope, HandOver, QueueError,
+    QueueStore, Result, Seq, StateWrite, FILTERS_QUEUE,
 };
 
 const TREE_PREFIX: &str = "p/";
@@ -749,20 +749,6 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
-/// Decodes a stored envelope; `queue` names where it lay (`ingress of p`, `p/out`,
-/// `dead letters of p/out`) for the error.
-fn decode(bytes: &[u8], queue: impl FnOnce() -> String) -> Result<Envelope> {
-    decode_record(bytes).map_err(|source| QueueError::Corrupt {
-        queue: queue(),
-        source,
-    })
-}
-
-/// How errors name the dead letters of `queue` in `pipeline`.
-fn dead_letters_of(pipeline: &str, queue: &str) -> String {
-    format!("dead letters of {pipeline}/{queue}")
-}
-
 /// The key of ingress record `batch`.
 fn ingress_key(batch: u64) -> Vec<u8> {
     let mut k = vec![INGRESS];
@@ -953,7 +939,7 @@ impl QueueStore for SledStore {
             .map(|entry| {
                 let (k, v) = entry?;
                 let seq = seq_of(&k);
-                let mut envelope = decode(&v, queue)?;
+                let mut envelope = decode_envelope(&v, queue)?;
                 if let Some(bytes) = tree.get(named_key(FAILED, sink, seq)).map_err(storage)? {
                     let attempts: Attempts =
                         decode_record(&bytes).map_err(|source| QueueError::Corrupt {
@@ -1090,7 +1076,10 @@ impl QueueStore for SledStore {
             .scan_values(&prefix)
             .map(|entry| {
                 let (k, v) = entry?;
-                Ok((seq_of(&k), decode(&v, || dead_letters_of(pipeline, queue))?))
+                Ok((
+                    seq_of(&k),
+                    decode_envelope(&v, || dead_letters_of(pipeline, queue))?,
+                ))
             })
             .collect()
     }
@@ -1101,7 +1090,10 @@ impl QueueStore for SledStore {
         let letters = match seq {
             None => self.dead_letters(pipeline, queue)?,
             Some(seq) => match tree.get_value(&named_key(DEAD, queue, seq))? {
-                Some(v) => vec![(seq, decode(&v, || dead_letters_of(pipeline, queue))?)],
+                Some(v) => vec![(
+                    seq,
+                    decode_envelope(&v, || dead_letters_of(pipeline, queue))?,
+                )],
                 None => {
                     return Err(QueueError::NotFound {
                         queue: dead_letters_of(pipeline, queue),
@@ -1110,23 +1102,18 @@ impl QueueStore for SledStore {
                 }
             },
         };
-        let fresh = |env: &Envelope| Envelope {
-            attempts: 0,
-            not_before_ms: 0,
-            ..env.clone()
-        };
         for (seq, _) in &letters {
             writes.remove(named_key(DEAD, queue, *seq));
         }
         if queue == FILTERS_QUEUE {
             // Back to ingress as new records, in their order.
-            let envelopes: Vec<Envelope> = letters.iter().map(|(_, env)| fresh(env)).collect();
+            let envelopes: Vec<Envelope> = letters.iter().map(|(_, env)| env.replayed()).collect();
             self.add_ingress_records(&mut writes, &envelopes)?;
         } else {
             for (_, env) in &letters {
                 writes.insert_new(
                     named_key(SINK, queue, self.next_seq()?),
-                    encode_record(&fresh(env)),
+                    encode_record(&env.replayed()),
                 );
             }
         }

@@ -47,8 +47,8 @@ use tocsin_message::{decode_record, encode_record, Message};
 
 use crate::attempts::Attempts;
 use crate::{
-    Commit, Depths, Envelope, HandOver, QueueError, QueueStore, Result, Seq, StateWrite,
-    FILTERS_QUEUE,
+    dead_letters_of, decode_envelope, Commit, Depths, Envelope, HandOver, QueueError, QueueStore,
+    Result, Seq, StateWrite, FILTERS_QUEUE,
 };
 use bridge::Bridge;
 use names::{PipelineNames, Queue};
@@ -175,18 +175,6 @@ impl Index {
 
 fn storage(what: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(format!("JetStream: {what}: {e}"))
-}
-
-/// Decodes a stored envelope; `queue` names where it lay for the error.
-fn decode(bytes: &[u8], queue: impl FnOnce() -> String) -> Result<Envelope> {
-    decode_record(bytes).map_err(|source| QueueError::Corrupt {
-        queue: queue(),
-        source,
-    })
-}
-
-fn dead_letters_of(pipeline: &str, queue: &str) -> String {
-    format!("dead letters of {pipeline}/{queue}")
 }
 
 fn queue_name(pipeline: &str, queue: &str) -> String {
@@ -441,7 +429,7 @@ impl JetStreamStore {
         bodies
             .into_iter()
             .map(|(seq, body)| {
-                let mut envelope = decode(&body, || queue_name(&p.name, queue))?;
+                let mut envelope = decode_envelope(&body, || queue_name(&p.name, queue))?;
                 if let Some((attempts, _)) = index.attempts.get(&(queue.to_string(), seq)) {
                     attempts.clone().apply(&mut envelope);
                 }
@@ -1069,7 +1057,7 @@ impl QueueStore for JetStreamStore {
             .map(|(at, body)| {
                 Ok((
                     was_of[&at],
-                    decode(&body, || dead_letters_of(pipeline, queue))?,
+                    decode_envelope(&body, || dead_letters_of(pipeline, queue))?,
                 ))
             })
             .collect()
@@ -1105,11 +1093,6 @@ impl QueueStore for JetStreamStore {
                 }
             }
         };
-        let fresh = |env: &Envelope| Envelope {
-            attempts: 0,
-            not_before_ms: 0,
-            ..env.clone()
-        };
         let subject = if queue == FILTERS_QUEUE {
             p.names.ingress()
         } else {
@@ -1121,7 +1104,7 @@ impl QueueStore for JetStreamStore {
                 (
                     subject.clone(),
                     HeaderMap::new(),
-                    Bytes::from(encode_record(&fresh(env))),
+                    Bytes::from(encode_record(&env.replayed())),
                 )
             })
             .collect();

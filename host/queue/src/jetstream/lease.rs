@@ -47,6 +47,7 @@ pub struct Lease {
     kv: kv::Store,
     revision: Arc<Mutex<u64>>,
     lost: Arc<Mutex<Option<String>>>,
+    stop: tokio::sync::watch::Sender<bool>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
@@ -76,16 +77,19 @@ impl Lease {
         };
         let revision = Arc::new(Mutex::new(revision));
         let lost = Arc::new(Mutex::new(None));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let renewal = tokio::spawn(renew(
             kv.clone(),
             holder.to_string(),
             revision.clone(),
             lost.clone(),
+            stopped,
         ));
         Ok(Lease {
             kv,
             revision,
             lost,
+            stop,
             renewal,
         })
     }
@@ -98,9 +102,17 @@ impl Lease {
     /// Stops renewing and deletes the lease (if still ours), so the next start needs not
     /// wait for it to lapse.
     pub async fn release(self) {
-        self.renewal.abort();
+        // Not aborted: a renewal in flight must finish, or the revision below would be stale
+        // and the delete refused (the next start would then wait the lease out).
+        let _ = self.stop.send(true);
+        let _ = self.renewal.await;
         let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
-        if self.lost().is_none() {
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !lost {
             let _ = self
                 .kv
                 .delete_expect_revision(LEASE_KEY, Some(revision))
@@ -153,10 +165,14 @@ async fn renew(
     holder: String,
     revision: Arc<Mutex<u64>>,
     lost: Arc<Mutex<Option<String>>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_renewed = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = stopped.changed() => return,
+        }
         let current = *revision.lock().unwrap_or_else(|e| e.into_inner());
         match kv
             .update(LEASE_KEY, Bytes::from(holder.clone()), current)

@@ -527,7 +527,7 @@ impl Drop for JetStreamStore {
 
 /// How long opening a stream may wait for JetStream to become available (a cluster electing
 /// a leader after a server was lost takes seconds).
-const AVAILABLE_WITHIN: Duration = Duration::from_secs(60);
+const AVAILABLE_WITHIN: Duration = Duration::from_secs(120);
 
 /// Runs `attempt` until it succeeds, or fails otherwise than by JetStream being unavailable
 /// for now (a timeout, no leader yet), or [`AVAILABLE_WITHIN`] has passed.

@@ -217,7 +217,12 @@ impl Server {
             budget: crate::budget::DiskBudget::new(
                 settings.queue_budget,
                 settings.min_free_space,
-                settings.queue_dir(),
+                // On JetStream the queues are on the servers' disks; what is kept here is
+                // the data directory (compile cache, server.json).
+                match settings.queue {
+                    QueueBackend::Sled => settings.queue_dir(),
+                    QueueBackend::JetStream(_) => settings.data_dir.clone(),
+                },
                 queue.clone(),
             ),
             plugin_memory: crate::plugin_memory::PluginMemory::new(
@@ -400,6 +405,13 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn QueueStore>, ServerEr
             Ok(store)
         }
         QueueBackend::JetStream(options) => {
+            // The data directory still holds the compile cache and server.json.
+            std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+                ServerError::Queue(QueueError::Storage(format!(
+                    "cannot create the data directory {}: {e}",
+                    settings.data_dir.display()
+                )))
+            })?;
             let options = options.clone();
             let servers = options.servers.join(",");
             let connecting = std::time::Instant::now();

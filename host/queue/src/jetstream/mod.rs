@@ -969,12 +969,17 @@ impl QueueStore for JetStreamStore {
     fn server_state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let stream = self.server_kv_stream.clone();
         let subject_prefix = format!("$KV.{}.", names::server_bucket(&self.options.namespace));
+        let filter = format!("{subject_prefix}>");
+        // Read with a consumer of its own: right after a server was lost its creation can
+        // time out while the cluster moves leaders, so it is tried again.
         let entries = self.bridge.wait(async move {
-            read_all(&stream, &format!("{subject_prefix}>"), true)
-                .await
-                .map(|entries| (subject_prefix, entries))
-        });
-        let (subject_prefix, entries) = entries.map_err(|e| storage("server state", e))?;
+            until_available(|| async {
+                read_all(&stream, &filter, true)
+                    .await
+                    .map_err(|e| storage("server state", e))
+            })
+            .await
+        })?;
         let mut out: Vec<(String, Vec<u8>)> = entries
             .into_iter()
             .filter(|e| !is_kv_deletion(&e.headers))
@@ -1198,12 +1203,15 @@ impl QueueStore for JetStreamStore {
         let js = self.js.clone();
         let prefix = format!("{}-", self.options.namespace);
         let streams = self.bridge.wait(async move {
-            let mut names = js.stream_names();
-            let mut out = Vec::new();
-            while let Some(name) = names.next().await {
-                out.push(name.map_err(|e| storage("list streams", e))?);
-            }
-            Ok::<_, QueueError>(out)
+            until_available(|| async {
+                let mut names = js.stream_names();
+                let mut out = Vec::new();
+                while let Some(name) = names.next().await {
+                    out.push(name.map_err(|e| storage("list streams", e))?);
+                }
+                Ok(out)
+            })
+            .await
         })?;
         let mut pipelines = Vec::new();
         for stream in streams {

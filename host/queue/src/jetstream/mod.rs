@@ -438,6 +438,40 @@ impl JetStreamStore {
             .collect()
     }
 
+    /// The dead letters of `queue` (only the one that had seq `only`, when given), oldest
+    /// first: only their bodies are fetched.
+    fn letters(
+        &self,
+        p: &Pipeline,
+        queue: &str,
+        only: Option<Seq>,
+    ) -> Result<Vec<(Seq, Envelope)>> {
+        let letters: Vec<(Seq, Seq)> = {
+            let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
+            index
+                .dead
+                .get(queue)
+                .map(|d| {
+                    d.iter()
+                        .filter(|(was, _)| only.is_none_or(|o| o == **was))
+                        .map(|(was, (at, _))| (*was, *at))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let was_of: HashMap<Seq, Seq> = letters.iter().map(|(was, at)| (*at, *was)).collect();
+        let bodies = self.fetch(p, letters.iter().map(|(_, at)| *at).collect())?;
+        bodies
+            .into_iter()
+            .map(|(at, body)| {
+                Ok((
+                    was_of[&at],
+                    decode_envelope(&body, || dead_letters_of(&p.name, queue))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Records a failed attempt of entry `seq` of `queue`: a new record, the old one deleted.
     fn put_attempts(&self, p: &Pipeline, queue: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
         let attempts = Attempts::of(envelope);
@@ -1047,57 +1081,18 @@ impl QueueStore for JetStreamStore {
 
     fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {
         let p = self.pipeline(pipeline)?;
-        let letters: Vec<(Seq, Seq)> = {
-            let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
-            index
-                .dead
-                .get(queue)
-                .map(|d| d.iter().map(|(was, (at, _))| (*was, *at)).collect())
-                .unwrap_or_default()
-        };
-        let was_of: HashMap<Seq, Seq> = letters.iter().map(|(was, at)| (*at, *was)).collect();
-        let bodies = self.fetch(&p, letters.iter().map(|(_, at)| *at).collect())?;
-        bodies
-            .into_iter()
-            .map(|(at, body)| {
-                Ok((
-                    was_of[&at],
-                    decode_envelope(&body, || dead_letters_of(pipeline, queue))?,
-                ))
-            })
-            .collect()
+        self.letters(&p, queue, None)
     }
 
     fn replay(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
         let p = self.pipeline(pipeline)?;
-        let letters = match seq {
-            None => self.dead_letters(pipeline, queue)?,
-            Some(seq) => {
-                let known = p
-                    .index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .dead
-                    .get(queue)
-                    .is_some_and(|d| d.contains_key(&seq));
-                let letter = if known {
-                    self.dead_letters(pipeline, queue)?
-                        .into_iter()
-                        .find(|(s, _)| *s == seq)
-                } else {
-                    None
-                };
-                match letter {
-                    Some(letter) => vec![letter],
-                    None => {
-                        return Err(QueueError::NotFound {
-                            queue: dead_letters_of(pipeline, queue),
-                            seq,
-                        })
-                    }
-                }
-            }
-        };
+        let letters = self.letters(&p, queue, seq)?;
+        if let (Some(seq), true) = (seq, letters.is_empty()) {
+            return Err(QueueError::NotFound {
+                queue: dead_letters_of(pipeline, queue),
+                seq,
+            });
+        }
         let subject = if queue == FILTERS_QUEUE {
             p.names.ingress()
         } else {

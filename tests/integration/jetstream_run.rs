@@ -1,8 +1,9 @@
 //! The real binary with its queues on real JetStream (`--queue`). On a 3-node cluster with
 //! three replicas, under a steady stream of posts, a NATS server is killed, then tocsin itself
 //! with SIGKILL; after a restart every message that got a `202` is delivered, each once. And
-//! a hot standby (`--queue-standby`) runs nothing while the active node lives, and takes over
-//! when it is killed, delivering what the active one had accepted.
+//! two tocsin nodes on one namespace both take posts while one delivers; killed, it is
+//! replaced by the other, and a lost NATS server after it loses nothing: every acknowledged
+//! message delivered once, in order per key, each cron tick polled once in the cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -52,7 +53,7 @@ fn keep_posting(
             n += 1;
             let sent = client
                 .post(format!("{base}/ingest/stream"))
-                .json(&json!({"id": id, "body": format!("message {id}")}))
+                .json(&json!({"id": id, "key": prefix, "body": format!("message {id}")}))
                 .send()
                 .await;
             if sent.is_ok_and(|r| r.status() == 202) {
@@ -119,87 +120,140 @@ async fn a_lost_nats_server_and_a_killed_tocsin_lose_nothing_acknowledged() {
     tocsin.kill();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_runs_nothing_then_takes_over_when_the_active_node_is_killed() {
-    let nats = Nats::single().await;
-    let urls = nats.urls();
-    // Two machines' worth of tocsin: data directories apart, the same pipeline files, one
-    // JetStream namespace; the sink writes where the test reads.
-    let (active_env, standby_env) = (Env::new(), Env::new());
-    active_env.mkdir("out");
-    let text = pipeline(&active_env);
-    active_env.write_pipeline("stream", &text);
-    standby_env.write_pipeline("stream", &text);
-    let (active_port, standby_port) = (Port::free(), Port::free());
-    let mut active = Tocsin::spawn(&active_env, &active_port, &["--queue", &urls]);
-    active
-        .wait_serving(&active_env, Duration::from_secs(60))
-        .await;
-    let mut standby = Tocsin::spawn(
-        &standby_env,
-        &standby_port,
-        &["--queue", &urls, "--queue-standby"],
-    );
-    wait_until(
-        Duration::from_secs(30),
-        "the standby says it stands by",
-        || {
-            std::fs::read_to_string(standby_env.path("tocsin.log"))
-                .is_ok_and(|l| l.contains("standing by"))
-        },
+/// A scheduled pipeline polling every second, writing to `out/ticks.jsonl` of `out_env`.
+fn ticking(out_env: &Env) -> String {
+    format!(
+        "[source]\nplugin = \"sysmetrics\"\nschedule = \"* * * * * *\"\n\
+         config = {{ host = \"tick\", disks = [] }}\n\
+         grants = {{ read_dirs = [\"/proc\"] }}\n\n{}",
+        file_sink(out_env, "out", "ticks.jsonl")
     )
-    .await;
-    let standby_url = format!("http://127.0.0.1:{}/healthz", standby_port.0);
-    assert!(
-        reqwest::get(&standby_url).await.is_err(),
-        "a standby serves nothing and runs no pipeline"
-    );
+}
 
+/// A gauge or counter of `/metrics` (0 when absent).
+async fn metric(base: &str, series: &str) -> f64 {
+    tocsin_tests::metrics_text(base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The ids of `out/room.jsonl` beginning with `prefix`, their numbers in delivery order (each
+/// first delivery).
+fn delivery_order(env: &Env, prefix: char) -> Vec<u64> {
+    let mut seen = BTreeSet::new();
+    env.read_json_lines("out/room.jsonl")
+        .iter()
+        .filter_map(|l| l["id"].as_str()?.strip_prefix(prefix)?.parse().ok())
+        .filter(|n| seen.insert(*n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_server() {
+    let mut nats = Nats::cluster().await;
+    let urls = nats.urls();
+    let args = ["--queue", urls.as_str(), "--queue-replicas", "3"];
+    // Two machines' worth of tocsin: data directories apart, the same pipeline files, one
+    // JetStream namespace; the sinks write where the test reads.
+    let (env_a, env_b) = (Env::new(), Env::new());
+    env_a.mkdir("out");
+    for env in [&env_a, &env_b] {
+        // Several deliveries at once: order is held per key (here, per posting client).
+        let stream = pipeline(&env_a).replace(
+            "plugin = \"file\"\n",
+            "plugin = \"file\"\nconcurrency = 4\n",
+        );
+        env.write_pipeline("stream", &stream);
+        env.write_pipeline("tick", &ticking(&env_a));
+    }
+    let (port_a, port_b) = (Port::free(), Port::free());
+    let mut node_a = Tocsin::spawn(&env_a, &port_a, &args);
+    node_a.wait_serving(&env_a, Duration::from_secs(60)).await;
+    let mut node_b = Tocsin::spawn(&env_b, &port_b, &args);
+    node_b.wait_serving(&env_b, Duration::from_secs(60)).await;
+    let log_b = std::fs::read_to_string(env_b.path("tocsin.log")).unwrap();
+    assert!(log_b.contains("takes ingest and stands by"), "{log_b}");
+    assert_eq!(metric(&node_a.base_url, "tocsin_delivering").await, 1.0);
+    assert_eq!(metric(&node_b.base_url, "tocsin_delivering").await, 0.0);
+
+    // Both nodes take posts, each from its own client (a key of its own).
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(Mutex::new(false));
-    keep_posting(active.base_url.clone(), "a", acked.clone(), stop.clone());
+    keep_posting(node_a.base_url.clone(), "a", acked.clone(), stop.clone());
+    keep_posting(node_b.base_url.clone(), "b", acked.clone(), stop.clone());
+    let count = |prefix: char| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|id: &&String| id.starts_with(prefix))
+            .count()
+    };
+    wait_until(Duration::from_secs(90), "100 posts to each node", || {
+        count('a') >= 100 && count('b') >= 100
+    })
+    .await;
     wait_until(
         Duration::from_secs(60),
-        "100 posts to the active node",
-        || acked.lock().unwrap().len() >= 100,
+        "posts to the ingest-only node delivered",
+        || !delivery_order(&env_a, 'b').is_empty(),
     )
     .await;
-    active.kill();
-    *stop.lock().unwrap() = true;
-    standby
-        .wait_serving(&standby_env, Duration::from_secs(60))
-        .await;
-    let stop = Arc::new(Mutex::new(false));
-    keep_posting(standby.base_url.clone(), "b", acked.clone(), stop.clone());
-    wait_until(
-        Duration::from_secs(60),
-        "50 posts to the new active node",
-        || {
-            acked
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|id| id.starts_with('b'))
-                .count()
-                >= 50
-        },
-    )
+    // The cron pipeline polls on the delivering node only. (Its readings are named by their
+    // tick, so a sink would drop a second poll's as a repeat: the poll counters tell.)
+    let series = "tocsin_polls_total{pipeline=\"tick\"}";
+    assert!(metric(&node_a.base_url, series).await > 0.0);
+    assert_eq!(metric(&node_b.base_url, series).await, 0.0);
+
+    // The delivering node dies mid-stream; the other goes on taking posts and takes over.
+    node_a.kill();
+    let before = count('b');
+    wait_until(Duration::from_secs(60), "node b takes over", || {
+        std::fs::read_to_string(env_b.path("tocsin.log"))
+            .is_ok_and(|l| l.contains("this process delivers now"))
+    })
+    .await;
+    assert_eq!(metric(&node_b.base_url, "tocsin_delivering").await, 1.0);
+    assert!(
+        count('b') > before,
+        "node b took posts while nobody delivered"
+    );
+    // Then a NATS server dies mid-stream: two of three keep the quorum.
+    nats.kill(1);
+    let before = count('b');
+    wait_until(Duration::from_secs(90), "50 more posts to node b", || {
+        count('b') >= before + 50
+    })
     .await;
     *stop.lock().unwrap() = true;
+    assert!(
+        metric(&node_b.base_url, series).await > 0.0,
+        "node b polls now"
+    );
+
     let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
     wait_until(
         Duration::from_secs(120),
         "every message either node accepted delivered",
         || {
-            let seen = delivered(&active_env);
+            let seen = delivered(&env_a);
             acked.iter().all(|id| seen.contains_key(id))
         },
     )
     .await;
-    let twice: Vec<(String, usize)> = delivered(&active_env)
+    let twice: Vec<(String, usize)> = delivered(&env_a)
         .into_iter()
         .filter(|(_, n)| *n > 1)
         .collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    standby.kill();
+    for prefix in ['a', 'b'] {
+        let order = delivery_order(&env_a, prefix);
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{prefix}'s posts delivered out of order: {order:?}"
+        );
+    }
+    node_b.kill();
 }

@@ -2,7 +2,7 @@
 //! store passes (`tocsin_queue::contract`, which the sled store's tests run too), on one
 //! server and on a cluster of three with three replicas; what the JetStream store adds:
 //! de-duplication of a client's retry by message id, byte counts that a fresh reading agrees
-//! with, one process per namespace (a lease), and queues that outlive a lost server of the
+//! with, one delivering process per namespace (a lease) while others take ingest, and queues that outlive a lost server of the
 //! cluster.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,34 +98,98 @@ async fn a_retried_append_is_stored_once_and_counts_agree_with_a_fresh_reading()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_on_a_namespace_is_refused_naming_the_first() {
+async fn a_second_process_takes_ingest_the_first_delivers_and_takes_over_at_its_stop() {
     let nats = Nats::single().await;
     let opts = options(&nats, 1);
     let first = store(&opts);
     first.append_ingress("p", &[msg("a")], &[]).await.unwrap();
-    let second = {
-        let opts = opts.clone();
-        std::thread::spawn(move || JetStreamStore::connect(opts).err())
-            .join()
-            .unwrap()
-    };
-    let refused = second.expect("a second process on a live namespace is refused");
+    let second = store(&opts);
+    assert!(*first.delivers().borrow());
+    assert!(!*second.delivers().borrow(), "one process delivers");
+    let named = second.delivered_by().unwrap();
     assert!(
-        refused
-            .to_string()
-            .contains("is in use by another tocsin process")
-            && refused
-                .to_string()
-                .contains(&format!("pid {}", std::process::id())),
-        "{refused}"
+        named.contains(&format!("pid {}", std::process::id())),
+        "{named}"
     );
-    assert!(first.failure().is_none(), "the first keeps its lease");
-    // A clean stop gives the namespace back: the next start takes it at once.
+    // The second takes ingest; the first's index follows it, and its filters are woken.
+    let woken = Arc::new(tokio::sync::Notify::new());
+    first.watch_ingress("p", woken.clone());
+    second
+        .append_ingress("p", &[msg("b"), msg("c")], &[])
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), woken.notified())
+        .await
+        .expect("the delivering process is woken by another's append");
+    let ids = |q: &JetStreamStore| -> Vec<String> {
+        q.ingress_heads("p", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.message.id)
+            .collect()
+    };
+    tocsin_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "all three listed",
+        || ids(&first).len() == 3,
+    )
+    .await;
+    assert_eq!(
+        ids(&first),
+        ["a", "b", "c"],
+        "in the order they were appended"
+    );
+    assert_eq!(
+        second.depths("p").unwrap().ingress,
+        3,
+        "counted by JetStream"
+    );
+    // An entry handed over leaves for good: the tail does not bring it back.
+    let (seq, head) = first.ingress_head("p").unwrap().unwrap();
+    first
+        .hand_over(
+            "p",
+            HandOver {
+                ingress: seq,
+                outputs: vec![("s".into(), vec![head])],
+                state: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    first.append_ingress("p", &[msg("d")], &[]).await.unwrap();
+    let (seq, head) = first.ingress_heads("p", 10).unwrap().pop().unwrap();
+    assert_eq!(head.message.id, "d");
+    first
+        .hand_over(
+            "p",
+            HandOver {
+                ingress: seq,
+                outputs: vec![("s".into(), vec![head])],
+                state: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(ids(&first), ["b", "c"]);
+    // What moves entries is the delivering process's to do.
+    assert!(matches!(
+        second.ingress_heads("p", 1),
+        Err(tocsin_queue::QueueError::NotDelivering { .. })
+    ));
+    // A clean stop gives the lease back: the second takes over within seconds and reads
+    // the queues as the first left them.
+    let mut delivers = second.delivers();
     drop(first);
-    let started = std::time::Instant::now();
-    let next = store(&opts);
-    assert!(started.elapsed() < tocsin_queue::jetstream::lease::TTL);
-    assert_eq!(next.ingress_head("p").unwrap().unwrap().1.message.id, "a");
+    tokio::time::timeout(tocsin_queue::jetstream::lease::TTL, delivers.changed())
+        .await
+        .expect("the second takes over before a lost holder's lease would lapse")
+        .unwrap();
+    assert!(*delivers.borrow());
+    assert!(second.delivered_by().is_none());
+    assert_eq!(ids(&second), ["b", "c"]);
+    assert_eq!(second.depths("p").unwrap().sinks, [("s".to_string(), 2)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -571,9 +571,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                         Err(e) => return anyhow::Ok(Err(e)),
                     },
                     () = &mut shutdown => {
-                        // Stopped before anything ran (a JetStream standby that never took
-                        // over): nothing to finish, and the wait for the lease cannot be
-                        // cancelled from here.
+                        // Stopped before anything ran (JetStream not reachable yet): nothing
+                        // to finish, and the wait for it cannot be cancelled from here.
                         tracing::info!("stopped before starting");
                         std::process::exit(0);
                     }

@@ -229,7 +229,11 @@ impl Manager {
         } else {
             match start(&self.shared, spec, status.clone()).await {
                 Ok(running) => {
-                    status.set(PipelineState::Running);
+                    status.set(if running.ingest_only {
+                        PipelineState::IngestOnly
+                    } else {
+                        PipelineState::Running
+                    });
                     tracing::info!(pipeline = %name, "pipeline {}", if replacing { "reloaded" } else { "started" });
                     if replacing {
                         report.replaced.push(name.to_string());
@@ -347,6 +351,16 @@ impl Manager {
             .entry(name.to_string())
             .or_insert_with(PipelineStatus::new)
             .clone()
+    }
+
+    /// Starts every pipeline again from its file, as if each had changed: when this process
+    /// took over delivery from another (a shared queue store), so that what ran ingest-only
+    /// now runs whole.
+    pub async fn restart_all(&mut self) -> ReconcileReport {
+        for entry in self.entries.values_mut() {
+            entry.digest = 0;
+        }
+        self.reconcile().await
     }
 
     /// Stops every pipeline at once (between messages) and waits for them until `deadline`;

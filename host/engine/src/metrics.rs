@@ -326,6 +326,13 @@ impl PipelineCollector {
         )?;
         let size = self.queue.size_on_disk().unwrap_or(0);
         ConstGauge::new(i64::try_from(size).unwrap_or(i64::MAX)).encode(files)?;
+        let delivering = encoder.encode_descriptor(
+            "tocsin_delivering",
+            "1 when this process delivers (always, on sled); 0 when it takes ingest only and stands by, another process delivering for the shared queue store",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(*self.queue.delivers().borrow())).encode(delivering)?;
         Ok(())
     }
 }

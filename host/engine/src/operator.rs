@@ -156,8 +156,14 @@ pub fn pipelines(
 ) -> Result<Vec<PipelineView>, QueueError> {
     let statuses = crate::status::board_snapshot(board);
     let now = tocsin_queue::now_ms();
-    let age = |env: Option<(Seq, Envelope)>| {
-        env.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0)
+    // A process that does not deliver (a shared store) keeps no index to find the heads by:
+    // it shows depths, the delivering process shows ages too.
+    let delivering = *store.delivers().borrow();
+    let age = |head: Result<Option<(Seq, Envelope)>, QueueError>| {
+        if !delivering {
+            return Ok(None);
+        }
+        head.map(|h| h.map(|(_, e)| now.saturating_sub(e.enqueued_ms) as f64 / 1000.0))
     };
     // A pipeline on the board has a status; one with only stored data left has none.
     let view = |name: &str, status: Option<&PipelineStatus>| {
@@ -172,7 +178,7 @@ pub fn pipelines(
         let mut queues = vec![QueueView {
             queue: INGRESS_QUEUE.into(),
             depth: depths.ingress,
-            oldest_age_seconds: age(store.ingress_head(name)?),
+            oldest_age_seconds: age(store.ingress_head(name))?,
         }];
         let mut sink_names = status.map(|s| s.sinks()).unwrap_or_default();
         for (sink, _) in &depths.sinks {
@@ -183,7 +189,7 @@ pub fn pipelines(
         for sink in sink_names {
             queues.push(QueueView {
                 depth: depth_of(&sink),
-                oldest_age_seconds: age(store.sink_head(name, &sink)?),
+                oldest_age_seconds: age(store.sink_head(name, &sink))?,
                 queue: sink,
             });
         }
@@ -191,6 +197,7 @@ pub fn pipelines(
             None => ("no_file", None),
             Some(PipelineState::Starting) => ("starting", None),
             Some(PipelineState::Running) => ("running", None),
+            Some(PipelineState::IngestOnly) => ("ingest_only", None),
             Some(PipelineState::Failed(why)) => ("failed", Some(why)),
             Some(PipelineState::Disabled) => ("disabled", None),
             Some(PipelineState::Paused) => ("paused", None),

@@ -73,6 +73,9 @@ pub struct RunningPipeline {
         crate::open_alerts::Locks,
         crate::silence_release::RegisterLock,
     ),
+    /// Only its ingest endpoint runs here: another process delivers (see
+    /// [`QueueStore::delivers`]).
+    pub ingest_only: bool,
 }
 
 impl RunningPipeline {
@@ -159,6 +162,9 @@ pub async fn start(
     let queue_budget = spec.queue_budget;
     status.set_queue_budget(shared.budget.budget_of(queue_budget));
     let memory = shared.plugin_memory.reserve(&spec)?;
+    if !*shared.queue.delivers().borrow() {
+        return start_ingest_only(shared, spec, status, memory).await;
+    }
     // The built-in `@tocsin` source runs no plugin.
     let mut source = match (&spec.source.stage, source_kind(&spec.source.trigger)) {
         (Some(stage), Some(kind)) => {
@@ -221,6 +227,8 @@ pub async fn start(
 
     let cancel = CancellationToken::new();
     let ingress_ready = Arc::new(Notify::new());
+    // Woken too when another process (a shared store) appends to the ingress.
+    shared.queue.watch_ingress(&name, ingress_ready.clone());
     let register_lock = crate::silence_release::RegisterLock::default();
     let expectations = match &spec.expect {
         Some(policy) => {
@@ -305,26 +313,16 @@ pub async fn start(
             };
             tasks.push(tokio::spawn(scheduler.run()));
         }
-        (Trigger::Ingest(spec), Some(source)) => {
-            if spec.auth == tocsin_config::IngestAuth::None
-                && shared.budget.budget_of(queue_budget).is_none()
-            {
-                tracing::warn!(pipeline = %name, "this pipeline accepts requests from anyone who can reach it and has no queue budget: a flood can fill the queues' disk for every pipeline. Set `queue_budget` in its file, or --queue-budget");
-            }
-            let endpoint = Arc::new(IngestEndpoint {
-                pipeline: name.clone(),
-                decoder: tokio::sync::Mutex::new(source),
-                auth: Authenticator::from_spec(&spec.auth)
-                    .await
-                    .map_err(|e| format!("source.auth: {e}"))?,
-                body_limit: usize::try_from(spec.body_limit).unwrap_or(usize::MAX),
-                queue: shared.queue.clone(),
-                budget: shared.budget.for_pipeline(&name, queue_budget),
-                ingress_ready: ingress_ready.clone(),
-                status: status.clone(),
-                tracer: shared.tracer.clone(),
-                history: shared.history.clone(),
-            });
+        (Trigger::Ingest(ingest_spec), Some(source)) => {
+            let endpoint = ingest_endpoint(
+                shared,
+                &spec,
+                ingest_spec,
+                source,
+                ingress_ready.clone(),
+                &status,
+            )
+            .await?;
             ingest = Some((shared.ingest.clone(), endpoint));
         }
         (_, None) => return Err("source: its plugin was not built".into()),
@@ -415,7 +413,92 @@ pub async fn start(
         _memory: memory,
         expectations: expectations.map(|e| (shared.expectations.clone(), e)),
         register_lock: (shared.register_locks.clone(), register_lock),
+        ingest_only: false,
     })
+}
+
+/// Starts what runs of a pipeline in a process that does not deliver (another one holds the
+/// shared store): an ingest source's endpoint, its decoder appending to the shared ingress.
+/// Scheduled and built-in sources, filters and sinks run in the delivering process only (a
+/// cron tick is polled once); the manager starts the pipeline again, whole, when this process
+/// takes over.
+async fn start_ingest_only(
+    shared: &Shared,
+    spec: PipelineSpec,
+    status: Arc<PipelineStatus>,
+    memory: crate::plugin_memory::Reservation,
+) -> Result<RunningPipeline, String> {
+    let mut ingest = None;
+    if let (Trigger::Ingest(ingest_spec), Some(stage)) = (&spec.source.trigger, &spec.source.stage)
+    {
+        let mut source = build_stage(
+            shared,
+            &status,
+            &spec.name,
+            "source",
+            stage,
+            PluginKind::Decoder,
+        )
+        .await?;
+        status.track_log_drops("source", source.log_lines_dropped());
+        if let Err(e) = source.start().await {
+            status.call_failed("source", &e);
+            return Err(format!("source ({}): {e}", source.plugin().origin));
+        }
+        // Nobody here takes from the ingress: the delivering process is woken by the store.
+        let ready = Arc::new(Notify::new());
+        let endpoint = ingest_endpoint(shared, &spec, ingest_spec, source, ready, &status).await?;
+        shared.ingest.register(endpoint.clone());
+        ingest = Some((shared.ingest.clone(), endpoint));
+    } else {
+        status.record_plugin("source", "(runs where the pipeline delivers)", "");
+    }
+    Ok(RunningPipeline {
+        spec,
+        status,
+        cancel: CancellationToken::new(),
+        tasks: Vec::new(),
+        ingest,
+        run_now: None,
+        _memory: memory,
+        expectations: None,
+        register_lock: (
+            shared.register_locks.clone(),
+            crate::silence_release::RegisterLock::default(),
+        ),
+        ingest_only: true,
+    })
+}
+
+/// The HTTP endpoint of an ingest pipeline, decoding with `decoder`.
+async fn ingest_endpoint(
+    shared: &Shared,
+    spec: &PipelineSpec,
+    ingest_spec: &tocsin_config::IngestSpec,
+    decoder: Stage,
+    ingress_ready: Arc<Notify>,
+    status: &Arc<PipelineStatus>,
+) -> Result<Arc<IngestEndpoint>, String> {
+    let name = &spec.name;
+    if ingest_spec.auth == tocsin_config::IngestAuth::None
+        && shared.budget.budget_of(spec.queue_budget).is_none()
+    {
+        tracing::warn!(pipeline = %name, "this pipeline accepts requests from anyone who can reach it and has no queue budget: a flood can fill the queues' disk for every pipeline. Set `queue_budget` in its file, or --queue-budget");
+    }
+    Ok(Arc::new(IngestEndpoint {
+        pipeline: name.clone(),
+        decoder: tokio::sync::Mutex::new(decoder),
+        auth: Authenticator::from_spec(&ingest_spec.auth)
+            .await
+            .map_err(|e| format!("source.auth: {e}"))?,
+        body_limit: usize::try_from(ingest_spec.body_limit).unwrap_or(usize::MAX),
+        queue: shared.queue.clone(),
+        budget: shared.budget.for_pipeline(name, spec.queue_budget),
+        ingress_ready,
+        status: status.clone(),
+        tracer: shared.tracer.clone(),
+        history: shared.history.clone(),
+    }))
 }
 
 async fn build_stage(

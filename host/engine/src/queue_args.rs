@@ -10,7 +10,9 @@ use tocsin_queue::JetStreamOptions;
 #[derive(clap::Args, Clone, Debug)]
 pub struct QueueArgs {
     /// Keep the queues in NATS JetStream instead of the data directory: the servers' URLs,
-    /// comma-separated (`nats://n1:4222,nats://n2:4222`). Without it, sled in --data.
+    /// comma-separated (`nats://n1:4222,nats://n2:4222`). Without it, sled in --data. Every
+    /// tocsin process on the same namespace takes ingest; one of them delivers, and another
+    /// takes over within seconds when it is lost.
     #[arg(long = "queue", env = "TOCSIN_QUEUE", value_name = "URLS")]
     queue: Option<String>,
     /// JetStream: a token for the servers' `authorization { token }`, as `env:NAME` or
@@ -41,10 +43,6 @@ pub struct QueueArgs {
     /// share servers keep apart by it.
     #[arg(long, env = "TOCSIN_QUEUE_NAMESPACE", default_value = "tocsin")]
     queue_namespace: String,
-    /// JetStream: when another tocsin process runs the namespace, wait (not serving HTTP) and
-    /// take over within seconds of its stop or loss, instead of refusing to start.
-    #[arg(long, env = "TOCSIN_QUEUE_STANDBY")]
-    queue_standby: bool,
 }
 
 impl QueueArgs {
@@ -56,7 +54,6 @@ impl QueueArgs {
                 ("--queue-user", self.queue_user.is_some()),
                 ("--queue-creds", self.queue_creds.is_some()),
                 ("--queue-ca", self.queue_ca.is_some()),
-                ("--queue-standby", self.queue_standby),
             ];
             if let Some((arg, _)) = jetstream_only.iter().find(|(_, set)| *set) {
                 anyhow::bail!("{arg} is for JetStream: give --queue nats://… as well");
@@ -91,7 +88,6 @@ impl QueueArgs {
         options.ca_file = self.queue_ca.clone();
         options.replicas = usize::from(self.queue_replicas);
         options.namespace = self.queue_namespace.clone();
-        options.standby = self.queue_standby;
         Ok(QueueBackend::JetStream(options))
     }
 }

@@ -345,9 +345,24 @@ impl Server {
         rescan.tick().await;
         let mut store_watch = tokio::time::interval(STORE_WATCH_INTERVAL);
         let mut store_failure = None;
+        let mut delivers = self.queue.delivers();
+        let mut watching_delivery = !*delivers.borrow_and_update();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                changed = delivers.changed(), if watching_delivery => {
+                    if changed.is_err() || !*delivers.borrow_and_update() {
+                        watching_delivery = changed.is_ok();
+                        continue;
+                    }
+                    // Another process delivered until now: what it changed is in the store.
+                    tracing::info!("this process delivers now (it took over from another tocsin process on the shared queue store); starting every pipeline whole");
+                    if let Err(e) = self.silences.reload().await {
+                        tracing::error!(error = %e, "cannot read the silences again; keeping those read at start");
+                    }
+                    self.manager.restart_all().await;
+                    watching_delivery = false;
+                }
                 _ = store_watch.tick() => {
                     if let Some(failure) = self.queue.failure() {
                         tracing::error!(error = %failure, "the queue store failed and refuses writes until reopened; stopping so the supervisor restarts tocsin (what was acknowledged is on disk)");

@@ -347,6 +347,25 @@ impl Silences {
     /// Reads the silences kept in `store`, deleting those expired for longer than
     /// [`EXPIRED_KEPT`].
     pub fn load(store: Arc<dyn QueueStore>) -> tocsin_queue::Result<Arc<Silences>> {
+        let kept = Self::read(store.as_ref())?;
+        let (current, _) = watch::channel(Arc::new(SilenceSet::new(kept)));
+        Ok(Arc::new(Silences {
+            store,
+            current,
+            changing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Reads the silences again and publishes them: when this process took over delivery
+    /// from another (a shared store), whose operators may have changed them meanwhile.
+    pub async fn reload(&self) -> tocsin_queue::Result<()> {
+        let _one = self.changing.lock().await;
+        let kept = Self::read(self.store.as_ref())?;
+        self.current.send_replace(Arc::new(SilenceSet::new(kept)));
+        Ok(())
+    }
+
+    fn read(store: &dyn QueueStore) -> tocsin_queue::Result<Vec<Silence>> {
         let now = now_ms();
         let mut kept = Vec::new();
         for (key, value) in store.server_state_scan(RECORD_PREFIX)? {
@@ -361,12 +380,7 @@ impl Silences {
                 }
             }
         }
-        let (current, _) = watch::channel(Arc::new(SilenceSet::new(kept)));
-        Ok(Arc::new(Silences {
-            store,
-            current,
-            changing: tokio::sync::Mutex::new(()),
-        }))
+        Ok(kept)
     }
 
     /// The silences now.

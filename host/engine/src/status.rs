@@ -13,6 +13,9 @@ pub enum PipelineState {
     Starting,
     /// Running.
     Running,
+    /// Only its ingest endpoint runs here: another tocsin process delivers for the shared
+    /// queue store, and this one takes over if that one is lost.
+    IngestOnly,
     /// Not running, and why (an invalid file, a plugin that failed `init`, …).
     Failed(String),
     /// Its file says `disabled = true`.

@@ -70,6 +70,15 @@ pub enum QueueError {
         /// The holder's process id, as it recorded it.
         holder: Option<u32>,
     },
+    /// The call moves queue entries, and another process delivers for the shared store
+    /// (this one takes ingest only; see [`QueueStore::delivers`]).
+    #[error("{what}: this tocsin process takes ingest only; {delivering} delivers for the shared queue store: ask it")]
+    NotDelivering {
+        /// What was asked.
+        what: String,
+        /// The process that delivers, as the store names it.
+        delivering: String,
+    },
     /// The store is shutting down; the write may not be durable.
     #[error("the queue store is closed")]
     Closed,
@@ -366,6 +375,24 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Removes everything stored for a pipeline.
     fn purge_pipeline(&self, pipeline: &str) -> Result<()>;
+
+    /// Whether this process moves the queues' entries (runs filters, deliveries and
+    /// schedules), and every change of it. Always `true` for an embedded store; on a shared
+    /// one (JetStream), only for the process that holds the namespace: the others take
+    /// ingest (they append) and stand by, and turn `true` when they take over.
+    fn delivers(&self) -> tokio::sync::watch::Receiver<bool> {
+        tokio::sync::watch::channel(true).1
+    }
+
+    /// Who delivers, when this process does not (as the shared store names it); `None`
+    /// when this process does.
+    fn delivered_by(&self) -> Option<String> {
+        None
+    }
+
+    /// Wakes `ready` whenever another process appends to `pipeline`'s ingress (a shared
+    /// store; an embedded one has no other process). Replaces the pipeline's previous signal.
+    fn watch_ingress(&self, _pipeline: &str, _ready: std::sync::Arc<tokio::sync::Notify>) {}
 
     /// Makes every write so far durable.
     fn flush(&self) -> Commit;

@@ -150,6 +150,21 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let (token, response) = match state.tokens.check(request.headers(), needs) {
+        // A change made here would not reach the process that delivers (silences, replays,
+        // acknowledgements are its to make): refused, naming it.
+        Ok(caller) if needs == Role::Admin && !*state.queue.delivers().borrow() => {
+            let delivering = state
+                .queue
+                .delivered_by()
+                .unwrap_or_else(|| "another process".into());
+            (
+                caller.name.clone(),
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this tocsin process takes ingest only; {delivering} delivers for the shared queue store: send {method} requests to it"),
+                ),
+            )
+        }
         Ok(caller) => {
             let name = caller.name.clone();
             let mut request = request;
@@ -186,6 +201,7 @@ fn error(status: StatusCode, why: impl Into<String>) -> Response {
 fn store_error(e: QueueError) -> Response {
     match e {
         QueueError::NotFound { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        QueueError::NotDelivering { .. } => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -295,7 +295,10 @@ async fn accept(
         use crate::status::PipelineState;
         let not_running = match table.state_of(&name) {
             // Running without an endpoint: a scheduled pipeline. Stopped: its file is gone.
-            None | Some(PipelineState::Running | PipelineState::Stopped) => None,
+            None
+            | Some(PipelineState::Running | PipelineState::IngestOnly | PipelineState::Stopped) => {
+                None
+            }
             Some(PipelineState::Starting) => Some("is starting"),
             Some(PipelineState::Failed(_)) => Some(
                 "failed to start (its file is invalid or a plugin did not start; see the \

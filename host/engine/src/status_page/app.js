@@ -81,7 +81,7 @@ function number(v) {
 }
 
 function stateClass(state) {
-  if (state === "running") return "ok";
+  if (state === "running" || state === "ingest_only") return "ok";
   if (state === "paused" || state === "starting" || state === "disabled") return "warn";
   return "bad";
 }

@@ -1,17 +1,19 @@
-//! One tocsin process at a time on a namespace: a lease in the server's bucket.
+//! Which tocsin process delivers for a namespace: a lease in the server's bucket.
 //!
-//! The store keeps an index of the queues in memory and is exact only while it alone moves
-//! entries (see the module docs above), so a second process on the same namespace — a copy
-//! started by mistake, or a restart while the old process still runs — must not start.
+//! The store keeps an index of the queues in memory and is exact only while one process
+//! moves entries (runs filters, deliveries, schedules; see the module docs above). Every
+//! other process on the namespace only *appends* ingress (it takes `POST /ingest/…`), which
+//! the holder's index follows, and stands by to take the lease over.
 //!
 //! The lease is key `lease` of the server's bucket: the holder's name, rewritten every
 //! [`RENEW_EVERY`] with the revision last written (a write by anyone else in between fails).
-//! A process that finds the lease held watches it for [`TTL`]: if its revision moves, its
-//! holder is alive and the newcomer refuses to start, naming it; if not, the holder is gone
-//! (`kill -9`, a lost machine) and the newcomer takes the lease over with a revision-checked
-//! write. No clock is compared across machines. A clean stop deletes the lease, so the next
-//! start takes it at once. A holder that cannot renew for a whole [`TTL`] (a paused process,
-//! a partition) may have been replaced: its store reports a failure, and the server stops.
+//! A process that finds the lease free takes it at once ([`join`]); one that finds it held
+//! watches it ([`take_over`]) for [`TTL`] at a time: while its revision moves, the holder is
+//! alive; when it stops moving, the holder is gone (`kill -9`, a lost machine) and the
+//! watcher takes the lease over with a revision-checked write (two watchers: one wins). No
+//! clock is compared across machines. A clean stop deletes the lease, so a watcher takes it
+//! within a few seconds. A holder that cannot renew for a whole [`TTL`] (a paused process, a
+//! partition) may have been replaced: its store reports a failure, and the server stops.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +28,9 @@ const LEASE_KEY: &str = "lease";
 
 /// How often the holder rewrites the lease.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+
+/// How often a standing-by process looks at the lease.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a lease that nobody rewrites stays its holder's.
 pub const TTL: Duration = Duration::from_secs(12);
@@ -51,30 +56,56 @@ pub struct Lease {
     renewal: tokio::task::JoinHandle<()>,
 }
 
+/// Who holds the lease now, if anyone.
+pub async fn holder(kv: &kv::Store) -> Result<Option<String>> {
+    let entry = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+}
+
+/// What [`join`] found.
+pub enum Joined {
+    /// The lease was free: this process delivers.
+    Holder(Box<Lease>),
+    /// Another process holds it (named): this one takes ingest and stands by.
+    Follower(String),
+}
+
+/// Takes the lease if it is free (never taken, or released by a clean stop); otherwise says
+/// who holds it, at once — whether that holder is still alive is for [`take_over`] to find.
+pub async fn join(kv: kv::Store, holder: &str) -> Result<Joined> {
+    let value = Bytes::from(holder.to_string());
+    let entry = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
+    let taken = match &entry {
+        None => kv.create(LEASE_KEY, value).await.ok(),
+        Some(e) if e.operation != kv::Operation::Put => {
+            kv.update(LEASE_KEY, value, e.revision).await.ok()
+        }
+        Some(_) => None,
+    };
+    Ok(match taken {
+        Some(revision) => Joined::Holder(Box::new(Lease::start(kv, holder, revision))),
+        None => Joined::Follower(entry.map_or_else(
+            || "a process that took it just now".to_string(),
+            |e| String::from_utf8_lossy(&e.value).into_owned(),
+        )),
+    })
+}
+
+/// Watches the lease until its holder stops renewing it (or releases it), then takes it over
+/// for `holder`: the wait of a standing-by process.
+pub async fn take_over(kv: kv::Store, holder: &str) -> Result<Lease> {
+    let value = Bytes::from(holder.to_string());
+    loop {
+        if let Taken(revision) = take(&kv, &value).await? {
+            return Ok(Lease::start(kv, holder, revision));
+        }
+    }
+}
+
 impl Lease {
-    /// Takes the lease for `holder`, waiting up to [`TTL`] for a silent holder's to lapse.
-    /// When a live holder renews it meanwhile: refuses, naming the holder — or, `standby`,
-    /// keeps watching and takes the lease over once its holder stops (a hot standby).
-    pub async fn acquire(
-        kv: kv::Store,
-        holder: &str,
-        namespace: &str,
-        standby: bool,
-    ) -> Result<Lease> {
-        let value = Bytes::from(holder.to_string());
-        let mut announced = false;
-        let revision = loop {
-            match take(&kv, &value).await? {
-                Taken(revision) => break revision,
-                HeldBy(other) if standby => {
-                    if !announced {
-                        tracing::warn!(holder = %other, "standing by: another tocsin process runs this JetStream namespace; taking over when it stops renewing its lease");
-                        announced = true;
-                    }
-                }
-                HeldBy(other) => return Err(in_use(namespace, &other)),
-            }
-        };
+    fn start(kv: kv::Store, holder: &str, revision: u64) -> Lease {
         let revision = Arc::new(Mutex::new(revision));
         let lost = Arc::new(Mutex::new(None));
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -85,13 +116,13 @@ impl Lease {
             lost.clone(),
             stopped,
         ));
-        Ok(Lease {
+        Lease {
             kv,
             revision,
             lost,
             stop,
             renewal,
-        })
+        }
     }
 
     /// Why the lease was lost, once it was.
@@ -125,35 +156,39 @@ impl Lease {
 enum Attempt {
     /// The lease is ours, at this revision.
     Taken(u64),
-    /// Its holder, alive: it renewed the lease while we watched.
-    HeldBy(String),
+    /// Not taken: its holder renewed (or released) it while we watched, or another process
+    /// won the race for it.
+    Held,
 }
-use Attempt::{HeldBy, Taken};
+use Attempt::{Held, Taken};
 
-/// One try: takes a free lease at once; watches a held one for [`TTL`] and takes it over
-/// only if nobody rewrote it meanwhile (a revision-checked write: a race is lost, not won
-/// twice).
+/// One try: takes a free lease at once; watches a held one for up to [`TTL`] and takes it
+/// over only if nobody rewrote it meanwhile (a revision-checked write: a race is lost, not won
+/// twice); a lease rewritten or released meanwhile ends the try (the next one looks again).
 async fn take(kv: &kv::Store, value: &Bytes) -> Result<Attempt> {
     let entry = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
     let Some(entry) = entry else {
         return Ok(match kv.create(LEASE_KEY, value.clone()).await {
             Ok(revision) => Taken(revision),
-            Err(_) => HeldBy("a process that took it just now".into()),
+            Err(_) => Held,
         });
     };
-    let holder = String::from_utf8_lossy(&entry.value).into_owned();
     if entry.operation == kv::Operation::Put {
-        tracing::info!(holder = %holder, "the JetStream namespace's lease is held; watching whether its holder still renews it");
-        tokio::time::sleep(TTL).await;
-        let again = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
-        if again.is_some_and(|a| a.revision != entry.revision) {
-            return Ok(HeldBy(holder));
+        // Looked at every second: a release (or a renewal) is seen at once, a holder that
+        // went silent after a whole TTL.
+        let silent_until = tokio::time::Instant::now() + TTL;
+        while tokio::time::Instant::now() < silent_until {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let again = kv.entry(LEASE_KEY).await.map_err(lease_error)?;
+            if again.is_none_or(|a| a.revision != entry.revision) {
+                return Ok(Held);
+            }
         }
     }
     Ok(
         match kv.update(LEASE_KEY, value.clone(), entry.revision).await {
             Ok(revision) => Taken(revision),
-            Err(_) => HeldBy(holder),
+            Err(_) => Held,
         },
     )
 }
@@ -205,12 +240,4 @@ async fn renew(
 
 fn lease_error(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(format!("JetStream: the namespace's lease: {e}"))
-}
-
-fn in_use(namespace: &str, holder: &str) -> QueueError {
-    QueueError::Storage(format!(
-        "the JetStream namespace {namespace:?} is in use by another tocsin process ({holder}), \
-         which renews its lease; one process at a time runs a namespace's pipelines. Stop it, \
-         or give this one another --queue-namespace"
-    ))
 }

@@ -28,7 +28,17 @@
 //! Opening a pipeline reads its stream once (subjects and sizes, not bodies) and its bucket:
 //! queue lengths, byte counts and state are then answered from memory, kept up to date by
 //! this process's writes, and only message bodies are fetched (by sequence, from the
-//! stream's leader). That is exact while one process owns a pipeline's queues.
+//! stream's leader). That is exact while one process moves a pipeline's entries.
+//!
+//! # Several processes
+//! Every process on a namespace takes ingest; one of them, the holder of the namespace's
+//! [`lease`], *delivers*: it runs filters, deliveries and schedules, and keeps the index
+//! above. The others append ingress only (their stores keep no index: depths and sizes are
+//! read from JetStream) and stand by; one takes the lease over when the holder is gone.
+//! The holder learns of ingress appended elsewhere by following the ingress subject from
+//! where its index was read (a headers-only ordered consumer), and wakes the pipeline's
+//! filters ([`QueueStore::watch_ingress`]). Ingress order is the stream's order, whichever
+//! process appended: the order in which the `202`s were answered.
 
 mod bridge;
 pub mod lease;
@@ -60,6 +70,9 @@ const SEQ_HEADER: &str = "Tocsin-Seq";
 /// How long the stream remembers a `Nats-Msg-Id` (JetStream's default).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The stage whose state every process writes (an ingest pipeline's decoder).
+const SOURCE_STAGE: &str = "source";
+
 /// How long one request to JetStream may take before the call fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,9 +94,6 @@ pub struct JetStreamOptions {
     /// Prefix of every stream, bucket and subject (`[A-Za-z0-9_]`, default `tocsin`): two
     /// tocsin deployments sharing servers keep apart by it.
     pub namespace: String,
-    /// When another process holds the namespace: wait, and take over once it stops (a hot
-    /// standby), instead of refusing to start.
-    pub standby: bool,
 }
 
 impl JetStreamOptions {
@@ -97,7 +107,6 @@ impl JetStreamOptions {
             ca_file: None,
             replicas: 1,
             namespace: "tocsin".to_string(),
-            standby: false,
         }
     }
 }
@@ -109,11 +118,20 @@ pub struct JetStreamStore {
     options: JetStreamOptions,
     server_kv: kv::Store,
     server_kv_stream: stream::Stream,
-    pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
-    /// This process's hold on the namespace (one process at a time: see [`lease`]).
-    lease: Mutex<Option<lease::Lease>>,
+    pipelines: Arc<Mutex<HashMap<String, Arc<Pipeline>>>>,
+    /// This process's hold on the namespace, once it has it (see [`lease`]).
+    lease: Arc<Mutex<Option<lease::Lease>>>,
+    /// Whether this process delivers (holds the lease); the others take ingest only.
+    delivering: Arc<tokio::sync::watch::Sender<bool>>,
+    /// A follower's wait for the lease.
+    standing_by: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Each pipeline's "new ingress" signal, woken when another process appended.
+    wakers: Wakers,
     bridge: Bridge,
 }
+
+/// Each pipeline's "new ingress" signal, by pipeline name.
+type Wakers = Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>;
 
 /// One pipeline's stream, bucket and what this process knows of them.
 struct Pipeline {
@@ -121,7 +139,22 @@ struct Pipeline {
     names: PipelineNames,
     stream: stream::Stream,
     kv: kv::Store,
+    /// Opened by the delivering process: `index` is exact and follows others' ingress. A
+    /// follower's index holds only its own appends; its depths and sizes come from JetStream.
+    owned: bool,
     index: Mutex<Index>,
+    /// The task following others' ingress (owned pipelines), ended with the pipeline.
+    tail: Mutex<Option<tokio::task::AbortHandle>>,
+    /// A follower's last reading of the stream's size, and when.
+    remote_bytes: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(tail) = self.tail.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tail.abort();
+        }
+    }
 }
 
 /// What a pipeline's stream and bucket hold, by queue (no bodies).
@@ -144,6 +177,12 @@ struct Index {
     bodies: HashMap<Seq, Bytes>,
     /// Bytes of `bodies`.
     body_bytes: u64,
+    /// Ingress up to this seq is known (read at open, or seen by the tail that follows
+    /// other processes' appends).
+    tailed_to: Seq,
+    /// Ingress entries past `tailed_to` that this process appended and already removed: the
+    /// tail, reaching them, must not bring them back.
+    gone_ahead: std::collections::BTreeSet<Seq>,
 }
 
 /// The most bytes of message bodies a pipeline keeps in memory.
@@ -166,6 +205,37 @@ impl Index {
 
     fn add(&mut self, bytes: u64) {
         self.bytes += bytes;
+    }
+
+    /// Lists ingress entry `seq` unless it is known already (listed, or listed and gone):
+    /// each entry enters once, by this process's append or by the tail, whichever is first.
+    fn admit_ingress(&mut self, seq: Seq, size: u64) -> bool {
+        if seq <= self.tailed_to || self.gone_ahead.contains(&seq) {
+            return false;
+        }
+        if self.ingress.insert(seq, size).is_some() {
+            return false;
+        }
+        self.add(size);
+        true
+    }
+
+    /// The tail saw ingress entry `seq` (of `size` bytes); `true` when it is new here.
+    fn tailed(&mut self, seq: Seq, size: u64) -> bool {
+        let fresh = self.admit_ingress(seq, size);
+        self.tailed_to = self.tailed_to.max(seq);
+        self.gone_ahead = self.gone_ahead.split_off(&(seq + 1));
+        fresh
+    }
+
+    /// Removes ingress entry `seq`; its size if it was listed.
+    fn remove_ingress(&mut self, seq: Seq) -> Option<u64> {
+        let size = self.ingress.remove(&seq)?;
+        if seq > self.tailed_to {
+            self.gone_ahead.insert(seq);
+        }
+        self.sub(size);
+        Some(size)
     }
 
     fn sub(&mut self, bytes: u64) {
@@ -310,40 +380,174 @@ impl JetStreamStore {
             let (server_kv, server_kv_stream) =
                 until_available(|| open_bucket(&js, &bucket, opts.replicas)).await?;
             let holder = lease::holder_name();
-            let lease = until_available(|| {
-                lease::Lease::acquire(server_kv.clone(), &holder, &opts.namespace, opts.standby)
-            })
-            .await?;
-            Ok::<_, QueueError>((js, server_kv, server_kv_stream, lease))
+            let joined = until_available(|| lease::join(server_kv.clone(), &holder)).await?;
+            Ok::<_, QueueError>((js, server_kv, server_kv_stream, joined))
         })?;
-        Ok(JetStreamStore {
+        let (delivering, lease) = match lease {
+            lease::Joined::Holder(lease) => (true, Some(*lease)),
+            lease::Joined::Follower(holder) => {
+                tracing::info!(delivering_node = %holder, "another tocsin process delivers for this JetStream namespace; this one takes ingest and stands by to take over");
+                (false, None)
+            }
+        };
+        let store = JetStreamStore {
             js,
             options,
             server_kv,
             server_kv_stream,
-            pipelines: Mutex::new(HashMap::new()),
-            lease: Mutex::new(Some(lease)),
+            pipelines: Arc::default(),
+            lease: Arc::new(Mutex::new(lease)),
+            delivering: Arc::new(tokio::sync::watch::Sender::new(delivering)),
+            standing_by: Mutex::new(None),
+            wakers: Arc::default(),
             bridge,
+        };
+        if !delivering {
+            store.stand_by();
+        }
+        Ok(store)
+    }
+
+    /// Waits (in the background) for the lease; once taken, this process delivers: the
+    /// followers' views of the pipelines are dropped (reopened with an index on next use)
+    /// and [`QueueStore::delivers`] turns `true`.
+    fn stand_by(&self) {
+        let kv = self.server_kv.clone();
+        let (slot, pipelines, delivering) = (
+            self.lease.clone(),
+            self.pipelines.clone(),
+            self.delivering.clone(),
+        );
+        let task = self.bridge.handle().spawn(async move {
+            let holder = lease::holder_name();
+            let lease = loop {
+                match lease::take_over(kv.clone(), &holder).await {
+                    Ok(lease) => break lease,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the JetStream namespace's lease; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+            // Turned on first: a view opened from now on is the delivering kind.
+            delivering.send_replace(true);
+            pipelines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            tracing::info!("took over the JetStream namespace's lease: this process delivers now");
+        });
+        *self.standing_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    fn is_delivering(&self) -> bool {
+        *self.delivering.borrow()
+    }
+
+    /// Refuses a call that moves entries in a process that does not deliver.
+    fn require_delivering(&self, what: &str) -> Result<()> {
+        if self.is_delivering() {
+            return Ok(());
+        }
+        Err(QueueError::NotDelivering {
+            what: what.to_string(),
+            delivering: self
+                .delivered_by()
+                .unwrap_or_else(|| "another process".into()),
         })
     }
 
+    /// Queue depths counted by JetStream (a follower's answer): messages per subject.
+    fn remote_depths(&self, p: &Pipeline) -> Result<Depths> {
+        let (stream, filter) = (p.stream.clone(), p.names.all_subjects());
+        let counts = self.bridge.wait(async move {
+            let mut counts = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(|e| storage("stream subjects", e))?;
+            let mut out = Vec::new();
+            while let Some(entry) = counts.next().await {
+                out.push(entry.map_err(|e| storage("stream subjects", e))?);
+            }
+            Ok::<_, QueueError>(out)
+        })?;
+        let mut depths = Depths::default();
+        let (mut sinks, mut dead) = (BTreeMap::new(), BTreeMap::new());
+        for (subject, count) in counts {
+            match p.names.queue_of(&subject) {
+                Some(Queue::Ingress) => depths.ingress += count,
+                Some(Queue::Sink(sink)) => *sinks.entry(sink).or_default() += count,
+                Some(Queue::Dead(queue)) => *dead.entry(queue).or_default() += count,
+                Some(Queue::Attempts(_)) | None => {}
+            }
+        }
+        depths.sinks = sinks.into_iter().filter(|(_, n)| *n > 0).collect();
+        depths.dead = dead.into_iter().filter(|(_, n)| *n > 0).collect();
+        Ok(depths)
+    }
+
+    /// A pipeline's stream size: exact from the index when delivering, else read from
+    /// JetStream (at most once a second).
+    fn bytes_of(&self, p: &Pipeline) -> u64 {
+        if p.owned {
+            return p.index.lock().unwrap_or_else(|e| e.into_inner()).bytes;
+        }
+        let mut cached = p.remote_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < Duration::from_secs(1) {
+                return bytes;
+            }
+        }
+        let stream = p.stream.clone();
+        let read = self
+            .bridge
+            .wait(async move { stream.get_info().await.map(|i| i.state.bytes) });
+        match read {
+            Ok(bytes) => {
+                *cached = Some((std::time::Instant::now(), bytes));
+                bytes
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %p.name, error = %e, "cannot read the stream's size from JetStream");
+                cached.map_or(0, |(_, b)| b)
+            }
+        }
+    }
+
     /// The pipeline's stream and bucket, created and read on first use.
+    /// The pipeline's stream and bucket, created and read on first use — read into an index
+    /// when this process delivers (a view opened before it took over is opened again).
     fn pipeline(&self, pipeline: &str) -> Result<Arc<Pipeline>> {
+        let owned = self.is_delivering();
         if let Some(p) = self.lock_pipelines().get(pipeline) {
-            return Ok(p.clone());
+            if p.owned == owned {
+                return Ok(p.clone());
+            }
         }
         let names = PipelineNames::new(&self.options.namespace, pipeline);
         let js = self.js.clone();
         let replicas = self.options.replicas;
         let name = pipeline.to_string();
-        let opened = self.bridge.wait(async move {
-            until_available(|| open_pipeline(&js, &names, &name, replicas)).await
-        })?;
+        let opened = Arc::new(self.bridge.wait(async move {
+            until_available(|| open_pipeline(&js, &names, &name, replicas, owned)).await
+        })?);
         let mut pipelines = self.lock_pipelines();
-        Ok(pipelines
-            .entry(pipeline.to_string())
-            .or_insert_with(|| Arc::new(opened))
-            .clone())
+        let p = match pipelines.get(pipeline) {
+            Some(p) if p.owned == owned => return Ok(p.clone()),
+            _ => {
+                pipelines.insert(pipeline.to_string(), opened.clone());
+                opened
+            }
+        };
+        drop(pipelines);
+        if owned {
+            let tail = self.bridge.handle().spawn(follow_ingress(
+                Arc::downgrade(&p),
+                p.stream.clone(),
+                p.names.ingress(),
+                self.wakers.clone(),
+            ));
+            *p.tail.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail.abort_handle());
+        }
+        Ok(p)
     }
 
     fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pipeline>>> {
@@ -553,6 +757,14 @@ impl JetStreamStore {
 impl Drop for JetStreamStore {
     /// Gives the namespace back, so the next start takes it at once.
     fn drop(&mut self) {
+        if let Some(task) = self
+            .standing_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
         if let Some(lease) = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.bridge.wait(lease.release());
         }
@@ -591,6 +803,7 @@ async fn open_pipeline(
     names: &PipelineNames,
     name: &str,
     replicas: usize,
+    owned: bool,
 ) -> Result<Pipeline> {
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -604,14 +817,98 @@ async fn open_pipeline(
         .await
         .map_err(|e| storage(&format!("stream {}", names.stream), e))?;
     let (kv, kv_stream) = open_bucket(js, &names.stream, replicas).await?;
-    let index = load_index(names, &stream, &kv_stream).await?;
+    let index = if owned {
+        // Everything up to here is read below; what comes after, the tail follows.
+        let last = stream
+            .get_info()
+            .await
+            .map_err(|e| storage(&format!("stream {}", names.stream), e))?
+            .state
+            .last_sequence;
+        let mut index = load_index(names, &stream, &kv_stream).await?;
+        index.tailed_to = last;
+        index
+    } else {
+        Index::default()
+    };
     Ok(Pipeline {
         name: name.to_string(),
         names: names.clone(),
         stream,
         kv,
+        owned,
         index: Mutex::new(index),
+        tail: Mutex::new(None),
+        remote_bytes: Mutex::new(None),
     })
+}
+
+/// Follows a delivering pipeline's ingress subject from where its index was read, listing
+/// what other processes append (headers only: sizes, not bodies) and waking the pipeline's
+/// filters for it. Runs until the pipeline's view is dropped; a broken consumer is made again
+/// from the last seq seen.
+async fn follow_ingress(
+    pipeline: std::sync::Weak<Pipeline>,
+    stream: stream::Stream,
+    subject: String,
+    wakers: Wakers,
+) {
+    loop {
+        let Some(from) = pipeline
+            .upgrade()
+            .map(|p| p.index.lock().unwrap_or_else(|e| e.into_inner()).tailed_to)
+        else {
+            return;
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match messages {
+            Ok(mut messages) => {
+                while let Some(Ok(message)) = messages.next().await {
+                    let Ok(info) = message.info() else { continue };
+                    let seq = info.stream_sequence;
+                    let size = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Msg-Size"))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                    let Some(p) = pipeline.upgrade() else { return };
+                    let fresh = p
+                        .index
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .tailed(seq, size);
+                    if fresh {
+                        let waker = wakers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&p.name)
+                            .cloned();
+                        if let Some(waker) = waker {
+                            waker.notify_one();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(subject = %subject, error = %e, "cannot follow the ingress other tocsin processes append; trying again");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Creates (or finds) KV bucket `bucket` and its stream. The stream is made here as the
@@ -669,27 +966,44 @@ async fn publish_messages(
 }
 
 /// Writes state values with the revisions last seen (so a write made by another process
-/// meanwhile is refused, not overwritten), and records the new revisions.
+/// meanwhile is refused, not overwritten), and records the new revisions. The source stage's
+/// values are the exception: an ingest pipeline's decoder runs on every process that takes
+/// ingest, so its writes are plain puts (the last one wins).
 async fn write_state(p: Arc<Pipeline>, state: Vec<StateWrite>) -> Result<()> {
     // The last write of a key wins, as in one sled batch.
-    let mut last: BTreeMap<String, Option<Bytes>> = BTreeMap::new();
+    let mut last: BTreeMap<String, (bool, Option<Bytes>)> = BTreeMap::new();
     for w in state {
-        last.insert(names::state_key(&w.stage, &w.key), w.value.map(Bytes::from));
+        let shared = w.stage == SOURCE_STAGE;
+        last.insert(
+            names::state_key(&w.stage, &w.key),
+            (shared, w.value.map(Bytes::from)),
+        );
     }
-    let known: Vec<(String, Option<u64>, Option<Bytes>)> = {
+    let known: Vec<(String, bool, Option<u64>, Option<Bytes>)> = {
         let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
         last.into_iter()
-            .map(|(k, v)| {
+            .map(|(k, (shared, v))| {
                 let revision = index.state.get(&k).map(|(r, _)| *r);
-                (k, revision, v)
+                (k, shared, revision, v)
             })
             .collect()
     };
     let kv = &p.kv;
     let mut written = Vec::new();
-    for (key, revision, value) in known {
+    for (key, shared, revision, value) in known {
         let revision =
             match (&value, revision) {
+                (Some(v), _) if shared => Some(
+                    kv.put(&key, v.clone())
+                        .await
+                        .map_err(|e| storage(&format!("state {key}"), e))?,
+                ),
+                (None, _) if shared => {
+                    kv.delete(&key)
+                        .await
+                        .map_err(|e| storage(&format!("state {key}"), e))?;
+                    None
+                }
                 (Some(v), Some(r)) => Some(kv.update(&key, v.clone(), r).await.map_err(|e| {
                     storage(&format!("state {key} (changed by another process?)"), e)
                 })?),
@@ -837,9 +1151,7 @@ impl QueueStore for JetStreamStore {
                 index.sub(counted);
                 acks.map(|acks| {
                     for ((seq, duplicate), body) in acks.into_iter().zip(bodies) {
-                        if !duplicate {
-                            index.ingress.insert(seq, body.len() as u64);
-                            index.add(body.len() as u64);
+                        if !duplicate && index.admit_ingress(seq, body.len() as u64) {
                             index.cache_body(seq, body);
                         }
                     }
@@ -859,6 +1171,7 @@ impl QueueStore for JetStreamStore {
     }
 
     fn ingress_heads(&self, pipeline: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
+        self.require_delivering("read the ingress queue")?;
         let p = self.pipeline(pipeline)?;
         let seqs: Vec<Seq> = {
             let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -868,12 +1181,14 @@ impl QueueStore for JetStreamStore {
     }
 
     fn update_ingress(&self, pipeline: &str, seq: Seq, envelope: &Envelope) -> Result<()> {
+        self.require_delivering("update an ingress entry")?;
         let p = self.pipeline(pipeline)?;
         self.put_attempts(&p, FILTERS_QUEUE, seq, envelope)
     }
 
     fn hand_over_all(&self, pipeline: &str, hand_overs: Vec<HandOver>) -> Commit {
         let run = || -> Result<()> {
+            self.require_delivering("hand entries over to the sinks")?;
             let p = self.pipeline(pipeline)?;
             let mut outputs = Vec::new();
             for h in &hand_overs {
@@ -895,9 +1210,7 @@ impl QueueStore for JetStreamStore {
             {
                 let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
                 for seq in &taken {
-                    if let Some(size) = index.ingress.remove(seq) {
-                        index.sub(size);
-                    }
+                    index.remove_ingress(*seq);
                     index.forget_body(*seq);
                 }
                 gone.extend(Self::drop_attempts(&mut index, FILTERS_QUEUE, &taken));
@@ -912,6 +1225,7 @@ impl QueueStore for JetStreamStore {
     }
 
     fn sink_heads(&self, pipeline: &str, sink: &str, limit: usize) -> Result<Vec<(Seq, Envelope)>> {
+        self.require_delivering("read a sink's queue")?;
         let p = self.pipeline(pipeline)?;
         let seqs: Vec<Seq> = {
             let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -925,6 +1239,7 @@ impl QueueStore for JetStreamStore {
     }
 
     fn ack(&self, pipeline: &str, sink: &str, seq: Seq, state: &[StateWrite]) -> Result<()> {
+        self.require_delivering("acknowledge a delivery")?;
         let p = self.pipeline(pipeline)?;
         self.write_state(&p, state)?;
         let gone = {
@@ -943,7 +1258,8 @@ impl QueueStore for JetStreamStore {
 
     fn put_state(&self, pipeline: &str, state: &[StateWrite]) -> Commit {
         Commit::ready(
-            self.pipeline(pipeline)
+            self.require_delivering("write state")
+                .and_then(|()| self.pipeline(pipeline))
                 .and_then(|p| self.write_state(&p, state)),
         )
     }
@@ -955,6 +1271,7 @@ impl QueueStore for JetStreamStore {
         state: &[StateWrite],
     ) -> Commit {
         let run = || -> Result<()> {
+            self.require_delivering("append to the sinks' queues")?;
             let p = self.pipeline(pipeline)?;
             let outputs = outputs
                 .iter()
@@ -968,6 +1285,7 @@ impl QueueStore for JetStreamStore {
     }
 
     fn state_scan(&self, pipeline: &str, stage: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.require_delivering("list state")?;
         let p = self.pipeline(pipeline)?;
         let prefix = names::state_prefix(stage);
         let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -1033,12 +1351,14 @@ impl QueueStore for JetStreamStore {
         seq: Seq,
         envelope: &Envelope,
     ) -> Result<()> {
+        self.require_delivering("record a failed delivery")?;
         let p = self.pipeline(pipeline)?;
         self.put_attempts(&p, sink, seq, envelope)
     }
 
     fn dead_letter(&self, pipeline: &str, queue: &str, seq: Seq, envelope: &Envelope) -> Commit {
         let run = || -> Result<()> {
+            self.require_delivering("park a dead letter")?;
             let p = self.pipeline(pipeline)?;
             let mut headers = HeaderMap::new();
             headers.insert(SEQ_HEADER, seq.to_string().as_str());
@@ -1061,12 +1381,9 @@ impl QueueStore for JetStreamStore {
                         index.add(size);
                     }
                 }
-                let removed = if queue == FILTERS_QUEUE {
-                    index.ingress.remove(&seq)
-                } else {
-                    index.sinks.get_mut(queue).and_then(|q| q.remove(&seq))
-                };
-                if let Some(size) = removed {
+                if queue == FILTERS_QUEUE {
+                    index.remove_ingress(seq);
+                } else if let Some(size) = index.sinks.get_mut(queue).and_then(|q| q.remove(&seq)) {
                     index.sub(size);
                 }
                 index.forget_body(seq);
@@ -1080,11 +1397,13 @@ impl QueueStore for JetStreamStore {
     }
 
     fn dead_letters(&self, pipeline: &str, queue: &str) -> Result<Vec<(Seq, Envelope)>> {
+        self.require_delivering("list dead letters")?;
         let p = self.pipeline(pipeline)?;
         self.letters(&p, queue, None)
     }
 
     fn replay(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
+        self.require_delivering("replay dead letters")?;
         let p = self.pipeline(pipeline)?;
         let letters = self.letters(&p, queue, seq)?;
         if let (Some(seq), true) = (seq, letters.is_empty()) {
@@ -1114,15 +1433,15 @@ impl QueueStore for JetStreamStore {
             let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
             for ((seq, _), size) in acks.into_iter().zip(sizes) {
                 if queue == FILTERS_QUEUE {
-                    index.ingress.insert(seq, size);
+                    index.admit_ingress(seq, size);
                 } else {
                     index
                         .sinks
                         .entry(queue.to_string())
                         .or_default()
                         .insert(seq, size);
+                    index.add(size);
                 }
-                index.add(size);
             }
             let mut gone = Vec::new();
             for (was, _) in &letters {
@@ -1138,6 +1457,7 @@ impl QueueStore for JetStreamStore {
     }
 
     fn purge_dead(&self, pipeline: &str, queue: &str, seq: Option<Seq>) -> Result<usize> {
+        self.require_delivering("purge dead letters")?;
         let p = self.pipeline(pipeline)?;
         let gone: Vec<Seq> = {
             let mut index = p.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -1160,6 +1480,16 @@ impl QueueStore for JetStreamStore {
 
     fn state_get(&self, pipeline: &str, stage: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let p = self.pipeline(pipeline)?;
+        if !p.owned {
+            // Read from the bucket: a follower keeps no copy.
+            let (kv, key) = (p.kv.clone(), names::state_key(stage, key));
+            return self.bridge.wait(async move {
+                kv.get(&key)
+                    .await
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| storage(&format!("state {key}"), e))
+            });
+        }
         let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
         Ok(index
             .state
@@ -1169,6 +1499,9 @@ impl QueueStore for JetStreamStore {
 
     fn depths(&self, pipeline: &str) -> Result<Depths> {
         let p = self.pipeline(pipeline)?;
+        if !p.owned {
+            return self.remote_depths(&p);
+        }
         let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
         let counts = |queues: &BTreeMap<String, usize>| -> Vec<(String, usize)> {
             queues
@@ -1214,7 +1547,7 @@ impl QueueStore for JetStreamStore {
                 continue;
             };
             let p = self.pipeline(&name)?;
-            if p.index.lock().unwrap_or_else(|e| e.into_inner()).bytes > 0 {
+            if self.bytes_of(&p) > 0 {
                 pipelines.push(name);
             }
         }
@@ -1264,18 +1597,42 @@ impl QueueStore for JetStreamStore {
         })
     }
 
+    /// Exact in the delivering process; elsewhere the stream's size as JetStream reports it
+    /// (read at most once a second), plus nothing for state: a budget is checked against
+    /// what the cluster holds, a second late at worst.
     fn stored_bytes(&self, pipeline: &str) -> Result<u64> {
         let p = self.pipeline(pipeline)?;
-        let bytes = p.index.lock().unwrap_or_else(|e| e.into_inner()).bytes;
-        Ok(bytes)
+        Ok(self.bytes_of(&p))
     }
 
     fn stored_bytes_total(&self) -> u64 {
         let pipelines: Vec<Arc<Pipeline>> = self.lock_pipelines().values().cloned().collect();
-        pipelines
-            .iter()
-            .map(|p| p.index.lock().unwrap_or_else(|e| e.into_inner()).bytes)
-            .sum()
+        pipelines.iter().map(|p| self.bytes_of(p)).sum()
+    }
+
+    fn delivers(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.delivering.subscribe()
+    }
+
+    fn delivered_by(&self) -> Option<String> {
+        if self.is_delivering() {
+            return None;
+        }
+        let kv = self.server_kv.clone();
+        let holder = self
+            .bridge
+            .wait(async move { lease::holder(&kv).await })
+            .unwrap_or_default();
+        Some(holder.unwrap_or_else(|| {
+            "no process (the lease is free; one takes it within seconds)".into()
+        }))
+    }
+
+    fn watch_ingress(&self, pipeline: &str, ready: Arc<tokio::sync::Notify>) {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pipeline.to_string(), ready);
     }
 
     fn failure(&self) -> Option<String> {

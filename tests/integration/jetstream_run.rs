@@ -13,7 +13,7 @@ use serde_json::json;
 
 use tocsin_tests::nats::Nats;
 use tocsin_tests::process::{Port, Tocsin};
-use tocsin_tests::{file_sink, wait_until, Env};
+use tocsin_tests::{api_get, file_sink, wait_until, write_api_tokens, Env, ADMIN_TOKEN};
 
 /// An ingest pipeline writing what it delivers to `out/room.jsonl`.
 fn pipeline(env: &Env) -> String {
@@ -130,6 +130,11 @@ fn ticking(out_env: &Env) -> String {
     )
 }
 
+/// Arguments as `Tocsin::spawn` takes them.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A gauge or counter of `/metrics` (0 when absent).
 async fn metric(base: &str, series: &str) -> f64 {
     tocsin_tests::metrics_text(base)
@@ -169,14 +174,50 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
         env.write_pipeline("tick", &ticking(&env_a));
     }
     let (port_a, port_b) = (Port::free(), Port::free());
-    let mut node_a = Tocsin::spawn(&env_a, &port_a, &args);
+    let with_api = |env: &Env| {
+        let tokens = write_api_tokens(env).display().to_string();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--api-tokens".to_string(), tokens]);
+        args
+    };
+    let (args_a, args_b) = (with_api(&env_a), with_api(&env_b));
+    let mut node_a = Tocsin::spawn(&env_a, &port_a, &as_strs(&args_a));
     node_a.wait_serving(&env_a, Duration::from_secs(60)).await;
-    let mut node_b = Tocsin::spawn(&env_b, &port_b, &args);
+    let mut node_b = Tocsin::spawn(&env_b, &port_b, &as_strs(&args_b));
     node_b.wait_serving(&env_b, Duration::from_secs(60)).await;
     let log_b = std::fs::read_to_string(env_b.path("tocsin.log")).unwrap();
     assert!(log_b.contains("takes ingest and stands by"), "{log_b}");
     assert_eq!(metric(&node_a.base_url, "tocsin_delivering").await, 1.0);
     assert_eq!(metric(&node_b.base_url, "tocsin_delivering").await, 0.0);
+    // The admin API of the node that does not deliver: reads work, its pipelines are
+    // `ingest_only`; a change is refused, naming the node that delivers.
+    let listed = api_get(&node_b.base_url, "/pipelines", ADMIN_TOKEN).await;
+    let state_of = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        state_of("stream").as_deref(),
+        Some("ingest_only"),
+        "{listed}"
+    );
+    let refused = reqwest::Client::new()
+        .post(format!("{}/api/v1/silences", node_b.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"matchers": ["host=db1"], "duration": "1h", "comment": "maintenance"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let why = refused.text().await.unwrap();
+    assert!(
+        why.contains("takes ingest only") && why.contains(&format!("pid {}", node_a.pid())),
+        "{why}"
+    );
 
     // Both nodes take posts, each from its own client (a key of its own).
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -228,9 +269,27 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
     })
     .await;
     *stop.lock().unwrap() = true;
+    let polling_since = std::time::Instant::now();
+    while metric(&node_b.base_url, series).await == 0.0 {
+        assert!(
+            polling_since.elapsed() < Duration::from_secs(30),
+            "node b does not poll after taking over: {}",
+            std::fs::read_to_string(env_b.path("tocsin.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each node keeps the trace of what it did: node b took this message in and delivered it.
+    let last_b = acked.lock().unwrap().last().cloned().unwrap();
+    wait_until(Duration::from_secs(60), "the last post delivered", || {
+        delivered(&env_a).contains_key(&last_b)
+    })
+    .await;
+    let trace = api_get(&node_b.base_url, &format!("/trace/{last_b}"), ADMIN_TOKEN)
+        .await
+        .to_string();
     assert!(
-        metric(&node_b.base_url, series).await > 0.0,
-        "node b polls now"
+        trace.contains("\"accepted\"") && trace.contains("\"delivered\""),
+        "{trace}"
     );
 
     let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();

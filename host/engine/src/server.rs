@@ -65,6 +65,9 @@ pub struct Server {
     _watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
     queue: Arc<dyn QueueStore>,
+    /// Where the message trace and the metric history are kept: the queue store itself on
+    /// sled; on a shared store, a sled database of this process's own in the data directory.
+    records: Arc<dyn QueueStore>,
     http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
     janitor_http: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
     janitor_pipeline: Option<String>,
@@ -137,7 +140,7 @@ impl Server {
                 error: "not a directory".into(),
             });
         }
-        let queue = open_queue(&settings).await?;
+        let (queue, records) = open_queue(&settings).await?;
         let silences = crate::silences::Silences::load(queue.clone())?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(settings.cache_dir()),
@@ -198,9 +201,12 @@ impl Server {
         let board = crate::manager::new_board();
         let ingest = IngestTable::with_board(board.clone());
         let metrics = crate::metrics::Metrics::new(board.clone(), queue.clone());
-        let tracer =
-            crate::trace::Tracer::new(queue.clone(), settings.trace_retention, settings.trace_max);
-        let history = crate::history::History::new(queue.clone());
+        let tracer = crate::trace::Tracer::new(
+            records.clone(),
+            settings.trace_retention,
+            settings.trace_max,
+        );
+        let history = crate::history::History::new(records.clone());
         let expectations = crate::absence::Registry::default();
         let register_locks = crate::open_alerts::Locks::default();
         let shared = Shared {
@@ -246,6 +252,7 @@ impl Server {
             _watcher: watcher,
             events,
             queue,
+            records,
             http,
             janitor_http,
             janitor_pipeline,
@@ -364,7 +371,7 @@ impl Server {
                     watching_delivery = false;
                 }
                 _ = store_watch.tick() => {
-                    if let Some(failure) = self.queue.failure() {
+                    if let Some(failure) = self.queue.failure().or_else(|| self.records.failure()) {
                         tracing::error!(error = %failure, "the queue store failed and refuses writes until reopened; stopping so the supervisor restarts tocsin (what was acknowledged is on disk)");
                         store_failure = Some(failure);
                         break;
@@ -400,6 +407,11 @@ impl Server {
         if let Err(e) = self.queue.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        if !Arc::ptr_eq(&self.queue, &self.records) {
+            if let Err(e) = self.records.flush().await {
+                tracing::error!(error = %e, "final flush of the trace and metric history failed");
+            }
+        }
         tracing::info!("stopped");
         match store_failure {
             Some(failure) => Err(ServerError::StoreFailed(failure)),
@@ -408,16 +420,25 @@ impl Server {
     }
 }
 
-/// Opens the queue store the settings name: sled in the data directory, checked, or
-/// JetStream, connected to (waiting while a cluster elects a leader).
-async fn open_queue(settings: &Settings) -> Result<Arc<dyn QueueStore>, ServerError> {
+/// Opens the queue store the settings name, and the store of this process's own records
+/// (message trace, metric history): sled in the data directory, checked, for both; or
+/// JetStream, connected to (waiting while a cluster elects a leader), and sled in the data
+/// directory for the records — each node keeps the trace of the steps it ran and the history
+/// of the messages it took in.
+async fn open_queue(
+    settings: &Settings,
+) -> Result<(Arc<dyn QueueStore>, Arc<dyn QueueStore>), ServerError> {
+    let open_sled = || -> Result<Arc<SledStore>, ServerError> {
+        let store = SledStore::open(&settings.queue_dir())?;
+        let checking = std::time::Instant::now();
+        let report = store.verify(settings.store_check_timeout)?;
+        tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
+        Ok(store)
+    };
     match &settings.queue {
         QueueBackend::Sled => {
-            let store = SledStore::open(&settings.queue_dir())?;
-            let checking = std::time::Instant::now();
-            let report = store.verify(settings.store_check_timeout)?;
-            tracing::info!(records = report.records, took = ?checking.elapsed(), "queue store checked");
-            Ok(store)
+            let store: Arc<dyn QueueStore> = open_sled()?;
+            Ok((store.clone(), store))
         }
         QueueBackend::JetStream(options) => {
             // The data directory still holds the compile cache and server.json.
@@ -427,6 +448,9 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn QueueStore>, ServerEr
                     settings.data_dir.display()
                 )))
             })?;
+            // Opened first: a second process on this data directory stops here, naming the
+            // first, before it joins the namespace.
+            let records: Arc<dyn QueueStore> = open_sled()?;
             let options = options.clone();
             let servers = options.servers.join(",");
             let connecting = std::time::Instant::now();
@@ -435,7 +459,7 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn QueueStore>, ServerEr
                 .await
                 .map_err(|e| ServerError::Queue(QueueError::Storage(e.to_string())))??;
             tracing::info!(servers = %servers, took = ?connecting.elapsed(), "queue store on JetStream connected");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), records))
         }
     }
 }

@@ -139,6 +139,8 @@ struct Pipeline {
     names: PipelineNames,
     stream: stream::Stream,
     kv: kv::Store,
+    /// The bucket's stream, to read a stage's state in one go where no index holds it.
+    kv_stream: stream::Stream,
     /// Opened by the delivering process: `index` is exact and follows others' ingress. A
     /// follower's index holds only its own appends; its depths and sizes come from JetStream.
     owned: bool,
@@ -836,6 +838,7 @@ async fn open_pipeline(
         names: names.clone(),
         stream,
         kv,
+        kv_stream,
         owned,
         index: Mutex::new(index),
         tail: Mutex::new(None),
@@ -1285,9 +1288,28 @@ impl QueueStore for JetStreamStore {
     }
 
     fn state_scan(&self, pipeline: &str, stage: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.require_delivering("list state")?;
         let p = self.pipeline(pipeline)?;
         let prefix = names::state_prefix(stage);
+        if !p.owned {
+            // Read from the bucket: a follower keeps no copy.
+            let subject_prefix = format!("$KV.{}.", p.names.stream);
+            let (stream, filter) = (p.kv_stream.clone(), format!("{subject_prefix}{prefix}>"));
+            let entries = self.bridge.wait(async move {
+                read_all(&stream, &filter, true)
+                    .await
+                    .map_err(|e| storage("state", e))
+            })?;
+            let mut values: Vec<(String, Vec<u8>)> = entries
+                .into_iter()
+                .filter(|e| !is_kv_deletion(&e.headers))
+                .filter_map(|e| {
+                    let key = e.subject.strip_prefix(&subject_prefix)?;
+                    Some((names::parse_state_key(key)?.1, e.payload.to_vec()))
+                })
+                .collect();
+            values.sort();
+            return Ok(values);
+        }
         let index = p.index.lock().unwrap_or_else(|e| e.into_inner());
         let mut values: Vec<(String, Vec<u8>)> = index
             .state

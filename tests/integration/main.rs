@@ -54,6 +54,7 @@ mod backup_alerts;
 mod batches;
 mod budgets;
 mod contract_0_1;
+mod contract_0_2;
 mod corrupt;
 mod disk;
 mod filters;

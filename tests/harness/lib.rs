@@ -361,6 +361,15 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("a text answer")
 }
 
+/// The value of one series of `/metrics` (`name{labels}` as printed), 0 when absent.
+pub async fn metric_value(base: &str, series: &str) -> f64 {
+    metrics_text(base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `GET <base>/api/v1<path>` with `token`: the JSON answer (of a 2xx; panics otherwise).
 pub async fn api_get(base: &str, path: &str, token: &str) -> serde_json::Value {
     let response = reqwest::Client::new()

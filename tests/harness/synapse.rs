@@ -152,11 +152,80 @@ rc_registration: {per_second: 100, burst_count: 100}
     }
 
     async fn post(&self, path: &str, body: &Value) -> Value {
+        let token = (!self.token.is_empty()).then_some(self.token.as_str());
+        self.post_with(token, path, body).await
+    }
+
+    /// Registers another user (password = its name), invites it into the room as the bot
+    /// and has it join; returns its access token.
+    pub async fn add_member(&self, user: &str) -> String {
+        let ok = Command::new(synapse_venv().join("bin/register_new_matrix_user"))
+            .arg("-c")
+            .arg(self.dir.path().join("homeserver.yaml"))
+            .args(["-u", user, "-p", user, "--no-admin"])
+            .arg(&self.base)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "register_new_matrix_user {user} failed");
+        let login = self
+            .post(
+                "/_matrix/client/v3/login",
+                &json!({"type": "m.login.password",
+                        "identifier": {"type": "m.id.user", "user": user},
+                        "password": user}),
+            )
+            .await;
+        let token = login["access_token"].as_str().expect("token").to_string();
+        let room = urlencode(&self.room);
+        self.post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            &json!({"user_id": format!("@{user}:localhost")}),
+        )
+        .await;
+        self.post_as(
+            &token,
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            &json!({}),
+        )
+        .await;
+        token
+    }
+
+    /// Posts `body` into the room as the holder of `token`, as `msgtype` (`m.text`,
+    /// `m.notice`); returns the event id.
+    pub async fn say(&self, token: &str, msgtype: &str, body: &str) -> String {
+        static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/t{}-{txn}",
+            self.base,
+            urlencode(&self.room),
+            std::process::id()
+        );
+        let resp: Value = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(token)
+            .json(&json!({"msgtype": msgtype, "body": body}))
+            .send()
+            .await
+            .expect("synapse answers")
+            .json()
+            .await
+            .expect("JSON");
+        resp["event_id"].as_str().expect("event id").to_string()
+    }
+
+    async fn post_as(&self, token: &str, path: &str, body: &Value) -> Value {
+        self.post_with(Some(token), path, body).await
+    }
+
+    async fn post_with(&self, token: Option<&str>, path: &str, body: &Value) -> Value {
         let mut req = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
             .json(body);
-        if !self.token.is_empty() {
-            req = req.bearer_auth(&self.token);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
         }
         let resp = req.send().await.expect("synapse answers");
         let status = resp.status();

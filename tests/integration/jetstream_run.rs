@@ -13,7 +13,9 @@ use serde_json::json;
 
 use tocsin_tests::nats::Nats;
 use tocsin_tests::process::{Port, Tocsin};
-use tocsin_tests::{api_get, file_sink, wait_until, write_api_tokens, Env, ADMIN_TOKEN};
+use tocsin_tests::{
+    api_get, file_sink, metric_value, wait_until, write_api_tokens, Env, ADMIN_TOKEN,
+};
 
 /// An ingest pipeline writing what it delivers to `out/room.jsonl`.
 fn pipeline(env: &Env) -> String {
@@ -135,15 +137,6 @@ fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// A gauge or counter of `/metrics` (0 when absent).
-async fn metric(base: &str, series: &str) -> f64 {
-    tocsin_tests::metrics_text(base)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The ids of `out/room.jsonl` beginning with `prefix`, their numbers in delivery order (each
 /// first delivery).
 fn delivery_order(env: &Env, prefix: char) -> Vec<u64> {
@@ -187,8 +180,14 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
     node_b.wait_serving(&env_b, Duration::from_secs(60)).await;
     let log_b = std::fs::read_to_string(env_b.path("tocsin.log")).unwrap();
     assert!(log_b.contains("takes ingest and stands by"), "{log_b}");
-    assert_eq!(metric(&node_a.base_url, "tocsin_delivering").await, 1.0);
-    assert_eq!(metric(&node_b.base_url, "tocsin_delivering").await, 0.0);
+    assert_eq!(
+        metric_value(&node_a.base_url, "tocsin_delivering").await,
+        1.0
+    );
+    assert_eq!(
+        metric_value(&node_b.base_url, "tocsin_delivering").await,
+        0.0
+    );
     // The admin API of the node that does not deliver: reads work, its pipelines are
     // `ingest_only`; a change is refused, naming the node that delivers.
     let listed = api_get(&node_b.base_url, "/pipelines", ADMIN_TOKEN).await;
@@ -245,8 +244,8 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
     // The cron pipeline polls on the delivering node only. (Its readings are named by their
     // tick, so a sink would drop a second poll's as a repeat: the poll counters tell.)
     let series = "tocsin_polls_total{pipeline=\"tick\"}";
-    assert!(metric(&node_a.base_url, series).await > 0.0);
-    assert_eq!(metric(&node_b.base_url, series).await, 0.0);
+    assert!(metric_value(&node_a.base_url, series).await > 0.0);
+    assert_eq!(metric_value(&node_b.base_url, series).await, 0.0);
 
     // The delivering node dies mid-stream; the other goes on taking posts and takes over.
     node_a.kill();
@@ -256,7 +255,10 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
             .is_ok_and(|l| l.contains("this process delivers now"))
     })
     .await;
-    assert_eq!(metric(&node_b.base_url, "tocsin_delivering").await, 1.0);
+    assert_eq!(
+        metric_value(&node_b.base_url, "tocsin_delivering").await,
+        1.0
+    );
     assert!(
         count('b') > before,
         "node b took posts while nobody delivered"
@@ -270,7 +272,7 @@ async fn two_nodes_take_posts_and_one_delivers_in_order_through_a_lost_node_and_
     .await;
     *stop.lock().unwrap() = true;
     let polling_since = std::time::Instant::now();
-    while metric(&node_b.base_url, series).await == 0.0 {
+    while metric_value(&node_b.base_url, series).await == 0.0 {
         assert!(
             polling_since.elapsed() < Duration::from_secs(30),
             "node b does not poll after taking over: {}",

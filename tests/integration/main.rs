@@ -69,6 +69,7 @@ mod jetstream_run;
 mod jetstream_store;
 mod lock;
 mod matrix;
+mod matrix_commands;
 mod ordering;
 mod outbound;
 mod packaging;

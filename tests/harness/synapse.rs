@@ -236,6 +236,27 @@ rc_registration: {per_second: 100, burst_count: 100}
 
     /// The `m.room.message` events of the room, oldest first: (body, formatted_body).
     pub async fn messages(&self) -> Vec<(String, String)> {
+        self.events()
+            .await
+            .iter()
+            .map(|e| {
+                (
+                    e["content"]["body"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    e["content"]["formatted_body"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The `m.room.message` events of the room as Synapse gives them (sender, content with
+    /// any `m.relates_to`, event id), oldest first.
+    pub async fn events(&self) -> Vec<Value> {
         let url = format!(
             "{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
             self.base,
@@ -250,23 +271,12 @@ rc_registration: {per_second: 100, burst_count: 100}
             .json()
             .await
             .expect("JSON");
-        let mut out: Vec<(String, String)> = resp["chunk"]
+        let mut out: Vec<Value> = resp["chunk"]
             .as_array()
             .expect("chunk")
             .iter()
             .filter(|e| e["type"] == "m.room.message")
-            .map(|e| {
-                (
-                    e["content"]["body"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    e["content"]["formatted_body"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
+            .cloned()
             .collect();
         out.reverse();
         out

@@ -2,7 +2,9 @@
 //! on its list become messages, once each; the bot's own posts, notices, chatter without the
 //! prefix, other users and what was said before the pipeline first polled do not. A SIGKILL
 //! between two commands neither loses the one said while tocsin was down nor produces the
-//! earlier one again (the sync token is committed with the messages).
+//! earlier one again (the sync token is committed with the messages). And the `matrix` sink
+//! answers a command in reply to it, in its room — which the source does not read back as a
+//! command.
 
 use std::time::Duration;
 
@@ -121,4 +123,72 @@ async fn commands_from_the_room_are_read_once_across_a_sigkill() {
         ]
     );
     tocsin.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matrix_sink_replies_to_a_command_and_the_reply_is_not_read_as_one() {
+    let synapse = Synapse::start().await;
+    let alice = synapse.add_member("alice").await;
+    let env = Env::new();
+    let token_file = env.path("bot-token");
+    std::fs::write(&token_file, &synapse.token).unwrap();
+    let grants = format!(
+        "grants = {{ hosts = [\"127.0.0.1:{port}\"], secrets = {{ access_token = \"file:{token}\" }} }}",
+        port = synapse.port,
+        token = token_file.display(),
+    );
+    // An echo: each command goes back into the room, answering it.
+    env.write_pipeline(
+        "echo",
+        &format!(
+            "[source]\nplugin = \"matrix-commands\"\nschedule = \"* * * * * *\"\n\
+             config = {{ homeserver = \"{base}\", rooms = [\"{room}\"] }}\n{grants}\n\n\
+             [[sink]]\nname = \"room\"\nplugin = \"matrix\"\n\
+             config = {{ homeserver = \"{base}\", room = \"{room}\" }}\n{grants}\n",
+            base = synapse.base,
+            room = synapse.room,
+        ),
+    );
+    let server = env.start().await;
+    let polls = "tocsin_polls_total{pipeline=\"echo\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric_value(&server.base_url, polls).await < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source does not poll"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let asked = synapse.say(&alice, "m.text", "!ping").await;
+    let replies = || async {
+        synapse
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["sender"] == "@alerts:localhost")
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while replies().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer in the room"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A few more polls: the answer (a notice, by the bot, beginning with `!`) is not a command.
+    let seen = metric_value(&server.base_url, polls).await;
+    while metric_value(&server.base_url, polls).await < seen + 3.0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replies = replies().await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply = &replies[0]["content"];
+    assert_eq!(reply["body"], "!ping");
+    assert_eq!(reply["msgtype"], "m.notice");
+    assert_eq!(
+        reply["m.relates_to"]["m.in_reply_to"]["event_id"],
+        asked.as_str()
+    );
+    server.stop().await;
 }

@@ -14,11 +14,19 @@
 //! ```
 //! Outcomes: 2xx delivered; 429 rate-limited by the server's `retry_after_ms`; other 4xx
 //! permanent (a bad token or room will not fix itself); 5xx and network errors retryable.
+//!
+//! **Answers.** A message that carries a `matrix_room` label naming `room` or one of `rooms`
+//! is posted there instead, as a reply to the event its `matrix_reply_to` label names (else
+//! its `matrix_event`, the label `matrix-commands` gives a command): so a pipeline that answers
+//! commands read by `matrix-commands` replies where it was asked. A `matrix_room` not on the
+//! list is not obeyed (the message goes to `room`): the message's content never chooses where
+//! the bot may post.
 
 use serde::Deserialize;
 use tocsin_sdk::http::Request;
 use tocsin_sdk::{
-    export_sink, group, host, severity_emoji, DeliveryError, Group, Message, Notification, Sink,
+    export_sink, group, host, severity_emoji, DeliveryError, Group, Message, MessageExt,
+    Notification, Sink,
 };
 
 /// Posts each message to a Matrix room, with the delivery's idempotency key as the transaction id.
@@ -38,6 +46,10 @@ struct Config {
     /// The name of the granted secret holding the access token.
     #[serde(default = "token_name")]
     token_secret: String,
+    /// Other room ids a message may be answered into (its `matrix_room` label); `room` always
+    /// may.
+    #[serde(default)]
+    rooms: Vec<String>,
 }
 
 fn notice() -> String {
@@ -53,6 +65,14 @@ struct Matrix {
     room: String,
     msgtype: String,
     token_secret: String,
+    rooms: Vec<String>,
+}
+
+/// Where a message goes: a room, and the event it answers, if any.
+#[derive(Debug, PartialEq)]
+struct Target<'a> {
+    room: &'a str,
+    reply_to: Option<&'a str>,
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986), for a path segment.
@@ -139,6 +159,11 @@ impl Sink for Matrix {
                 c.room
             ));
         }
+        if let Some(bad) = c.rooms.iter().find(|r| !r.starts_with('!')) {
+            return Err(format!(
+                "rooms: `{bad}` must be a room id (`!…:server`), not an alias"
+            ));
+        }
         if !matches!(c.msgtype.as_str(), "m.notice" | "m.text") {
             return Err(format!(
                 "msgtype `{}` must be m.notice or m.text",
@@ -150,12 +175,14 @@ impl Sink for Matrix {
             room: c.room,
             msgtype: c.msgtype,
             token_secret: c.token_secret,
+            rooms: c.rooms,
         })
     }
 
     fn deliver(&mut self, msg: Message, key: &str) -> Result<(), DeliveryError> {
         let (plain, html) = render(&msg);
-        self.post(plain, html, key)
+        let target = self.target(&msg);
+        self.post(&target, plain, html, key)
     }
 
     /// A group of alerts is one post: its title, then a list item per alert (its summary the
@@ -168,7 +195,11 @@ impl Sink for Matrix {
         match &notification.group {
             Some(group) => {
                 let (plain, html) = render_group(&notification, group);
-                self.post(plain, html, key)
+                let target = Target {
+                    room: &self.room,
+                    reply_to: None,
+                };
+                self.post(&target, plain, html, key)
             }
             None => {
                 let msg = tocsin_sdk::group::only_message(notification)?;
@@ -211,21 +242,49 @@ fn render_group(notification: &Notification, group: &Group) -> (String, String) 
 }
 
 impl Matrix {
-    /// Sends one room message under transaction id `key`.
-    fn post(&self, plain: String, html: String, key: &str) -> Result<(), DeliveryError> {
+    /// Where `msg` goes: the room its `matrix_room` label names when that room is `room` or one
+    /// of `rooms`, answering the event of its `matrix_reply_to` (else `matrix_event`) label;
+    /// otherwise `room`.
+    fn target<'a>(&'a self, msg: &'a Message) -> Target<'a> {
+        let asked = msg.label("matrix_room");
+        match asked.filter(|r| *r == self.room || self.rooms.iter().any(|o| o == r)) {
+            Some(room) => Target {
+                room,
+                reply_to: msg
+                    .label("matrix_reply_to")
+                    .or_else(|| msg.label("matrix_event")),
+            },
+            None => Target {
+                room: &self.room,
+                reply_to: None,
+            },
+        }
+    }
+
+    /// Sends one room message to `target` under transaction id `key`.
+    fn post(
+        &self,
+        target: &Target,
+        plain: String,
+        html: String,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
         let token = host::require_secret(&self.token_secret)?;
         let url = format!(
             "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             self.homeserver,
-            encode_segment(&self.room),
+            encode_segment(target.room),
             encode_segment(key)
         );
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "msgtype": self.msgtype,
             "body": plain,
             "format": "org.matrix.custom.html",
             "formatted_body": html,
         });
+        if let Some(event) = target.reply_to {
+            body["m.relates_to"] = serde_json::json!({ "m.in_reply_to": { "event_id": event } });
+        }
         let response = Request::put(&url)
             .header("authorization", &format!("Bearer {token}"))
             .json(&body)
@@ -248,7 +307,50 @@ tocsin_sdk::declare_settings!(Config);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tocsin_sdk::{MessageExt, Severity};
+    use tocsin_sdk::Severity;
+
+    fn sink(rooms: &[&str]) -> Matrix {
+        Matrix {
+            homeserver: "https://m.example.org".into(),
+            room: "!alerts:example.org".into(),
+            msgtype: "m.notice".into(),
+            token_secret: "access_token".into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_answer_goes_to_the_room_it_names_only_when_that_room_is_allowed() {
+        let matrix = sink(&["!ops:example.org"]);
+        let mut m = Message::new("$cmd", 0, "db1: load 0.4");
+        assert_eq!(
+            matrix.target(&m),
+            Target {
+                room: "!alerts:example.org",
+                reply_to: None
+            }
+        );
+        m.set_label("matrix_room", "!ops:example.org");
+        m.set_label("matrix_event", "$cmd");
+        assert_eq!(
+            matrix.target(&m),
+            Target {
+                room: "!ops:example.org",
+                reply_to: Some("$cmd")
+            }
+        );
+        m.set_label("matrix_reply_to", "$other");
+        assert_eq!(matrix.target(&m).reply_to, Some("$other"));
+        m.set_label("matrix_room", "!elsewhere:example.org");
+        assert_eq!(
+            matrix.target(&m),
+            Target {
+                room: "!alerts:example.org",
+                reply_to: None
+            },
+            "a room not on the list is not obeyed"
+        );
+    }
 
     #[test]
     fn a_summary_is_a_title_above_the_text_and_said_once_when_the_text_repeats_it() {

@@ -361,6 +361,16 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("a text answer")
 }
 
+/// What `tocsin plugin inspect PATH` prints (it must succeed).
+pub fn plugin_inspect(path: &str) -> String {
+    let out = std::process::Command::new(tocsin_bin())
+        .args(["plugin", "inspect", path])
+        .output()
+        .expect("tocsin runs");
+    assert!(out.status.success(), "plugin inspect {path}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The value of one series of `/metrics` (`name{labels}` as printed), 0 when absent.
 pub async fn metric_value(base: &str, series: &str) -> f64 {
     metrics_text(base)

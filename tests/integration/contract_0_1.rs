@@ -23,12 +23,7 @@ fn inspect_names_contract_0_1_and_says_it_fits() {
         ("threshold.wasm", "filter-plugin"),
         ("matrix.wasm", "sink-plugin"),
     ] {
-        let out = std::process::Command::new(tocsin_tests::tocsin_bin())
-            .args(["plugin", "inspect", &old(file)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let out = String::from_utf8_lossy(&out.stdout);
+        let out = tocsin_tests::plugin_inspect(&old(file));
         assert!(
             out.contains(&format!("world     tocsin:plugin/{world}@0.1.0")),
             "{out}"

@@ -46,12 +46,7 @@ fn inspect_names_contract_0_2_and_says_it_fits() {
         ("file.wasm", "sink-plugin"),
         ("matrix.wasm", "sink-plugin"),
     ] {
-        let out = std::process::Command::new(tocsin_tests::tocsin_bin())
-            .args(["plugin", "inspect", &frozen(file)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let out = String::from_utf8_lossy(&out.stdout);
+        let out = tocsin_tests::plugin_inspect(&frozen(file));
         assert!(
             out.contains(&format!("world     tocsin:plugin/{world}@0.2.0")),
             "{out}"

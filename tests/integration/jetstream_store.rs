@@ -97,6 +97,16 @@ async fn a_retried_append_is_stored_once_and_counts_agree_with_a_fresh_reading()
     );
 }
 
+/// Hands ingress entry `seq` over to sink `s` of pipeline `p`, unchanged.
+async fn to_sink(q: &JetStreamStore, seq: tocsin_queue::Seq, entry: tocsin_queue::Envelope) {
+    let hand_over = HandOver {
+        ingress: seq,
+        outputs: vec![("s".into(), vec![entry])],
+        state: vec![],
+    };
+    q.hand_over("p", hand_over).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_takes_ingest_the_first_delivers_and_takes_over_at_its_stop() {
     let nats = Nats::single().await;
@@ -146,31 +156,11 @@ async fn a_second_process_takes_ingest_the_first_delivers_and_takes_over_at_its_
     );
     // An entry handed over leaves for good: the tail does not bring it back.
     let (seq, head) = first.ingress_head("p").unwrap().unwrap();
-    first
-        .hand_over(
-            "p",
-            HandOver {
-                ingress: seq,
-                outputs: vec![("s".into(), vec![head])],
-                state: vec![],
-            },
-        )
-        .await
-        .unwrap();
+    to_sink(&first, seq, head).await;
     first.append_ingress("p", &[msg("d")], &[]).await.unwrap();
     let (seq, head) = first.ingress_heads("p", 10).unwrap().pop().unwrap();
     assert_eq!(head.message.id, "d");
-    first
-        .hand_over(
-            "p",
-            HandOver {
-                ingress: seq,
-                outputs: vec![("s".into(), vec![head])],
-                state: vec![],
-            },
-        )
-        .await
-        .unwrap();
+    to_sink(&first, seq, head).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(ids(&first), ["b", "c"]);
     // What moves entries is the delivering process's to do.

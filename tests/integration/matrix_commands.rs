@@ -25,6 +25,27 @@ fn written(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits until the pipeline's source has polled `at_least` times in all.
+async fn polled(base: &str, pipeline: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while polls(base, pipeline).await < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source of {pipeline} does not poll"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The polls of the pipeline's source so far.
+async fn polls(base: &str, pipeline: &str) -> f64 {
+    metric_value(
+        base,
+        &format!("tocsin_polls_total{{pipeline=\"{pipeline}\"}}"),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_from_the_room_are_read_once_across_a_sigkill() {
     let synapse = Synapse::start().await;
@@ -53,16 +74,8 @@ async fn commands_from_the_room_are_read_once_across_a_sigkill() {
     let port = Port::free();
     let mut tocsin = Tocsin::spawn(&env, &port, &[]);
     tocsin.wait_serving(&env, Duration::from_secs(60)).await;
-    let polls = "tocsin_polls_total{pipeline=\"commands\"}";
     let base = tocsin.base_url.clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric_value(&base, polls).await < 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source does not poll"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    polled(&base, "commands", 2.0).await;
     let status = synapse.say(&alice, "m.text", "!status db1").await;
     synapse.say(&alice, "m.text", "good morning").await;
     synapse.say(&alice, "m.notice", "!alerts").await;
@@ -75,15 +88,7 @@ async fn commands_from_the_room_are_read_once_across_a_sigkill() {
     })
     .await;
     // Two more polls: whatever else was to come has come.
-    let seen = metric_value(&base, polls).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric_value(&base, polls).await < seen + 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source stopped polling"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    polled(&base, "commands", polls(&base, "commands").await + 2.0).await;
     assert_eq!(written(&env), [(status.clone(), "!status db1".to_string())]);
     let messages_in = "tocsin_messages_in_total{pipeline=\"commands\"}";
     assert_eq!(metric_value(&base, messages_in).await, 1.0);
@@ -101,15 +106,7 @@ async fn commands_from_the_room_are_read_once_across_a_sigkill() {
     )
     .await;
     let base = tocsin.base_url.clone();
-    let seen = metric_value(&base, polls).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric_value(&base, polls).await < seen + 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source stopped polling"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    polled(&base, "commands", polls(&base, "commands").await + 2.0).await;
     assert_eq!(
         metric_value(&base, messages_in).await,
         1.0,
@@ -150,15 +147,7 @@ async fn the_matrix_sink_replies_to_a_command_and_the_reply_is_not_read_as_one()
         ),
     );
     let server = env.start().await;
-    let polls = "tocsin_polls_total{pipeline=\"echo\"}";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric_value(&server.base_url, polls).await < 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source does not poll"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    polled(&server.base_url, "echo", 2.0).await;
     let asked = synapse.say(&alice, "m.text", "!ping").await;
     let replies = || async {
         synapse
@@ -177,10 +166,12 @@ async fn the_matrix_sink_replies_to_a_command_and_the_reply_is_not_read_as_one()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A few more polls: the answer (a notice, by the bot, beginning with `!`) is not a command.
-    let seen = metric_value(&server.base_url, polls).await;
-    while metric_value(&server.base_url, polls).await < seen + 3.0 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    polled(
+        &server.base_url,
+        "echo",
+        polls(&server.base_url, "echo").await + 3.0,
+    )
+    .await;
     let replies = replies().await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     let reply = &replies[0]["content"];

@@ -26,7 +26,7 @@
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tocsin_sdk::http::Request;
+use tocsin_sdk::http::{encode_component, Request};
 use tocsin_sdk::{export_source, host, Message, MessageExt, Source};
 
 /// Reads commands posted in Matrix rooms (messages beginning with a prefix) into messages.
@@ -74,19 +74,6 @@ struct MatrixCommands {
     me: Option<String>,
     /// Whether the rooms were joined in this process.
     joined: bool,
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986), for a URL component.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The sync filter: message events of the configured rooms, nothing else.
@@ -209,7 +196,7 @@ impl MatrixCommands {
             let url = format!(
                 "{}/_matrix/client/v3/rooms/{}/join",
                 self.config.homeserver.trim_end_matches('/'),
-                encode(room)
+                encode_component(room)
             );
             let response = Request::post(&url)
                 .header("authorization", &format!("Bearer {}", self.token()?))
@@ -242,9 +229,9 @@ impl MatrixCommands {
         loop {
             let page = self.get(&format!(
                 "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={TIMELINE_LIMIT}&from={}&to={}",
-                encode(room),
-                encode(&from),
-                encode(since)
+                encode_component(room),
+                encode_component(&from),
+                encode_component(since)
             ))?;
             let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
             out.extend(chunk.iter().filter_map(|e| readers.command(room, e)));
@@ -292,12 +279,15 @@ impl Source for MatrixCommands {
         let me = self.me()?;
         let since: Option<String> = host::state_get_json(SINCE);
         let filter = sync_filter(&self.config.rooms).to_string();
-        let mut path = format!("/_matrix/client/v3/sync?filter={}", encode(&filter));
+        let mut path = format!(
+            "/_matrix/client/v3/sync?filter={}",
+            encode_component(&filter)
+        );
         if let Some(since) = &since {
             // Only a sync from a token waits: the first one answers at once.
             path.push_str(&format!(
                 "&since={}&timeout={}",
-                encode(since),
+                encode_component(since),
                 self.config.long_poll_ms
             ));
         }
@@ -398,7 +388,7 @@ mod tests {
         assert_eq!(f["room"]["rooms"][0], "!ops:example.org");
         assert_eq!(f["room"]["timeline"]["types"][0], "m.room.message");
         assert_eq!(f["presence"]["types"].as_array().unwrap().len(), 0);
-        assert_eq!(encode("!a:b c"), "%21a%3Ab%20c");
+        assert_eq!(encode_component("!a:b c"), "%21a%3Ab%20c");
     }
 
     #[test]

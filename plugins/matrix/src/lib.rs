@@ -23,7 +23,7 @@
 //! the bot may post.
 
 use serde::Deserialize;
-use tocsin_sdk::http::Request;
+use tocsin_sdk::http::{encode_component, Request};
 use tocsin_sdk::{
     export_sink, group, host, severity_emoji, DeliveryError, Group, Message, MessageExt,
     Notification, Sink,
@@ -73,19 +73,6 @@ struct Matrix {
 struct Target<'a> {
     room: &'a str,
     reply_to: Option<&'a str>,
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986), for a path segment.
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn escape_html(s: &str) -> String {
@@ -273,8 +260,8 @@ impl Matrix {
         let url = format!(
             "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             self.homeserver,
-            encode_segment(target.room),
-            encode_segment(key)
+            encode_component(target.room),
+            encode_component(key)
         );
         let mut body = serde_json::json!({
             "msgtype": self.msgtype,

@@ -1,4 +1,5 @@
-//! A small blocking HTTP client over `wasi:http`, for sinks.
+//! A small blocking HTTP client over `wasi:http`, for sinks and for sources that poll a
+//! service.
 //!
 //! The host only lets a request out if its authority is in the stage's `grants.hosts`;
 //! anything else fails with [`HttpError::Denied`]. The host also bounds the whole call by the
@@ -18,6 +19,20 @@ use crate::bindings::sink::wasi::http::types::{
 };
 use crate::bindings::sink::wasi::io::streams::StreamError;
 use crate::DeliveryError;
+
+/// Percent-encodes everything but unreserved characters (RFC 3986): for a path segment or a
+/// query value taken from settings or messages (a Matrix room id, a transaction id, a token).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 /// Cap on a response body read by [`Request::send`]; more is cut off.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;

@@ -326,6 +326,21 @@ async fn read_all(
     Ok(out)
 }
 
+/// The KV keys (subjects without `subject_prefix`) and values of bucket entries read from its
+/// stream, deletions left out.
+fn live_values(
+    entries: Vec<Stored>,
+    subject_prefix: &str,
+) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
+    entries
+        .into_iter()
+        .filter(|e| !is_kv_deletion(&e.headers))
+        .filter_map(move |e| {
+            let key = e.subject.strip_prefix(subject_prefix)?.to_string();
+            Some((key, e.payload.to_vec()))
+        })
+}
+
 /// Whether a KV entry read from the bucket's stream is a deletion.
 fn is_kv_deletion(headers: &Option<HeaderMap>) -> bool {
     headers
@@ -1299,13 +1314,8 @@ impl QueueStore for JetStreamStore {
                     .await
                     .map_err(|e| storage("state", e))
             })?;
-            let mut values: Vec<(String, Vec<u8>)> = entries
-                .into_iter()
-                .filter(|e| !is_kv_deletion(&e.headers))
-                .filter_map(|e| {
-                    let key = e.subject.strip_prefix(&subject_prefix)?;
-                    Some((names::parse_state_key(key)?.1, e.payload.to_vec()))
-                })
+            let mut values: Vec<(String, Vec<u8>)> = live_values(entries, &subject_prefix)
+                .filter_map(|(key, value)| Some((names::parse_state_key(&key)?.1, value)))
                 .collect();
             values.sort();
             return Ok(values);
@@ -1354,12 +1364,10 @@ impl QueueStore for JetStreamStore {
             })
             .await
         })?;
-        let mut out: Vec<(String, Vec<u8>)> = entries
-            .into_iter()
-            .filter(|e| !is_kv_deletion(&e.headers))
-            .filter_map(|e| {
-                let key = names::untoken(e.subject.strip_prefix(&subject_prefix)?)?;
-                key.starts_with(prefix).then(|| (key, e.payload.to_vec()))
+        let mut out: Vec<(String, Vec<u8>)> = live_values(entries, &subject_prefix)
+            .filter_map(|(key, value)| {
+                let key = names::untoken(&key)?;
+                key.starts_with(prefix).then_some((key, value))
             })
             .collect();
         out.sort();

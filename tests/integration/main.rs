@@ -9,6 +9,8 @@
 //!   announced once and resolved once, across `kill -9`; its own failures never feed it.
 //! - `sysmetrics`: /proc through a read-only grant, disks through the host's disk-usage.
 //! - `wit_docs`: every item of the plugin contract is documented.
+//! - `chat_control`: commands in a Synapse room answered through the `control` interface:
+//!   silence, status, acknowledge; refusals; a SIGKILL between commands.
 //! - `validate`: `tocsin validate` on the shipped examples and on broken files.
 //! - `backup_alerts`: backup-check → threshold → file sink, speaking once per change of state.
 //! - `sandbox`: hostile plugins are stopped and reported while another pipeline delivers.
@@ -53,6 +55,7 @@ mod alertmanager;
 mod backup_alerts;
 mod batches;
 mod budgets;
+mod chat_control;
 mod contract_0_1;
 mod contract_0_2;
 mod corrupt;

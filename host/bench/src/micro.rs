@@ -70,6 +70,7 @@ fn stage_with(
             secrets: Arc::new(vec![]),
             state: Arc::new(NoState),
             dry_run: None,
+            control: None,
         },
     ))
 }

@@ -225,6 +225,51 @@ pub struct GrantsTable {
     /// Let the guest write to the host's standard output (the `stdout` sink).
     #[serde(default)]
     pub stdout: bool,
+    /// The `control` interface: `["status", "ack"]` (any actor the plugin names), or
+    /// `{ status = ["*"], ack = ["@alice:example.org"] }` (who may, per group).
+    pub control: Option<Spanned<ControlTable>>,
+}
+
+/// `grants.control`, in either of its forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlTable {
+    /// `["status", "ack"]`: these groups, for any actor.
+    Groups(Vec<String>),
+    /// `{ status = ["*"], ack = ["@alice:example.org"] }`: these groups, for these actors.
+    Actors(BTreeMap<String, Vec<String>>),
+}
+
+impl<'de> Deserialize<'de> for ControlTable {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = ControlTable;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of groups, `[\"status\", \"ack\", \"silence\"]`, or a table of \
+                     who may use each, `{ ack = [\"@alice:example.org\"] }`",
+                )
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<ControlTable, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(ControlTable::Groups)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ControlTable, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ControlTable::Actors)
+            }
+        }
+        de.deserialize_any(Either)
+    }
 }
 
 /// `auth = { … }` of an ingest source: exactly one of the fields.

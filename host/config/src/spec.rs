@@ -259,6 +259,81 @@ pub struct Grants {
     pub secrets: Vec<(String, SecretRef)>,
     /// May write to the host's stdout.
     pub stdout: bool,
+    /// What of the server's `control` interface it may use, and for whom.
+    pub control: ControlGrant,
+}
+
+/// A group of the `control` interface (contract 0.2.1) a pipeline may grant a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ControlGroup {
+    /// `status` and `alerts`: read the hosts' latest metrics and the open alerts.
+    Status,
+    /// `acknowledge`: acknowledge an open alert.
+    Ack,
+    /// `silences`, `silence`, `unsilence`: list, make and end silences.
+    Silence,
+}
+
+impl ControlGroup {
+    /// Every group, in the order the docs list them.
+    pub const ALL: [ControlGroup; 3] = [
+        ControlGroup::Status,
+        ControlGroup::Ack,
+        ControlGroup::Silence,
+    ];
+
+    /// The group's name in a pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlGroup::Status => "status",
+            ControlGroup::Ack => "ack",
+            ControlGroup::Silence => "silence",
+        }
+    }
+
+    /// The group named `name` in a pipeline file.
+    pub fn parse(name: &str) -> Option<ControlGroup> {
+        ControlGroup::ALL.into_iter().find(|g| g.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ControlGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who a stage may act for through the `control` interface, per group. A group absent is not
+/// granted; [`ControlGrant::ANYONE`] in a group's list lets any `who` the plugin names through
+/// (the plugin then decides who may ask).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlGrant {
+    /// The granted groups and, for each, the actors allowed (Matrix user ids, or `*`).
+    pub groups: std::collections::BTreeMap<ControlGroup, Vec<String>>,
+}
+
+impl ControlGrant {
+    /// The actor that stands for anyone.
+    pub const ANYONE: &'static str = "*";
+
+    /// Whether nothing of `control` is granted.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Whether `who` may use `group`; the error says why not, for the plugin and the log.
+    pub fn allows(&self, group: ControlGroup, who: &str) -> Result<(), String> {
+        let Some(actors) = self.groups.get(&group) else {
+            return Err(format!(
+                "this pipeline does not grant `control` group `{group}` to this stage"
+            ));
+        };
+        if actors.iter().any(|a| a == Self::ANYONE || a == who) {
+            Ok(())
+        } else {
+            Err(format!("`{who}` may not use `{group}` here"))
+        }
+    }
 }
 
 /// A directory mounted into a plugin's sandbox.

@@ -737,7 +737,80 @@ impl Checker<'_> {
                 out.secrets.push((name.clone(), reference));
             }
         }
+        if let Some(control) = &g.control {
+            out.control = self.control_grant(&format!("{field}.grants.control"), control);
+        }
         out
+    }
+
+    /// `grants.control`: known groups, actors written as ids (or `*`).
+    fn control_grant(
+        &mut self,
+        name: &str,
+        table: &toml::Spanned<crate::file::ControlTable>,
+    ) -> crate::spec::ControlGrant {
+        use crate::file::ControlTable;
+        use crate::spec::{ControlGrant, ControlGroup};
+        let span = Some(table.span());
+        let asked: Vec<(String, Vec<String>)> = match table.get_ref() {
+            ControlTable::Groups(groups) => groups
+                .iter()
+                .map(|g| (g.clone(), vec![ControlGrant::ANYONE.to_string()]))
+                .collect(),
+            ControlTable::Actors(by_group) => by_group
+                .iter()
+                .map(|(g, actors)| (g.clone(), actors.clone()))
+                .collect(),
+        };
+        let mut grant = ControlGrant::default();
+        for (group_name, actors) in asked {
+            let Some(group) = ControlGroup::parse(&group_name) else {
+                let known: Vec<&str> = ControlGroup::ALL.iter().map(|g| g.as_str()).collect();
+                let nearest = known
+                    .iter()
+                    .map(|k| (strsim::damerau_levenshtein(&group_name, k), *k))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 2);
+                let hint = match nearest {
+                    Some((_, k)) => format!("; did you mean `{k}`?"),
+                    None => format!(" (the groups are {})", known.join(", ")),
+                };
+                self.error(
+                    span.clone(),
+                    name,
+                    format!("unknown group `{group_name}`{hint}"),
+                );
+                continue;
+            };
+            if actors.is_empty() {
+                self.error(
+                    span.clone(),
+                    &format!("{name}.{group}"),
+                    "lists nobody: name who may use it (Matrix user ids such as \
+                     `@alice:example.org`), or `*` for anyone the plugin lets through, or leave \
+                     the group out"
+                        .into(),
+                );
+                continue;
+            }
+            for actor in &actors {
+                let bad = actor.is_empty()
+                    || actor.len() > 255
+                    || actor.chars().any(|c| c.is_whitespace() || c.is_control());
+                if bad {
+                    self.error(
+                        span.clone(),
+                        &format!("{name}.{group}"),
+                        format!(
+                            "{actor:?} is not an actor: write a user id such as \
+                             `@alice:example.org` (no spaces), or `*`"
+                        ),
+                    );
+                }
+            }
+            grant.groups.entry(group).or_default().extend(actors);
+        }
+        grant
     }
 
     fn ingest(
@@ -1254,7 +1327,8 @@ impl Checker<'_> {
             || !g.write_dirs.is_empty()
             || !g.hosts.is_empty()
             || !g.secrets.is_empty()
-            || g.stdout;
+            || g.stdout
+            || g.control.is_some();
         refuse(self, granted, "grants", "it runs no plugin");
         let l = &src.limits;
         let limited = l.memory.is_some() || l.fuel.is_some() || l.timeout.is_some();

@@ -852,6 +852,7 @@ impl GenStage {
                     .map(|(k, (_, r))| (k.clone(), r.clone()))
                     .collect(),
                 stdout: self.stdout,
+                control: Default::default(),
             },
             limits: Limits {
                 memory: self.memory.as_ref().map_or(DEFAULT_MEMORY, |(_, b)| *b),

@@ -773,6 +773,7 @@ impl<'a> Builder<'a> {
                 stage: stage.to_string(),
             }),
             dry_run: Some(recorder.clone()),
+            control: None,
         };
         Ok((Stage::new(self.runtime, plugin, ctx), recorder, writes))
     }

@@ -40,6 +40,7 @@ pub mod absence;
 pub mod admin;
 pub mod behaviour;
 pub mod budget;
+pub mod control;
 pub mod delivery;
 pub mod delivery_order;
 pub mod dry_run;

@@ -518,8 +518,13 @@ async fn build_stage(
             .map_err(|e| format!("{stage}: secret `{secret_name}`: {e}"))?;
         secrets.push((secret_name.clone(), value));
     }
+    let control = (!spec.grants.control.is_empty()).then(|| {
+        Arc::new(crate::control::EngineControl::of(shared))
+            as Arc<dyn tocsin_runtime::control::ControlPlane>
+    });
     let ctx = StageContext {
         dry_run: None,
+        control,
         pipeline: pipeline.to_string(),
         stage: stage.to_string(),
         config_json: spec.config_json.clone(),

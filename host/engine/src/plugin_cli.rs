@@ -61,11 +61,21 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 fn to_text(found: &Inspection) -> String {
     let world = match (found.kind, found.contract) {
-        (Some(kind), Some(contract)) => format!("{CONTRACT_PACKAGE}/{}@{contract}", kind.world()),
+        (Some(kind), Some(contract)) => {
+            // The version it was built against, as its export names it (0.2.0 on a 0.2.1
+            // host), else the contract's newest.
+            let exported = format!("{CONTRACT_PACKAGE}/{}@", kind.interface());
+            let version = found
+                .exports
+                .iter()
+                .find_map(|e| e.strip_prefix(&exported))
+                .map_or_else(|| contract.to_string(), str::to_string);
+            format!("{CONTRACT_PACKAGE}/{}@{version}", kind.world())
+        }
         _ => "none of ours".to_string(),
     };
     let verdict = match (&found.verdict, found.contract) {
-        (Ok(()), Some(contract)) if contract.version() != CONTRACT_VERSION => format!(
+        (Ok(()), Some(contract)) if contract == tocsin_runtime::Contract::V0_1 => format!(
             "fits this host, which speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION} and still runs \
              {contract} plugins (messages it makes carry no link or key; a sink gets one \
              message per call)"

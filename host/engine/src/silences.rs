@@ -395,9 +395,38 @@ impl Silences {
 
     /// Makes the silence `new` asks for, durably, and publishes it.
     pub async fn add(&self, new: &NewSilence, author: &str) -> Result<Silence, SilenceError> {
+        self.add_as(None, new, author).await
+    }
+
+    /// Makes the silence `new` asks for under the id `id`, or returns the silence of that id
+    /// when there is one: a request that names itself (a chat command read again after a
+    /// crash) makes one silence, however often it is made.
+    pub async fn add_once(
+        &self,
+        id: &str,
+        new: &NewSilence,
+        author: &str,
+    ) -> Result<Silence, SilenceError> {
+        self.add_as(Some(id), new, author).await
+    }
+
+    async fn add_as(
+        &self,
+        id: Option<&str>,
+        new: &NewSilence,
+        author: &str,
+    ) -> Result<Silence, SilenceError> {
         let _one = self.changing.lock().await;
+        if let Some(made) =
+            id.and_then(|id| self.snapshot().all().iter().find(|s| s.id == id).cloned())
+        {
+            return Ok(made);
+        }
         let now = now_ms();
-        let silence = new.build(author, now)?;
+        let mut silence = new.build(author, now)?;
+        if let Some(id) = id {
+            silence.id = id.to_string();
+        }
         let mut all = self.snapshot().all().to_vec();
         if all.len() >= MAX_SILENCES {
             return Err(SilenceError::Invalid(format!(

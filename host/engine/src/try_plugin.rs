@@ -86,6 +86,7 @@ pub async fn run(trial: Trial<'_>) -> anyhow::Result<ExitCode> {
             secrets: Arc::new(trial.secrets.clone()),
             state: Arc::new(NoState),
             dry_run: Some(recorder.clone()),
+            control: None,
         },
     );
     let read_input = || -> anyhow::Result<Vec<u8>> {

@@ -14,7 +14,8 @@
 //!    only: host calls burn none) and a wall-clock timeout (host calls and outbound HTTP
 //!    included). A trap, an exhausted budget, a timeout or a memory cap hit discards the
 //!    instance; the next call builds a fresh one.
-//! 4. Host imports live in [`host_api`] (log, state, secrets, disk usage); outbound HTTP goes
+//! 4. Host imports live in [`host_api`] (log, state, secrets, disk usage) and [`control`]
+//!    (status, alerts, acknowledgements, silences; granted per pipeline); outbound HTTP goes
 //!    through [`http_policy`], which refuses hosts the pipeline did not grant, then out over
 //!    the stage's own keep-alive connection pool ([`outbound`]).
 //!
@@ -24,6 +25,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod control;
 mod convert;
 pub mod group_digest;
 pub mod guest_text;

@@ -16,7 +16,7 @@ use crate::LoadError;
 /// The WIT package plugins must export.
 pub const CONTRACT_PACKAGE: &str = "tocsin:plugin";
 /// The newest contract version this host speaks (it runs [`Contract::ALL`]).
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.1";
 
 /// A version of the contract (`wit/`) a plugin is built against; the host runs each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,11 +32,11 @@ impl Contract {
     /// Every version this host runs, oldest first.
     pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
 
-    /// The version as WIT writes it: `0.2.0`.
+    /// The newest version of it this host speaks, as WIT writes it: `0.2.1`.
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
-            Contract::V0_2 => "0.2.0",
+            Contract::V0_2 => "0.2.1",
         }
     }
 
@@ -200,6 +200,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wit_types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         wit_host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        crate::bindings::wit_control::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         v0_1::wit_types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         v0_1::wit_host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         Ok(linker)

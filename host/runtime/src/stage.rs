@@ -55,6 +55,9 @@ pub struct StageContext {
     /// A dry run: outbound HTTP is recorded here and answered `200 {}` instead of sent, and a
     /// granted stdout is captured here instead of printed.
     pub dry_run: Option<Arc<crate::http_policy::DryRunRecorder>>,
+    /// The server's side of the `control` interface; `None` denies every call (a dry run, a
+    /// benchmark). Calls reach it only as far as `grants.control` lets them.
+    pub control: Option<Arc<dyn crate::control::ControlPlane>>,
 }
 
 /// An HTTP request for a decoder.
@@ -341,22 +344,22 @@ impl Stage {
             let s = &mut store;
             let init = match &exports {
                 Exports::Source(e) => {
-                    e.tocsin_plugin0_2_0_source()
+                    e.tocsin_plugin0_2_1_source()
                         .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Decoder(e) => {
-                    e.tocsin_plugin0_2_0_decoder()
+                    e.tocsin_plugin0_2_1_decoder()
                         .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Filter(e) => {
-                    e.tocsin_plugin0_2_0_filter()
+                    e.tocsin_plugin0_2_1_filter()
                         .call_init(&mut *s, &config)
                         .await?
                 }
                 Exports::Sink(e) => {
-                    e.tocsin_plugin0_2_0_sink()
+                    e.tocsin_plugin0_2_1_sink()
                         .call_init(&mut *s, &config)
                         .await?
                 }
@@ -383,7 +386,7 @@ impl Stage {
             };
             let batch_limit = match (&exports, &init) {
                 (Exports::Sink(e), Ok(())) => {
-                    e.tocsin_plugin0_2_0_sink()
+                    e.tocsin_plugin0_2_1_sink()
                         .call_batch_limit(&mut *s)
                         .await?
                 }
@@ -461,6 +464,7 @@ impl Stage {
             let data = live.store.data_mut();
             data.host.pending.clear();
             data.host.log_lines = 0;
+            data.host.control_calls = 0;
         }
         if let Err(e) = live.store.set_fuel(limits.fuel) {
             return Err(CallError::Init(format!("{e:#}")));
@@ -539,7 +543,7 @@ impl Stage {
         let (out, changes) = self
             .run(async |exports, store| match exports {
                 Exports::Source(e) => {
-                    let out = e.tocsin_plugin0_2_0_source().call_poll(store, tick_ms);
+                    let out = e.tocsin_plugin0_2_1_source().call_poll(store, tick_ms);
                     Ok(out.await?.map(|ms| ms.into_iter().map(from_wit).collect()))
                 }
                 Exports::SourceV0_1(e) => {
@@ -586,7 +590,7 @@ impl Stage {
                         headers,
                         body,
                     };
-                    let out = e.tocsin_plugin0_2_0_decoder().call_decode(store, &req);
+                    let out = e.tocsin_plugin0_2_1_decoder().call_decode(store, &req);
                     Ok(match out.await? {
                         Ok(ms) => Ok(ms.into_iter().map(from_wit).collect()),
                         Err(r) => Err((r.status, r.reason)),
@@ -635,7 +639,7 @@ impl Stage {
                 Exports::Filter(e) => {
                     let mut input = into_wit(msg);
                     (input.link, input.key) = inherited;
-                    let out = e.tocsin_plugin0_2_0_filter().call_process(store, &input);
+                    let out = e.tocsin_plugin0_2_1_filter().call_process(store, &input);
                     Ok(out.await?.map(|ms| ms.into_iter().map(from_wit).collect()))
                 }
                 Exports::FilterV0_1(e) => {
@@ -727,7 +731,7 @@ impl Stage {
                             firing: g.firing,
                         }),
                     };
-                    e.tocsin_plugin0_2_0_sink()
+                    e.tocsin_plugin0_2_1_sink()
                         .call_deliver(store, &notification, idempotency_key)
                         .await
                 }

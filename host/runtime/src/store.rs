@@ -52,6 +52,12 @@ pub(crate) struct HostState {
     pub(crate) log: LogBudget,
     /// Cleans what the plugin logs.
     pub(crate) text: GuestText,
+    /// The server's `control` side; `None` when the run has none (a dry run).
+    pub(crate) control: Option<Arc<dyn crate::control::ControlPlane>>,
+    /// What of `control` the pipeline grants this stage.
+    pub(crate) control_grant: tocsin_config::spec::ControlGrant,
+    /// Control calls made in the current call.
+    pub(crate) control_calls: u32,
 }
 
 impl PluginState {
@@ -127,6 +133,9 @@ impl PluginState {
                 log_lines: 0,
                 log,
                 text,
+                control: ctx.control.clone(),
+                control_grant: ctx.grants.control.clone(),
+                control_calls: 0,
             },
         })
     }

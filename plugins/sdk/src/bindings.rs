@@ -1,6 +1,6 @@
 //! The WIT bindings, generated once per world from `wit/tocsin.wit`.
 //!
-//! The four worlds share the `types` and `host` interfaces: they are generated in [`source`]
+//! The four worlds share the `types`, `host` and `control` interfaces: they are generated in [`source`]
 //! and reused by the others, so a [`crate::Message`] is one type whatever the plugin kind.
 //! Export macros are public (`pub_export_macro`), so each world's exports only reach the final
 //! component when a plugin calls the matching `export_*!` macro.
@@ -16,6 +16,16 @@ pub mod source {
         export_macro_name: "export_source_world",
         default_bindings_module: "tocsin_sdk::bindings::source",
         additional_derives: [PartialEq],
+        // Since 0.2.1 the world declares `wasi:http` (a source may poll a service): the same
+        // bindings as the sink world's, which `crate::http` uses.
+        with: {
+            "wasi:http/types@0.2.12": tocsin_sdk::bindings::sink::wasi::http::types,
+            "wasi:http/outgoing-handler@0.2.12": tocsin_sdk::bindings::sink::wasi::http::outgoing_handler,
+            "wasi:io/poll@0.2.12": tocsin_sdk::bindings::sink::wasi::io::poll,
+            "wasi:io/error@0.2.12": tocsin_sdk::bindings::sink::wasi::io::error,
+            "wasi:io/streams@0.2.12": tocsin_sdk::bindings::sink::wasi::io::streams,
+            "wasi:clocks/monotonic-clock@0.2.12": tocsin_sdk::bindings::sink::wasi::clocks::monotonic_clock,
+        },
     });
 }
 
@@ -28,8 +38,9 @@ pub mod decoder {
         export_macro_name: "export_decoder_world",
         default_bindings_module: "tocsin_sdk::bindings::decoder",
         with: {
-            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/control@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::control,
         },
     });
 }
@@ -43,8 +54,9 @@ pub mod filter {
         export_macro_name: "export_filter_world",
         default_bindings_module: "tocsin_sdk::bindings::filter",
         with: {
-            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/control@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::control,
         },
     });
 }
@@ -58,8 +70,9 @@ pub mod sink {
         export_macro_name: "export_sink_world",
         default_bindings_module: "tocsin_sdk::bindings::sink",
         with: {
-            "tocsin:plugin/types@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::types,
-            "tocsin:plugin/host@0.2.0": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/types@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::types,
+            "tocsin:plugin/host@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::host,
+            "tocsin:plugin/control@0.2.1": tocsin_sdk::bindings::source::tocsin::plugin::control,
         },
         generate_all,
     });

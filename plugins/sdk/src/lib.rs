@@ -27,6 +27,8 @@
 //! # Layout
 //! - [`Source`], [`Decoder`], [`Filter`], [`Sink`]: the four plugin kinds and their macros.
 //! - [`host`]: what the host offers every plugin (log, durable state, secrets, disk usage).
+//! - [`control`]: the server's status, open alerts, acknowledgements and silences, where the
+//!   pipeline grants them (contract 0.2.1).
 //! - [`http`]: a small blocking HTTP client over `wasi:http`, for sinks.
 //! - [`group`]: a group of alerts rendered as one message (a sink's default for groups).
 //! - `template` (feature `template`): Jinja templates over a message.
@@ -41,6 +43,7 @@
 extern crate self as tocsin_sdk;
 
 pub mod bindings;
+pub mod control;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod group;
@@ -66,7 +69,7 @@ pub use message::{
 };
 
 /// The contract version this SDK builds plugins against (`wit/tocsin.wit`).
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.1";
 pub use serde;
 pub use serde_json;
 

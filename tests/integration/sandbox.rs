@@ -1,7 +1,8 @@
 //! Hostile plugins are stopped and reported, and another pipeline keeps delivering meanwhile:
 //! runaway CPU, memory bombs, deep recursion, 100 MiB outputs, panics, sleeps, state floods,
-//! escapes from a directory grant (`..`, absolute, symlink), environment snooping, and sinks
-//! reaching for hosts and secrets they were not granted.
+//! escapes from a directory grant (`..`, absolute, symlink), environment snooping, the server's
+//! `control` interface without a grant or in a loop, and sinks reaching for hosts and secrets
+//! they were not granted.
 
 use std::time::Duration;
 
@@ -185,6 +186,21 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         "snoop",
         &hostile_pipeline(&env, "snoop", r#"{ mode = "env" }"#, "{}"),
     );
+    // The server's control interface: nothing of it without `grants.control`, and a granted
+    // plugin calling it in a loop is stopped.
+    env.write_pipeline(
+        "controller",
+        &hostile_pipeline(&env, "controller", r#"{ mode = "control" }"#, "{}"),
+    );
+    env.write_pipeline(
+        "control-flooder",
+        &hostile_pipeline(
+            &env,
+            "control-flooder",
+            r#"{ mode = "control-flood", count = 100 }"#,
+            "{}\ngrants = { control = [\"status\"] }",
+        ),
+    );
 
     let server = env.start().await;
     let expectations = [
@@ -202,6 +218,10 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
         ("symlinker", "read "),
         ("recursive", "plugin stopped (memory-fault)"),
         ("huge", "the cap is"),
+        (
+            "control-flooder",
+            "plugin stopped (quota): more than 16 control calls",
+        ),
     ];
     for (pipeline, reason) in expectations {
         wait_until(
@@ -281,6 +301,14 @@ async fn hostile_plugins_are_stopped_while_a_healthy_pipeline_delivers() {
     .await;
     let snooped = &env.read_json_lines("out/snoop.jsonl")[0]["body"];
     assert_eq!(snooped, "vars=[] args=[]");
+    wait_until(Duration::from_secs(20), "the controller delivers", || {
+        !env.read_lines("out/controller.jsonl").is_empty()
+    })
+    .await;
+    let told = &env.read_json_lines("out/controller.jsonl")[0]["body"];
+    assert_eq!(told, "status=denied silence=denied", "no grant, no control");
+    let silences = tocsin::silences::Silences::load(server.queue.clone()).unwrap();
+    assert!(silences.snapshot().all().is_empty(), "no silence made");
     // /metrics breaks the failures down per stage.
     let metrics = tocsin_tests::metrics_text(&server.base_url).await;
     for (pipeline, event) in [

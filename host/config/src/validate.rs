@@ -1661,6 +1661,74 @@ match = { severity = ">= info" }
 "#;
 
     #[test]
+    fn control_is_granted_as_groups_or_per_actor_and_a_misspelt_group_is_named() {
+        use crate::spec::ControlGroup;
+        let fx = fixture();
+        let with = |control: &str| {
+            GOOD.replace(
+                "config = { metric = \"backup-age-seconds\", above = { warn = 10, error = 20 } }",
+                &format!(
+                    "config = {{ metric = \"backup-age-seconds\", above = {{ warn = 10, error = 20 }} }}\n\
+                     grants = {{ control = {control} }}"
+                ),
+            )
+        };
+        let spec = check(&fx, &with(r#"["status", "ack"]"#)).unwrap();
+        let grant = &spec.filters[0].grants.control;
+        assert!(grant.allows(ControlGroup::Status, "@anyone:x").is_ok());
+        assert!(grant.allows(ControlGroup::Ack, "@anyone:x").is_ok());
+        assert!(grant.allows(ControlGroup::Silence, "@anyone:x").is_err());
+
+        let spec = check(
+            &fx,
+            &with(r#"{ status = ["*"], silence = ["@alice:example.org"] }"#),
+        )
+        .unwrap();
+        let grant = &spec.filters[0].grants.control;
+        assert!(grant
+            .allows(ControlGroup::Status, "@bob:example.org")
+            .is_ok());
+        assert!(grant
+            .allows(ControlGroup::Silence, "@alice:example.org")
+            .is_ok());
+        let refused = grant
+            .allows(ControlGroup::Silence, "@bob:example.org")
+            .unwrap_err();
+        assert!(
+            refused.contains("`@bob:example.org` may not use `silence`"),
+            "{refused}"
+        );
+        assert!(grant
+            .allows(ControlGroup::Ack, "@alice:example.org")
+            .is_err());
+        assert!(spec.sinks[0].stage.grants.control.is_empty());
+
+        for (control, says) in [
+            (
+                r#"["stats"]"#,
+                "unknown group `stats`; did you mean `status`?",
+            ),
+            (
+                r#"{ reboot = ["*"] }"#,
+                "unknown group `reboot` (the groups are status, ack, silence)",
+            ),
+            (r#"{ ack = [] }"#, "lists nobody"),
+            (r#"{ ack = ["@alice smith"] }"#, "is not an actor"),
+            ("true", "a list of groups"),
+        ] {
+            let errors = check(&fx, &with(control)).expect_err(control);
+            let found = errors.iter().find(|d| d.message.contains(says));
+            let found = found.unwrap_or_else(|| panic!("{control}: {errors:?}"));
+            // A value of the wrong type is named by its line and column (serde gives no path).
+            assert!(
+                found.field.starts_with("filter[0].grants") || control == "true",
+                "{found:?}"
+            );
+            assert_eq!(found.line, Some(11), "{control}: {found:?}");
+        }
+    }
+
+    #[test]
     fn the_root_however_spelled_and_paths_inside_proc_cannot_be_granted() {
         let fx = fixture();
         for (dir, says) in [

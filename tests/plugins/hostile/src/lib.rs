@@ -21,6 +21,8 @@
 //! | `far-future` | passes it on dated `u64::MAX` ms | refuse the output (it would mute time windows) |
 //! | `crlf-id` | passes it on with an id holding CR LF and a NUL | refuse the output |
 //! | `tag-tick` | passes it on with `tick=<seconds> ` before the body | nothing (lets crash tests name each message) |
+//! | `control` | asks the server's `control` for status and a silence, and passes on what it was told | deny both without a grant |
+//! | `control-flood` | asks `control` for the open alerts `count` times in one call | stop it at the control-call quota |
 
 use serde::Deserialize;
 use tocsin_sdk::{export_filter, Filter, Message, MessageExt};
@@ -128,6 +130,32 @@ impl Filter for Hostile {
             "flood" => {
                 for i in 0..self.0.count {
                     tocsin_sdk::host::state_set(&format!("key-{i}"), b"x");
+                }
+                Ok(vec![msg])
+            }
+            "control" => {
+                let outcome = |denied: bool| if denied { "denied" } else { "ALLOWED" };
+                let status = tocsin_sdk::control::status("@mallory:example.org", None);
+                let silence = tocsin_sdk::control::silence(
+                    "@mallory:example.org",
+                    &msg.id,
+                    &["host=db1".to_string()],
+                    3_600_000,
+                    "hostile",
+                );
+                let denied = |e: &Option<tocsin_sdk::control::ControlError>| {
+                    matches!(e, Some(tocsin_sdk::control::ControlError::Denied(_)))
+                };
+                msg.body = format!(
+                    "status={} silence={}",
+                    outcome(denied(&status.err())),
+                    outcome(denied(&silence.err()))
+                );
+                Ok(vec![msg])
+            }
+            "control-flood" => {
+                for _ in 0..self.0.count {
+                    let _ = tocsin_sdk::control::alerts("@mallory:example.org");
                 }
                 Ok(vec![msg])
             }

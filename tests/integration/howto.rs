@@ -20,6 +20,7 @@ const HOWTOS: &[&str] = &[
     "alertmanager.md",
     "github-webhooks.md",
     "many-machines-central.md",
+    "matrix-commands.md",
     "nightly-backup-matrix.md",
     "pubsub-storage.md",
     "server-metrics-mastodon.md",
@@ -50,6 +51,25 @@ fn github_webhooks() {
 #[test]
 fn many_machines_central() {
     run_howto("many-machines-central.md");
+}
+
+/// Against a real Synapse: the page's variables name it, its bot, its room and a member who
+/// sends the commands, as a reader sets them to their own homeserver's.
+#[test]
+fn matrix_commands() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let synapse = runtime.block_on(tocsin_tests::synapse::Synapse::start());
+    let alice = runtime.block_on(synapse.add_member("alice"));
+    run_howto_with(
+        "matrix-commands.md",
+        &[
+            ("HOMESERVER", synapse.base.as_str()),
+            ("MATRIX_TOKEN", synapse.token.as_str()),
+            ("ROOM", synapse.room.as_str()),
+            ("ONCALL", "@alice:localhost"),
+            ("ONCALL_TOKEN", alice.as_str()),
+        ],
+    );
 }
 
 #[test]
@@ -278,6 +298,12 @@ fn two_free_ports() -> (u16, u16) {
 
 /// Runs every `sh` block of `docs/howto/<file>` and checks its expected output.
 fn run_howto(file: &str) {
+    run_howto_with(file, &[]);
+}
+
+/// Like [`run_howto`], with `env` set in the shell: the values a reader would put in the
+/// page's variables (a homeserver started by the test, say).
+fn run_howto_with(file: &str, env: &[(&str, &str)]) {
     let path = howto_dir().join(file);
     let markdown = std::fs::read_to_string(&path).unwrap();
     // The how-tos run tocsin on 127.0.0.1:8470 (and a second instance on :8471); the test
@@ -333,6 +359,7 @@ fn run_howto(file: &str) {
             command.env_remove(name);
         }
     }
+    command.envs(env.iter().copied());
     command.env("TOCSIN_PLUGIN_DIRS", plugins_dir()).env(
         "TOCSIN_CACHE_DIR",
         repo_root().join("target/tocsin-test-cache"),

@@ -47,8 +47,8 @@ fn inspect_describes_a_plugin_and_refuses_misfits_clearly() {
     assert!(ok, "{out}");
     let digest = hex::encode(Sha256::digest(std::fs::read(&sink).unwrap()));
     for needle in [
-        "world     tocsin:plugin/sink-plugin@0.2.0",
-        "tocsin:plugin/sink@0.2.0",
+        "world     tocsin:plugin/sink-plugin@0.2.1",
+        "tocsin:plugin/sink@0.2.1",
         "wasi:http/outgoing-handler",
         "verdict   fits this host",
         digest.as_str(),
@@ -83,21 +83,21 @@ fn inspect_describes_a_plugin_and_refuses_misfits_clearly() {
     let newer = patched(
         dir.path(),
         "threshold",
-        "tocsin:plugin/filter@0.2.0",
+        "tocsin:plugin/filter@0.2.1",
         "tocsin:plugin/filter@0.9.0",
     );
     let foreign = patched(
         dir.path(),
         "stdout",
-        "tocsin:plugin/sink@0.2.0",
-        "example:other/sink@0.2.0",
+        "tocsin:plugin/sink@0.2.1",
+        "example:other/sink@0.2.1",
     );
     for (file, reason) in [
         (&core, "core WebAssembly module, not a component"),
         (&text, "not a WebAssembly file"),
         (
             &newer,
-            "is built for tocsin:plugin@0.9.0; this host speaks tocsin:plugin@0.1.0 and tocsin:plugin@0.2.0",
+            "is built for tocsin:plugin@0.9.0; this host speaks tocsin:plugin@0.1.0 and tocsin:plugin@0.2.1",
         ),
         (&foreign, "exports none of the tocsin:plugin interfaces"),
     ] {

@@ -169,7 +169,7 @@ fn plugin_ls_shows_built_in_plugins_and_the_copies_that_override_them() {
     let (ok, out, err) = tocsin(&bin, dir.path(), &["plugin", "inspect", "threshold"]);
     assert!(ok, "{err}");
     assert!(out.contains("threshold (built into tocsin)"), "{out}");
-    assert!(out.contains("tocsin:plugin/filter-plugin@0.2.0"), "{out}");
+    assert!(out.contains("tocsin:plugin/filter-plugin@0.2.1"), "{out}");
 }
 
 #[test]

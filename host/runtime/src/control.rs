@@ -176,7 +176,9 @@ impl PluginState {
             match h.control_grant.allows(group, who) {
                 Err(why) => Err(ControlError::Denied(why)),
                 Ok(()) => h.control.clone().ok_or_else(|| {
-                    ControlError::Denied("control is not available in this run".into())
+                    ControlError::Failed(
+                        "a dry run has no server to ask; `tocsin run` answers this".into(),
+                    )
                 }),
             }
         };

@@ -45,23 +45,16 @@ struct Config {
     sender_label: String,
     /// What someone the pipeline does not allow gets: `reply` (a polite refusal) or `ignore`
     /// (nothing).
-    #[serde(default)]
-    refusals: Refusals,
+    #[cfg_attr(test, schemars(extend("enum" = ["reply", "ignore"])))]
+    #[serde(default = "reply")]
+    refusals: String,
     /// The comment of an acknowledgement made without one.
     #[serde(default = "default_ack_comment")]
     ack_comment: String,
 }
 
-/// What a refused asker gets.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
-enum Refusals {
-    /// A polite answer saying they may not.
-    #[default]
-    Reply,
-    /// No answer at all.
-    Ignore,
+fn reply() -> String {
+    "reply".into()
 }
 
 fn bang() -> String {
@@ -427,7 +420,7 @@ impl RunCommands {
         };
         match outcome {
             Ok(answer) => Some(answer),
-            Err(ControlError::Denied(_)) if self.config.refusals == Refusals::Ignore => None,
+            Err(ControlError::Denied(_)) if self.config.refusals == "ignore" => None,
             Err(ControlError::Denied(why)) => {
                 Some(Answer::new("Sorry, you may not do that here.").line(why))
             }
@@ -442,6 +435,12 @@ impl Filter for RunCommands {
     fn new(config: Config) -> Result<Self, String> {
         if config.prefix.trim().is_empty() {
             return Err("prefix must not be empty".into());
+        }
+        if !matches!(config.refusals.as_str(), "reply" | "ignore") {
+            return Err(format!(
+                "refusals `{}` must be reply or ignore",
+                config.refusals
+            ));
         }
         if config.ack_comment.trim().is_empty() {
             return Err("ack_comment must not be empty".into());

@@ -357,3 +357,194 @@ fn empty_status(host: &str) -> HostStatus {
         alerts: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::open_alerts::OpenAlert;
+    use tocsin_message::Severity;
+    use tocsin_queue::StateWrite;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        control: EngineControl,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn QueueStore> = tocsin_queue::SledStore::open(dir.path()).unwrap();
+        let board = crate::status::StatusBoard::default();
+        board
+            .lock()
+            .unwrap()
+            .insert("hosts".to_string(), crate::status::PipelineStatus::new());
+        Fixture {
+            control: EngineControl {
+                history: crate::history::History::new(queue.clone()),
+                silences: Silences::load(queue.clone()).unwrap(),
+                register_locks: open_alerts::Locks::default(),
+                board,
+                queue,
+            },
+            _dir: dir,
+        }
+    }
+
+    /// Writes an open alert of `host` into `pipeline`'s register.
+    async fn open_alert(control: &EngineControl, pipeline: &str, identity: &str, host: &str) {
+        let alert = OpenAlert {
+            open: true,
+            since_ms: 1_000,
+            seen_ms: 1_000,
+            summary: Some(format!("DiskFull on {host}")),
+            severity: Severity::Error,
+            labels: vec![("host".into(), host.into())],
+            handed: Default::default(),
+            held: Default::default(),
+            ack: None,
+        };
+        let write = StateWrite {
+            stage: open_alerts::STAGE.to_string(),
+            key: identity.to_string(),
+            value: Some(serde_json::to_vec(&alert).unwrap()),
+        };
+        control.queue.put_state(pipeline, &[write]).await.unwrap();
+    }
+
+    fn request(request: &str) -> SilenceRequest {
+        SilenceRequest {
+            pipeline: "chat".into(),
+            request: request.into(),
+            who: "@alice:example.org".into(),
+            matchers: vec!["host=db1".into()],
+            duration_ms: 3_600_000,
+            comment: "kernel upgrade".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_request_makes_one_silence_however_often_it_is_handled() {
+        let fx = fixture();
+        let first = fx.control.silence(request("$event1")).await.unwrap();
+        let again = fx.control.silence(request("$event1")).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first.id, silence_id("chat", "$event1"));
+        assert_eq!(first.created_by, "@alice:example.org");
+        assert_eq!(fx.control.silences().await.unwrap().len(), 1);
+        let other = fx.control.silence(request("$event2")).await.unwrap();
+        assert_ne!(other.id, first.id);
+        assert_eq!(fx.control.silences().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn ending_a_silence_twice_answers_with_it_and_a_bad_one_is_invalid() {
+        let fx = fixture();
+        let made = fx.control.silence(request("$event1")).await.unwrap();
+        let ended = fx
+            .control
+            .unsilence(made.id[..6].to_string())
+            .await
+            .unwrap();
+        assert_eq!(ended.id, made.id);
+        assert!(ended.ends_at_ms <= tocsin_queue::now_ms());
+        let again = fx.control.unsilence(made.id.clone()).await.unwrap();
+        assert_eq!(again, ended);
+        assert!(fx.control.silences().await.unwrap().is_empty());
+        assert!(matches!(
+            fx.control.unsilence("ffffffff".into()).await,
+            Err(ControlError::NotFound(_))
+        ));
+        let mut wrong = request("$event3");
+        wrong.matchers = vec!["host".into()];
+        assert!(matches!(
+            fx.control.silence(wrong).await,
+            Err(ControlError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn alerts_are_acknowledged_by_a_prefix_of_their_short_id() {
+        let fx = fixture();
+        open_alert(&fx.control, "hosts", "k:DiskFull/db1", "db1").await;
+        open_alert(&fx.control, "hosts", "k:DiskFull/db2", "db2").await;
+        let alerts = fx.control.alerts().await.unwrap();
+        assert_eq!(alerts.len(), 2);
+        let db1 = alerts.iter().find(|a| a.labels[0].1 == "db1").unwrap();
+        assert_eq!(db1.id, alert_id("hosts", "k:DiskFull/db1"));
+        assert_eq!(db1.id.len(), ALERT_ID_DIGITS);
+
+        let acked = fx
+            .control
+            .acknowledge(
+                "@alice:example.org".into(),
+                db1.id[..5].into(),
+                "on it".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(acked.id, db1.id);
+        assert_eq!(acked.acknowledged_by.as_deref(), Some("@alice:example.org"));
+        let listed = fx.control.alerts().await.unwrap();
+        let db1 = listed.iter().find(|a| a.id == acked.id).unwrap();
+        assert_eq!(db1.acknowledged_by.as_deref(), Some("@alice:example.org"));
+
+        for (wanted, short) in [("ab", true), ("00000000", false)] {
+            let out = fx
+                .control
+                .acknowledge("@alice:example.org".into(), wanted.into(), "x".into(), None)
+                .await;
+            match short {
+                true => assert!(matches!(out, Err(ControlError::Invalid(_))), "{out:?}"),
+                false => assert!(matches!(out, Err(ControlError::NotFound(_))), "{out:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn status_of_a_host_has_its_latest_readings_and_its_open_alerts_only() {
+        let fx = fixture();
+        open_alert(&fx.control, "hosts", "k:DiskFull/db1", "db1").await;
+        open_alert(&fx.control, "hosts", "k:DiskFull/db2", "db2").await;
+        let reading = |host: &str, value: f64, at: u64| tocsin_message::Message {
+            id: format!("{host}-{at}"),
+            timestamp_ms: at,
+            severity: Severity::Info,
+            summary: None,
+            body: String::new(),
+            labels: vec![("host".into(), host.into())],
+            metrics: vec![("disk-used-percent".into(), value)],
+            payload: None,
+            link: None,
+            key: None,
+        };
+        let now = tocsin_queue::now_ms();
+        fx.control.history.record(
+            "hosts",
+            &[
+                reading("db1", 80.0, now - 2_000),
+                reading("db1", 93.5, now - 1_000),
+                reading("db2", 10.0, now),
+            ],
+        );
+        let db1 = fx.control.status(Some("db1".into())).await.unwrap();
+        assert_eq!(db1.len(), 1);
+        assert_eq!(db1[0].host, "db1");
+        assert_eq!(db1[0].readings.len(), 1);
+        assert_eq!(db1[0].readings[0].metric, "disk-used-percent");
+        assert_eq!(db1[0].readings[0].value, 93.5);
+        assert_eq!(db1[0].readings[0].pipeline, "hosts");
+        assert_eq!(db1[0].alerts.len(), 1);
+        assert_eq!(db1[0].alerts[0].summary.as_deref(), Some("DiskFull on db1"));
+
+        let all = fx.control.status(None).await.unwrap();
+        let hosts: Vec<&str> = all.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["db1", "db2"]);
+        assert!(fx
+            .control
+            .status(Some("db9".into()))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}

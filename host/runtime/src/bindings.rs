@@ -22,11 +22,6 @@ pub mod source {
             "tocsin:plugin/control": async | trappable,
             default: trappable,
         },
-        with: {
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-        },
     });
 }
 

@@ -7,7 +7,7 @@
 
 #![allow(missing_docs)]
 
-/// The `source-plugin` world (and the shared `types` and `host` interfaces).
+/// The `source-plugin` world (and the shared `types`, `host` and `control` interfaces).
 pub mod source {
     wit_bindgen::generate!({
         world: "source-plugin",
@@ -16,16 +16,6 @@ pub mod source {
         export_macro_name: "export_source_world",
         default_bindings_module: "tocsin_sdk::bindings::source",
         additional_derives: [PartialEq],
-        // Since 0.2.1 the world declares `wasi:http` (a source may poll a service): the same
-        // bindings as the sink world's, which `crate::http` uses.
-        with: {
-            "wasi:http/types@0.2.12": tocsin_sdk::bindings::sink::wasi::http::types,
-            "wasi:http/outgoing-handler@0.2.12": tocsin_sdk::bindings::sink::wasi::http::outgoing_handler,
-            "wasi:io/poll@0.2.12": tocsin_sdk::bindings::sink::wasi::io::poll,
-            "wasi:io/error@0.2.12": tocsin_sdk::bindings::sink::wasi::io::error,
-            "wasi:io/streams@0.2.12": tocsin_sdk::bindings::sink::wasi::io::streams,
-            "wasi:clocks/monotonic-clock@0.2.12": tocsin_sdk::bindings::sink::wasi::clocks::monotonic_clock,
-        },
     });
 }
 

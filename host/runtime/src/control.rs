@@ -356,11 +356,9 @@ impl wit::Host for PluginState {
             Err(e) => return Ok(Err(error_to_wit(e))),
         };
         if request.trim().is_empty() {
-            let out: Result<(), _> = Err(ControlError::Invalid(
-                "`request` is empty: name the request".into(),
-            ));
-            self.control_done("silence", &who, &joined, &out);
-            return Ok(Err(error_to_wit(out.unwrap_err())));
+            let empty = ControlError::Invalid("`request` is empty: name the request".into());
+            self.control_done::<()>("silence", &who, &joined, &Err(empty.clone()));
+            return Ok(Err(error_to_wit(empty)));
         }
         let out = plane
             .silence(SilenceRequest {

@@ -351,7 +351,7 @@ fn left(ms: u64) -> String {
     let m = ms.div_ceil(60_000);
     match m {
         0..=59 => format!("{m} min"),
-        60..=2879 if m % 60 == 0 => format!("{} h", m / 60),
+        60..=2879 if m.is_multiple_of(60) => format!("{} h", m / 60),
         60..=2879 => format!("{} h {} min", m / 60, m % 60),
         _ => format!("{} days", m / 1440),
     }

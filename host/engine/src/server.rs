@@ -364,9 +364,18 @@ impl Server {
                     }
                     // Another process delivered until now: what it changed is in the store.
                     tracing::info!("this process delivers now (it took over from another tocsin process on the shared queue store); starting every pipeline whole");
-                    if let Err(e) = self.silences.reload().await {
-                        tracing::error!(error = %e, "cannot read the silences again; keeping those read at start");
-                    }
+                    // The silences are read again beside the restart, not before it: right
+                    // after a NATS server is lost, reading them can wait for the cluster to
+                    // elect leaders (tens of seconds on a loaded machine), and delivery should
+                    // not. The pipelines watch the silences and take the new set when it lands.
+                    // (On a blocking thread: the store's read blocks while it waits.)
+                    let silences = self.silences.clone();
+                    let runtime = tokio::runtime::Handle::current();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = runtime.block_on(silences.reload()) {
+                            tracing::error!(error = %e, "cannot read the silences again; keeping those read at start");
+                        }
+                    });
                     self.manager.restart_all().await;
                     watching_delivery = false;
                 }

@@ -158,7 +158,6 @@ impl PluginState {
                 format!("more than {MAX_CONTROL_CALLS_PER_CALL} control calls in one call"),
             )));
         }
-        let who_shown = h.text.clean(who);
         let admitted = if let Some(long) = texts
             .iter()
             .chain([&who])
@@ -183,20 +182,12 @@ impl PluginState {
             }
         };
         if let Err(e) = &admitted {
-            tracing::info!(
-                target: "tocsin::access",
-                pipeline = &*h.pipeline,
-                stage = &*h.stage,
-                actor = %who_shown,
-                action,
-                outcome = %e,
-                "control call"
-            );
+            self.control_done::<()>(action, who, "", &Err(e.clone()));
         }
         Ok(admitted)
     }
 
-    /// Writes the access-log line of a call let through.
+    /// Writes the access-log line of a call, let through or refused.
     fn control_done<T>(
         &self,
         action: &str,
